@@ -1,0 +1,47 @@
+"""`muvo-doctor`: one dispatcher; each command lives in muvo_doctor/commands/<name>.py.
+
+A command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
+``main(args) -> int`` (the exit code of CONTRACT.md). Commands are imported only when used,
+so `muvo-doctor explain` never pays for torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMANDS = ("run", "audit", "demo", "explain")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="muvo-doctor",
+        description="Training-health diagnostics for PyTorch: tells a dead run from a learning one.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        mod = importlib.import_module(f"muvo_doctor.commands.{name}")
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_module=mod)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_module", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args._module.main(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `muvo-doctor` command (see muvo_doctor/cli.py)."""

@@ -1,0 +1,1 @@
+"""muvo_model: camera + lidar anomaly detection on AnoVox, trained right."""
