@@ -215,6 +215,7 @@ def line_chart(
 
 
 def _draw_v6(plt, clean, tr, baseline, log_y, title, width, height, color, xlim, ylim, ticks, xticks) -> str:  # type: ignore[no-untyped-def]
+    plt.terminal.limit(False, False)  # our size, not the (maybe absent) terminal's
     fig = plt.figure
     fig.clear()
     fig.theme("simple")  # no frame colours: readable on dark and light terminals
@@ -239,6 +240,7 @@ def _draw_v6(plt, clean, tr, baseline, log_y, title, width, height, color, xlim,
 
 def _draw_v5(plt, clean, tr, baseline, log_y, title, width, height, color, xlim, ylim, ticks, xticks) -> str:  # type: ignore[no-untyped-def]
     plt.clear_figure()
+    plt.limit_size(False, False)
     plt.theme("clear")
     plt.plotsize(width, height)
     if title:

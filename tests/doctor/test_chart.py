@@ -114,3 +114,9 @@ def test_plotext_not_imported_by_the_package() -> None:
     code = "import muvo_doctor.chart, muvo_doctor.doctor, sys; print('plotext' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_width_is_ours_not_the_terminals(monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "40")
+    out = line_chart({"a": ([1, 2, 3], [1.0, 2.0, 3.0])}, width=100, height=8, color=False)
+    assert max(len(line) for line in out.splitlines()) > 90

@@ -1,0 +1,553 @@
+"""The live terminal dashboard of `run` and `demo`, and its plain-line fallback.
+
+A view only reads ``doctor.history``, ``doctor.findings`` and ``doctor.verdict``. The caller
+(the `run` wrapper, the demo) drives it:
+
+    view = make_view(doctor, title="python train.py", plain=args.plain)
+    view.start()
+    ...  view.child_output(bytes_from_child)      # any thread
+    ...  doctor.evaluate(); view.update()         # the thread that feeds the doctor
+    ...  view.finding(f)                          # each new finding (doctor.on_finding)
+    view.stop()
+    view.snapshot("run.svg")
+
+Live mode (a colour terminal): the child's output scrolls above a rich ``Live`` region that holds
+the charts, the findings and the verdict. The dashboard is rebuilt from the doctor at most
+4 times a second, on the caller's thread (the doctor is not thread-safe); a ticker thread only
+prints buffered child output and repaints the last built dashboard, at most 4 times a second.
+
+Plain mode (``plain=True``, stdout not a terminal, ``NO_COLOR`` set, or ``TERM=dumb``): the
+child's bytes go to stdout unchanged and each new finding is one greppable line on stderr:
+``muvo-doctor: CRITICAL prior_baseline step 120: <message>``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+import sys
+import threading
+import time
+from io import StringIO
+from pathlib import Path
+from typing import BinaryIO, Protocol, TextIO
+
+import numpy as np
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from muvo_doctor.chart import line_chart
+from muvo_doctor.doctor import Doctor
+from muvo_doctor.finding import SEVERITY_RANK, Finding
+
+REFRESH_SECONDS = 0.25  # at most 4 dashboard refreshes a second
+SNAPSHOT_SUFFIXES = (".svg", ".html", ".htm")
+SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
+VERDICT_STYLE = {
+    "dead": "bold white on red",
+    "warning": "bold black on yellow",
+    "healthy": "bold black on green",
+}
+# Evidence keys a prior_baseline finding may carry for the prior's loss, in order of preference.
+_BASELINE_KEYS = ("prior_loss", "baseline_loss", "prior_entropy", "entropy", "h_p", "baseline")
+
+
+class View(Protocol):
+    """What the `run` wrapper and the demo drive; see the module docstring."""
+
+    def start(self) -> None: ...
+    def update(self) -> None: ...
+    def child_output(self, data: bytes) -> None: ...
+    def finding(self, f: Finding) -> None: ...
+    def stop(self) -> None: ...
+    def snapshot(self, path: str | Path) -> None: ...
+
+
+class SnapshotError(ValueError):
+    """A ``--snapshot`` path that cannot be written; the message names the fix."""
+
+
+def check_snapshot_path(path: str | Path) -> Path:
+    """Validate a ``--snapshot`` path before the run starts.
+
+    Raises:
+        SnapshotError: the extension is not .svg/.html, or the folder does not exist.
+    """
+    p = Path(path)
+    if p.suffix.lower() not in SNAPSHOT_SUFFIXES:
+        raise SnapshotError(
+            f"--snapshot {p}: unsupported file type '{p.suffix or '(none)'}'; use a .svg or .html path"
+        )
+    if not p.parent.exists():
+        raise SnapshotError(
+            f"--snapshot {p}: folder {p.parent} does not exist; create it or pick another path"
+        )
+    return p
+
+
+def wants_plain(plain: bool, console: Console) -> bool:
+    """Plain line output when asked, when stdout is not a terminal, or NO_COLOR / TERM=dumb is set."""
+    return bool(plain or not console.is_terminal or console.is_dumb_terminal or console.no_color)
+
+
+def make_view(
+    doctor: Doctor,
+    *,
+    title: str,
+    plain: bool,
+    console: Console | None = None,
+    out: BinaryIO | None = None,
+    err: TextIO | None = None,
+) -> View:
+    """Make the live dashboard, or the plain-line view when the terminal cannot show one.
+
+    Args:
+        doctor: the doctor whose history, findings and verdict are shown.
+        title: what is being watched (the command line, "demo: random-labels").
+        plain: force plain output (``--plain``).
+        console: the rich console to draw on (tests pass one writing to a StringIO);
+            by default stdout, and rich decides colour and TTY (NO_COLOR, TERM=dumb, isatty).
+        out: where plain mode writes the child's bytes (default: ``sys.stdout.buffer``).
+        err: where plain mode writes finding lines (default: the given console's file, else stderr).
+    """
+    con = console or Console()
+    if wants_plain(plain, con):
+        return PlainView(doctor, title=title, out=out, err=err or (console.file if console else None))
+    return LiveView(doctor, title=title, console=con)
+
+
+# ----------------------------------------------------------------------------- what is drawn
+
+
+def prior_loss(doctor: Doctor) -> float | None:
+    """The loss of predicting the label prior alone, or None when it is unknown.
+
+    Binary labels: ``H(p) = -p ln p - (1-p) ln(1-p)`` with p the mean of
+    ``label/positive_fraction``; multiclass: ``-sum p_k ln p_k`` over ``label/fraction/<k>``;
+    else the number a ``prior_baseline`` finding reports.
+    """
+    h = doctor.history
+    s = h.series("label/positive_fraction")
+    if s is not None and len(s):
+        p = float(np.nanmean(s.values))
+        if 0.0 < p < 1.0:
+            return -p * math.log(p) - (1 - p) * math.log(1 - p)
+        if p in (0.0, 1.0):
+            return 0.0
+    fractions = []
+    for name in h.names("label/fraction/"):
+        fs = h.series(name)
+        if fs is not None and len(fs):
+            fractions.append(float(np.nanmean(fs.values)))
+    if fractions:
+        total = sum(fractions)
+        if total > 0:
+            return -sum((q / total) * math.log(q / total) for q in fractions if q > 0)
+    for f in doctor.findings:
+        if f.check == "prior_baseline":
+            for key in _BASELINE_KEYS:
+                v = f.evidence.get(key)
+                if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+                    return float(v)
+    return None
+
+
+def _series(doctor: Doctor, names: list[str], strip: str = "") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name in names:
+        s = doctor.history.series(name)
+        if s is not None and len(s):
+            out[name.removeprefix(strip) or name] = (s.steps, s.values)
+    return out
+
+
+def _grad_names(doctor: Doctor, limit: int = 4) -> list[str]:
+    """grad/norm/total plus the modules with the largest and the smallest recent norms."""
+    h = doctor.history
+    modules = [n for n in h.names("grad/norm/") if n != "grad/norm/total" and "@rank" not in n]
+    recent: list[tuple[float, str]] = []
+    for n in modules:
+        s = h.series(n)
+        if s is not None and len(s):
+            v = s.values[-20:]
+            v = v[np.isfinite(v)]
+            if len(v):
+                recent.append((float(np.median(v)), n))
+    recent.sort()
+    if len(recent) > limit:
+        half = limit // 2
+        recent = recent[:half] + recent[-(limit - half) :]
+    names = ["grad/norm/total"] if "grad/norm/total" in h else []
+    return names + [n for _, n in reversed(recent)]
+
+
+def _chart(text: str) -> Text:
+    return Text.from_ansi(text, no_wrap=True, overflow="crop")
+
+
+def _findings_table(findings: list[Finding], rows: int) -> RenderableType:
+    if not findings:
+        return Text("no findings yet", style="dim")
+    fs = sorted(findings, key=lambda f: (-SEVERITY_RANK[f.severity], f.step if f.step is not None else 0))
+    table = Table.grid(padding=(0, 1), expand=True)
+    table.add_column(no_wrap=True)
+    table.add_column(no_wrap=True)
+    table.add_column(no_wrap=True, justify="right")
+    table.add_column(ratio=1, overflow="ellipsis", no_wrap=True)
+    for f in fs[:rows]:
+        style = SEVERITY_STYLE.get(f.severity, "")
+        step = "" if f.step is None else f"step {f.step}"
+        table.add_row(Text(f.severity.upper(), style=style), Text(f.check, style="bold"), step, f.message)
+    if len(fs) > rows:
+        table.add_row("", Text(f"+{len(fs) - rows} more", style="dim"), "", "")
+    return table
+
+
+def render_dashboard(
+    doctor: Doctor,
+    *,
+    title: str,
+    width: int,
+    height: int,
+    color: bool = True,
+    status: str = "",
+) -> RenderableType:
+    """The dashboard as one rich renderable, laid out for a ``width`` x ``height`` area.
+
+    Reads only ``doctor.history``, ``doctor.findings`` and ``doctor.verdict``.
+    """
+    width = max(width, 40)
+    height = max(height, 16)
+    findings = doctor.findings
+    verdict = doctor.verdict
+    steps = max(doctor.history.last_step, 0)
+    parts: list[RenderableType] = []
+
+    head = Text()
+    head.append(" muvo-doctor ", style="bold reverse")
+    head.append(f" {title}  ·  step {steps}  ·  ")
+    head.append(f" {verdict.upper()} ", style=VERDICT_STYLE.get(verdict, "bold"))
+    parts.append(head)
+    critical = [f for f in findings if f.severity == "critical"]
+    if critical:
+        first = min(critical, key=lambda f: f.step if f.step is not None else 0)
+        parts.append(
+            Panel(
+                Text(f"{first.check}: {first.message}", style="bold"),
+                title="DEAD RUN",
+                border_style="bold red",
+                style="red",
+            )
+        )
+    n_find = min(max(len(findings), 1), 6) + 2
+    used = sum(3 if isinstance(p, Panel) else 1 for p in parts) + n_find + (1 if status else 0)
+    avail = height - used
+    two_cols = width >= 100
+    rows = 2 if two_cols else (4 if avail >= 40 else 2 if avail >= 20 else 1)
+    chart_h = max(avail // rows - 2, 6)  # -2: the panel border
+    col_w = (width // 2 if two_cols else width) - 2
+
+    def panel(title_: str, chart: str) -> Panel:
+        return Panel(_chart(chart), title=title_, title_align="left", padding=0, border_style="blue")
+
+    base = prior_loss(doctor)
+    loss = _series(doctor, ["train/loss", "printed/loss", "val/loss"])
+    charts = [
+        panel(
+            "loss",
+            line_chart(
+                loss,
+                baseline=base,
+                baseline_label=f"prior baseline H(p)={base:.3f}" if base is not None else "",
+                width=col_w,
+                height=chart_h,
+                color=color,
+            ),
+        ),
+        panel(
+            "gradient norm per module (log)",
+            line_chart(
+                _series(doctor, _grad_names(doctor), strip="grad/norm/"),
+                log_y=True,
+                width=col_w,
+                height=chart_h,
+                color=color,
+            ),
+        ),
+        panel(
+            "output spread and saturation",
+            line_chart(
+                _series(doctor, ["output/std", "output/saturated"], strip="output/"),
+                width=col_w,
+                height=chart_h,
+                color=color,
+            ),
+        ),
+        panel(
+            "label balance",
+            line_chart(
+                _series(
+                    doctor,
+                    ["label/positive_fraction", *doctor.history.names("label/fraction/")[:6]],
+                    strip="label/",
+                ),
+                width=col_w,
+                height=chart_h,
+                color=color,
+            ),
+        ),
+    ]
+    if two_cols:
+        grid = Table.grid(expand=True)
+        grid.add_column(ratio=1)
+        grid.add_column(ratio=1)
+        grid.add_row(charts[0], charts[1])
+        grid.add_row(charts[2], charts[3])
+        parts.append(grid)
+    else:
+        parts.extend(charts[:rows])
+    parts.append(
+        Panel(
+            _findings_table(findings, n_find - 2),
+            title=f"findings ({len(findings)})",
+            title_align="left",
+            border_style="red" if critical else "yellow" if findings else "green",
+        )
+    )
+    if status:
+        parts.append(Text(status, no_wrap=True, overflow="ellipsis", style="dim"))
+    return Group(*parts)
+
+
+def export_snapshot(renderable: RenderableType, path: str | Path, *, width: int, title: str) -> Path:
+    """Write ``renderable`` as an SVG or HTML picture (rich's export); returns the path."""
+    p = check_snapshot_path(path)
+    rec = Console(record=True, file=StringIO(), width=width, force_terminal=True, color_system="truecolor")
+    rec.print(renderable)
+    if p.suffix.lower() == ".svg":
+        p.write_text(rec.export_svg(title=title), encoding="utf-8")
+    else:
+        p.write_text(rec.export_html(inline_styles=True), encoding="utf-8")
+    return p
+
+
+def _finding_line(f: Finding) -> str:
+    step = f" step {f.step}" if f.step is not None else ""
+    msg = " ".join(f.message.split())
+    return f"muvo-doctor: {f.severity.upper()} {f.check}{step}: {msg}"
+
+
+# ----------------------------------------------------------------------------- plain mode
+
+
+class PlainView:
+    """No live screen, no colour: child bytes pass through, one line per new finding."""
+
+    def __init__(
+        self, doctor: Doctor, *, title: str, out: BinaryIO | None = None, err: TextIO | None = None
+    ) -> None:
+        self.doctor = doctor
+        self.title = title
+        self._out = out
+        self._err = err
+        self._seen: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def _out_stream(self) -> BinaryIO:
+        if self._out is not None:
+            return self._out
+        return sys.stdout.buffer
+
+    def _err_stream(self) -> TextIO:
+        return self._err if self._err is not None else sys.stderr
+
+    def start(self) -> None:
+        pass
+
+    def update(self) -> None:
+        # Findings the caller did not pass to finding() still get their line.
+        for f in self.doctor.findings:
+            self.finding(f)
+
+    def child_output(self, data: bytes) -> None:
+        stream = self._out_stream()
+        with self._lock:
+            stream.write(data)
+            stream.flush()
+
+    def finding(self, f: Finding) -> None:
+        if self._seen.get(f.check) == f.severity:
+            return
+        self._seen[f.check] = f.severity
+        stream = self._err_stream()
+        with self._lock:
+            stream.write(_finding_line(f) + "\n")
+            stream.flush()
+
+    def stop(self) -> None:
+        self.update()
+        n = len(self.doctor.findings)
+        steps = max(self.doctor.history.last_step + 1, 0)
+        stream = self._err_stream()
+        with self._lock:
+            stream.write(
+                f"muvo-doctor: verdict {self.doctor.verdict} ({n} finding{'s' * (n != 1)}, {steps} steps)\n"
+            )
+            stream.flush()
+
+    def snapshot(self, path: str | Path) -> None:
+        r = render_dashboard(self.doctor, title=self.title, width=140, height=48)
+        export_snapshot(r, path, width=140, title=f"muvo-doctor: {self.title}")
+
+
+# ----------------------------------------------------------------------------- live mode
+
+
+class LiveView:
+    """The rich Live dashboard with the child's output scrolling above it."""
+
+    def __init__(self, doctor: Doctor, *, title: str, console: Console) -> None:
+        self.doctor = doctor
+        self.title = title
+        self.console = console
+        self._lock = threading.RLock()
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending: list[str] = []  # complete lines not yet printed
+        self._partial = ""  # the current unfinished line (a progress bar redrawn with \r)
+        self._renderable: RenderableType = Text("")
+        self._built_at = -math.inf
+        self._dirty = True
+        self._banner_done = False
+        self._live: Live | None = None
+        self._ticker: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    # -- layout
+    def _size(self) -> tuple[int, int]:
+        w, h = self.console.size
+        # Leave room above the dashboard for the child's output to scroll.
+        return w, max(min(h - 6, 60), 16)
+
+    def _build(self) -> None:
+        w, h = self._size()
+        r = render_dashboard(self.doctor, title=self.title, width=w, height=h, color=self.console.is_terminal)
+        with self._lock:
+            self._renderable = r
+            self._built_at = time.monotonic()
+            self._dirty = True
+
+    def _current(self) -> RenderableType:
+        if not self._partial:
+            return self._renderable
+        status = Text.from_ansi(self._partial, no_wrap=True, overflow="ellipsis")
+        return Group(status, self._renderable)
+
+    # -- View API
+    def start(self) -> None:
+        self._build()
+        self._live = Live(
+            self._current(),
+            console=self.console,
+            auto_refresh=False,
+            transient=False,
+            vertical_overflow="crop",
+            redirect_stdout=True,
+            redirect_stderr=True,
+        )
+        self._live.start(refresh=True)
+        self._dirty = False
+        self._ticker = threading.Thread(target=self._tick_loop, name="muvo-doctor-dashboard", daemon=True)
+        self._ticker.start()
+
+    def update(self) -> None:
+        if time.monotonic() - self._built_at >= REFRESH_SECONDS:
+            self._build()
+
+    def child_output(self, data: bytes) -> None:
+        text = self._decoder.decode(data)
+        if not text:
+            return
+        with self._lock:
+            lines = (self._partial + text).split("\n")
+            self._partial = _last_cr_segment(lines.pop())
+            self._pending.extend(_last_cr_segment(line) for line in lines)
+            self._dirty = True
+        if self._live is None:  # not started (or stopped): nothing to scroll above
+            self._flush()
+
+    def finding(self, f: Finding) -> None:
+        if f.severity == "critical" and not self._banner_done:
+            self._banner_done = True
+            with self._lock:
+                self._pending.append(
+                    f"\x1b[1;41;97m muvo-doctor: DEAD RUN \x1b[0m \x1b[1;31m{_finding_line(f)}\x1b[0m"
+                )
+            self.console.bell()
+        self._built_at = -math.inf  # show it at the next update, throttle aside
+        self.update()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=2)
+            self._ticker = None
+        tail = self._decoder.decode(b"", final=True)
+        with self._lock:
+            rest = _last_cr_segment(self._partial + tail)
+            if rest:
+                self._pending.append(rest)
+            self._partial = ""
+        self._build()
+        self._flush()
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def snapshot(self, path: str | Path) -> None:
+        w = max(self.console.size.width, 100)
+        r = render_dashboard(self.doctor, title=self.title, width=w, height=48)
+        export_snapshot(r, path, width=w, title=f"muvo-doctor: {self.title}")
+
+    # -- painting (ticker thread and stop)
+    def _tick_loop(self) -> None:
+        while not self._stopping.wait(REFRESH_SECONDS):
+            try:
+                self._flush()
+            except Exception as exc:  # fail open: a drawing bug must not stop the training
+                print(f"muvo-doctor: dashboard disabled after an error: {exc!r}", file=sys.__stderr__)
+                return
+
+    def _flush(self) -> None:
+        with self._lock:
+            if not self._dirty and not self._pending:
+                return
+            lines, self._pending = self._pending, []
+            self._dirty = False
+            if self._live is not None:
+                # update without a repaint: printing the lines repaints the region once, below them.
+                self._live.update(self._current(), refresh=not lines)
+            if lines:
+                self.console.print(Text.from_ansi("\n".join(lines)), soft_wrap=True, highlight=False)
+
+
+def _last_cr_segment(line: str) -> str:
+    """What a terminal shows of a line redrawn with carriage returns (pty lines end in \\r\\n)."""
+    line = line.rstrip("\r")
+    return line.rsplit("\r", 1)[-1]
+
+
+__all__ = [
+    "LiveView",
+    "PlainView",
+    "SnapshotError",
+    "View",
+    "check_snapshot_path",
+    "export_snapshot",
+    "make_view",
+    "prior_loss",
+    "render_dashboard",
+    "wants_plain",
+]

@@ -1,0 +1,214 @@
+"""The dashboard as a user sees it: rendered into a StringIO console, or as plain lines."""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from muvo_doctor.chart import strip_ansi
+from muvo_doctor.dashboard import (
+    LiveView,
+    PlainView,
+    SnapshotError,
+    check_snapshot_path,
+    make_view,
+    prior_loss,
+)
+from muvo_doctor.doctor import Doctor
+from muvo_doctor.finding import Finding
+from muvo_doctor.observation import Observation
+
+PRIOR = Finding(
+    check="prior_baseline",
+    severity="critical",
+    step=120,
+    message="loss 0.3331 sits at the prior's entropy H(0.10)=0.325: the model learned only the prior",
+    evidence={"prior_loss": 0.325},
+    advice="check the labels",
+)
+FLAT = Finding(check="flat_loss", severity="warning", step=40, message="the loss does not change", advice="x")
+
+
+def _fed_doctor(steps: int = 200, p: float = 0.1) -> Doctor:
+    d = Doctor(checks=())
+    for s in range(steps):
+        d.observe(Observation(name="train/loss", step=s, value=0.33 + 0.3 * math.exp(-s / 20)))
+        d.observe(Observation(name="label/positive_fraction", step=s, value=p))
+        d.observe(Observation(name="grad/norm/total", step=s, value=1.0))
+        d.observe(Observation(name="grad/norm/head.0", step=s, value=1e-3))
+        d.observe(Observation(name="output/std", step=s, value=0.5))
+        d.observe(Observation(name="output/saturated", step=s, value=0.0))
+    return d
+
+
+def _add(d: Doctor, f: Finding) -> None:
+    # What Doctor.evaluate() does when a check returns f (the checks are someone else's module).
+    d._findings[f.check] = f  # noqa: SLF001
+
+
+def _live_console(width: int = 140, height: int = 50) -> Console:
+    return Console(file=io.StringIO(), force_terminal=True, width=width, height=height, _environ={})
+
+
+def test_prior_loss_is_the_binary_entropy_of_the_label_mean() -> None:
+    assert prior_loss(_fed_doctor(p=0.1)) == pytest.approx(0.3251, abs=1e-4)
+    d = Doctor(checks=())
+    assert prior_loss(d) is None
+    _add(d, PRIOR)
+    assert prior_loss(d) == 0.325  # from the finding's evidence when labels were not seen
+
+
+def test_prior_loss_multiclass() -> None:
+    d = Doctor(checks=())
+    for k in range(4):
+        d.observe(Observation(name=f"label/fraction/{k}", step=0, value=0.25))
+    assert prior_loss(d) == pytest.approx(math.log(4))
+
+
+def test_live_dashboard_shows_charts_baseline_finding_and_verdict() -> None:
+    con = _live_console()
+    d = _fed_doctor()
+    view = make_view(d, title="demo: random-labels", plain=False, console=con)
+    assert isinstance(view, LiveView)
+    view.start()
+    view.update()
+    _add(d, PRIOR)
+    view.finding(PRIOR)
+    view.stop()
+    raw = con.file.getvalue()
+    assert "\x1b[" in raw  # colours in a colour terminal
+    text = strip_ansi(raw)
+    last = text[text.rindex("muvo-doctor ") :]  # the final frame
+    for shown in ("loss", "train/loss", "prior baseline H(p)=0.325", "gradient norm per module", "head.0"):
+        assert shown in last, shown
+    assert "output spread and saturation" in last and "label balance" in last
+    assert "CRITICAL" in last and "prior_baseline" in last and "step 120" in last
+    assert "DEAD" in last
+    assert "\a" in raw  # the terminal bell on the first critical finding
+    assert "DEAD RUN" in text  # the banner
+
+
+def test_live_view_child_output_scrolls_above_with_progress_bars() -> None:
+    con = _live_console()
+    view = make_view(_fed_doctor(), title="t", plain=False, console=con)
+    view.start()
+    view.child_output(b"epoch 1 loss=0.5\r\n")
+    for i in range(0, 101, 25):
+        view.child_output(f"\rtraining {i:3d}%".encode())
+    view.child_output(b"\r\nepoch 2 lo")
+    view.child_output(b"ss=0.4 \xe2\x9c")  # a multi-byte character split across reads
+    view.child_output(b"\x93\n")
+    view.stop()
+    text = strip_ansi(con.file.getvalue())
+    assert "epoch 1 loss=0.5" in text
+    assert "training 100%" in text
+    assert "epoch 2 loss=0.4 ✓" in text
+    # Printed above the dashboard: the last child line comes before the final frame's header.
+    assert text.rindex("epoch 2 loss=0.4") < text.rindex("muvo-doctor ")
+    # A finished progress bar is printed as its last state, not as one line per redraw.
+    assert "training   0%training" not in text and "training  25%\n" not in text
+
+
+def test_update_is_throttled_to_four_refreshes_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    import muvo_doctor.dashboard as dash
+
+    calls: list[int] = []
+    real = dash.render_dashboard
+    monkeypatch.setattr(dash, "render_dashboard", lambda *a, **k: calls.append(1) or real(*a, **k))
+    view = LiveView(_fed_doctor(), title="t", console=_live_console())
+    view.start()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.6:
+        view.update()
+    n = len(calls)
+    view.stop()
+    assert 2 <= n <= 4  # start + at most one rebuild per 0.25 s over 0.6 s
+
+
+def test_plain_view_one_line_per_finding_no_ansi(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    con = Console(file=io.StringIO(), force_terminal=True, width=100)
+    err = io.StringIO()
+    out = io.BytesIO()
+    d = _fed_doctor()
+    view = make_view(d, title="t", plain=False, console=con, out=out, err=err)
+    assert isinstance(view, PlainView)  # NO_COLOR alone turns the live screen off
+    view.start()
+    _add(d, FLAT)
+    view.finding(FLAT)
+    view.finding(FLAT)  # the same finding again: no second line
+    _add(d, PRIOR)
+    view.update()  # a finding the caller did not pass still gets its line
+    view.stop()
+    lines = err.getvalue().splitlines()
+    assert lines[0] == "muvo-doctor: WARNING flat_loss step 40: the loss does not change"
+    assert lines[1].startswith("muvo-doctor: CRITICAL prior_baseline step 120: loss 0.3331")
+    assert lines[2] == "muvo-doctor: verdict dead (2 findings, 200 steps)"
+    assert len(lines) == 3
+    assert "\x1b" not in err.getvalue() and con.file.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "env"),
+    [
+        ({"plain": True, "force_terminal": True}, {}),
+        ({"plain": False, "force_terminal": False}, {}),
+        ({"plain": False, "force_terminal": True}, {"TERM": "dumb"}),
+    ],
+)
+def test_plain_when_asked_not_a_tty_or_dumb(kwargs: dict, env: dict) -> None:
+    con = Console(file=io.StringIO(), force_terminal=kwargs["force_terminal"], _environ=env)
+    assert isinstance(make_view(Doctor(checks=()), title="t", plain=kwargs["plain"], console=con), PlainView)
+
+
+def test_plain_child_output_is_byte_exact() -> None:
+    out = io.BytesIO()
+    view = make_view(Doctor(checks=()), title="t", plain=True, out=out, err=io.StringIO())
+    chunks = [b"\x1b[32mgreen\x1b[0m\r\n", b"tqdm 10%\rtqdm 20%\r", b"\xff\xfe not utf-8 \x00", b"no newline"]
+    for c in chunks:
+        view.child_output(c)
+    assert out.getvalue() == b"".join(chunks)
+
+
+@pytest.mark.parametrize("suffix", [".svg", ".html"])
+def test_snapshot_writes_the_final_dashboard(tmp_path: Path, suffix: str) -> None:
+    d = _fed_doctor()
+    _add(d, PRIOR)
+    for plain in (False, True):
+        view = make_view(
+            d, title="demo", plain=plain, console=_live_console(), out=io.BytesIO(), err=io.StringIO()
+        )
+        view.start()
+        view.stop()
+        path = tmp_path / f"dash{int(plain)}{suffix}"
+        view.snapshot(path)
+        body = path.read_text(encoding="utf-8")
+        assert body.lstrip().startswith("<svg" if suffix == ".svg" else "<!DOCTYPE html>")
+        assert "prior_baseline" in body and "label" in body
+
+
+def test_snapshot_rejects_other_extensions(tmp_path: Path) -> None:
+    with pytest.raises(
+        SnapshotError, match=r"--snapshot .*dash\.png: unsupported file type '\.png'; use a \.svg or \.html"
+    ):
+        check_snapshot_path(tmp_path / "dash.png")
+    with pytest.raises(SnapshotError, match="does not exist"):
+        check_snapshot_path(tmp_path / "missing" / "dash.svg")
+
+
+def test_narrow_terminal_still_shows_loss_and_findings() -> None:
+    con = _live_console(width=80, height=24)
+    d = _fed_doctor()
+    _add(d, PRIOR)
+    view = make_view(d, title="t", plain=False, console=con)
+    view.start()
+    view.stop()
+    text = strip_ansi(con.file.getvalue())
+    last = text[text.rindex("muvo-doctor ") :]
+    assert "train/loss" in last and "prior_baseline" in last
+    assert max(len(line) for line in last.splitlines()) <= 80
