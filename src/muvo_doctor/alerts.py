@@ -1,0 +1,208 @@
+"""Alerts for `muvo-doctor run`: a banner and bell, a webhook, a command; sent on the first critical finding.
+
+Delivery never blocks or fails the training: webhooks and commands run on a daemon thread
+with a timeout and bounded retries, and every failure is reported once on stderr.
+
+Webhook body (JSON, POST): ``text`` (Slack, Mattermost, Teams), ``content`` (Discord, at most
+2000 characters), ``verdict``, ``finding`` (the finding record of CONTRACT.md) and ``source``.
+The command gets the message in ``MUVO_DOCTOR_MESSAGE``, the check id in ``MUVO_DOCTOR_CHECK``
+and the verdict in ``MUVO_DOCTOR_VERDICT``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from muvo_doctor.finding import Finding
+
+WEBHOOK_TIMEOUT_S = 5.0
+WEBHOOK_ATTEMPTS = 4  # the first try and 3 retries
+BACKOFF_S = (0.5, 1.0, 2.0)
+COMMAND_TIMEOUT_S = 30.0
+DISCORD_LIMIT = 2000
+
+
+def alert_message(finding: Finding, verdict: str, source: str) -> str:
+    """The one-line alert text: verdict, check, step, the finding's sentence and the command."""
+    step = f" at step {finding.step}" if finding.step is not None else ""
+    return f"muvo-doctor: training {verdict.upper()} ({finding.check}{step}): {finding.message} [{source}]"
+
+
+def webhook_payload(finding: Finding, verdict: str, source: str) -> dict[str, Any]:
+    """The JSON body POSTed to ``--notify URL``."""
+    text = alert_message(finding, verdict, source)
+    return {
+        "text": text,
+        "content": text[:DISCORD_LIMIT],
+        "verdict": verdict,
+        "finding": finding.model_dump(mode="json"),
+        "source": source,
+    }
+
+
+def post_json(
+    url: str,
+    payload: dict[str, Any],
+    *,
+    timeout: float = WEBHOOK_TIMEOUT_S,
+    attempts: int = WEBHOOK_ATTEMPTS,
+    backoff: tuple[float, ...] = BACKOFF_S,
+    cancel: threading.Event | None = None,
+) -> str | None:
+    """POST ``payload`` as JSON, retrying on network errors and 5xx/429; None on success, else why not."""
+    body = json.dumps(payload).encode("utf-8")
+    error = "not attempted"
+    for i in range(attempts):
+        if cancel is not None and cancel.is_set():
+            return f"cancelled after {i} attempt(s): {error}"
+        req = urllib.request.Request(
+            url,
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "User-Agent": "muvo-doctor"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                resp.read(65536)
+            return None
+        except urllib.error.HTTPError as exc:
+            error = f"HTTP {exc.code} {exc.reason}"
+            if exc.code < 500 and exc.code != 429:
+                return error  # a client error does not get better by retrying
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            error = str(reason)
+            if isinstance(exc, ValueError):
+                return f"bad URL: {error}"
+        if i + 1 < attempts:
+            delay = backoff[min(i, len(backoff) - 1)] if backoff else 0.0
+            if cancel is not None:
+                if cancel.wait(delay):
+                    return f"cancelled after {i + 1} attempt(s): {error}"
+            else:
+                time.sleep(delay)
+    return f"{error} (after {attempts} attempts)"
+
+
+class Alerts:
+    """Fires once, on the first critical finding: banner and bell, then webhook and command in the background.
+
+    Args:
+        source: the wrapped command line, named in every message.
+        notify_url: ``--notify`` URL, or None.
+        notify_cmd: ``--notify-cmd`` shell command, or None.
+        banner: writes the banner (the live view, or stderr); gets the full text incl. the bell.
+        stream: where delivery failures are reported (stderr).
+    """
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        notify_url: str | None = None,
+        notify_cmd: str | None = None,
+        banner: Callable[[str], None] | None = None,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.source = source
+        self.notify_url = notify_url
+        self.notify_cmd = notify_cmd
+        self.stream = stream
+        self.banner = banner or self._stderr_banner
+        self.fired: Finding | None = None
+        self.errors: list[str] = []
+        self._threads: list[threading.Thread] = []
+        self._cancel = threading.Event()
+
+    def _err(self) -> TextIO:
+        return self.stream if self.stream is not None else sys.stderr
+
+    def _stderr_banner(self, text: str) -> None:
+        out = self._err()
+        out.write(text)
+        out.flush()
+
+    def _report(self, msg: str) -> None:
+        self.errors.append(msg)
+        try:
+            self._err().write(f"muvo-doctor: {msg}\n")
+            self._err().flush()
+        except Exception:
+            pass
+
+    def on_finding(self, finding: Finding, verdict: str) -> bool:
+        """Call with each new or escalated finding; returns True when this one fired the alerts."""
+        if self.fired is not None or finding.severity != "critical":
+            return False
+        self.fired = finding
+        text = alert_message(finding, verdict, self.source)
+        rule = "!" * min(max(len(text), 20), 100)
+        try:
+            self.banner(f"\a\n{rule}\n{text}\nadvice: {finding.advice}\n{rule}\n")
+        except Exception as exc:
+            self._report(f"could not show the alert banner ({exc!r})")
+        if self.notify_url:
+            payload = webhook_payload(finding, verdict, self.source)
+            self._start(self._deliver_webhook, self.notify_url, payload)
+        if self.notify_cmd:
+            self._start(self._run_command, self.notify_cmd, text, finding.check, verdict)
+        return True
+
+    def _start(self, fn: Callable[..., None], *args: Any) -> None:
+        t = threading.Thread(target=fn, args=args, name="muvo-doctor-alert", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _deliver_webhook(self, url: str, payload: dict[str, Any]) -> None:
+        why = post_json(url, payload, cancel=self._cancel)
+        if why is not None:
+            self._report(f"--notify {url}: alert not delivered: {why}")
+
+    def _run_command(self, cmd: str, text: str, check: str, verdict: str) -> None:
+        env = dict(os.environ)
+        env.update(MUVO_DOCTOR_MESSAGE=text, MUVO_DOCTOR_CHECK=check, MUVO_DOCTOR_VERDICT=verdict)
+        try:
+            # Its output goes to our stderr, never into the training's stdout stream.
+            p = subprocess.run(
+                cmd,
+                shell=True,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else subprocess.DEVNULL,
+                timeout=COMMAND_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            self._report(f"--notify-cmd did not finish within {COMMAND_TIMEOUT_S:.0f} s; left it")
+            return
+        except OSError as exc:
+            self._report(f"--notify-cmd could not start: {exc}")
+            return
+        if p.returncode != 0:
+            self._report(f"--notify-cmd exited with {p.returncode}")
+
+    def close(self, timeout: float = 2.0) -> None:
+        """At the end of the run: give pending deliveries up to ``timeout`` seconds, then stop retrying."""
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in self._threads):
+            self._cancel.set()
+            self._report(f"an alert was still being delivered after {timeout:.0f} s at exit; gave up on it")
+
+
+def _has_fileno(stream: Any) -> bool:
+    try:
+        stream.fileno()
+        return True
+    except Exception:
+        return False

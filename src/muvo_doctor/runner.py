@@ -1,0 +1,595 @@
+"""The parent side of `muvo-doctor run`: spawn the child, pass its terminal through, feed the Doctor.
+
+One thread, one ``select`` loop over: the child's output (a pseudo-terminal when our stdout is a
+terminal, else pipes), our stdin (forwarded in raw mode under a pseudo-terminal), the telemetry
+FIFO every Python process of the child writes to, and a wake-up pipe for signals. The Doctor is
+evaluated at most four times a second and once at the end.
+
+Transparency: output bytes are written through unchanged; SIGINT/SIGTERM/SIGHUP are forwarded
+(a second Ctrl-C sends SIGTERM, and SIGKILL follows after a grace period); window size changes
+are copied to the pseudo-terminal; the exit code is the child's (128 + signal when it was
+killed), unless ``--fail-on`` is reached. Fail open: a failure of the doctor's own machinery
+(the record file, the view, the parser) is reported once and the training goes on.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import selectors
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import termios
+import time
+import tty
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from muvo_doctor.alerts import Alerts
+from muvo_doctor.config import DoctorConfig
+from muvo_doctor.dashboard import PlainView
+from muvo_doctor.doctor import Doctor
+from muvo_doctor.finding import Finding
+from muvo_doctor.inject import PYTHONPATH_DIR
+from muvo_doctor.logs.text import parse_line, signal_name
+from muvo_doctor.observation import Observation
+from muvo_doctor.stream import Header, Hello, LineReader, Notice, StepBeat, encode, encode_observation
+
+EVALUATE_EVERY_S = 0.25  # at most 4 evaluations a second
+KILL_GRACE_S = 10.0  # SIGTERM -> SIGKILL (after a second Ctrl-C), SIGINT -> SIGTERM (--stop-on)
+MAX_LINE = 1 << 16  # a "line" with no newline is cut here for the parser (output is never cut)
+# CSI / OSC escape sequences and lone escapes: colours and cursor moves are not part of a number.
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@dataclass
+class RunOptions:
+    """What `muvo-doctor run` was asked to do."""
+
+    command: list[str]
+    config: DoctorConfig = field(default_factory=DoctorConfig)
+    config_path: str | None = None
+    report: Path | None = None
+    record: Path | None = None
+    snapshot: Path | None = None
+    plain: bool = False
+    notify_url: str | None = None
+    notify_cmd: str | None = None
+    stop_on: Literal["dead"] | None = None
+    fail_on: Literal["warning", "dead"] | None = None
+    grace_s: float = KILL_GRACE_S
+
+
+class LineSplitter:
+    """Bytes in, text lines out: splits at ``\\n`` and at ``\\r`` (progress-bar rewrites), strips escapes."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._partial = ""
+
+    def feed(self, data: bytes) -> list[str]:
+        text = self._partial + self._decoder.decode(data)
+        parts = re.split(r"\r\n|\r|\n", text)
+        self._partial = parts.pop()
+        if len(self._partial) > MAX_LINE:
+            parts.append(self._partial)
+            self._partial = ""
+        return [_ANSI.sub("", p) for p in parts if p]
+
+    def close(self) -> list[str]:
+        rest = self._partial + self._decoder.decode(b"", final=True)
+        self._partial = ""
+        return [_ANSI.sub("", rest)] if rest else []
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            time.sleep(0.001)
+            continue
+        except InterruptedError:
+            continue
+        view = view[n:]
+
+
+def _is_tty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def _winsize(fd: int) -> bytes | None:
+    try:
+        return fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
+    except OSError:
+        return None
+
+
+class Runner:
+    """Runs one wrapped command under the doctor. Use :func:`run`."""
+
+    def __init__(self, opts: RunOptions) -> None:
+        self.opts = opts
+        self.source = shlex.join(opts.command)
+        self.doctor = Doctor(opts.config, source=self.source)
+        self.use_pty = _is_tty(1)
+        self.child: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
+        self.sel = selectors.DefaultSelector()
+        self._said: set[str] = set()
+        # Steps: the latest telemetry step of rank 0, or a counter of printed lines with numbers.
+        self.telemetry_step = -1
+        self.printed_lines = 0
+        self.instrumented = False  # some process of the child imported torch
+        self.ranks: set[int] = set()
+        self.splitters: dict[int, LineSplitter] = {}
+        self.reader = LineReader()
+        self.record: IO[str] | None = None
+        self.view: Any = None
+        self.alerts: Alerts | None = None
+        self._dirty = False
+        self._last_eval = 0.0
+        self._signals: list[int] = []
+        self._interrupts = 0
+        self._kill_at: float | None = None
+        self._stop_state: str | None = None  # None, "int", "term"
+        self._stop_deadline = 0.0
+        self._tty_saved: list[Any] | None = None
+        self.stopped_dead: Finding | None = None
+
+    # -- fail-open reporting ------------------------------------------------------------------
+    def say_once(self, key: str, msg: str) -> None:
+        if key in self._said:
+            return
+        self._said.add(key)
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"muvo-doctor: {msg}\n")
+            sys.stderr.flush()
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _make_view(self) -> Any:
+        from muvo_doctor.dashboard import make_view
+
+        return make_view(self.doctor, title=self.source, plain=self.opts.plain)
+
+    def _stdout_bytes(self, data: bytes) -> None:
+        try:
+            _write_all(1, data)
+        except OSError as exc:
+            self.say_once("stdout", f"cannot write the training's output ({exc.strerror}); it goes on")
+
+    def _open_record(self) -> None:
+        path = self.opts.record
+        if path is None:
+            return
+        try:
+            self.record = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed in finish)
+            self.record.write(encode(Header(source=self.source)))
+        except OSError as exc:
+            self.record = None
+            self.say_once(
+                "record", f"--record {path}: cannot write ({exc.strerror}); the run goes on without it"
+            )
+
+    def _env(self, fifo: str) -> dict[str, str]:
+        env = dict(os.environ)
+        old = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = PYTHONPATH_DIR + (os.pathsep + old if old else "")
+        env["MUVO_DOCTOR_FIFO"] = fifo
+        env["MUVO_DOCTOR_HOME"] = str(Path(__file__).resolve().parent.parent)
+        if self.opts.config_path:
+            env["MUVO_DOCTOR_CONFIG"] = str(Path(self.opts.config_path).resolve())
+        return env
+
+    def _spawn(self, env: dict[str, str]) -> None:
+        cmd = self.opts.command
+        stdin_tty = _is_tty(0)
+        if self.use_pty:
+            import pty
+
+            master, slave = pty.openpty()
+            size = _winsize(1)
+            if size is not None:
+                fcntl.ioctl(slave, termios.TIOCSWINSZ, size)
+            stderr: Any = slave if _is_tty(2) else subprocess.PIPE
+
+            def make_controlling_tty() -> None:
+                # A session of its own with the pty as controlling terminal: job control, Ctrl-C
+                # (the \x03 we forward) and window-size signals reach the child as in a terminal.
+                os.setsid()
+                fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+            self.child = subprocess.Popen(
+                cmd,
+                stdin=slave if stdin_tty else None,
+                stdout=slave,
+                stderr=stderr,
+                env=env,
+                preexec_fn=make_controlling_tty,
+            )
+            os.close(slave)
+            self.master = master
+            self._register(master, "out")
+            if self.child.stderr is not None:
+                self._register(self.child.stderr.fileno(), "err")
+            if stdin_tty:
+                self._tty_saved = termios.tcgetattr(0)
+                tty.setraw(0)
+                self._register(0, "stdin")
+        else:
+            self.master = -1
+            self.child = subprocess.Popen(
+                cmd,
+                stdin=None,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                process_group=0,  # our signals are forwarded once, not delivered twice
+            )
+            assert self.child.stdout is not None and self.child.stderr is not None
+            self._register(self.child.stdout.fileno(), "out")
+            self._register(self.child.stderr.fileno(), "err")
+
+    def _register(self, fd: int, what: str) -> None:
+        os.set_blocking(fd, False)
+        self.sel.register(fd, selectors.EVENT_READ, what)
+        if what in ("out", "err"):
+            self.splitters[fd] = LineSplitter()
+
+    def _install_signals(self) -> dict[int, Any]:
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self._wake_r, self._wake_w = r, w
+        self.sel.register(r, selectors.EVENT_READ, "wake")
+        old: dict[int, Any] = {}
+
+        def handler(signum: int, frame: Any) -> None:
+            self._signals.append(signum)
+
+        for s in (*_FORWARDED, signal.SIGWINCH, signal.SIGCHLD):
+            old[s] = signal.signal(s, handler)
+        self._old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        return old
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run the command to its end; returns the exit code of CONTRACT.md."""
+        tmp = tempfile.mkdtemp(prefix="muvo-doctor-")
+        fifo = os.path.join(tmp, "telemetry")
+        os.mkfifo(fifo, 0o600)
+        # Our own write end keeps the FIFO from reading EOF between children's processes.
+        self.fifo_r = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        self._fifo_w = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        self.sel.register(self.fifo_r, selectors.EVENT_READ, "fifo")
+        old_handlers: dict[int, Any] = {}
+        self.view = self._make_view()
+        self.alerts = Alerts(
+            source=self.source,
+            notify_url=self.opts.notify_url,
+            notify_cmd=self.opts.notify_cmd,
+            # The live view draws its own banner and bell; in plain mode they go to stderr.
+            banner=self._banner if isinstance(self.view, PlainView) else (lambda text: None),
+        )
+        self._open_record()
+        try:
+            old_handlers = self._install_signals()
+            try:
+                self._spawn(self._env(fifo))
+            except OSError as exc:
+                self._restore_tty()
+                print(
+                    f"muvo-doctor run: cannot start {self.opts.command[0]!r}: {exc.strerror}", file=sys.stderr
+                )
+                return 127 if exc.errno == errno.ENOENT else 126
+            self._safe(self.view.start, "view")
+            self._loop()
+        finally:
+            self._restore_tty()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            if old_handlers:
+                signal.set_wakeup_fd(self._old_wakeup)
+            self._finish()
+            for fd in (self.fifo_r, self._fifo_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            shutil.rmtree(tmp, ignore_errors=True)
+        return self._exit_code()
+
+    def _loop(self) -> None:
+        assert self.child is not None
+        exited_at: float | None = None
+        while True:
+            now = time.monotonic()
+            if exited_at is None:
+                timeout = EVALUATE_EVERY_S
+            else:
+                timeout = 0.05  # child gone: drain what is buffered, then stop
+            got_output = False
+            for key, _ in self.sel.select(timeout):
+                what = key.data
+                if what in ("out", "err"):
+                    got_output |= self._read_output(key.fd, what)
+                elif what == "fifo":
+                    self._read_fifo()
+                elif what == "stdin":
+                    self._forward_stdin()
+                elif what == "wake":
+                    with contextlib.suppress(OSError):
+                        os.read(key.fd, 512)
+            self._handle_signals()
+            self._timers()
+            if exited_at is None:
+                code = self.child.poll()
+                if code is not None:
+                    exited_at = time.monotonic()
+                    self.returncode = code
+            elif not got_output or not self._has_outputs() or time.monotonic() - exited_at > 5.0:
+                self._read_fifo()
+                break
+            if self._dirty and time.monotonic() - self._last_eval >= EVALUATE_EVERY_S:
+                self._evaluate()
+            _ = now
+
+    def _has_outputs(self) -> bool:
+        return any(k.data in ("out", "err") for k in self.sel.get_map().values())
+
+    def _read_output(self, fd: int, what: str) -> bool:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return False
+        except OSError:  # EIO: the pty's other side is closed
+            data = b""
+        if not data:
+            self.sel.unregister(fd)
+            self._parse_lines(self.splitters.pop(fd).close())
+            return False
+        if what == "out":
+            self._safe(
+                lambda: self.view.child_output(data), "view", fallback=lambda: self._stdout_bytes(data)
+            )
+        else:
+            try:
+                _write_all(2, data)
+            except OSError as exc:
+                self.say_once("stderr", f"cannot write the training's stderr ({exc.strerror}); it goes on")
+        try:
+            self._parse_lines(self.splitters[fd].feed(data))
+        except Exception as exc:
+            self.say_once(
+                "parser", f"the printed-number parser failed ({exc!r}); output still passes through"
+            )
+        return True
+
+    def _parse_lines(self, lines: list[str]) -> None:
+        for line in lines:
+            pairs = parse_line(line)
+            if not pairs:
+                continue
+            self.printed_lines += 1
+            step = self.telemetry_step if self.instrumented else self.printed_lines - 1
+            step = max(step, 0)
+            for key, value, digits in pairs:
+                self._observe(Observation(name=f"printed/{key}", step=step, value=value, digits=digits))
+                if not self.instrumented:
+                    # No tensors to read: the printed numbers are the evidence, judged like a log.
+                    name = signal_name(key)
+                    if not name.startswith("printed/"):
+                        self._observe(Observation(name=name, step=step, value=value, digits=digits))
+
+    def _read_fifo(self) -> None:
+        while True:
+            try:
+                data = os.read(self.fifo_r, 1 << 16)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.say_once(
+                    "fifo", f"telemetry channel failed ({exc.strerror}); watching printed output only"
+                )
+                return
+            if not data:
+                return
+            for msg in self.reader.feed(data):
+                if isinstance(msg, Observation):
+                    self._observe(msg)
+                    if not msg.rank and msg.step > self.telemetry_step:
+                        self.telemetry_step = msg.step
+                elif isinstance(msg, StepBeat):
+                    if not msg.rank and msg.step > self.telemetry_step:
+                        self.telemetry_step = msg.step
+                elif isinstance(msg, Hello):
+                    if msg.rank is not None:
+                        self.ranks.add(msg.rank)
+                    if msg.stage == "torch":
+                        self.instrumented = True
+                elif isinstance(msg, Notice):
+                    self.say_once(f"notice:{msg.message}", f"rank {msg.rank}: {msg.message}")
+            if self.reader.errors:
+                self.say_once("stream", f"skipped bad telemetry lines ({self.reader.first_error})")
+
+    def _observe(self, obs: Observation) -> None:
+        self.doctor.observe(obs)
+        self._dirty = True
+        if self.record is not None:
+            try:
+                self.record.write(encode_observation(obs.name, obs.step, obs.value, obs.digits, obs.rank))
+            except OSError as exc:
+                self.record = None
+                self.say_once(
+                    "record", f"--record: write failed ({exc.strerror}); the run goes on without it"
+                )
+
+    def _forward_stdin(self) -> None:
+        try:
+            data = os.read(0, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.sel.unregister(0)
+            return
+        with contextlib.suppress(OSError):
+            _write_all(self.master, data)
+
+    # -- signals and stopping ------------------------------------------------------------------
+    def _signal_child(self, sig: int) -> None:
+        assert self.child is not None
+        if self.child.poll() is not None:
+            return
+        try:
+            os.killpg(self.child.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError):
+                self.child.send_signal(sig)
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            sig = self._signals.pop(0)
+            if sig == signal.SIGCHLD:
+                continue
+            if sig == signal.SIGWINCH:
+                size = _winsize(1)
+                if size is not None and self.master >= 0:
+                    # The kernel then sends SIGWINCH to the child's foreground process group.
+                    with contextlib.suppress(OSError):
+                        fcntl.ioctl(self.master, termios.TIOCSWINSZ, size)
+                continue
+            if sig == signal.SIGINT:
+                self._interrupts += 1
+                if self._interrupts >= 2:
+                    self._signal_child(signal.SIGTERM)
+                    self._kill_at = time.monotonic() + self.opts.grace_s
+                    continue
+            self._signal_child(sig)
+
+    def _timers(self) -> None:
+        now = time.monotonic()
+        if self._kill_at is not None and now >= self._kill_at:
+            self._kill_at = None
+            self._signal_child(signal.SIGKILL)
+        if self._stop_state == "int" and now >= self._stop_deadline:
+            self._stop_state = "term"
+            self._stop_deadline = now + self.opts.grace_s
+            self.say_once(
+                "stop-term", f"the training did not stop within {self.opts.grace_s:.0f} s; sent SIGTERM"
+            )
+            self._signal_child(signal.SIGTERM)
+        elif self._stop_state == "term" and now >= self._stop_deadline:
+            self._stop_state = "kill"
+            self._signal_child(signal.SIGKILL)
+
+    def _stop_dead(self, f: Finding) -> None:
+        if self._stop_state is not None:
+            return
+        self.stopped_dead = f
+        self._stop_state = "int"
+        self._stop_deadline = time.monotonic() + self.opts.grace_s
+        self.say_once(
+            "stop", f"--stop-on dead: the run is dead ({f.check}); sent SIGINT so it can save and stop"
+        )
+        self._signal_child(signal.SIGINT)
+
+    # -- the doctor ---------------------------------------------------------------------------
+    def _evaluate(self) -> None:
+        self._dirty = False
+        self._last_eval = time.monotonic()
+        changed = self.doctor.evaluate()
+        verdict = self.doctor.verdict
+        for f in changed:
+            self._safe(lambda f=f: self.view.finding(f), "view")
+            assert self.alerts is not None
+            self.alerts.on_finding(f, verdict)
+            if self.opts.stop_on == "dead" and f.severity == "critical":
+                self._stop_dead(f)
+        self._safe(self.view.update, "view")
+
+    def _banner(self, text: str) -> None:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    def _safe(self, fn: Callable[[], Any], key: str, fallback: Callable[[], Any] | None = None) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            self.say_once(key, f"the {key} failed ({exc!r}); the training goes on")
+            if fallback is not None:
+                with contextlib.suppress(Exception):
+                    fallback()
+
+    def _restore_tty(self) -> None:
+        if self._tty_saved is not None:
+            with contextlib.suppress(termios.error, OSError):
+                termios.tcsetattr(0, termios.TCSAFLUSH, self._tty_saved)
+            self._tty_saved = None
+
+    def _finish(self) -> None:
+        for fd, sp in list(self.splitters.items()):
+            with contextlib.suppress(Exception):
+                self._parse_lines(sp.close())
+            self.splitters.pop(fd, None)
+        if self.child is not None and self.returncode is None:
+            # We are leaving early (an exception in the loop): do not orphan the training.
+            self.returncode = self.child.wait()
+        try:
+            self._evaluate()
+        except Exception as exc:
+            self.say_once("doctor", f"the final evaluation failed ({exc!r})")
+        self._safe(self.view.stop, "view")
+        if self.opts.snapshot is not None:
+            self._safe(lambda: self.view.snapshot(self.opts.snapshot), "snapshot")
+        if self.alerts is not None:
+            self.alerts.close()
+        if self.record is not None:
+            try:
+                self.record.close()
+            except OSError as exc:
+                self.say_once("record", f"--record: could not finish the file ({exc.strerror})")
+        if self.opts.report is not None:
+            try:
+                report = self.doctor.report(source=self.source)
+                Path(self.opts.report).write_text(report.to_json() + "\n", encoding="utf-8")
+            except OSError as exc:
+                self.say_once("report", f"--report {self.opts.report}: cannot write ({exc.strerror})")
+        with contextlib.suppress(Exception):
+            self.sel.close()
+        if self.master >= 0 if hasattr(self, "master") else False:
+            with contextlib.suppress(OSError):
+                os.close(self.master)
+        if self.child is not None:
+            for s in (self.child.stdout, self.child.stderr):
+                if s is not None:
+                    with contextlib.suppress(OSError):
+                        s.close()
+
+    def _exit_code(self) -> int:
+        verdict = self.doctor.verdict
+        if self.opts.fail_on == "warning" and verdict in ("warning", "dead"):
+            return 1
+        if self.opts.fail_on == "dead" and verdict == "dead":
+            return 1
+        code = self.returncode if self.returncode is not None else 1
+        return 128 - code if code < 0 else code
+
+
+def run(opts: RunOptions) -> int:
+    """Run ``opts.command`` under the doctor and return the exit code (CONTRACT.md)."""
+    return Runner(opts).run()
