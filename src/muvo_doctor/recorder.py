@@ -1,19 +1,39 @@
-"""In-process recorder (placeholder API; the full hook-based recorder replaces this body).
+"""In-process recorder: a PyTorch training loop in, observations out, one host sync per flush.
 
 Public API, stable:
     rec = Recorder(model, optimizer, doctor=doctor)      # or: with watch(model, optimizer) as rec:
     rec.record(step, loss=loss, outputs=logits, labels=y)  # every step; no host sync here
     rec.flush()                                            # bring stats to the host, feed the doctor
     rec.close()
+    rec = Recorder.install_global(sink=..., rank=...)      # no model: global hooks (the `run` wrapper)
+    rec.observe_loss_call("cross_entropy", input, target, output)
+
+How it stays cheap:
+- Official hooks only: ``optimizer.register_step_pre_hook`` / ``register_step_post_hook`` (or their
+  global versions), a forward pre-hook on the model, forward hooks on loss modules.
+- Every statistic is a device tensor appended to one flat device buffer (a ``copy_`` into a
+  ``narrow`` view); the host keeps the layout. A flush does one ``tolist()`` of the used part.
+- The loss is appended every step (one copy kernel). Everything else (gradient norms, update
+  ratios, parameter states, outputs, labels) runs on sampled steps only, every ``sample_every``
+  optimizer steps, with ``torch._foreach_norm`` over all tensors at once.
+- Nothing in a hook reads a device value on the host (no ``.item()``, ``bool(tensor)``,
+  ``nonzero()``); data-dependent decisions (probabilities or logits, classes present) are made
+  with ``torch.where`` on the device or on the host after the flush.
+- Any exception inside the recorder is reported once on stderr and disables it (fail open).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import atexit
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.doctor import Doctor
@@ -21,25 +41,245 @@ from muvo_doctor.observation import Observation
 
 Sink = Callable[[list[Observation]], None]
 
+# Heavy statistics every N optimizer steps unless the config sets sample_every explicitly:
+# measured overhead (bench/overhead.py) stays under 1% of a step at this rate.
+DEFAULT_SAMPLE_EVERY = 10
+# Update ratios compare each parameter with a pre-step copy of (at most) its first elements:
+# this many elements in total, spread over the tensors (a 792k model is copied whole).
+DEFAULT_SNAPSHOT_ELEMS = 1 << 24
+MAX_CLASSES = 100  # label/fraction/<k> for k < 100; larger class ids are not histogrammed
+SATURATED_LOGIT = 6.0  # |logit| above this counts as saturated
+SATURATED_PROB = 1e-3  # a probability this close to 0 or 1 counts as saturated
+_BUFFER_START = 4096  # floats in the device buffer; doubles as needed up to _BUFFER_MAX
+_BUFFER_MAX = 1 << 22
 
-class Recorder:
+_LOSS_KINDS = {
+    "BCEWithLogitsLoss": "bce_with_logits",
+    "CrossEntropyLoss": "cross_entropy",
+    "BCELoss": "bce",
+    "NLLLoss": "nll",
+    "MSELoss": "mse",
+}
+_LOGIT_KINDS = ("bce_with_logits", "cross_entropy")
+_CLASS_KINDS = ("cross_entropy", "nll")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
+
+
+def _strip(name: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for pre in _WRAPPER_PREFIXES:
+            if name.startswith(pre):
+                name, changed = name[len(pre) :], True
+    return name
+
+
+def _module_of(param_name: str) -> str:
+    # A parameter owned by the root module is its own "module" (e.g. ``pos_emb``).
+    return param_name.rsplit(".", 1)[0] if "." in param_name else param_name
+
+
+def _head(p: torch.Tensor, k: int) -> torch.Tensor:
+    """The first ``k`` elements of ``p`` in memory order: a view when ``p`` is dense in memory."""
+    d = p.detach()
+    if d.is_contiguous():
+        flat = d.view(-1)
+    elif d.dim() == 4 and d.is_contiguous(memory_format=torch.channels_last):
+        flat = d.permute(0, 2, 3, 1).reshape(-1)  # a view: NHWC order is the memory order
+    else:
+        flat = d.reshape(-1)  # a copy; re-taken after the step, so still correct
+    return flat if flat.numel() <= k else flat[:k]
+
+
+class _Row:
+    """Host-side layout of one appended block of the device buffer (or of host values)."""
+
+    __slots__ = ("step", "names", "pos", "n", "kind", "host")
+
     def __init__(
         self,
-        model: torch.nn.Module,
+        step: int | None,
+        names: tuple[str, ...],
+        pos: int,
+        n: int,
+        kind: str,
+        host: list[float] | None = None,
+    ) -> None:
+        self.step = step
+        self.names = names
+        self.pos = pos
+        self.n = n
+        self.kind = kind  # "plain", "binary" (positive fraction first), "classes" (counts), "loss"
+        self.host = host
+
+
+class _OptState:
+    """What the recorder knows about one optimizer: its parameters, their modules, its step count."""
+
+    def __init__(self, opt: torch.optim.Optimizer) -> None:
+        self.opt = opt
+        self.count = 0  # completed optimizer steps
+        self.signature: tuple[int, ...] = ()
+        self.params: list[torch.Tensor] = []
+        self.group_of: list[int] = []
+        self.module_of: list[int] = []
+        self.modules: list[str] = []
+        self.numel: list[int] = []
+        self.idx: torch.Tensor | None = None  # (P,) module index per parameter, on the device
+        self.sub_idx: dict[tuple[int, ...], torch.Tensor] = {}
+        self.req: dict[tuple[bool, ...], torch.Tensor] = {}
+        self.sampled = False
+        self.snap_k: list[int] = []
+        self.before: list[torch.Tensor] | None = None
+        self.before_ids: list[int] = []
+
+    def current_signature(self) -> tuple[int, ...]:
+        return tuple(len(g["params"]) for g in self.opt.param_groups)
+
+
+class Recorder:
+    """Turns a training loop into observations for a :class:`~muvo_doctor.doctor.Doctor` and/or a sink.
+
+    Args:
+        model: the model being trained; ``None`` only for the global recorder.
+        optimizer: its optimizer; gradient norms, update ratios and parameter states need it.
+        doctor: the doctor fed at each flush; a new one is made when neither a doctor nor a sink
+            is given (explicit mode always has one, as ``rec.doctor``).
+        config: sampling and flushing (``sample_every``, ``flush_every``, ``flush_seconds``).
+        sink: called at each flush with the new observations (the ``run`` wrapper streams them).
+        rank: process rank under torchrun, stamped on every observation.
+        sample_every: overrides ``config.sample_every``; when neither sets it explicitly,
+            heavy statistics run every ``DEFAULT_SAMPLE_EVERY`` optimizer steps.
+        snapshot_elems: at most this many parameter elements are copied before a sampled step
+            to measure update ratios (larger tensors contribute their first elements).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module | None,
         optimizer: torch.optim.Optimizer | None = None,
         *,
         doctor: Doctor | None = None,
         config: DoctorConfig | None = None,
         sink: Sink | None = None,
         rank: int | None = None,
+        sample_every: int | None = None,
+        snapshot_elems: int = DEFAULT_SNAPSHOT_ELEMS,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
-        self.config = config or (doctor.config if doctor else DoctorConfig())
-        self.doctor = doctor if doctor is not None else Doctor(self.config)
+        self.config = config or (doctor.config if doctor is not None else DoctorConfig())
+        if doctor is None and (model is not None or sink is None):
+            doctor = Doctor(self.config)
+        self.doctor = doctor
         self.sink = sink
         self.rank = rank
-        self._pending: list[tuple[int, torch.Tensor]] = []
+        if sample_every is None:
+            explicit = "sample_every" in self.config.model_fields_set
+            sample_every = self.config.sample_every if explicit else DEFAULT_SAMPLE_EVERY
+        if sample_every < 1:
+            raise ValueError(f"sample_every must be >= 1, got {sample_every}")
+        if snapshot_elems < 1:
+            raise ValueError(f"snapshot_elems must be >= 1, got {snapshot_elems}")
+        self.sample_every = int(sample_every)
+        self.flush_every = max(1, int(self.config.flush_every))
+        self.snapshot_elems = int(snapshot_elems)
+        self.is_global = False
+
+        self._handles: list[RemovableHandle] = []
+        self._disabled = False
+        self._closed = False
+        self._sink_failed = False
+        # Device buffer and its host-side layout.
+        self._buf: torch.Tensor | None = None
+        self._pos = 0
+        self._rows: list[_Row] = []
+        self._unlabeled: list[_Row] = []
+        self._sampled_since_flush = 0
+        self._last_flush = time.monotonic()
+        # Host state carried across flushes.
+        self._classes_seen: set[int] = set()
+        self._binary_seen: set[int] = set()
+        self._flushed: list[Observation] = []
+        # Step bookkeeping.
+        self._records = 0
+        self._next_step = 0
+        self._opts: dict[int, _OptState] = {}
+        self._primary: _OptState | None = None
+        self._names: dict[int, str] = {}  # id(param) -> dotted parameter name
+        self._stale_probe: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._probe_hooked: set[int] = set()
+        # Global mode.
+        self._roots: list[torch.nn.Module] = []
+        self._first_forward_pending = True
+        self._step_loss: torch.Tensor | None = None
+        self._step_loss_from_backward = False
+        self._last_loss_out: torch.Tensor | None = None
+        self._pending: dict[str, tuple[tuple[str, ...], torch.Tensor, str]] = {}
+        self._loss_modules_by_step: list[set[int]] = []
+        self._loss_module_objs: dict[int, torch.nn.Module] = {}
+        self._discovery_handles: list[RemovableHandle] = []
+        self._discovery_steps = 0
+
+        if model is not None:
+            for n, p in model.named_parameters():
+                self._names.setdefault(id(p), _strip(n))
+        if optimizer is not None:
+            self._attach(optimizer)
+            self._handles.append(optimizer.register_step_pre_hook(self._guard(self._on_pre_step)))
+            self._handles.append(optimizer.register_step_post_hook(self._guard(self._on_post_step)))
+
+    # ------------------------------------------------------------------ public API
+
+    @classmethod
+    def install_global(
+        cls,
+        *,
+        config: DoctorConfig | None = None,
+        sink: Sink | None = None,
+        rank: int | None = None,
+        doctor: Doctor | None = None,
+        sample_every: int | None = None,
+        discovery_steps: int = 3,
+    ) -> Recorder:
+        """Record every optimizer and loss module in this process, with no model at hand.
+
+        Uses the global optimizer step hooks to find optimizers and their parameters, and global
+        module forward hooks for ``discovery_steps`` optimizer steps to name parameters (through
+        the modules that ran) and to find loss modules. After that the global forward hooks are
+        replaced by hooks on the modules found (global hooks slow every module call), unless
+        the program makes a new loss module every step.
+
+        Returns:
+            The recorder; ``close()`` removes every hook and flushes.
+        """
+        rec = cls(None, None, config=config, sink=sink, rank=rank, doctor=doctor, sample_every=sample_every)
+        rec.is_global = True
+        rec._discovery_steps = max(1, int(discovery_steps))
+        oo = torch.optim.optimizer
+        mm = torch.nn.modules.module
+        rec._handles.append(oo.register_optimizer_step_pre_hook(rec._guard(rec._on_pre_step)))
+        rec._handles.append(oo.register_optimizer_step_post_hook(rec._guard(rec._on_post_step)))
+        rec._discovery_handles = [
+            mm.register_module_forward_pre_hook(rec._guard(rec._on_any_forward_pre)),
+            mm.register_module_forward_hook(rec._guard(rec._on_any_forward)),
+        ]
+        rec._handles.extend(rec._discovery_handles)
+        atexit.register(rec.close)
+        return rec
+
+    @property
+    def step(self) -> int:
+        """The step the next observations will carry (optimizer steps in global mode)."""
+        if self._primary is not None and self.is_global:
+            return self._primary.count
+        return self._next_step
+
+    @property
+    def enabled(self) -> bool:
+        """False once closed or disabled by an internal error."""
+        return not (self._disabled or self._closed)
 
     def record(
         self,
@@ -49,35 +289,679 @@ class Recorder:
         outputs: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> None:
-        t = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
-        self._pending.append((step, t))
-        if len(self._pending) >= self.config.flush_every:
-            self.flush()
+        """Record one training step; call it after ``optimizer.step()``. No host sync.
+
+        Args:
+            step: the optimizer step (labels every observation of this step).
+            loss: the training loss (a tensor on any device, or a float).
+            outputs: model outputs of the batch, e.g. logits (N,) binary or (N, K) multiclass.
+            labels: the batch's labels: float/bool (binary) or class indices (multiclass).
+        """
+        if not self.enabled:
+            return
+        try:
+            self._record(step, loss, outputs, labels)
+        except Exception as exc:
+            self._fail(exc)
+
+    def observe_loss_call(
+        self, kind: str, input: torch.Tensor, target: torch.Tensor | None, output: torch.Tensor
+    ) -> None:
+        """See one call of a loss function (global mode; the bootstrap's wrapped functional losses).
+
+        Args:
+            kind: ``bce_with_logits``, ``cross_entropy``, ``bce``, ``nll``, ``mse`` or another name.
+            input: the loss input (logits, probabilities or log-probabilities).
+            target: the loss target, if any.
+            output: the loss value the call returned.
+        """
+        if not self.enabled:
+            return
+        try:
+            self._observe_loss(kind, input, target, output)
+        except Exception as exc:
+            self._fail(exc)
+
+    def observe_backward(self, loss: torch.Tensor) -> None:
+        """See the tensor ``backward()`` was called on: the loss actually optimized (global mode).
+
+        Takes precedence over loss-function calls for ``train/loss`` of that step.
+        """
+        if not self.enabled or not isinstance(loss, torch.Tensor) or loss.numel() == 0:
+            return
+        try:
+            self._step_loss = (
+                loss.detach().reshape(-1)[:1] if loss.numel() == 1 else loss.detach().mean().reshape(1)
+            )
+            self._step_loss_from_backward = True
+        except Exception as exc:
+            self._fail(exc)
 
     def flush(self) -> list[Observation]:
-        if not self._pending:
+        """Bring every pending statistic to the host (one sync), feed the doctor and the sink.
+
+        Returns:
+            The observations of this flush.
+        """
+        if self._disabled:
             return []
-        values = torch.stack([t.float() for _, t in self._pending]).tolist()  # one host sync
-        obs = [
-            Observation(name="train/loss", step=s, value=v, rank=self.rank)
-            for (s, _), v in zip(self._pending, values, strict=True)
-        ]
-        self._pending.clear()
-        self.doctor.observe_many(obs)
-        self.doctor.evaluate()
-        if self.sink is not None:
-            self.sink(obs)
-        return obs
+        try:
+            return self._flush()
+        except Exception as exc:
+            self._fail(exc)
+            return []
 
     def close(self) -> None:
-        self.flush()
+        """Flush and remove every hook. Safe to call twice."""
+        if self._closed:
+            return
+        if not self._disabled:
+            if self.is_global:
+                self._close_global_step()
+            self.flush()
+        self._closed = True
+        self._remove_hooks()
+        if self.is_global:
+            atexit.unregister(self.close)
+
+    # ------------------------------------------------------------------ failure handling
+
+    def _guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def hook(*args: Any, **kwargs: Any) -> None:
+            if self._disabled or self._closed:
+                return None
+            try:
+                fn(*args, **kwargs)
+            except Exception as exc:
+                self._fail(exc)
+            return None  # hooks never change the training's arguments or outputs
+
+        return hook
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._disabled:
+            return
+        self._disabled = True
+        self._remove_hooks()
+        try:
+            print(
+                f"muvo-doctor: recorder failed and is disabled ({exc!r}); training continues unmonitored",
+                file=sys.stderr,
+            )
+        except Exception:
+            pass
+
+    def _remove_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._discovery_handles = []
+
+    # ------------------------------------------------------------------ device buffer
+
+    def _append(
+        self, step: int | None, names: tuple[str, ...], values: torch.Tensor, kind: str = "plain"
+    ) -> None:
+        """Append a 1-D block of statistics to the device buffer; no sync."""
+        n = values.numel()
+        if self._buf is None:
+            self._buf = torch.empty(_BUFFER_START, dtype=torch.float32, device=values.device)
+        if values.device != self._buf.device:
+            if values.device.type == "cpu":  # host data: keep it on the host, no device copy
+                self._add_row(_Row(step, names, -1, n, kind, values.tolist()))
+                return
+            values = values.to(self._buf.device, non_blocking=True)
+        if self._pos + n > self._buf.numel():
+            if self._buf.numel() * 2 <= _BUFFER_MAX:
+                bigger = torch.empty(self._buf.numel() * 2, dtype=torch.float32, device=self._buf.device)
+                bigger[: self._pos].copy_(self._buf[: self._pos])
+                self._buf = bigger
+            else:
+                self._flush()
+        self._buf.narrow(0, self._pos, n).copy_(values.reshape(-1))
+        self._add_row(_Row(step, names, self._pos, n, kind))
+        self._pos += n
+
+    def _append_host(
+        self, step: int | None, names: tuple[str, ...], values: list[float], kind: str = "plain"
+    ) -> None:
+        self._add_row(_Row(step, names, -1, len(values), kind, values))
+
+    def _add_row(self, row: _Row) -> None:
+        if row.step is None:
+            if self.is_global:
+                row.step = self.step
+            else:
+                self._unlabeled.append(row)
+        self._rows.append(row)
+
+    def _maybe_flush(self) -> None:
+        if (
+            self._sampled_since_flush >= self.flush_every
+            or time.monotonic() - self._last_flush >= self.config.flush_seconds
+        ):
+            self._flush()
+
+    # ------------------------------------------------------------------ explicit mode
+
+    def _record(
+        self, step: int, loss: torch.Tensor | float, outputs: torch.Tensor | None, labels: torch.Tensor | None
+    ) -> None:
+        for row in self._unlabeled:  # hook rows of this step (gradients, updates, stale check)
+            row.step = step
+        self._unlabeled.clear()
+        if isinstance(loss, torch.Tensor):
+            lt = loss.detach()
+            lt = lt.reshape(1) if lt.numel() == 1 else lt.float().mean().reshape(1)
+            self._append(step, ("train/loss",), lt, kind="loss")
+        else:
+            self._append_host(step, ("train/loss",), [float(loss)], kind="loss")
+        sampled = self._records % self.sample_every == 0
+        self._records += 1
+        if sampled:
+            self._sampled_since_flush += 1
+            for names, values, kind in self._batch_stats(outputs, labels, kind=None).values():
+                self._append(step, names, values, kind)
+        self._next_step = step + 1
+        self._maybe_flush()
+
+    def _batch_stats(
+        self, outputs: torch.Tensor | None, labels: torch.Tensor | None, kind: str | None
+    ) -> dict[str, tuple[tuple[str, ...], torch.Tensor, str]]:
+        """Output, label and accuracy statistics of one batch, as device tensors."""
+        out: dict[str, tuple[tuple[str, ...], torch.Tensor, str]] = {}
+        o = None
+        is_prob = None
+        if isinstance(outputs, torch.Tensor) and outputs.numel() > 0:
+            o = outputs.detach()
+            o = o.float() if o.dtype != torch.float32 else o
+            names, vals, is_prob = _output_stats(o)
+            out["outputs"] = (names, vals, "plain")
+        if isinstance(labels, torch.Tensor) and labels.numel() > 0:
+            lab = _label_stats(o, labels.detach(), is_prob, kind)
+            if lab is not None:
+                out["labels"] = lab
+        return out
+
+    # ------------------------------------------------------------------ optimizer hooks
+
+    def _attach(self, opt: torch.optim.Optimizer) -> _OptState:
+        st = self._opts.get(id(opt))
+        if st is None:
+            st = self._opts[id(opt)] = _OptState(opt)
+            if self._primary is None:
+                self._primary = st
+        return st
+
+    def _inventory(self, st: _OptState) -> None:
+        """(Re)build the parameter -> module table of an optimizer; only when its groups change."""
+        sig = st.current_signature()
+        if sig == st.signature and st.params:
+            return
+        if self.is_global:
+            self._name_from_roots()
+        st.signature = sig
+        st.params, st.group_of, st.module_of, st.modules, st.numel = [], [], [], [], []
+        mod_index: dict[str, int] = {}
+        for gi, g in enumerate(st.opt.param_groups):
+            for pj, p in enumerate(g["params"]):
+                name = self._names.get(id(p), f"group{gi}.param{pj}")
+                mod = _module_of(name)
+                if mod not in mod_index:
+                    mod_index[mod] = len(st.modules)
+                    st.modules.append(mod)
+                st.params.append(p)
+                st.group_of.append(gi)
+                st.module_of.append(mod_index[mod])
+                st.numel.append(p.numel())
+        dev = st.params[0].device if st.params else torch.device("cpu")
+        # One host-to-device copy per inventory, not per step.
+        st.idx = torch.tensor(st.module_of, dtype=torch.long, device=dev)
+        st.sub_idx = {}
+        st.req = {}
+        budget = self.snapshot_elems
+        per = max(1024, budget // max(1, len(st.params)))
+        st.snap_k = [min(n, per) for n in st.numel]
+
+    def _on_pre_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        st = self._attach(opt)
+        if self.is_global and st is self._primary:
+            self._close_global_step()
+        st.sampled = st.count % self.sample_every == 0
+        if not st.sampled:
+            return
+        self._inventory(st)
+        if not st.params:
+            return
+        step = self.step if self.is_global else None
+        self._grad_stats(st, step)
+        self._param_states(st, step)
+        # Pre-step copy for the update ratio: one grouped copy kernel over all tensors.
+        heads = [_head(p, k) for p, k in zip(st.params, st.snap_k, strict=True)]
+        st.before = torch._foreach_mul(heads, 1.0)
+
+    def _on_post_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        st = self._attach(opt)
+        step = self.step if self.is_global else None
+        if st.sampled and st.before is not None:
+            self._update_stats(st, step)
+            st.before = None
+            self._arm_probe(st)
+        st.count += 1
+        if self.is_global and st is self._primary:
+            if st.sampled:
+                self._sampled_since_flush += 1
+            self._first_forward_pending = True
+            if st.count == self._discovery_steps:
+                self._end_discovery()
+            self._maybe_flush()
+
+    def _grad_stats(self, st: _OptState, step: int | None) -> None:
+        present = tuple(i for i, p in enumerate(st.params) if p.grad is not None and not p.grad.is_sparse)
+        if not present:
+            return
+        grads = [st.params[i].grad for i in present]
+        norms = torch.stack(torch._foreach_norm(grads)).float()  # (P',)
+        idx = st.sub_idx.get(present)
+        if idx is None:
+            idx = st.sub_idx[present] = st.idx.index_select(0, torch.tensor(present, device=st.idx.device))  # type: ignore[union-attr]
+        sq = norms * norms
+        per_mod = (
+            torch.zeros(len(st.modules), device=norms.device).index_add_(0, idx.to(norms.device), sq).sqrt()
+        )
+        total = sq.sum().sqrt().reshape(1)
+        # Gradient tensors holding a NaN/Inf (a non-finite norm); an exact element count would
+        # cost another pass over every gradient.
+        bad = (~torch.isfinite(norms)).sum().float().reshape(1)
+        names = tuple(f"grad/norm/{m}" for m in st.modules) + ("grad/norm/total", "nonfinite/grad")
+        self._append(step, names, torch.cat([per_mod, total, bad]))
+
+    def _trainable(self, st: _OptState) -> tuple[list[torch.Tensor], int]:
+        """Model parameters that require grad but are in no optimizer (explicit: the model; global: roots)."""
+        in_opt = {id(p) for s in self._opts.values() for p in s.params}
+        sources = [self.model] if self.model is not None else self._roots
+        seen: set[int] = set()
+        missing: list[torch.Tensor] = []
+        for m in sources:
+            for p in m.parameters():
+                if p.requires_grad and id(p) not in in_opt and id(p) not in seen:
+                    seen.add(id(p))
+                    missing.append(p)
+        return missing, sum(p.numel() for p in missing)
+
+    def _param_states(self, st: _OptState, step: int | None) -> None:
+        # Host-only bookkeeping (flags and floats the host already has): no device work.
+        missing, n_missing = self._trainable(st)
+        n_train = n_missing
+        n_nograd = n_zero_lr = 0
+        tensor_lr: torch.Tensor | None = None
+        for p, gi, n in zip(st.params, st.group_of, st.numel, strict=True):
+            if not p.requires_grad:
+                continue
+            n_train += n
+            if p.grad is None:
+                n_nograd += n
+            lr = st.opt.param_groups[gi].get("lr", None)
+            if isinstance(lr, (int, float)) and lr == 0:
+                n_zero_lr += n
+        lr0 = st.opt.param_groups[0].get("lr", None) if st.opt.param_groups else None
+        names: list[str] = []
+        vals: list[float] = []
+        if isinstance(lr0, (int, float)):
+            names.append("optim/lr")
+            vals.append(float(lr0))
+        elif isinstance(lr0, torch.Tensor):
+            tensor_lr = lr0
+        if n_train:
+            names += ["param/no_grad", "param/not_in_optimizer", "param/zero_lr"]
+            vals += [n_nograd / n_train, n_missing / n_train, n_zero_lr / n_train]
+        if names:
+            self._append_host(step, tuple(names), vals)
+        if tensor_lr is not None:
+            self._append(step, ("optim/lr",), tensor_lr.detach().float().reshape(1))
+        st._n_train = n_train  # type: ignore[attr-defined]
+        st._missing = missing  # type: ignore[attr-defined]
+
+    def _update_stats(self, st: _OptState, step: int | None) -> None:
+        before = st.before
+        assert before is not None
+        after = [_head(p, k) for p, k in zip(st.params, st.snap_k, strict=True)]
+        diff = torch._foreach_sub(after, before)
+        dn = torch.stack(torch._foreach_norm(diff)).float()  # (P,)
+        wn = torch.stack(torch._foreach_norm(before)).float()
+        idx = st.idx.to(dn.device)  # type: ignore[union-attr]
+        m = len(st.modules)
+        d_mod = torch.zeros(m, device=dn.device).index_add_(0, idx, dn * dn)
+        w_mod = torch.zeros(m, device=dn.device).index_add_(0, idx, wn * wn)
+        ratio_mod = d_mod.sqrt() / w_mod.sqrt().clamp_min(1e-12)
+        ratio_total = (d_mod.sum().sqrt() / w_mod.sum().sqrt().clamp_min(1e-12)).reshape(1)
+        # Frozen: trainable elements whose (sampled part of the) tensor did not move this step.
+        flags = tuple(p.requires_grad for p in st.params)
+        req = st.req.get(flags)
+        if req is None:  # one host-to-device copy per requires_grad pattern, not per step
+            req = st.req[flags] = torch.tensor(
+                [float(n) if f else 0.0 for f, n in zip(flags, st.numel, strict=True)], device=dn.device
+            )
+        unchanged = (dn == 0).float() * req
+        missing: list[torch.Tensor] = getattr(st, "_missing", [])
+        n_train = getattr(st, "_n_train", 0) or 1
+        frozen_total = ((unchanged.sum() + sum(p.numel() for p in missing)) / n_train).reshape(1)
+        mod_req = torch.zeros(m, device=dn.device).index_add_(0, idx, req)
+        mod_unch = torch.zeros(m, device=dn.device).index_add_(0, idx, unchanged)
+        frozen_mod = mod_unch / mod_req.clamp_min(1)
+        names = (
+            tuple(f"update/ratio/{x}" for x in st.modules)
+            + ("update/ratio/total", "param/frozen")
+            + tuple(f"param/frozen/{x}" for x in st.modules)
+        )
+        self._append(step, names, torch.cat([ratio_mod, ratio_total, frozen_total, frozen_mod]))
+        # Modules entirely outside this optimizer never move.
+        outside = sorted({_module_of(self._names.get(id(p), "?")) for p in missing} - set(st.modules))
+        if outside:
+            self._append_host(step, tuple(f"param/frozen/{x}" for x in outside), [1.0] * len(outside))
+
+    # ------------------------------------------------------------------ forward hooks
+
+    def _arm_probe(self, st: _OptState) -> None:
+        """Remember the first gradient present right after a sampled step (the stale-gradient probe).
+
+        A gradient hook on that parameter runs at the next backward, before the new gradient is
+        accumulated: if the old gradient is still there, unchanged, nobody called ``zero_grad``.
+        Checking at backward (not at forward) accepts ``forward; zero_grad; backward`` loops.
+        """
+        for p in st.params:
+            if p.grad is not None and not p.grad.is_sparse and p.requires_grad:
+                if id(p) not in self._probe_hooked:
+                    self._probe_hooked.add(id(p))
+                    self._handles.append(p.register_hook(self._guard(self._on_probe_grad(p))))
+                self._stale_probe = (p, torch.linalg.vector_norm(p.grad.detach()).float())
+                return
+
+    def _on_probe_grad(self, p: torch.Tensor) -> Callable[[torch.Tensor], None]:
+        def hook(grad: torch.Tensor) -> None:
+            probe = self._stale_probe
+            if probe is None or probe[0] is not p:
+                return
+            self._stale_probe = None
+            step = self.step if self.is_global else None
+            if p.grad is None:  # zero_grad(set_to_none=True): the host knows, no device work
+                self._append_host(step, ("grad/stale",), [0.0])
+                return
+            now = torch.linalg.vector_norm(p.grad.detach()).float()
+            # Still the same non-zero gradient as right after the step: nobody zeroed it.
+            stale = ((now == probe[1]) & (probe[1] > 0)).float().reshape(1)
+            self._append(step, ("grad/stale",), stale)
+
+        return hook
+
+    def _on_any_forward_pre(self, module: torch.nn.Module, args: Any) -> None:
+        # Global discovery: the first module to start a forward with grad enabled after a step is a root.
+        if not self._first_forward_pending or not torch.is_grad_enabled():
+            return
+        if isinstance(module, torch.nn.modules.loss._Loss):
+            return
+        self._first_forward_pending = False
+        if not any(module is r for r in self._roots):
+            self._roots.append(module)
+
+    def _on_any_forward(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if isinstance(module, torch.nn.modules.loss._Loss):
+            self._on_loss_module(module, args, output)
+
+    def _on_loss_module(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if len(args) < 1 or not isinstance(args[0], torch.Tensor) or not isinstance(output, torch.Tensor):
+            return
+        if self._discovery_handles:
+            while len(self._loss_modules_by_step) <= (self._primary.count if self._primary else 0):
+                self._loss_modules_by_step.append(set())
+            self._loss_modules_by_step[-1].add(id(module))
+            self._loss_module_objs[id(module)] = module
+        kind = _LOSS_KINDS.get(type(module).__name__)
+        if kind is None:
+            kind = type(module).__name__.lower().removesuffix("loss")
+        target = args[1] if len(args) > 1 and isinstance(args[1], torch.Tensor) else None
+        self._observe_loss(kind, args[0], target, output)
+
+    def _end_discovery(self) -> None:
+        """Swap the global forward hooks for hooks on the modules found (cheaper per module call)."""
+        if not self._discovery_handles:
+            return
+        steps = self._loss_modules_by_step[1:] or self._loss_modules_by_step
+        stable = all(s == steps[0] for s in steps)
+        if not stable:
+            return  # a new loss module every step: only the global hook sees them all
+        for h in self._discovery_handles:
+            h.remove()
+            self._handles.remove(h)
+        self._discovery_handles = []
+        for mid in steps[0] if steps else ():
+            mod = self._loss_module_objs[mid]
+            self._handles.append(mod.register_forward_hook(self._guard(self._on_loss_module)))
+
+    def _name_from_roots(self) -> None:
+        for root in self._roots:
+            for n, p in root.named_parameters():
+                self._names.setdefault(id(p), _strip(n))
+
+    # ------------------------------------------------------------------ global mode: losses
+
+    def _observe_loss(
+        self, kind: str, input: torch.Tensor, target: torch.Tensor | None, output: torch.Tensor
+    ) -> None:
+        if not torch.is_grad_enabled() or not isinstance(output, torch.Tensor) or output.numel() == 0:
+            return  # evaluation losses (no_grad) are not the training loss
+        if output is self._last_loss_out:
+            return  # the same call seen twice (a loss module and the function it calls)
+        self._last_loss_out = output
+        if not self._step_loss_from_backward:
+            out = output.detach()
+            self._step_loss = out.reshape(1) if out.numel() == 1 else out.float().mean().reshape(1)
+        st = self._primary
+        sampled = (st.count if st is not None else 0) % self.sample_every == 0
+        if not sampled or not isinstance(input, torch.Tensor) or input.numel() == 0:
+            return
+        x = input.detach()
+        x = x.float() if x.dtype != torch.float32 else x
+        if kind in _LOGIT_KINDS:
+            mn, mx = torch.aminmax(x)
+            self._pending["loss_input"] = (
+                ("loss_input/logits/min", "loss_input/logits/max"),
+                torch.stack([mn, mx]),
+                "plain",
+            )
+        elif kind == "nll":
+            self._pending["loss_input"] = (("loss_input/logprobs/max",), x.max().reshape(1), "plain")
+        self._pending.update(self._batch_stats(x, target, kind=kind))
+
+    def _close_global_step(self) -> None:
+        """Write the loss and the batch statistics of the step about to be taken."""
+        step = self.step
+        if self._step_loss is not None:
+            self._append(step, ("train/loss",), self._step_loss, kind="loss")
+        for names, values, kind in self._pending.values():
+            self._append(step, names, values, kind)
+        self._pending.clear()
+        self._step_loss = None
+        self._step_loss_from_backward = False
+        self._last_loss_out = None
+
+    # ------------------------------------------------------------------ flush
+
+    def _flush(self) -> list[Observation]:
+        self._last_flush = time.monotonic()
+        self._sampled_since_flush = 0
+        rows = self._rows
+        if not rows:
+            return []
+        self._rows = []
+        fallback = self._next_step if not self.is_global else self.step
+        for row in self._unlabeled:
+            row.step = fallback
+        self._unlabeled.clear()
+        values: list[float] = []
+        if self._buf is not None and self._pos:
+            values = self._buf[: self._pos].tolist()  # the one host sync of this flush
+        self._pos = 0
+        obs: list[Observation] = []
+        nonfinite_loss = 0
+        last_loss_step: int | None = None
+
+        def emit(name: str, step: int, value: float) -> None:
+            obs.append(
+                Observation.model_construct(name=name, step=step, value=value, digits=None, rank=self.rank)
+            )
+
+        for row in rows:
+            vals = row.host if row.host is not None else values[row.pos : row.pos + row.n]
+            step = int(row.step if row.step is not None else fallback)
+            if row.kind == "loss":
+                v = vals[0]
+                if not math.isfinite(v):
+                    nonfinite_loss += 1
+                last_loss_step = step
+                emit("train/loss", step, v)
+            elif row.kind == "classes":
+                counts = vals[: row.n - len(row.names)]
+                extra = vals[row.n - len(row.names) :]
+                total = sum(counts)
+                for k, c in enumerate(counts):
+                    if c > 0:
+                        self._classes_seen.add(k)
+                if total > 0:
+                    for k in sorted(self._classes_seen):
+                        emit(f"label/fraction/{k}", step, counts[k] / total if k < len(counts) else 0.0)
+                emit("label/classes", step, float(len(self._classes_seen)))
+                for name, v in zip(row.names, extra, strict=True):
+                    emit(name, step, v)
+            else:
+                for name, v in zip(row.names, vals, strict=True):
+                    if name.startswith("param/frozen/") and not v > 0:
+                        continue  # per-module frozen fractions only when > 0
+                    emit(name, step, v)
+                if row.kind == "binary":
+                    frac = vals[0]
+                    if frac > 0:
+                        self._binary_seen.add(1)
+                    if frac < 1:
+                        self._binary_seen.add(0)
+                    emit("label/classes", step, float(len(self._binary_seen)))
+        if last_loss_step is not None:
+            emit("nonfinite/loss", last_loss_step, float(nonfinite_loss))
+        obs.sort(key=lambda o: o.step)
+        if self.doctor is not None:
+            self.doctor.observe_many(obs)
+            self.doctor.evaluate()
+        if self.sink is not None and not self._sink_failed:
+            try:
+                self.sink(obs)
+            except Exception as exc:  # a broken sink must not stop the training, nor the doctor
+                self._sink_failed = True
+                print(f"muvo-doctor: observation sink failed and is disabled ({exc!r})", file=sys.stderr)
+        return obs
+
+
+# ---------------------------------------------------------------------- statistics (device tensors)
+
+
+def _output_stats(o: torch.Tensor) -> tuple[tuple[str, ...], torch.Tensor, torch.Tensor]:
+    """mean, std across the batch, saturated fraction, min, max, non-finite count of outputs ``o``."""
+    mn, mx = torch.aminmax(o)
+    is_prob = (mn >= 0) & (mx <= 1)
+    sat_logit = (o.abs() > SATURATED_LOGIT).float().mean()
+    sat_prob = ((o < SATURATED_PROB) | (o > 1 - SATURATED_PROB)).float().mean()
+    sat = torch.where(is_prob, sat_prob, sat_logit)
+    bad = (~torch.isfinite(o)).sum().float()
+    n = o.shape[0] if o.dim() > 0 else 1
+    if n > 1:
+        # Spread across samples, per output unit, averaged over units: 0 means input-independent.
+        std = o.reshape(n, -1).std(dim=0, correction=0).mean()
+        names = (
+            "output/mean",
+            "output/std",
+            "output/saturated",
+            "output/min",
+            "output/max",
+            "nonfinite/output",
+        )
+        vals = torch.stack([o.mean(), std, sat, mn, mx, bad])
+    else:
+        names = ("output/mean", "output/saturated", "output/min", "output/max", "nonfinite/output")
+        vals = torch.stack([o.mean(), sat, mn, mx, bad])
+    return names, vals, is_prob
+
+
+def _label_stats(
+    o: torch.Tensor | None, y: torch.Tensor, is_prob: torch.Tensor | None, kind: str | None
+) -> tuple[tuple[str, ...], torch.Tensor, str] | None:
+    """Label histogram (binary: positive fraction; multiclass: counts) and accuracy when outputs fit."""
+    multi_out = o is not None and o.dim() >= 2 and o.shape[1] > 1
+    if kind in _CLASS_KINDS and not multi_out:
+        return None  # unbatched class scores: nothing to histogram reliably
+    if multi_out and not y.is_floating_point() and y.dim() == o.dim() - 1 and y.shape[0] == o.shape[0]:  # type: ignore[union-attr]
+        return _class_stats(o, y, o.shape[1])  # type: ignore[union-attr]
+    if multi_out and y.is_floating_point() and y.shape == o.shape and kind in _CLASS_KINDS:  # type: ignore[union-attr]
+        return _soft_class_stats(o, y)  # type: ignore[arg-type]
+    if kind is not None and kind not in ("bce_with_logits", "bce"):
+        return None  # regression losses etc.: no label histogram
+    if y.is_floating_point() or y.dtype == torch.bool or (o is not None and o.numel() == y.numel()):
+        pos = y > 0.5 if y.is_floating_point() else y > 0
+        frac = pos.float().mean()
+        if o is not None and o.numel() == y.numel():
+            if kind == "bce_with_logits":
+                pred = o > 0
+            elif kind == "bce":
+                pred = o > 0.5
+            else:  # explicit mode: threshold 0.5 for probabilities, 0 for logits, decided on the device
+                thr = torch.where(is_prob, 0.5, 0.0) if is_prob is not None else 0.0
+                pred = o > thr
+            acc = (pred.reshape(-1) == pos.reshape(-1)).float().mean()
+            return ("label/positive_fraction", "train/acc"), torch.stack([frac, acc]), "binary"
+        return ("label/positive_fraction",), frac.reshape(1), "binary"
+    return _class_stats(None, y, MAX_CLASSES)
+
+
+def _class_stats(
+    o: torch.Tensor | None, y: torch.Tensor, k: int
+) -> tuple[tuple[str, ...], torch.Tensor, str]:
+    kb = min(k, MAX_CLASSES)
+    yl = y.reshape(-1).long()
+    valid = (yl >= 0) & (yl < kb)  # ignore_index (-100) and ids >= 100 are left out
+    counts = torch.zeros(kb, device=y.device).index_add_(0, yl.clamp(0, kb - 1), valid.float())
+    if o is None:
+        return (), counts, "classes"
+    pred = o.argmax(dim=1).reshape(-1)
+    acc = ((pred == yl) & valid).sum().float() / valid.sum().clamp_min(1).float()
+    return ("train/acc",), torch.cat([counts, acc.reshape(1)]), "classes"
+
+
+def _soft_class_stats(o: torch.Tensor, y: torch.Tensor) -> tuple[tuple[str, ...], torch.Tensor, str]:
+    kb = min(o.shape[1], MAX_CLASSES)
+    yy = y.movedim(1, -1).reshape(-1, o.shape[1]).float()
+    counts = yy[:, :kb].sum(dim=0)
+    acc = (o.argmax(dim=1).reshape(-1) == yy.argmax(dim=1)).float().mean()
+    return ("train/acc",), torch.cat([counts, acc.reshape(1)]), "classes"
 
 
 @contextmanager
-def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, **kwargs: Any) -> Iterator[Recorder]:
-    """Record a training loop under the doctor; flushes on exit."""
+def watch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    **kwargs: Any,
+) -> Iterator[Recorder]:
+    """Record a training loop under the doctor; flushes and removes the hooks on exit.
+
+    Example:
+        with muvo_doctor.watch(model, optimizer) as rec:
+            for step, (x, y) in enumerate(loader):
+                ...
+                rec.record(step, loss=loss, outputs=logits, labels=y)
+        print(rec.doctor.report().to_json())
+    """
     rec = Recorder(model, optimizer, **kwargs)
     try:
         yield rec
     finally:
         rec.close()
+
+
+__all__: Sequence[str] = ("Recorder", "Sink", "watch")
