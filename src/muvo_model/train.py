@@ -1,0 +1,772 @@
+"""muvo-train: train a camera + lidar anomaly detector, top to bottom in one loop.
+
+    muvo-train                                   # defaults: fusion model, synthetic data, ~3 min on 2 CPU cores
+    muvo-train --config run.toml --set train.steps=2000 --set model.arch=original
+    muvo-train --describe                        # resolved config, data summary, parameter count; no training
+    muvo-train --fault random-labels             # a named bug (see --list-faults), under the doctor
+    torchrun --nproc_per_node 2 -m muvo_model.train   # DistributedDataParallel (gloo on CPU, NCCL on GPU)
+
+The fast path keeps everything on the device: the data set is generated (or loaded) once as tensors, a
+batch is an ``index_select`` on them, and nothing inside a step waits for the host. The host syncs only at
+log and eval intervals (marked "host sync" below). Faults from faults.py enter only at "FAULT HOOK" lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from muvo_model.config import ConfigError, RunConfig, load_run_config
+from muvo_model.data.frames import Frames
+from muvo_model.faults import FAULTS, Fault, get_fault
+from muvo_model.model import build_model, count_parameters
+
+# -----------------------------------------------------------------------------------------------------------
+# Devices and processes
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits: rank, world size, device; rank 0 logs, evaluates and saves."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_dist(device: str) -> Dist:
+    """Pick the device; under torchrun (RANK/WORLD_SIZE set) also join the process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local if world > 1 else (dev.index or 0))
+        torch.cuda.set_device(dev)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world, dev)
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Data: once, as device tensors
+
+
+def _synthetic(cfg: RunConfig, n: int, seed: int, offset: int, device: torch.device) -> Frames:
+    try:
+        from muvo_model.data import synthetic
+    except ImportError:  # the synthetic generator lands separately; until then a toy stand-in
+        return _toy_generate(n, seed=seed, cfg=cfg, device=device, scenario_offset=offset)
+    scfg = synthetic.SyntheticConfig(
+        image_size=(cfg.data.image_size, cfg.data.image_size),
+        num_points=cfg.data.points,
+        anomaly_fraction=cfg.data.anomaly_fraction,
+        contrast=cfg.data.contrast,
+        anomaly_modality=cfg.data.anomaly_modality,
+    )
+    return synthetic.generate(n, seed=seed, config=scfg, device=str(device), scenario_offset=offset)
+
+
+def _toy_generate(n: int, *, seed: int, cfg: RunConfig, device: torch.device, scenario_offset: int) -> Frames:
+    """Placeholder scenes (a coloured square in the image, a raised point cluster) until synthetic.py lands."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    s, p = cfg.data.image_size, cfg.data.points
+    image = torch.rand(n, 3, s, s, generator=g) * 0.3 + 0.3
+    pts = torch.rand(n, p, 4, generator=g) * torch.tensor([40.0, 20.0, 0.5, 1.0]) - torch.tensor(
+        [0, 10, 0, 0]
+    )
+    mask = torch.rand(n, p, generator=g) < 0.8
+    label = (torch.rand(n, generator=g) < 0.4).float()
+    point_label = torch.zeros(n, p)
+    cls = torch.full((n, p), 7, dtype=torch.long)
+    for i in torch.nonzero(label).flatten().tolist():
+        x, y = torch.randint(0, s - 8, (2,), generator=g).tolist()
+        image[i, :, y : y + 6, x : x + 6] = torch.tensor([0.9, 0.2, 0.1]).view(3, 1, 1)
+        k = p // 20
+        pts[i, :k, 2] = 1.0 + torch.rand(k, generator=g)
+        point_label[i, :k] = 1.0
+        cls[i, :k] = 30
+    point_label = point_label * mask
+    cls = cls * mask
+    scen = torch.arange(n) // 8 + scenario_offset
+    return Frames(image, pts, mask, cls, point_label, label, scen).to(device)
+
+
+def load_data(cfg: RunConfig, device: torch.device) -> tuple[Frames, Frames]:
+    """The training and held-out splits as Frames on ``device`` (held-out = other scenarios).
+
+    Raises:
+        ConfigError: the data source cannot be used (e.g. AnoVox without a root).
+    """
+    if cfg.data.source == "anovox":
+        if not cfg.data.root:
+            raise ConfigError("data.source='anovox' needs data.root; pass --set data.root=PATH")
+        from muvo_model.data import anovox
+
+        splits = anovox.load_anovox(cfg.data.root, points=cfg.data.points)
+        train, val = splits["train"], splits.get("val", splits.get("test"))
+        return train.to(device), val.to(device)
+    train = _synthetic(cfg, cfg.data.train_frames, cfg.data.seed, 0, device)
+    val = _synthetic(cfg, cfg.data.val_frames, cfg.data.seed + 1, 1_000_000, device)
+    return train, val
+
+
+class BatchSampler:
+    """Epochs of random permutations of [0, n); each step takes the next ``batch`` indices (device tensor).
+
+    Every rank draws the same global batch and keeps its slice, so DDP ranks see disjoint shards.
+    """
+
+    def __init__(
+        self, n: int, batch: int, seed: int, device: torch.device, rank: int = 0, world: int = 1
+    ) -> None:
+        if batch % world:
+            raise ConfigError(f"train.batch_size={batch} must be divisible by the {world} DDP processes")
+        self.n, self.batch, self.device, self.rank, self.world = n, min(batch, n), device, rank, world
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(n, generator=self.gen).to(device)
+        self.pos = 0
+
+    def next(self) -> torch.Tensor:
+        if self.pos + self.batch > self.n:
+            self.perm = torch.randperm(self.n, generator=self.gen).to(self.device)  # once per epoch
+            self.pos = 0
+        idx = self.perm[self.pos : self.pos + self.batch]
+        self.pos += self.batch
+        return idx.view(self.world, -1)[self.rank]  # this rank's shard of the global batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state(), "perm": self.perm.cpu(), "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gen.set_state(state["gen"])
+        self.perm = state["perm"].to(self.device)
+        self.pos = int(state["pos"])
+
+
+# -----------------------------------------------------------------------------------------------------------
+# The step: forward, loss, backward, clip, update. No host sync inside.
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
+    """Linear warmup over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+@dataclass
+class LossSpec:
+    """What the loss needs besides the batch: prior weights and the point-loss weight."""
+
+    pos_weight: torch.Tensor | None  # frame BCE: (1-p)/p from the training prior
+    point_pos_weight: torch.Tensor | None  # point BCE: the same for anomaly points
+    point_weight: float  # 0 disables the point loss
+
+
+def compute_loss(
+    out: dict[str, torch.Tensor | None], labels: torch.Tensor, batch: Frames, spec: LossSpec, fault: Fault
+) -> torch.Tensor:
+    """Frame BCE-with-logits (+ masked per-point BCE for the fusion model), in fp32."""
+
+    def bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits, y, pos_weight=spec.pos_weight)
+
+    frame_logit = out["frame_logit"]
+    assert frame_logit is not None
+    loss = fault.frame_loss(frame_logit.float(), labels, bce)  # FAULT HOOK: the frame loss
+    point_logit = out.get("point_logit")
+    if point_logit is not None and spec.point_weight > 0 and fault.point_loss:  # FAULT HOOK: point loss off
+        per_point = F.binary_cross_entropy_with_logits(
+            point_logit.float(), batch.point_label, pos_weight=spec.point_pos_weight, reduction="none"
+        )  # (N, P)
+        # Padded points contribute nothing, to the sum or the count (a device tensor: no sync).
+        masked = torch.where(batch.point_mask, per_point, torch.zeros_like(per_point)).sum()
+        loss = loss + spec.point_weight * masked / batch.point_mask.sum().clamp_min(1)
+    return loss
+
+
+def make_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    spec: LossSpec,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    grad_clip: float = 1.0,
+    fault: Fault | None = None,
+) -> Callable[[Frames, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """One optimizer step as a function ``step(batch, labels) -> (loss, frame_logits)``, both on the device.
+
+    This is the step the training loop and the throughput benchmark run. It never syncs with the host:
+    the returned tensors are read only when the caller chooses to.
+    """
+    fault = fault or Fault()
+    device_type = next(model.parameters()).device.type
+    autocast = (
+        torch.autocast(device_type=device_type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    )
+
+    def step(batch: Frames, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if fault.zero_grad:  # FAULT HOOK: a missing zero_grad
+            optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            out = model(batch.image, batch.points, batch.point_mask)
+        loss = compute_loss(out, labels, batch, spec, fault)
+        loss.backward()
+        if grad_clip > 0:
+            # Returns a device tensor; no error_if_nonfinite, which would sync.
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        frame_logit = out["frame_logit"]
+        assert frame_logit is not None
+        return loss.detach(), frame_logit.detach().float()
+
+    return step
+
+
+def train_steps(
+    step: Callable[[Frames, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    data: Frames,
+    n_steps: int,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    on_step: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Run ``n_steps`` steps on random batches of ``data`` (device tensors); returns the last loss (no sync).
+
+    For benchmarks: ``on_step(i, loss, logits, labels)`` is where a Recorder's ``record`` goes.
+    """
+    sampler = BatchSampler(len(data), batch_size, seed, data.image.device)
+    loss = torch.zeros((), device=data.image.device)
+    for i in range(n_steps):
+        idx = sampler.next()
+        batch = data.index(idx)
+        loss, logits = step(batch, batch.frame_label)
+        if on_step is not None:
+            on_step(i, loss, logits, batch.frame_label)
+    return loss
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Evaluation on the held-out split (host sync: once per call)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: Frames,
+    *,
+    pos_weight: torch.Tensor | None,
+    batch_size: int,
+    amp_dtype: torch.dtype | None,
+    max_points: int = 2_000_000,
+) -> dict[str, float]:
+    """Frame-level loss, accuracy, AUROC, AUPRC, FPR95 and point-level AUROC against the true labels."""
+    from muvo_model import metrics
+
+    was_training = model.training
+    model.eval()
+    frame, point = [], []
+    device_type = data.image.device.type
+    autocast = torch.autocast(device_type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    for i in range(0, len(data), batch_size):
+        b = data.index(slice(i, i + batch_size))
+        with autocast:
+            out = model(b.image, b.points, b.point_mask)
+        frame.append(out["frame_logit"].float())
+        if out.get("point_logit") is not None:
+            point.append(out["point_logit"].float())
+    model.train(was_training)
+    logits = torch.cat(frame)
+    y = data.frame_label
+    res = {
+        "loss": F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight).item(),
+        "acc": ((logits > 0) == (y > 0.5)).float().mean().item(),
+    }
+    s, t = logits.cpu().numpy(), y.cpu().numpy()  # host sync
+    try:
+        res |= {
+            "auroc": metrics.auroc(s, t),
+            "auprc": metrics.auprc(s, t),
+            "fpr95": metrics.fpr_at_95_tpr(s, t),
+        }
+    except ValueError:  # a single-class split: ranking metrics are undefined
+        res |= {"auroc": float("nan"), "auprc": float("nan"), "fpr95": float("nan")}
+    if point:
+        pl = torch.cat(point)[data.point_mask]
+        py = data.point_label[data.point_mask]
+        if pl.numel() > max_points:  # cost: numpy sorts; a fixed random subset keeps eval cheap on big sets
+            keep = torch.randperm(pl.numel(), generator=torch.Generator().manual_seed(0))[:max_points]
+            pl, py = pl[keep.to(pl.device)], py[keep.to(py.device)]
+        try:
+            res["point_auroc"] = metrics.auroc(pl.cpu().numpy(), py.cpu().numpy())
+        except ValueError:
+            res["point_auroc"] = float("nan")
+    return res
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Output: rich on a TTY, plain lines otherwise
+
+
+class Log:
+    """Log lines (plain, greppable ``key=value`` with 6 significant digits) and, on a TTY, a progress bar."""
+
+    def __init__(self, enabled: bool, total: int, start: int) -> None:
+        from rich.console import Console
+
+        self.enabled = enabled
+        self.console = Console(highlight=False)
+        self.progress = None
+        if enabled and self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                TextColumn("{task.description}"), console=self.console, transient=True,
+            )  # fmt: skip
+            self.task = self.progress.add_task("", total=total, completed=start)
+            self.progress.start()
+
+    def line(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.progress is not None:
+            self.progress.console.print(text, markup=False)
+        else:
+            print(text, flush=True)
+
+    def advance(self, step: int, desc: str | None = None) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, **({"description": desc} if desc else {}))
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def fmt(v: float) -> str:
+    return f"{v:.6g}"
+
+
+# -----------------------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: final metrics, every step's loss (rank 0), the doctor's verdict."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)  # loss of each optimizer step, in order (from step 0)
+    verdict: str | None = None
+    wall_s: float = 0.0
+
+
+def _amp_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def _prior(x: torch.Tensor) -> float:
+    return float(x.float().mean().item()) if x.numel() else 0.0
+
+
+def _pos_weight(p: float, device: torch.device, cap: float) -> torch.Tensor:
+    # A single-class split has no prior to balance (the doctor's label_imbalance says so): weight 1.
+    w = (1 - p) / p if 0.0 < p < 1.0 else 1.0
+    return torch.tensor(min(w, cap), device=device)
+
+
+def _digits(text: str) -> int:
+    return len(text.split(".", 1)[1]) if "." in text and "e" not in text else 0
+
+
+def train(
+    cfg: RunConfig, *, fault: Fault | None = None, report: str | None = None, argv: str = ""
+) -> TrainResult:
+    """Train (and evaluate) one run as configured; the body of ``muvo-train``."""
+    fault = fault or Fault()
+    t_start = time.perf_counter()
+    dist = setup_dist(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    elif dist.world > 1 and dist.device.type == "cpu":
+        torch.set_num_threads(
+            max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", dist.world)))
+        )
+    device, amp = dist.device, _amp_dtype(cfg, dist.device)
+    result = TrainResult()
+
+    # Data, once, on the device.
+    train_set, val_set = load_data(cfg, device)
+    if device.type == "cuda":
+        train_set.image = train_set.image.contiguous(memory_format=torch.channels_last)
+        val_set.image = val_set.image.contiguous(memory_format=torch.channels_last)
+    train_labels_all = fault.labels(train_set)  # FAULT HOOK: the labelling function (prior only)
+    prior = _prior(train_labels_all)
+    point_prior = _prior(train_set.point_label[train_set.point_mask])
+    spec = LossSpec(
+        pos_weight=_pos_weight(prior, device, 100.0) if fault.use_pos_weight else None,  # FAULT HOOK
+        point_pos_weight=_pos_weight(point_prior, device, 50.0),
+        point_weight=cfg.train.point_loss_weight,
+    )
+
+    # Model and optimizer.
+    torch.manual_seed(cfg.train.seed)
+    mk = cfg.model
+    opts = (
+        {}
+        if mk.arch == "original"
+        else {"width": mk.width, "heads": mk.heads, "tokens": mk.tokens, "dropout": mk.dropout}
+    )
+    model = build_model(mk.arch, **opts)
+    model = fault.model(model)  # FAULT HOOK: the model
+    model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    params = list(fault.optimizer_params(model))  # FAULT HOOK: what the optimizer updates
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=cfg.optim.lr * fault.lr_scale,  # FAULT HOOK: the learning rate
+        betas=(cfg.optim.beta1, cfg.optim.beta2),
+        weight_decay=cfg.optim.weight_decay,
+        fused=device.type == "cuda",
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.min_lr_ratio)
+    )
+    sampler = BatchSampler(
+        len(train_set), cfg.train.batch_size, cfg.train.seed, device, dist.rank, dist.world
+    )
+
+    # Resume: model, optimizer, scheduler, sampler, RNG and step, so the continued run is the same run.
+    start = 0
+    ckpt_path = Path(cfg.train.checkpoint_dir) / "checkpoint.pt" if cfg.train.checkpoint_dir else None
+    if cfg.train.resume and ckpt_path is not None and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        sampler.load_state_dict(ck["sampler"])
+        torch.set_rng_state(ck["rng"])
+        if device.type == "cuda" and ck.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ck["cuda_rng"], device)
+        start = int(ck["step"])
+        result.losses = list(ck.get("losses", []))
+
+    net: nn.Module = model
+    if dist.world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.train.compile:
+        net = torch.compile(net)  # type: ignore[assignment]
+    step_fn = make_step(
+        net, optimizer, scheduler, spec, amp_dtype=amp, grad_clip=cfg.optim.grad_clip, fault=fault
+    )
+
+    # The doctor watches rank 0 (its Recorder keeps statistics on the device; one sync per flush).
+    doctor = rec = None
+    if cfg.doctor.enabled and dist.main:
+        from muvo_doctor.config import load_config
+        from muvo_doctor.doctor import Doctor
+        from muvo_doctor.recorder import Recorder
+
+        dcfg = load_config(cfg.doctor.config)
+        doctor = Doctor(dcfg, source=argv or "muvo-train")
+        rec = Recorder(
+            model, optimizer, doctor=doctor, config=dcfg, rank=dist.rank if dist.world > 1 else None
+        )
+
+    def observe(name: str, step: int, value: float, digits: int | None = None) -> None:
+        if doctor is not None:
+            from muvo_doctor.observation import Observation
+
+            doctor.observe(Observation(name=name, step=step, value=value, digits=digits))
+
+    log = Log(dist.main, cfg.train.steps, start)
+    if fault.name != "none":
+        log.line(f"fault {fault.name}: {fault.bug}")
+    window: list[torch.Tensor] = []  # losses since the last log line, on the device
+    correct = torch.zeros((), device=device)  # training accuracy of the window, on the device
+    positives = torch.zeros((), device=device)
+    seen = 0
+    t_log, last_eval = time.perf_counter(), None
+    train_loss = train_acc = train_majority = float("nan")
+    model.train()
+    try:
+        for step in range(start, cfg.train.steps):
+            idx = sampler.next()
+            batch = train_set.index(idx)  # index_select on device tensors: the whole "data loader"
+            labels = fault.labels(batch)  # FAULT HOOK: the labels of this batch
+            loss, logits = step_fn(batch, labels)
+            if rec is not None:
+                rec.record(step, loss=loss, outputs=logits, labels=labels)
+            window.append(loss)
+            correct += ((logits > 0) == (labels > 0.5)).sum()
+            positives += labels.sum()
+            seen += labels.numel()
+
+            done = step + 1
+            if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+                losses = torch.stack(window).tolist()  # host sync: once per log interval
+                result.losses += losses
+                train_loss = sum(losses) / len(losses)
+                train_acc, pos = correct.item() / seen, positives.item() / seen
+                train_majority = max(pos, 1 - pos)
+                rate = len(losses) * cfg.train.batch_size / (time.perf_counter() - t_log)
+                printed = fault.format_loss(
+                    losses[-1], labels.numel(), train_set.points.shape[1]
+                )  # FAULT HOOK
+                log.line(
+                    f"step {done} loss={printed} acc={fmt(train_acc)} "
+                    f"lr={fmt(scheduler.get_last_lr()[0])} samples/s={rate:.0f}"
+                )
+                observe("printed/loss", step, float(printed), _digits(printed))
+                observe("train/acc", step, train_acc)
+                log.advance(done, f"loss {printed}")
+                window, seen = [], 0
+                correct.zero_()
+                positives.zero_()
+                t_log = time.perf_counter()
+
+            if dist.main and (done % cfg.train.eval_every == 0 or done == cfg.train.steps):
+                last_eval = evaluate(
+                    model,
+                    val_set,
+                    pos_weight=spec.pos_weight,
+                    batch_size=cfg.train.eval_batch_size,
+                    amp_dtype=amp,
+                )
+                log.line(f"eval step {done} " + " ".join(f"val_{k}={fmt(v)}" for k, v in last_eval.items()))
+                for k in ("loss", "acc", "auroc", "auprc", "fpr95"):
+                    observe(f"val/{k}", step, last_eval[k])
+                t_log = time.perf_counter()
+
+            if (
+                dist.main
+                and ckpt_path is not None
+                and (
+                    done == cfg.train.steps
+                    or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0)
+                )
+            ):
+                save_checkpoint(ckpt_path, model, optimizer, scheduler, sampler, done, result.losses, cfg)
+    except KeyboardInterrupt:
+        log.close()
+        log.line(f"interrupted at step {step}")
+        if dist.main and ckpt_path is not None:
+            save_checkpoint(ckpt_path, model, optimizer, scheduler, sampler, step, result.losses, cfg)
+        raise
+    log.close()
+
+    if dist.world > 1:
+        _check_ranks_agree(model, dist, log)
+    result.wall_s = time.perf_counter() - t_start
+    if dist.main:
+        result.metrics = {f"val_{k}": v for k, v in (last_eval or {}).items()} | {
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "train_majority": train_majority,
+            "train_prior": prior,
+            "steps": float(cfg.train.steps),
+            "wall_s": result.wall_s,
+        }
+        print_table(result.metrics, log)
+    if rec is not None and doctor is not None:
+        rec.close()
+        doctor.evaluate()
+        rep = doctor.report(steps=cfg.train.steps)
+        result.verdict = rep.verdict
+        log.line(
+            f"doctor: verdict {rep.verdict} ({len(rep.findings)} finding{'s' * (len(rep.findings) != 1)})"
+        )
+        for f in rep.findings:
+            log.line(f"  {f.severity} {f.check} (step {f.step}): {f.message}")
+        if report:
+            Path(report).write_text(rep.to_json() + "\n", encoding="utf-8")
+    if dist.world > 1:
+        torch.distributed.destroy_process_group()
+    return result
+
+
+def save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    sampler: BatchSampler,
+    step: int,
+    losses: list[float],
+    cfg: RunConfig,
+) -> None:
+    """Everything a resumed run needs to continue identically; written atomically (tmp + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "sampler": sampler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "step": step,
+        "losses": losses,
+        "config": cfg.model_dump(),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _check_ranks_agree(model: nn.Module, dist: Dist, log: Log) -> None:
+    """DDP averages gradients, so every rank must end with the same weights; say so (or not) on rank 0."""
+    flat = torch.cat([p.detach().float().flatten() for p in model.parameters()])
+    gathered = [torch.empty_like(flat) for _ in range(dist.world)]
+    torch.distributed.all_gather(gathered, flat)
+    diff = max(float((g - flat).abs().max()) for g in gathered)
+    log.line(f"ddp: {dist.world} ranks, max parameter difference across ranks {diff:.3g}")
+
+
+def print_table(metrics: dict[str, float], log: Log) -> None:
+    """The final metrics as a table (rich box on a TTY, plain aligned text otherwise)."""
+    if not log.enabled:
+        return
+    if log.console.is_terminal:
+        from rich.table import Table
+
+        table = Table(title="final metrics")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k, v in metrics.items():
+            table.add_row(k, fmt(v))
+        log.console.print(table)
+        return
+    print("final metrics")
+    for k, v in metrics.items():
+        print(f"  {k:<16} {fmt(v):>12}")
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def describe(cfg: RunConfig) -> None:
+    """Resolved config, data summary and parameter count (``--describe``)."""
+    import json
+
+    print("config")
+    for section, values in cfg.model_dump().items():
+        print(f"  [{section}] " + " ".join(f"{k}={json.dumps(v)}" for k, v in values.items()))
+    device = torch.device("cpu") if cfg.train.device == "auto" else torch.device(cfg.train.device)
+    train_set, val_set = load_data(cfg, device)
+    print("data")
+    for name, d in (("train", train_set), ("val", val_set)):
+        n_scen = int(torch.unique(d.scenario).numel())
+        print(
+            f"  {name}: {len(d)} frames, {n_scen} scenarios, positive fraction {fmt(_prior(d.frame_label))}, "
+            f"image {tuple(d.image.shape[1:])}, points {d.points.shape[1]} "
+            f"(mean valid {fmt(d.point_mask.float().sum(1).mean().item())}), "
+            f"anomaly points {fmt(_prior(d.point_label[d.point_mask]))}"
+        )
+    mk = cfg.model
+    opts = (
+        {}
+        if mk.arch == "original"
+        else {"width": mk.width, "heads": mk.heads, "tokens": mk.tokens, "dropout": mk.dropout}
+    )
+    model = build_model(mk.arch, **opts)
+    print(f"model\n  arch {mk.arch}: {count_parameters(model):,} parameters")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="muvo-train", description="Train the muvo_model anomaly detector.")
+    p.add_argument(
+        "--config", metavar="TOML", help="a run config file (sections data, model, optim, train, doctor)"
+    )
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value (repeatable), e.g. --set train.steps=800")  # fmt: skip
+    p.add_argument("--describe", action="store_true", help="print the resolved config, data and model; exit")
+    p.add_argument("--arch", choices=["fusion", "original"], help="shortcut for --set model.arch=...")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--no-doctor", action="store_true", help="train without the in-process doctor")
+    p.add_argument("--report", metavar="PATH", help="write the doctor's JSON report here")
+    p.add_argument("--fault", metavar="NAME", help="inject a named bug (see --list-faults)")
+    p.add_argument("--list-faults", action="store_true", help="list the injectable faults and exit")
+    return p
+
+
+class _UsageError(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``muvo-train``. Exit codes: 0 ok, 2 bad usage or config (one line on stderr)."""
+    parser = _parser()
+
+    def usage_error(message: str) -> None:  # argparse would print usage + exit; we want one line, code 2
+        raise _UsageError(message)
+
+    parser.error = usage_error  # type: ignore[method-assign,assignment]
+    try:
+        args = parser.parse_args(argv)
+        if args.list_faults:
+            print("\n\n".join(f().describe() for f in FAULTS.values()))
+            return 0
+        overrides = list(args.overrides)
+        if args.arch:
+            overrides.append(f"model.arch={args.arch}")
+        if args.compile:
+            overrides.append("train.compile=true")
+        if args.no_doctor:
+            overrides.append("doctor.enabled=false")
+        cfg = load_run_config(args.config, overrides)
+        try:
+            fault = get_fault(args.fault)
+        except ValueError as exc:
+            raise ConfigError(f"--fault: {exc}") from None
+        if args.describe:
+            describe(cfg)
+            return 0
+        train(cfg, fault=fault, report=args.report, argv=" ".join(["muvo-train", *(argv or sys.argv[1:])]))
+    except _UsageError as exc:
+        print(f"muvo-train: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"muvo-train: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
