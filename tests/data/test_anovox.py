@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from muvo_model.data import anovox
 from muvo_model.data.anovox import (
     AnovoxError,
     PngError,
@@ -310,3 +311,25 @@ def test_voxel_label_source(tmp_path: Path) -> None:
     for split, keys in ((data.train, data.train_keys), (data.val, data.val_keys)):
         for j, key in enumerate(keys):
             assert split.frame_label[j] == frames.frame_label[where.index(key)]
+
+
+def test_cache_reuses_and_invalidates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    frames, root, where = written(tmp_path, [True, False, True, False])
+    cache = tmp_path / "cache"
+    a = load_anovox(root, num_points=16, image_size=8, val_fraction=0.5, cache_dir=cache)
+    (entry,) = list(cache.glob("anovox-*.pt"))
+    with monkeypatch.context() as mp:  # a cache hit reads no frame file
+        mp.setattr(anovox, "_load_frame", lambda *a, **k: pytest.fail("frame loaded despite the cache"))
+        b = load_anovox(root, num_points=16, image_size=8, val_fraction=0.5, cache_dir=cache)
+    assert torch.equal(a.train.image, b.train.image) and a.val_keys == b.val_keys and a.report == b.report
+    # another argument or a changed file gives another cache entry
+    load_anovox(root, num_points=16, image_size=8, val_fraction=0.5, seed=3, cache_dir=cache)
+    assert len(list(cache.glob("anovox-*.pt"))) == 2
+    png = sorted(root.rglob("*.png"))[0]
+    png.write_bytes(png.read_bytes()[:50])
+    c = load_anovox(root, num_points=16, image_size=8, val_fraction=0.5, cache_dir=cache)
+    assert c.report.drop_reasons == {"unreadable PNG": 1}
+    entry.write_bytes(b"broken")  # a broken cache file is ignored
+    png.unlink()
+    d = load_anovox(root, num_points=16, image_size=8, val_fraction=0.5, cache_dir=cache)
+    assert d.report.drop_reasons == {"missing RGB-CAM": 1}
