@@ -10,22 +10,34 @@ from __future__ import annotations
 
 import re
 
-# A printed number: decimal, scientific, nan/inf. Integers count as 0 digits.
-_NUM = r"[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|nan|inf(?:inity)?)"
-# A key: one word (letters first, then word chars . / -), optionally preceded by a split or
-# aggregate word and a space ("Train Loss", "Avg Score"); quotes allowed around it (dict lines).
-_KEY = (
-    r"(?:(?:train|training|val|valid|validation|eval|test|avg|average|mean|total|running)[ _])?"
-    r"[A-Za-z](?:[\w./\-]*\w)?"
-)
+from muvo_doctor.logs.base import AddPoint, as_fraction, classify, digits_of
+
+# One "key <sep> number" pair. Written for speed (no IGNORECASE, possessive quantifiers), since the
+# regex engine tries it at every character of a log: it is most of the reader's cost.
+# key: a word starting with a letter, optionally a second word ("Train Loss", "Avg Score"), quotes
+# allowed around it (dict lines); separator ":", "=" or blanks; a decimal, scientific, nan or inf
+# number, optionally "%", that must end there: not "02:05" (times), "1.2.3" (versions), "1,000", "2000M".
 _KV = (
-    r"(?<![\w.\-/])['\"]?(?P<k>" + _KEY + r")['\"]?"
-    r"(?:[ \t]*[:=][ \t]*|[ \t]+)"
-    r"(?P<v>" + _NUM + r")(?P<p>%)?"
-    # The number must end here: not "02:05" (times), "1.2.3" (versions), "1,000", "2000M".
-    r"(?![\w.:]|,\d)"
+    r"""(?<![\w.\-/'"])['"]?(?P<k>[A-Za-z][\w./\-]*+(?:\ [A-Za-z]\w*+)?)['"]?"""
+    r"(?:[ \t]*+[:=]|[ \t])[ \t]*+"
+    r"(?P<v>[-+]?(?:\d++(?:\.\d*+)?|\.\d++)(?:[eE][-+]?\d++)?|[-+]?(?:[nN]a[nN]|NAN|[iI]nf(?:inity)?|INF))"
+    r"(?P<p>%)?(?![\w.:]|,\d)"
 )
-_KV_RE = re.compile(_KV, re.IGNORECASE)
+_KV_RE = re.compile(_KV)
+# First words that make a two-word key ("train loss"); any other first word is dropped ("the loss").
+_PREFIX_WORDS = frozenset(
+    "train training val valid validation eval test avg average mean total running epoch batch".split()
+)
+
+
+def key_of(raw: str) -> str:
+    """The key as printed, lowercased; of two words, the first is kept only if it is a split or aggregate."""
+    k = raw.lower()
+    if " " in k:
+        first, _, second = k.partition(" ")
+        if first not in _PREFIX_WORDS:
+            return second
+    return k
 
 
 def _digits(num: str) -> int | None:
@@ -65,9 +77,9 @@ def parse_line(line: str) -> list[tuple[str, float, int | None]]:
     if not line:
         return []
     out: list[tuple[str, float, int | None]] = []
-    for m in _KV_RE.finditer(line):
-        v, d = _value(m.group("v"), m.group("p"))
-        out.append((m.group("k").lower(), v, d))
+    for k, v, p in _KV_RE.findall(line):
+        val, d = _value(v, p)
+        out.append((key_of(k), val, d))
     return out
 
 
@@ -144,7 +156,7 @@ def signal_name(key: str) -> str:
     cached = _name_cache.get(key)
     if cached is not None:
         return cached
-    k = key.strip().strip("'\"").lower()
+    k = key_of(key.strip().strip("'\""))
     k = k.replace("metrics/", "").replace(" ", "_")
     name = _normalise(k)
     if len(_name_cache) < 10_000:
@@ -189,3 +201,156 @@ def _normalise(k: str) -> str:
         return f"{split or _METRICS[canon]}/{canon}"
     rest = _SEP_RE.sub("_", rest).strip("_") or rest
     return f"{split}/{rest}" if split else rest
+
+
+# ---------------------------------------------------------------------------------------------
+# The streaming reader.
+
+# MMDetection/mmengine: "Epoch [1][50/7330]" or "Epoch(train) [1][  50/7330]": epoch, iteration, iterations per epoch.
+_MMDET = r"Epoch(?:\(\w+\))?[ \t]*\[(?P<e>\d+)\][ \t]*\[[ \t]*(?P<i>\d+)[ \t]*/[ \t]*(?P<n>\d+)\]"
+# One pass over a chunk: newlines (record boundaries), MMDetection step brackets, key/number pairs.
+_REC_RE = re.compile(r"(?P<nl>\n)|" + _MMDET + "|" + _KV)
+_CHUNK = 8 << 20
+_MAX_LINE = 1 << 20  # a "line" longer than this (no newline) is cut, so memory stays bounded
+_TRACEBACK = "Traceback (most recent call last)"
+
+
+def _drop_rewrites(text: str) -> str:
+    """What a terminal shows of carriage-return rewrites: per line the last non-blank segment,
+    plus each completed tqdm bar (``100%|``) that a later, different bar overwrote."""
+    out = []
+    for line in text.split("\n"):
+        if "\r" not in line:
+            out.append(line)
+            continue
+        segs = [s for s in line.split("\r") if s.strip()]
+        for a, b in zip(segs, segs[1:], strict=False):
+            # tqdm's close() prints the final bar twice: keep a completed bar only before a new bar.
+            if "100%|" in a and "100%|" not in b:
+                out.append(a)
+        if segs:
+            out.append(segs[-1])
+    return "\n".join(out)
+
+
+class TextStats:
+    """What a text read saw: records with numbers, points added, rewrites dropped, the largest step."""
+
+    __slots__ = ("records", "points", "rewrites", "last_step", "lines", "traceback", "bytes")
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.points = 0
+        self.rewrites = 0
+        self.last_step = -1
+        self.lines = 0
+        self.traceback = False
+        self.bytes = 0
+
+
+def read_text(path: str, add: AddPoint, *, keep_rewrites: bool = False) -> TextStats:
+    """Stream a console log into ``add(name, step, value, digits)``.
+
+    Each line that prints at least one known number is a record. Its step is the ``step``/``iter``/
+    ``Iteration`` number printed on it (MMDetection's ``Epoch [e][i/n]`` counts as ``(e-1)*n+i``),
+    else the last such step, else the record index. Carriage-return rewrites (tqdm) keep only what
+    a terminal shows at the end of each line plus each completed bar, unless ``keep_rewrites``.
+
+    Args:
+        path: the log file.
+        add: the sink, usually ``History.add_point``.
+        keep_rewrites: keep every ``\\r`` rewrite (used when a log is one long progress bar).
+
+    Returns:
+        Counters of what was read.
+    """
+    st = TextStats()
+    findall = _REC_RE.findall
+    pending: list[tuple[str, str, str]] = []
+    explicit = -1
+    last_explicit = -1
+
+    kinds: dict[str, tuple[str | None, bool, bool]] = {}
+
+    def flush() -> None:
+        nonlocal explicit, last_explicit
+        step = explicit
+        items = []
+        for k, v, p in pending:
+            kind = kinds.get(k)
+            if kind is None:
+                kind = kinds[k] = classify(k)
+            if kind[0] is not None:
+                items.append((kind, v, p))
+            elif kind[2] and v.isdigit():
+                step = int(v)
+        pending.clear()
+        explicit = -1
+        if not items:
+            return
+        if step >= 0:
+            last_explicit = step
+        elif last_explicit >= 0:
+            step = last_explicit
+        else:
+            step = st.records
+        for (name, frac, _), v, p in items:
+            val = float(v)
+            if v[-1].isdigit() and "e" not in v and "E" not in v:
+                dot = v.find(".")
+                d = len(v) - dot - 1 if dot >= 0 else 0
+            else:
+                d = digits_of(v)
+            if p:
+                d = None if d is None else d + 2
+                val = val / 100.0 if d is None else round(val / 100.0, d)
+            elif frac:
+                val, d = as_fraction(val, d)
+            add(name, step, val, d)
+        st.records += 1
+        st.points += len(items)
+        if step > st.last_step:
+            st.last_step = step
+
+    def process(raw: bytes) -> None:
+        nonlocal explicit
+        text = raw.decode("utf-8", errors="replace")
+        if not st.traceback and _TRACEBACK in text:
+            st.traceback = True
+        if "\r" in text:
+            st.rewrites += text.count("\r")
+            text = text.replace("\r", "\n") if keep_rewrites else _drop_rewrites(text)
+        st.lines += text.count("\n")
+        for nl, e, i, n_, k, v, p in findall(text):
+            if nl:
+                if pending:
+                    flush()
+            elif e:
+                explicit = (int(e) - 1) * int(n_) + int(i)
+            else:
+                pending.append((k, v, p))
+
+    with open(path, "rb") as f:
+        carry = b""
+        while True:
+            raw = f.read(_CHUNK)
+            st.bytes += len(raw)
+            if not raw:
+                if carry:
+                    process(carry + b"\n")
+                break
+            buf = carry + raw if carry else raw
+            cut = buf.rfind(b"\n")
+            if cut < 0 and len(buf) > _MAX_LINE:
+                # No newline for a megabyte: cut at a rewrite or a space so a number is rarely split.
+                cut = max(buf.rfind(b"\r"), buf.rfind(b" "))
+                if cut < 0:
+                    cut = len(buf) - 1
+            if cut < 0:
+                carry = buf
+                continue
+            process(buf[: cut + 1])
+            carry = buf[cut + 1 :]
+    if pending:
+        flush()
+    return st

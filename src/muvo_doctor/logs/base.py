@@ -1,0 +1,75 @@
+"""What every log reader shares: the point sink, the "no records" error, key filtering."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+# history.add_point(name, step, value, digits): the readers' only output.
+AddPoint = Callable[[str, int, float, "int | None"], None]
+
+
+class NoRecords(Exception):
+    """A log that cannot be audited; the message is one line: what is wrong and what to do."""
+
+
+# Keys that are an axis (they set the step, they are not a signal).
+STEP_KEYS = frozenset(
+    {"step", "steps", "global_step", "iter", "iters", "iteration", "_step", "trainer/global_step"}
+)
+EPOCH_KEYS = frozenset({"epoch", "epochs", "train epoch", "train_epoch"})
+# Bookkeeping numbers that are not training signals (time, memory, throughput, sizes).
+_NOISE = re.compile(
+    r"(^|[/_ ])(time|data_time|eta|memory|mem|max_mem|gpu_mem|runtime|"
+    r"samples_per_second|steps_per_second|total_flos|flos|batch|batch_size|bs|it|seed|num_.*|"
+    r"n_.*|id|pid|rank|world_size|workers|year|day|hour|min|sec|seconds|ms|size)$"
+    r"|\.(py|cpp|cc|c|h|hpp|cu)$|per_second$|_time$",
+)
+# Accuracy-like signals are fractions; a value printed in 0..100 without "%" is a percentage.
+_FRACTION = re.compile(r"(^|/)(acc|accuracy|auroc|auprc|map|fpr95|precision|recall|f1)$")
+
+_kinds: dict[str, tuple[str | None, bool, bool]] = {}
+
+
+def classify(key: str) -> tuple[str | None, bool, bool]:
+    """``(signal name or None for axis/bookkeeping keys, is a fraction, is the step axis)``, cached."""
+    got = _kinds.get(key)
+    if got is not None:
+        return got
+    from muvo_doctor.logs.text import key_of, signal_name  # text imports this module
+
+    k = key_of(key.strip().strip("'\""))
+    if k in STEP_KEYS:
+        got = (None, False, True)
+    elif k in EPOCH_KEYS or _NOISE.search(k):
+        got = (None, False, False)
+    else:
+        name = signal_name(key)
+        got = (name, bool(_FRACTION.search(name)), False)
+    if len(_kinds) < 10_000:
+        _kinds[key] = got
+    return got
+
+
+def digits_of(num: str) -> int | None:
+    """Decimal places a printed number shows: ``0.3331`` -> 4, ``5e-05`` -> 5, ``3`` -> 0, nan -> None."""
+    s = num.strip().lstrip("+-").lower()
+    if not s or s[0] in "ni":
+        return None
+    mant, _, exp = s.partition("e")
+    dot = mant.find(".")
+    d = len(mant) - dot - 1 if dot >= 0 else 0
+    if exp:
+        try:
+            d -= int(exp)
+        except ValueError:
+            return None
+    return max(d, 0)
+
+
+def as_fraction(value: float, digits: int | None) -> tuple[float, int | None]:
+    """A percentage printed without ``%`` (``acc: 90.0``) as a fraction with two more digits."""
+    if 1.0 < value <= 100.0:
+        d = None if digits is None else digits + 2
+        return (round(value / 100.0, d) if d is not None else value / 100.0), d
+    return value, digits
