@@ -17,8 +17,77 @@ class Thresholds(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # Filled in by the checks (see muvo_doctor/checks/); every check reads only this object.
-    min_points: int = 20  # fewer points of a signal than this and a trend check stays silent
+    # Every check reads only this object. "points" are history points (one per sampled step).
+    # -- shared
+    min_points: int = 20  # fewer points of a signal than this and a trend check stays silent (warm-up)
+    window: int = 50  # "recent" window (points) for levels of gradients, outputs, params: one default flush
+    # -- nan_inf
+    nan_critical_fraction: float = 0.5  # share of recent non-finite loss/grad points that makes it critical
+    # (an occasional inf gradient skipped by an fp16 GradScaler is normal, so isolated ones only warn)
+    # -- flat_loss
+    flat_window: int = 50  # points the loss must stay flat over; noisy minibatch losses never stay this still
+    flat_rel_range: float = 1e-4  # (max-min)/|median| below this is flat; minibatch noise is ~1e-2 and more
+    flat_abs_zero: float = 1e-12  # |loss| below this is exactly zero (an unused auxiliary loss), never flat
+    flat_min_printed_units: int = 100  # a printed constant counts as flat only if it spans >= this many
+    # units of its last digit (0.6931 is 6931 units; 0.0012 is 12 units: a display issue, not a flat line)
+    # -- loss_not_decreasing
+    lnd_min_points: int = 100  # long window: fewer loss points and we cannot tell a trend from noise
+    lnd_min_rel_drop: float = 0.02  # a learning loss drops at least 2% from its start (median vs median)
+    lnd_noise_z: float = 3.0  # ... and by more than 3 standard errors of the median difference
+    # -- divergence
+    div_block: int = 5  # points per block median (robust to single spikes, which are loss_spike's)
+    div_factor: float = 3.0  # blocked loss above best + 3x max(|best|, start-best): far above anything seen
+    div_patience: int = 2  # consecutive blocks that must hold (a spike that comes back is not divergence)
+    # -- loss_spike
+    spike_z: float = 12.0  # robust z of a step-to-step jump; heavy-tailed minibatch noise reaches ~6-8
+    spike_min_rel: float = 0.5  # the jump must also be at least 50% of the loss level
+    spike_return_points: int = 5  # ... and the loss must come back within this many points (isolated)
+    # -- vanishing_gradients (AUTOTRAINER defaults: beta1=1e-3 ratio, beta2=1e-4 absolute)
+    vg_ratio: float = 1e-3  # a module whose gradient norm is below 1e-3 x the largest module's is quiet
+    vg_abs: float = 1e-4  # ... and below this absolute norm
+    vg_total_abs: float = 1e-8  # total gradient norm below this: nothing moves (SageMaker: 1e-7 mean |g|)
+    vg_quiet_fraction: float = 0.5  # quiet share of modules that warns; one quiet layer alone is only info
+    # -- exploding_gradients
+    eg_growth: float = 100.0  # recent gradient norm 100x its early level (healthy runs grow <10x)
+    eg_abs: float = 1e4  # or an absolute total norm this large (BCE/CE models sit at 1e-2..1e1)
+    # -- frozen_parameters
+    frozen_min_fraction: float = 0.05  # share of trainable elements frozen/no-grad/... that warns
+    frozen_all_fraction: float = 0.99  # share treated as "everything is frozen"
+    frozen_repeat_fraction: float = 0.8  # logs: share of losses equal to the one an epoch earlier
+    frozen_repeat_min_distinct: int = 10  # ... among at least this many distinct values (not quantisation)
+    # -- stale_gradients
+    stale_fraction: float = 0.5  # grad/stale mean over the window above this: zero_grad is missing
+    stale_growth_ratio: float = 5.0  # grad norm grew this much ...
+    stale_growth_corr: float = 0.95  # ... nearly linearly with step (Pearson r) while the loss stalls
+    # -- constant_output
+    co_abs_std: float = 1e-6  # output std across the batch below this: the input is ignored
+    co_rel_std: float = 1e-4  # or below this fraction of |output mean|
+    co_saturated: float = 0.95  # share of saturated outputs (|logit| > 6) that counts as saturated
+    # -- wrong_loss_input
+    wli_min_points: int = 10  # with-logits input inside [0, 1] for this many points: probabilities
+    wli_logprob_tol: float = 1e-6  # NLL input max above this: not log-probabilities
+    # -- display_precision
+    dp_min_points: int = 5  # printed/real pairs (or log records) needed before judging
+    dp_mismatch_fraction: float = 0.8  # share of printed values off by more than one unit of the last digit
+    dp_max_distinct: int = 3  # logs: at most this many distinct printed values over many records ...
+    dp_min_records: int = 50  # ... of at least this many records
+    # -- label_imbalance
+    li_min_fraction: float = 0.02  # mean positive fraction below this (or above 1 - this) warns: 1 in 50
+    # -- prior_baseline
+    pb_window: int = 100  # points the loss must sit at the prior (one sampled step each)
+    pb_rel_band: float = 0.03  # |loss - prior loss| within 3% of the prior loss (plus noise) ...
+    pb_noise_z: float = 3.0  # ... or within this many standard errors of the window median
+    pb_acc_tol: float = 0.01  # accuracy within 1 point of the majority rate
+    pb_auroc_tol: float = 0.05  # AUROC within 0.05 of 0.5
+    pb_ln_k_max: int = 1000  # logs: classes K tried for a plateau at ln K
+    # -- overfitting
+    of_patience: int = 5  # validation points in a row above the best one
+    of_min_rise: float = 0.05  # ... by at least 5% of the best validation loss
+    # -- metric_stuck
+    ms_min_evals: int = 5  # evaluations needed before judging a metric
+    ms_auroc_tol: float = 0.02  # AUROC within 0.02 of 0.5 on every recent evaluation: chance
+    ms_map_floor: float = 0.01  # mAP below this on every recent evaluation: nothing detected
+    ms_acc_tol: float = 0.005  # accuracy within half a point of 1/K or of the majority rate
 
 
 class DoctorConfig(BaseModel):

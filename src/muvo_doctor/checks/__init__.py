@@ -10,8 +10,44 @@ from __future__ import annotations
 
 from types import ModuleType
 
-# Filled as checks are written; order is the order findings are listed in.
-ALL_CHECKS: tuple[ModuleType, ...] = ()
+from muvo_doctor.checks import (
+    constant_output,
+    display_precision,
+    divergence,
+    exploding_gradients,
+    flat_loss,
+    frozen_parameters,
+    label_imbalance,
+    loss_not_decreasing,
+    loss_spike,
+    metric_stuck,
+    nan_inf,
+    overfitting,
+    prior_baseline,
+    stale_gradients,
+    vanishing_gradients,
+    wrong_loss_input,
+)
+
+# Order is the order findings are listed in: outcomes first, then mechanisms, then data and display.
+ALL_CHECKS: tuple[ModuleType, ...] = (
+    nan_inf,
+    divergence,
+    flat_loss,
+    prior_baseline,
+    loss_not_decreasing,
+    metric_stuck,
+    loss_spike,
+    overfitting,
+    vanishing_gradients,
+    exploding_gradients,
+    frozen_parameters,
+    stale_gradients,
+    constant_output,
+    wrong_loss_input,
+    label_imbalance,
+    display_precision,
+)
 
 
 def by_id() -> dict[str, ModuleType]:

@@ -1,0 +1,204 @@
+"""Shared pieces of the checks: finite series, robust noise, loss progress, the label prior.
+
+Not a check (no ``ID``). Everything is O(n) numpy over one series, so the Doctor can run all
+checks on every flush over a 20,000-point history.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from muvo_doctor.config import Thresholds
+from muvo_doctor.finding import Finding, Severity
+from muvo_doctor.history import History, Series
+
+LOSS = "train/loss"
+
+
+def fmt(x: float) -> str:
+    """A number as a user reads it: 4 significant digits, no exponent for ordinary sizes."""
+    if not math.isfinite(x):
+        return str(x)
+    if x == 0:
+        return "0"
+    if 1e-4 <= abs(x) < 1e5:
+        return f"{x:.4g}" if abs(x) < 1 else f"{x:.4f}".rstrip("0").rstrip(".")
+    return f"{x:.3g}"
+
+
+def finite(history: History, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Steps and values of ``name`` with non-finite points dropped; None when absent or empty."""
+    s = history.series(name)
+    if s is None:
+        return None
+    ok = np.isfinite(s.values)
+    if not ok.any():
+        return None
+    return s.steps[ok], s.values[ok]
+
+
+def series(history: History, name: str) -> Series | None:
+    return history.series(name)
+
+
+def robust_sigma(x: np.ndarray) -> float:
+    """Standard deviation estimated from the median absolute deviation (outlier-proof)."""
+    if len(x) < 2:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(x - np.median(x))))
+
+
+def step_noise(x: np.ndarray) -> float:
+    """Per-point noise from first differences (insensitive to a slow trend)."""
+    if len(x) < 3:
+        return 0.0
+    return robust_sigma(np.diff(x)) / math.sqrt(2.0)
+
+
+def median_se(x: np.ndarray) -> float:
+    """Standard error of the median of ``x`` (1.2533 sigma / sqrt(n) for a normal sample)."""
+    if len(x) < 2:
+        return 0.0
+    return 1.2533 * max(robust_sigma(x), step_noise(x)) / math.sqrt(len(x))
+
+
+def make(
+    check: str,
+    severity: Severity,
+    step: int | None,
+    message: str,
+    evidence: dict,
+    advice: str,
+) -> Finding:
+    clean: dict = {}
+    for k, v in evidence.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, float) and not math.isfinite(v):
+            v = str(v)
+        clean[k] = v
+    return Finding(
+        check=check,
+        severity=severity,
+        step=None if step is None else int(step),
+        message=message,
+        evidence=clean,
+        advice=advice,
+    )
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How the training loss moved: start level, recent level, and whether that is a real drop."""
+
+    n: int
+    start: float  # median of the first third (or the first few points, whichever is higher)
+    recent: float  # median of the last third
+    drop: float  # start - recent
+    needed: float  # the drop that counts as learning (relative floor or noise, whichever is larger)
+    improved: bool
+    rising: bool
+    first_step: int
+    last_step: int
+
+
+def progress(
+    history: History, t: Thresholds, name: str = LOSS, min_points: int | None = None
+) -> Progress | None:
+    """Compare the first and last thirds of a loss series with their noise; None when too short."""
+    got = finite(history, name)
+    if got is None:
+        return None
+    steps, v = got
+    n = len(v)
+    if n < (t.min_points if min_points is None else min_points):
+        return None
+    k = max(n // 3, 1)
+    first, last = v[:k], v[-k:]
+    head = v[: max(3, min(k, n // 20))]
+    # The start is the higher of the first third and the very first points: a run that learned
+    # in its first 5% and then plateaued has learned, even if its thirds look alike.
+    start = max(float(np.median(first)), float(np.median(head)))
+    recent = float(np.median(last))
+    se = math.hypot(median_se(first), median_se(last))
+    needed = max(t.lnd_min_rel_drop * abs(start), t.lnd_noise_z * se)
+    drop = start - recent
+    rising = (recent - float(np.median(first))) > needed
+    return Progress(n, start, recent, drop, needed, drop > needed, rising, int(steps[0]), int(steps[-1]))
+
+
+def outcome_failure(history: History, t: Thresholds) -> str | None:
+    """A clause saying the training outcome fails (loss not improving), or None.
+
+    Mechanism checks escalate to critical only when this is not None.
+    """
+    got = history.series(LOSS)
+    if got is not None and len(got) >= t.min_points and not np.isfinite(got.values[-t.min_points :]).any():
+        return "and the loss is no longer finite"
+    p = progress(history, t)
+    if p is None or p.improved:
+        return None
+    return f"and the loss is not improving ({fmt(p.start)} -> {fmt(p.recent)} over {p.n} points)"
+
+
+def bernoulli_entropy(p: float) -> float:
+    """H(p) = -p ln p - (1-p) ln(1-p) in nats: the BCE of predicting the prior p."""
+    if p <= 0.0 or p >= 1.0:
+        return 0.0
+    return -p * math.log(p) - (1 - p) * math.log(1 - p)
+
+
+@dataclass(frozen=True)
+class Prior:
+    """The label prior seen so far and what predicting it alone scores."""
+
+    kind: str  # "binary" | "multiclass"
+    p: float  # positive fraction (binary) or the majority class's fraction
+    entropy: float  # loss of predicting the prior (nats)
+    majority: float  # accuracy of predicting the majority class
+    classes: int
+    label: str  # how the message names the entropy, e.g. "H(0.10)"
+    weighted: float | None  # binary: loss at the prior under BCE with pos_weight=(1-p)/p
+
+
+def label_prior(history: History) -> Prior | None:
+    """The prior from ``label/positive_fraction`` or ``label/fraction/<k>``; None when no labels were seen."""
+    got = finite(history, "label/positive_fraction")
+    if got is not None:
+        p = float(np.clip(np.mean(got[1]), 0.0, 1.0))
+        weighted = 2.0 * (1.0 - p) * math.log(2.0) if 0.0 < p < 1.0 else None
+        return Prior("binary", p, bernoulli_entropy(p), max(p, 1 - p), 2, f"H({p:.2f})", weighted)
+    names = [n for n in history.names("label/fraction/") if n.rsplit("/", 1)[-1].isdigit()]
+    if not names:
+        return None
+    fr = []
+    for n in names:
+        g = finite(history, n)
+        fr.append(float(np.mean(g[1])) if g is not None else 0.0)
+    f = np.clip(np.asarray(fr), 0.0, 1.0)
+    if f.sum() <= 0:
+        return None
+    f = f / f.sum()
+    nz = f[f > 0]
+    ent = float(-(nz * np.log(nz)).sum())
+    return Prior("multiclass", float(f.max()), ent, float(f.max()), len(names), "the prior's entropy", None)
+
+
+def first_run_start(mask: np.ndarray, length: int) -> int | None:
+    """Index where the first run of ``length`` consecutive True values starts, or None."""
+    if length <= 1:
+        idx = np.flatnonzero(mask)
+        return int(idx[0]) if len(idx) else None
+    m = mask.astype(np.int64)
+    c = np.concatenate(([0], np.cumsum(m)))
+    ok = (c[length:] - c[:-length]) == length
+    idx = np.flatnonzero(ok)
+    return int(idx[0]) if len(idx) else None
+
+
+def module_names(history: History, prefix: str) -> list[str]:
+    """Per-module series under ``prefix`` (``grad/norm/`` ...), without ``total`` or rank copies."""
+    return [n for n in history.names(prefix) if not n.endswith("/total") and "@rank" not in n]

@@ -1,0 +1,92 @@
+"""Gradient norms are huge or growing.
+
+What it does:
+    Reads ``grad/norm/total`` (or the largest ``grad/norm/<module>``). Compares the median of the
+    last ``window`` points with the median of the first ``min_points``: growth by ``eg_growth`` or
+    more, or a recent median above ``eg_abs``, is exploding. Non-finite norms are ``nan_inf``'s. A
+    warning; critical when the loss is also not improving.
+
+Why it matters:
+    Exploding gradients make each step overshoot: the loss oscillates, spikes, then diverges to Inf
+    or NaN. Typical causes are a learning rate that is too high, no normalisation in a deep or
+    recurrent stack, or gradients that accumulate because ``zero_grad`` is missing.
+
+What to do:
+    Lower the learning rate, clip gradients (``clip_grad_norm_(params, 1.0)``), add normalisation,
+    and check that ``optimizer.zero_grad()`` runs every step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from muvo_doctor.checks._common import fmt, make, module_names, outcome_failure
+from muvo_doctor.config import DoctorConfig
+from muvo_doctor.finding import Finding
+from muvo_doctor.history import History
+
+ID = "exploding_gradients"
+
+ADVICE = "Lower the learning rate, clip gradients (clip_grad_norm_ 1.0), add normalisation, and call optimizer.zero_grad() every step."
+
+
+def _norm_series(history: History) -> tuple[str, np.ndarray, np.ndarray] | None:
+    s = history.series("grad/norm/total")
+    if s is not None:
+        return s.name, s.steps, s.values
+    best = None
+    for n in module_names(history, "grad/norm/"):
+        m = history.series(n)
+        if m is None:
+            continue
+        level = (
+            float(np.nanmedian(np.where(np.isfinite(m.values), m.values, np.nan)))
+            if np.isfinite(m.values).any()
+            else 0.0
+        )
+        if best is None or level > best[0]:
+            best = (level, m)
+    if best is None:
+        return None
+    return best[1].name, best[1].steps, best[1].values
+
+
+def check(history: History, config: DoctorConfig) -> list[Finding]:
+    t = config.thresholds
+    got = _norm_series(history)
+    if got is None:
+        return []
+    name, steps, v = got
+    ok = np.isfinite(v)
+    steps, v = steps[ok], v[ok]
+    if len(v) < max(t.min_points * 2, 2):
+        return []
+    early = float(np.median(v[: t.min_points]))
+    recent_w = v[-t.window :]
+    recent = float(np.median(recent_w))
+    growth = recent / early if early > 0 else (float("inf") if recent > 0 else 1.0)
+    huge = recent > t.eg_abs
+    if not (growth >= t.eg_growth or huge):
+        return []
+    # First step of the final run above the trigger level.
+    level = t.eg_abs if huge and growth < t.eg_growth else t.eg_growth * early
+    below = np.flatnonzero(v <= level)
+    first = int(below[-1]) + 1 if len(below) else 0
+    first = min(first, len(v) - 1)
+    failing = outcome_failure(history, t)
+    why = (
+        f"grew {growth:.0f}x from {fmt(early)} to {fmt(recent)} (median of the last {len(recent_w)} points)"
+        if growth >= t.eg_growth
+        else f"is {fmt(recent)} (median of the last {len(recent_w)} points), above {fmt(t.eg_abs)}"
+    )
+    msg = f"The gradient norm {name} {why}" + (f", {failing}." if failing else ".")
+    return [
+        make(
+            ID,
+            "critical" if failing else "warning",
+            int(steps[first]),
+            msg,
+            {"series": name, "early_median": early, "recent_median": recent, "growth": growth},
+            ADVICE,
+        )
+    ]

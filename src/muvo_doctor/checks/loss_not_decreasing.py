@@ -1,0 +1,65 @@
+"""The loss trend is flat or rising over a long window.
+
+What it does:
+    Once the training loss has ``lnd_min_points`` points, compares the median of its first third (or
+    of its very first points, whichever is higher) with the median of its last third. A learning loss
+    drops by at least ``lnd_min_rel_drop`` of its start and by more than ``lnd_noise_z`` standard
+    errors of the two medians. Medians make it robust to spikes; the noise term keeps a noisy but
+    falling loss quiet. A loss that fell and then plateaued has learned and is not reported.
+    Critical when the loss never dropped; a warning when it rises.
+
+Why it matters:
+    A loss that has not moved after hundreds of steps is a run that is not learning: a too-small or
+    zero learning rate, frozen weights, labels the inputs cannot predict, or a bug between the model
+    and the loss.
+
+What to do:
+    Try to overfit a single batch: if the loss cannot go to ~0 there, the bug is in the model, the
+    loss or the optimizer wiring, not in the data. Check the learning rate and the labels, and look
+    at the other findings for the mechanism.
+"""
+
+from __future__ import annotations
+
+from muvo_doctor.checks._common import LOSS, fmt, make, progress
+from muvo_doctor.config import DoctorConfig
+from muvo_doctor.finding import Finding
+from muvo_doctor.history import History
+
+ID = "loss_not_decreasing"
+
+ADVICE = (
+    "Overfit one batch to separate wiring bugs from data problems; check the learning rate, the labels "
+    "and that the loss uses the model's output; see the other findings for the cause."
+)
+
+
+def check(history: History, config: DoctorConfig) -> list[Finding]:
+    t = config.thresholds
+    p = progress(history, t, LOSS, min_points=t.lnd_min_points)
+    if p is None or (p.improved and not p.rising):
+        return []
+    if p.rising:
+        what = f"rose from {fmt(p.start)} to {fmt(p.recent)}"
+        sev = "warning"
+    else:
+        what = f"went from {fmt(p.start)} to {fmt(p.recent)} (a drop of {fmt(p.drop)}, below the {fmt(p.needed)} that noise allows)"
+        sev = "critical"
+    msg = f"{LOSS} {what} over {p.n} points (steps {p.first_step}-{p.last_step}): it is not decreasing."
+    return [
+        make(
+            ID,
+            sev,
+            p.first_step,
+            msg,
+            {
+                "series": LOSS,
+                "start_median": p.start,
+                "recent_median": p.recent,
+                "drop": p.drop,
+                "needed_drop": p.needed,
+                "points": p.n,
+            },
+            ADVICE,
+        )
+    ]

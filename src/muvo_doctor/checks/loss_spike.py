@@ -1,0 +1,90 @@
+"""Sudden isolated jumps in the loss.
+
+What it does:
+    Computes a robust z-score of every step-to-step change of the training loss (median and MAD of
+    the differences, so the noise itself sets the scale). A spike is a jump above ``spike_z`` that is
+    also at least ``spike_min_rel`` of the loss level before it and that comes back down within
+    ``spike_return_points`` points. A warning; a jump that never comes back is ``divergence``.
+
+Why it matters:
+    Isolated spikes come from bad batches (corrupt samples, extreme labels), a learning rate at the
+    edge of stability, or Adam's epsilon with rare features. Each one can undo progress, and
+    growing spikes often precede divergence.
+
+What to do:
+    Log the batch indices of the spiking steps and inspect those samples; clip gradients; lower the
+    learning rate or raise Adam's eps; check for label or input outliers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from muvo_doctor.checks._common import LOSS, fmt, make
+from muvo_doctor.config import DoctorConfig
+from muvo_doctor.finding import Finding
+from muvo_doctor.history import History
+
+ID = "loss_spike"
+
+ADVICE = "Inspect the batches at the spiking steps for outliers; clip gradients; lower the learning rate or raise Adam's eps."
+
+
+def check(history: History, config: DoctorConfig) -> list[Finding]:
+    t = config.thresholds
+    s = history.series(LOSS)
+    if s is None:
+        return []
+    ok = np.isfinite(s.values)
+    v, steps = s.values[ok], s.steps[ok]
+    n = len(v)
+    if n < max(t.min_points, 3):
+        return []
+    d = np.diff(v)
+    med = float(np.median(d))
+    mad = float(np.median(np.abs(d - med))) * 1.4826
+    if mad <= 0:
+        # Quantised or constant losses: the printed unit is the smallest real change.
+        mad = 10.0 ** (-s.digits) if s.digits is not None else 0.0
+        if mad <= 0:
+            return []
+    z = (d - med) / mad
+    before = v[:-1]
+    level = np.maximum(np.abs(before), 1e-12)
+    cand = np.flatnonzero((z > t.spike_z) & (d > t.spike_min_rel * level))
+    if len(cand) == 0:
+        return []
+    r = t.spike_return_points
+    spikes: list[int] = []
+    for i in cand[:1000]:  # i: jump from v[i] to v[i+1]
+        after = v[i + 2 : i + 2 + r]
+        if len(after) == 0:
+            continue  # too recent to tell a spike from a divergence
+        if after.min() <= v[i] + 0.5 * d[i]:
+            spikes.append(int(i))
+    if not spikes:
+        return []
+    i = spikes[0]
+    biggest = max(spikes, key=lambda j: z[j])
+    msg = (
+        f"{LOSS} jumped from {fmt(float(v[i]))} to {fmt(float(v[i + 1]))} at step {int(steps[i + 1])} "
+        f"(robust z = {z[i]:.1f}) and came back; {len(spikes)} such spike(s), the largest z = {z[biggest]:.1f} "
+        f"at step {int(steps[biggest + 1])}."
+    )
+    return [
+        make(
+            ID,
+            "warning",
+            int(steps[i + 1]),
+            msg,
+            {
+                "series": LOSS,
+                "spikes": len(spikes),
+                "spike_steps": [int(steps[j + 1]) for j in spikes[:20]],
+                "max_z": float(z[biggest]),
+                "before": float(v[i]),
+                "peak": float(v[i + 1]),
+            },
+            ADVICE,
+        )
+    ]

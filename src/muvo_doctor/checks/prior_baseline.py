@@ -1,0 +1,191 @@
+"""The model performs at the label-prior baseline: loss at the prior's entropy, accuracy at the majority rate.
+
+What it does:
+    With labels recorded (``label/positive_fraction`` or ``label/fraction/<k>``) it computes what
+    predicting the prior alone scores: the binary cross-entropy H(p) = -p ln p - (1-p) ln(1-p) (and,
+    for BCE with ``pos_weight = (1-p)/p``, 2 (1-p) ln 2), the multiclass -sum p_k ln p_k, and the
+    majority rate max(p, 1-p). When the median training loss of the last ``pb_window`` points lies
+    within ``pb_rel_band`` of one of them (or ``pb_noise_z`` standard errors, whichever is larger)
+    and does not trend down inside the window, the model has learned only the prior: critical. The
+    message adds the accuracy (vs the majority rate, ``pb_acc_tol``) and AUROC (vs 0.5,
+    ``pb_auroc_tol``) when they were recorded. Without labels (logs) the prior is inferred: a loss
+    plateau at the Bernoulli entropy H(1 - acc) of the accuracy plateau (0.325 with 90%: sure), or
+    a plateau at ln K for K classes (uniform prediction; surer when the accuracy is 1/K).
+
+Why it matters:
+    A model that predicts the prior reports a reasonable-looking loss and an accuracy equal to the
+    majority rate (89.9% with 10% positives) while it ignores its input entirely. No other tool
+    checks this; the original team celebrated exactly such a run.
+
+What to do:
+    Judge the run against the prior, not against zero: AUROC/AUPRC instead of accuracy, and a loss
+    clearly below H(p). Check that labels match inputs (no shuffling of one without the other, no
+    random or pseudo-labels that carry no signal), that the input reaches the model, and rebalance
+    the classes (``pos_weight``, a weighted sampler).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from muvo_doctor.checks._common import LOSS, bernoulli_entropy, finite, fmt, label_prior, make, median_se
+from muvo_doctor.config import DoctorConfig
+from muvo_doctor.finding import Finding
+from muvo_doctor.history import History
+
+ID = "prior_baseline"
+
+ADVICE = (
+    "Judge the run against the prior: AUROC/AUPRC instead of accuracy and a loss clearly below H(p). "
+    "Check that labels match inputs (no random/pseudo-labels, no shuffling of one side only), that the "
+    "input reaches the model, and rebalance the classes (pos_weight, weighted sampler)."
+)
+
+BLOCK = 10  # points per block when finding where the plateau began
+
+
+def _plateau(history: History, t, window: int) -> tuple[np.ndarray, np.ndarray, float, float, bool] | None:
+    """(steps, values, median, standard error, trending down) of the loss's last ``window`` points."""
+    got = finite(history, LOSS)
+    if got is None or len(got[1]) < window:
+        return None
+    steps, v = got
+    w = v[-window:]
+    half = len(w) // 2
+    med = float(np.median(w))
+    se = median_se(w)
+    drop = float(np.median(w[:half]) - np.median(w[half:]))
+    return steps, v, med, se, drop
+
+
+def _band(c: float, se: float, t) -> float:
+    return max(t.pb_rel_band * abs(c), t.pb_noise_z * se)
+
+
+def _onset(steps: np.ndarray, v: np.ndarray, c: float, band: float) -> int:
+    nb = len(v) // BLOCK
+    if nb == 0:
+        return int(steps[0])
+    off = len(v) - nb * BLOCK
+    blocks = np.median(v[off:].reshape(nb, BLOCK), axis=1)
+    out = np.flatnonzero(np.abs(blocks - c) > band)
+    b = int(out[-1]) + 1 if len(out) else 0
+    return int(steps[min(off + b * BLOCK, len(steps) - 1)])
+
+
+def _recent_median(history: History, name: str, window: int) -> tuple[float, float] | None:
+    got = finite(history, name)
+    if got is None:
+        return None
+    w = got[1][-window:]
+    return float(np.median(w)), median_se(w)
+
+
+def _with_labels(history: History, t, prior) -> Finding | None:
+    pl = _plateau(history, t, t.pb_window)
+    acc = _recent_median(history, "train/acc", t.pb_window) or _recent_median(
+        history, "val/acc", t.ms_min_evals
+    )
+    auroc = _recent_median(history, "val/auroc", t.ms_min_evals)
+    acc_at = acc is not None and abs(acc[0] - prior.majority) <= t.pb_acc_tol + 2 * acc[1]
+    auroc_at = auroc is not None and abs(auroc[0] - 0.5) <= t.pb_auroc_tol
+    evidence: dict = {"prior_p": prior.p, "prior_entropy": prior.entropy, "majority_rate": prior.majority}
+    parts: list[str] = []
+    step = None
+    if pl is not None and prior.entropy > 0:
+        steps, v, med, se, drop = pl
+        cands = [(f"prior entropy {prior.label}", prior.entropy)]
+        if prior.weighted is not None:
+            cands.append(("the prior loss under pos_weight=(1-p)/p, 2(1-p)ln2", prior.weighted))
+        hit = None
+        for label, c in cands:
+            band = _band(c, se, t)
+            if abs(med - c) <= band and drop <= band:
+                hit = (label, c, band)
+                break
+        evidence.update({"loss": med, "loss_se": se})
+        if hit is None:
+            return None  # the loss is away from every prior baseline: whatever acc says, it learns
+        label, c, band = hit
+        step = _onset(steps, v, c, band)
+        parts.append(f"loss {fmt(med)} ≈ {label}={c:.3f}")
+        evidence.update({"baseline_loss": c, "band": band})
+    elif LOSS in history or acc is None or not (acc_at and (auroc_at or auroc is None)):
+        return None  # a loss still warming up decides later; without one, accuracy and AUROC must agree
+    if acc is not None:
+        rel = "≈" if acc_at else "vs"
+        parts.append(f"accuracy {acc[0]:.1%} {rel} majority rate {prior.majority:.1%}")
+        evidence["accuracy"] = acc[0]
+    if auroc is not None:
+        parts.append(f"AUROC {auroc[0]:.3f}" + (" ≈ 0.5" if auroc_at else ""))
+        evidence["auroc"] = auroc[0]
+    if step is None:
+        got = finite(history, "train/acc") or finite(history, "val/acc")
+        step = int(got[0][0]) if got else None
+    msg = ", ".join(parts) + f" (p = {prior.p:.3f} from the labels): the model predicts the label prior."
+    return make(ID, "critical", step, msg[0].upper() + msg[1:], evidence, ADVICE)
+
+
+def _without_labels(history: History, t) -> Finding | None:
+    got = finite(history, LOSS)
+    if got is None or len(got[1]) < 2 * t.min_points:
+        return None
+    window = min(t.pb_window, len(got[1]) // 2)
+    pl = _plateau(history, t, window)
+    if pl is None:
+        return None
+    steps, v, med, se, drop = pl
+    acc = _recent_median(history, "train/acc", window) or _recent_median(history, "val/acc", t.ms_min_evals)
+    evidence: dict = {"loss": med, "loss_se": se, "inferred": True}
+    if acc is not None and 0.5 < acc[0] < 1.0:
+        p = 1.0 - acc[0]
+        c = bernoulli_entropy(p)
+        band = _band(c, se, t)
+        if abs(med - c) <= band and drop <= band:
+            off = abs(med - c) / c
+            sure = "high" if off <= t.pb_rel_band / 3 else "medium"
+            evidence.update(
+                {
+                    "prior_p": p,
+                    "prior_entropy": c,
+                    "majority_rate": acc[0],
+                    "accuracy": acc[0],
+                    "confidence": sure,
+                }
+            )
+            msg = (
+                f"Loss {fmt(med)} ≈ prior entropy H({p:.2f})={c:.3f} and accuracy {acc[0]:.2%} ≈ majority rate "
+                f"{acc[0]:.1%} (prior inferred from the accuracy plateau, {off:.1%} apart; confidence {sure}): "
+                f"the model predicts the label prior."
+            )
+            return make(ID, "critical", _onset(steps, v, c, band), msg, evidence, ADVICE)
+    if not (med > 0.5):
+        return None
+    k = int(round(math.exp(med)))
+    if k < 2 or k > t.pb_ln_k_max:
+        return None
+    c = math.log(k)
+    band = max(min(t.pb_rel_band * c, 0.25 / k), t.pb_noise_z * se)
+    if abs(med - c) > band or drop > band:
+        return None
+    chance = acc is not None and abs(acc[0] - 1.0 / k) <= t.pb_acc_tol + 2 * acc[1]
+    sure = "high" if chance else "medium"
+    evidence.update({"classes": k, "prior_entropy": c, "confidence": sure})
+    acc_part = ""
+    if acc is not None:
+        evidence["accuracy"] = acc[0]
+        acc_part = f", accuracy {acc[0]:.1%}" + (f" ≈ chance 1/{k}" if chance else "")
+    msg = (
+        f"Loss {fmt(med)} ≈ ln {k} = {c:.4f}{acc_part}: the loss sits where a model predicting a uniform prior over "
+        f"{k} classes sits (inferred from the plateau; confidence {sure})."
+    )
+    return make(ID, "critical", _onset(steps, v, c, band), msg, evidence, ADVICE)
+
+
+def check(history: History, config: DoctorConfig) -> list[Finding]:
+    t = config.thresholds
+    prior = label_prior(history)
+    f = _with_labels(history, t, prior) if prior is not None else _without_labels(history, t)
+    return [f] if f is not None else []

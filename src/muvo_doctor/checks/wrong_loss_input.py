@@ -1,0 +1,85 @@
+"""A with-logits loss receives probabilities, or a log-probability loss receives logits.
+
+What it does:
+    Reads the range of the input of with-logits losses (``loss_input/logits/min`` and ``/max``;
+    BCEWithLogitsLoss, binary_cross_entropy_with_logits, CrossEntropyLoss): when every one of the
+    last ``wli_min_points`` or more points lies inside [0, 1], the loss is being fed probabilities
+    (a sigmoid or softmax applied twice). Reads ``loss_input/logprobs/max`` (the input of NLLLoss):
+    above ``wli_logprob_tol`` it cannot be log-probabilities, so raw logits are fed to NLL. A warning;
+    critical when the loss is not improving.
+
+Why it matters:
+    Probabilities in [0, 1] passed as logits squash every prediction to sigmoid(0..1) = 0.5..0.73:
+    the model can barely express a negative and gradients shrink. Logits passed to NLLLoss make the
+    loss unbounded below: it "improves" forever while the model learns nothing.
+
+What to do:
+    Remove the ``sigmoid``/``softmax`` before ``BCEWithLogitsLoss``/``CrossEntropyLoss`` (apply it
+    only for metrics and inference), or add ``log_softmax`` before ``NLLLoss``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from muvo_doctor.checks._common import fmt, make, outcome_failure
+from muvo_doctor.config import DoctorConfig
+from muvo_doctor.finding import Finding
+from muvo_doctor.history import History
+
+ID = "wrong_loss_input"
+
+ADVICE = (
+    "Remove the sigmoid/softmax in front of BCEWithLogitsLoss/CrossEntropyLoss (use it only for metrics), "
+    "or apply log_softmax before NLLLoss."
+)
+
+
+def check(history: History, config: DoctorConfig) -> list[Finding]:
+    t = config.thresholds
+    lo, hi = history.series("loss_input/logits/min"), history.series("loss_input/logits/max")
+    if lo is not None and hi is not None:
+        n = min(len(lo), len(hi))
+        if n >= t.wli_min_points:
+            a, b = lo.values[-n:], hi.values[-n:]
+            inside = np.isfinite(a) & np.isfinite(b) & (a >= 0) & (b <= 1)
+            if inside.all():
+                failing = outcome_failure(history, t)
+                msg = (
+                    f"The input of the with-logits loss stayed inside [0, 1] at all {n} recorded steps "
+                    f"(min {fmt(float(a.min()))}, max {fmt(float(b.max()))}): it receives probabilities, "
+                    f"not logits" + (f", {failing}." if failing else ".")
+                )
+                return [
+                    make(
+                        ID,
+                        "critical" if failing else "warning",
+                        int(lo.steps[-n]),
+                        msg,
+                        {"logits_min": float(a.min()), "logits_max": float(b.max()), "points": n},
+                        ADVICE,
+                    )
+                ]
+    lp = history.series("loss_input/logprobs/max")
+    if lp is not None:
+        bad = np.isfinite(lp.values) & (lp.values > t.wli_logprob_tol)
+        if bad.any():
+            failing = outcome_failure(history, t)
+            i = int(np.argmax(bad))
+            peak = float(lp.values[bad].max())
+            msg = (
+                f"The input of NLLLoss reached {fmt(peak)} > 0 at {int(bad.sum())} of {len(lp)} steps (first at "
+                f"step {int(lp.steps[i])}): log-probabilities are never positive, so it receives logits"
+                + (f", {failing}." if failing else ".")
+            )
+            return [
+                make(
+                    ID,
+                    "critical" if failing else "warning",
+                    int(lp.steps[i]),
+                    msg,
+                    {"logprobs_max": peak, "bad_points": int(bad.sum()), "points": len(lp)},
+                    ADVICE,
+                )
+            ]
+    return []

@@ -1,0 +1,105 @@
+"""Every check on weird data: never raises, stays fast, and keeps a healthy noisy run clean."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from muvo_doctor.checks import ALL_CHECKS, by_id
+from muvo_doctor.config import DoctorConfig
+from muvo_doctor.doctor import Doctor
+from muvo_doctor.history import History
+
+CFG = DoctorConfig()
+SIGNALS = [
+    "train/loss", "val/loss", "train/acc", "val/acc", "val/auroc", "val/map", "optim/lr",
+    "grad/norm/total", "grad/norm/enc.0", "grad/norm/head.0", "update/ratio/enc.0", "update/ratio/head.0",
+    "param/frozen", "param/no_grad", "param/not_in_optimizer", "param/zero_lr", "grad/stale",
+    "output/mean", "output/std", "output/saturated", "loss_input/logits/min", "loss_input/logits/max",
+    "loss_input/logprobs/max", "label/positive_fraction", "label/classes", "label/fraction/0",
+    "label/fraction/1", "nonfinite/loss", "nonfinite/grad", "printed/loss", "printed/acc",
+]  # fmt: skip
+
+WEIRD = {
+    "one point": lambda n, rng: np.array([0.5]),
+    "all nan": lambda n, rng: np.full(n, np.nan),
+    "all inf": lambda n, rng: np.full(n, np.inf),
+    "constant": lambda n, rng: np.full(n, 0.25),
+    "zeros": lambda n, rng: np.zeros(n),
+    "nan laden": lambda n, rng: np.where(rng.random(n) < 0.3, np.nan, rng.random(n)),
+    "mixed inf": lambda n, rng: np.where(rng.random(n) < 0.1, -np.inf, rng.normal(size=n) * 1e30),
+    "huge": lambda n, rng: rng.random(n) * 1e300,
+    "negative": lambda n, rng: -rng.random(n) * 5,
+}
+
+
+@pytest.mark.parametrize("kind", list(WEIRD))
+@pytest.mark.parametrize("n", [1, 2, 7, 60, 400])
+def test_checks_never_raise_on_weird_data(kind: str, n: int) -> None:
+    rng = np.random.default_rng(n)
+    h = History()
+    for name in SIGNALS:
+        vals = WEIRD[kind](n, rng)
+        for i, v in enumerate(vals):
+            h.add_point(name, i, float(v), digits=4 if name.startswith("printed/") else None)
+    for mod in ALL_CHECKS:
+        out = mod.check(h, CFG)
+        assert isinstance(out, list)
+        for f in out:
+            assert f.check == mod.ID
+
+
+def test_ids_are_unique_and_documented() -> None:
+    assert len(by_id()) == len(ALL_CHECKS) == 16
+    for mod in ALL_CHECKS:
+        doc = mod.__doc__ or ""
+        for part in ("What it does:", "Why it matters:", "What to do:"):
+            assert part in doc, (mod.ID, part)
+
+
+def healthy_history(n: int, seed: int) -> History:
+    """A noisy but learning run: every signal a healthy recorder emits, at sane levels."""
+    rng = np.random.default_rng(seed)
+    h = History()
+    t = np.arange(n)
+    loss = 0.25 + 0.45 * np.exp(-t / (n / 5)) + rng.normal(0, 0.04, n).clip(-0.1, 0.2)
+    for i in range(n):
+        h.add_point("train/loss", i, float(loss[i]))
+        h.add_point("train/acc", i, float(np.clip(0.75 + 0.2 * (1 - np.exp(-i / (n / 5))) + rng.normal(0, 0.05), 0, 1)))
+        h.add_point("label/positive_fraction", i, float(rng.binomial(32, 0.3) / 32))
+        h.add_point("grad/norm/total", i, float(1.0 + rng.normal(0, 0.1)))
+        h.add_point("grad/norm/enc.0", i, float(0.3 + rng.normal(0, 0.03)))
+        h.add_point("grad/norm/head.0", i, float(0.8 + rng.normal(0, 0.08)))
+        h.add_point("output/std", i, float(1.5 + rng.normal(0, 0.1)))
+        h.add_point("output/mean", i, float(-1.0 + rng.normal(0, 0.1)))
+        h.add_point("output/saturated", i, 0.05)
+        h.add_point("loss_input/logits/min", i, float(-4 + rng.normal()))
+        h.add_point("loss_input/logits/max", i, float(3 + rng.normal()))
+        h.add_point("grad/stale", i, 0.0)
+        h.add_point("param/frozen", i, 0.0)
+        h.add_point("optim/lr", i, 1e-3)
+        if i % 50 == 49:
+            e = i // 50
+            h.add_point("val/loss", i, float(0.3 + 0.3 * np.exp(-e / 3) + rng.normal(0, 0.005)))
+            h.add_point("val/auroc", i, float(0.8 + 0.15 * (1 - np.exp(-e / 3))))
+            h.add_point("val/acc", i, float(0.8 + 0.1 * (1 - np.exp(-e / 3)) + rng.normal(0, 0.003)))
+    return h
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_healthy_noisy_decreasing_run_gives_nothing(seed: int) -> None:
+    h = healthy_history(1500, seed)
+    found = [f for mod in ALL_CHECKS for f in mod.check(h, CFG)]
+    assert [f for f in found if f.severity != "info"] == []
+
+
+def test_all_checks_are_fast_on_a_full_history() -> None:
+    h = healthy_history(20_000, 0)
+    d = Doctor(CFG)
+    d.history = h
+    t0 = time.perf_counter()
+    d.evaluate()
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 1.0, f"all checks took {elapsed:.3f}s on 20,000 points"
