@@ -33,6 +33,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.nn.modules.module as _module_hooks
+import torch.optim.optimizer as _optim_hooks
 from torch.utils.hooks import RemovableHandle
 
 from muvo_doctor.config import DoctorConfig
@@ -213,8 +215,8 @@ class Recorder:
         # Global mode.
         self._roots: list[torch.nn.Module] = []
         self._first_forward_pending = True
-        self._step_loss: torch.Tensor | None = None
-        self._step_loss_from_backward = False
+        self._step_loss: torch.Tensor | None = None  # first loss call of the step
+        self._step_backward: torch.Tensor | None = None  # last backward() tensor of the step
         self._last_loss_out: torch.Tensor | None = None
         self._pending: dict[str, tuple[tuple[str, ...], torch.Tensor, str]] = {}
         self._loss_modules_by_step: list[set[int]] = []
@@ -257,8 +259,8 @@ class Recorder:
         rec = cls(None, None, config=config, sink=sink, rank=rank, doctor=doctor, sample_every=sample_every)
         rec.is_global = True
         rec._discovery_steps = max(1, int(discovery_steps))
-        oo = torch.optim.optimizer
-        mm = torch.nn.modules.module
+        oo = _optim_hooks
+        mm = _module_hooks
         rec._handles.append(oo.register_optimizer_step_pre_hook(rec._guard(rec._on_pre_step)))
         rec._handles.append(oo.register_optimizer_step_post_hook(rec._guard(rec._on_post_step)))
         rec._discovery_handles = [
@@ -323,17 +325,17 @@ class Recorder:
             self._fail(exc)
 
     def observe_backward(self, loss: torch.Tensor) -> None:
-        """See the tensor ``backward()`` was called on: the loss actually optimized (global mode).
+        """See the tensor ``backward()`` was called on (global mode; the bootstrap's patched backward).
 
-        Takes precedence over loss-function calls for ``train/loss`` of that step.
+        It is ``train/loss`` for steps without a loss-function call (a loss written as a formula).
+        A loss call wins when there is one: under AMP the backward tensor is the loss times the
+        gradient scale.
         """
         if not self.enabled or not isinstance(loss, torch.Tensor) or loss.numel() == 0:
             return
         try:
-            self._step_loss = (
-                loss.detach().reshape(-1)[:1] if loss.numel() == 1 else loss.detach().mean().reshape(1)
-            )
-            self._step_loss_from_backward = True
+            t = loss.detach()
+            self._step_backward = t.reshape(1) if t.numel() == 1 else t.float().mean().reshape(1)
         except Exception as exc:
             self._fail(exc)
 
@@ -505,8 +507,8 @@ class Recorder:
         mod_index: dict[str, int] = {}
         for gi, g in enumerate(st.opt.param_groups):
             for pj, p in enumerate(g["params"]):
-                name = self._names.get(id(p), f"group{gi}.param{pj}")
-                mod = _module_of(name)
+                name = self._names.get(id(p))
+                mod = _module_of(name) if name is not None else f"group{gi}.param{pj}"
                 if mod not in mod_index:
                     mod_index[mod] = len(st.modules)
                     st.modules.append(mod)
@@ -753,9 +755,10 @@ class Recorder:
         if output is self._last_loss_out:
             return  # the same call seen twice (a loss module and the function it calls)
         self._last_loss_out = output
-        if not self._step_loss_from_backward:
-            out = output.detach()
-            self._step_loss = out.reshape(1) if out.numel() == 1 else out.float().mean().reshape(1)
+        if self._step_loss is not None:
+            return  # the first loss call of a step is its main loss (``main + w * aux`` is typical)
+        out = output.detach()
+        self._step_loss = out.reshape(1) if out.numel() == 1 else out.float().mean().reshape(1)
         st = self._primary
         sampled = (st.count if st is not None else 0) % self.sample_every == 0
         if not sampled or not isinstance(input, torch.Tensor) or input.numel() == 0:
@@ -776,13 +779,14 @@ class Recorder:
     def _close_global_step(self) -> None:
         """Write the loss and the batch statistics of the step about to be taken."""
         step = self.step
-        if self._step_loss is not None:
-            self._append(step, ("train/loss",), self._step_loss, kind="loss")
+        loss = self._step_loss if self._step_loss is not None else self._step_backward
+        if loss is not None:
+            self._append(step, ("train/loss",), loss, kind="loss")
         for names, values, kind in self._pending.values():
             self._append(step, names, values, kind)
         self._pending.clear()
         self._step_loss = None
-        self._step_loss_from_backward = False
+        self._step_backward = None
         self._last_loss_out = None
 
     # ------------------------------------------------------------------ flush
