@@ -94,7 +94,7 @@ def check_roundtrip(frames: Frames, where: list[tuple[str, int]], data) -> int:
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])
 def test_png_roundtrip_every_filter(channels: int) -> None:
     rng = np.random.default_rng(channels)
-    for h, w in [(1, 1), (7, 5), (10, 13)]:
+    for h, w in [(1, 1), (1, 9), (9, 1), (7, 5), (10, 13)]:
         img = rng.integers(0, 256, size=(h, w, channels), dtype=np.uint8)
         for filters in (0, 1, 2, 3, 4, (0, 1, 2, 3, 4), (4, 3, 2, 1)):
             out = decode_png(encode_png(img, filters))

@@ -21,8 +21,8 @@ folder names or metadata files. The split is by scenario (neighbouring frames ar
 whether a scenario contains anomaly frames, deterministic per seed.
 
 PNG images are decoded by a small zlib + numpy decoder (8-bit gray, gray+alpha, RGB, RGBA, palette; no
-interlacing). Rows with the Average or Paeth filter need a per-byte Python loop (~1 s for a 768x512 image);
-when Pillow happens to be installed it is used instead (``png_backend="auto"``).
+interlacing; ~0.15 s for a 768x512 image with Paeth rows, 10 ms without). When Pillow happens to be installed it
+is used instead (``png_backend="auto"``); ``cache_dir`` makes later loads skip decoding altogether.
 """
 
 from __future__ import annotations
@@ -81,36 +81,44 @@ _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
 
 
-def _unfilter_sequential(line: list[int], prev: list[int], bpp: int, ftype: int) -> None:
-    """Average (3) and Paeth (4) depend on the already-decoded left byte: a per-byte loop on ints, in place.
+def _unfilter_wavefront(rows: np.ndarray, width: int, ch: int) -> np.ndarray:
+    """Undoes all row filters of an image that has Average (3) or Paeth (4) rows.
 
-    Cost: ~0.3-0.5 s for a 768x512 RGB image of Paeth rows (plain Python; Pillow, when installed, is used instead).
+    Those filters depend on the already-decoded left pixel, so a row cannot be decoded in one numpy op. But pixel
+    (r, c) depends only on (r, c-1), (r-1, c) and (r-1, c-1): every anti-diagonal r + c = d is independent given
+    the previous two. The image is skewed so that diagonals become contiguous rows, and decoded in H + W - 1
+    vectorised steps (~0.15 s for 768x512 RGB instead of ~0.6 s for a per-byte Python loop).
+
+    Args:
+        rows: uint8 (H, 1 + width * ch), the filter byte then the filtered bytes of each row.
+
+    Returns:
+        uint8 (H, width, ch).
     """
-    n = len(line)
-    if ftype == 3:
-        for i in range(bpp):
-            line[i] = (line[i] + (prev[i] >> 1)) & 0xFF
-        for i in range(bpp, n):
-            line[i] = (line[i] + ((line[i - bpp] + prev[i]) >> 1)) & 0xFF
-        return
-    for i in range(bpp):
-        line[i] = (line[i] + prev[i]) & 0xFF
-    for i in range(bpp, n):
-        a, b, c = line[i - bpp], prev[i], prev[i - bpp]
-        pa, pb = b - c, a - c  # |p - a|, |p - b| with p = a + b - c
-        pc = pa + pb
-        if pa < 0:
-            pa = -pa
-        if pb < 0:
-            pb = -pb
-        if pc < 0:
-            pc = -pc
-        if pa <= pb and pa <= pc:
-            line[i] = (line[i] + a) & 0xFF
-        elif pb <= pc:
-            line[i] = (line[i] + b) & 0xFF
-        else:
-            line[i] = (line[i] + c) & 0xFF
+    h = rows.shape[0]
+    ft = rows[:, 0]
+    filtered = rows[:, 1:].reshape(h, width, ch).astype(np.int16)
+    n_diag = h + width - 1
+    r_idx, c_idx = np.arange(h)[:, None], np.arange(width)[None, :]
+    # skewed layout: S[d, r + 1] is pixel (r, d - r); S[:, 0] is the zero row above the image, S[n_diag] (read as
+    # S[-1] at d = 0 and 1) stays zero: the zero column left of the image and the zero corner
+    out = np.zeros((n_diag + 1, h + 1, ch), np.int16)
+    src = np.zeros((n_diag, h + 1, ch), np.int16)
+    src[r_idx + c_idx, r_idx + 1] = filtered
+    kinds = [(ft == k)[:, None] for k in range(5)]
+    for d in range(n_diag):
+        r0, r1 = max(0, d - width + 1), min(h - 1, d)
+        cur, above, rs = slice(r0 + 1, r1 + 2), slice(r0, r1 + 1), slice(r0, r1 + 1)
+        a, b, c = out[d - 1, cur], out[d - 1, above], out[d - 2, above]  # left, up, up-left
+        pa, pb, pc = np.abs(b - c), np.abs(a - c), np.abs(a + b - 2 * c)
+        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+        pred = np.where(
+            kinds[4][rs],
+            paeth,
+            np.where(kinds[3][rs], (a + b) >> 1, np.where(kinds[2][rs], b, np.where(kinds[1][rs], a, 0))),
+        )
+        out[d, cur] = (src[d, cur] + pred) & 0xFF
+    return out[r_idx + c_idx, r_idx + 1].astype(np.uint8)
 
 
 def decode_png(data: bytes, name: str = "<png>") -> np.ndarray:
@@ -171,24 +179,21 @@ def decode_png(data: bytes, name: str = "<png>") -> np.ndarray:
     ftypes = rows[:, 0]
     if ftypes.max(initial=0) > 4:
         raise PngError(f"{name}: unknown row filter type {int(ftypes.max())}")
-    out = np.empty((height, stride), np.uint8)
-    prev = np.zeros(stride, np.uint8)
-    for r in range(height):
-        line = rows[r, 1:]
-        ft = int(ftypes[r])
-        if ft == 0:
-            cur = line
-        elif ft == 1:  # Sub: running sum per channel, mod 256 via uint8 overflow
-            cur = np.cumsum(line.reshape(width, ch), axis=0, dtype=np.uint8).reshape(-1)
-        elif ft == 2:  # Up
-            cur = line + prev
-        else:
-            buf = line.tolist()
-            _unfilter_sequential(buf, prev.tolist(), ch, ft)
-            cur = np.asarray(buf, np.uint8)
-        out[r] = cur
-        prev = out[r]
-    img = out.reshape(height, width, ch)
+    if ftypes.max(initial=0) >= 3:
+        img = _unfilter_wavefront(rows, width, ch)
+    else:  # None / Sub / Up only: one vectorised op per row
+        out = np.empty((height, stride), np.uint8)
+        prev = np.zeros(stride, np.uint8)
+        for r in range(height):
+            line, ft = rows[r, 1:], int(ftypes[r])
+            if ft == 1:  # Sub: running sum per channel, mod 256 via uint8 overflow
+                out[r] = np.cumsum(line.reshape(width, ch), axis=0, dtype=np.uint8).reshape(-1)
+            elif ft == 2:  # Up
+                out[r] = line + prev
+            else:
+                out[r] = line
+            prev = out[r]
+        img = out.reshape(height, width, ch)
     if colour == 3:
         assert plte is not None
         if int(img.max(initial=0)) >= plte.shape[0]:
@@ -717,7 +722,7 @@ def load_anovox(
         png_backend: ``auto`` (Pillow if installed, else the built-in decoder) or ``numpy`` (always built-in).
         cache_dir: when set, the loaded result is saved there (one ``.pt`` file, keyed by the arguments and every
             file's path, size and mtime) and reused by the next call with the same inputs: decoding PNGs in
-            Python is slow (~0.3 s per 768x512 image), a cache hit takes milliseconds per frame.
+            numpy is slow (~0.15 s per 768x512 image), a cache hit takes milliseconds per frame.
 
     Returns:
         AnovoxData with ``train`` and ``val`` Frames on the CPU and the load ``report``.
