@@ -43,7 +43,7 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
         what = f"rose from {fmt(p.start)} to {fmt(p.recent)}"
         sev = "warning"
     else:
-        what = f"went from {fmt(p.start)} to {fmt(p.recent)} (a drop of {fmt(p.drop)}, below the {fmt(p.needed)} that noise allows)"
+        what = f"went from {fmt(p.start)} to {fmt(p.recent)} (a drop of {fmt(p.drop)}, less than the {fmt(p.needed)} that counts as learning: {t.lnd_min_rel_drop:.0%} of the start or {t.lnd_noise_z:g} standard errors)"
         sev = "critical"
     msg = f"{LOSS} {what} over {p.n} points (steps {p.first_step}-{p.last_step}): it is not decreasing."
     return [

@@ -1,0 +1,183 @@
+"""Loss-outcome checks, table-driven: just above a threshold a finding appears, just below none does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from muvo_doctor.checks import divergence, flat_loss, loss_not_decreasing, loss_spike, nan_inf
+from muvo_doctor.config import DoctorConfig
+from muvo_doctor.finding import Finding
+from muvo_doctor.history import History
+
+CFG = DoctorConfig()
+T = CFG.thresholds
+
+
+def run(mod, digits: dict[str, int] | None = None, **series: np.ndarray) -> list[Finding]:
+    h = History()
+    for name, values in series.items():
+        name = name.replace("__", "/")
+        for i, v in enumerate(np.asarray(values, dtype=float)):
+            h.add_point(name, i, float(v), (digits or {}).get(name))
+    return mod.check(h, CFG)
+
+
+def noisy(n: int, level: float, sigma: float, seed: int = 0) -> np.ndarray:
+    return level + np.random.default_rng(seed).normal(0, sigma, n)
+
+
+def decreasing(n: int, seed: int = 0) -> np.ndarray:
+    t = np.arange(n)
+    return 0.2 + 0.5 * np.exp(-t / (n / 4)) + np.random.default_rng(seed).normal(0, 0.05, n)
+
+
+# ---------------------------------------------------------------- nan_inf
+@pytest.mark.parametrize(
+    ("loss", "severity"),
+    [
+        (np.r_[np.linspace(1, 0.5, 40), [np.nan] * 20], "critical"),
+        (np.r_[np.linspace(1, 0.5, 40), [np.inf], np.linspace(0.5, 0.4, 19)], "warning"),
+        (np.linspace(1, 0.5, 60), None),
+    ],
+)
+def test_nan_inf(loss: np.ndarray, severity: str | None) -> None:
+    out = run(nan_inf, train__loss=loss)
+    assert [f.severity for f in out] == ([severity] if severity else [])
+    if severity:
+        assert out[0].step == 40 and "step 40" in out[0].message
+
+
+def test_nan_inf_counter_from_recorder() -> None:
+    out = run(nan_inf, train__loss=np.linspace(1, 0.5, 30), nonfinite__grad=np.r_[np.zeros(10), np.full(20, 3.0)])
+    assert out[0].severity == "critical" and "nonfinite/grad" in out[0].message
+
+
+# ---------------------------------------------------------------- flat_loss
+@pytest.mark.parametrize(
+    ("rel_spread", "found"),
+    [(T.flat_rel_range * 0.5, True), (T.flat_rel_range * 2, False)],
+)
+def test_flat_loss_relative_spread_threshold(rel_spread: float, found: bool) -> None:
+    level = 0.6931
+    w = T.flat_window
+    loss = np.r_[np.linspace(0.8, level, 20), level + rel_spread * level * np.linspace(-0.5, 0.5, w)]
+    out = run(flat_loss, train__loss=loss)
+    assert bool(out) is found
+    if found:
+        assert out[0].severity == "critical"
+        assert "0.6931" in out[0].message and f"{T.flat_window}" in out[0].message
+
+
+def test_flat_loss_needs_a_full_window() -> None:
+    assert run(flat_loss, train__loss=np.full(T.flat_window - 1, 0.7)) == []
+    assert run(flat_loss, train__loss=np.full(T.flat_window, 0.7))[0].evidence["level"] == 0.7
+
+
+@pytest.mark.parametrize(
+    ("values", "digits", "found"),
+    [
+        (np.full(60, 0.6931), 4, True),  # 6931 units of the last digit: really flat
+        (np.tile([0.6931, 0.6932], 30), 4, True),  # one-unit flicker is flat too
+        (np.tile([0.6931, 0.6933], 30), 4, False),  # two units: moves
+        (np.full(60, 0.0012), 4, False),  # 12 units: display question, not flat
+        (np.r_[np.linspace(0.5, 0.0, 20), np.zeros(60)], 4, False),  # collapsed to 0.0000 after a decline
+        (np.zeros(80), None, False),  # an auxiliary loss that is exactly zero
+    ],
+)
+def test_flat_loss_precision_aware(values: np.ndarray, digits: int | None, found: bool) -> None:
+    out = run(flat_loss, digits={"train/loss": digits} if digits else None, train__loss=values)
+    assert bool(out) is found
+
+
+def test_zero_aux_loss_next_to_a_learning_loss_is_not_a_finding() -> None:
+    assert run(flat_loss, train__loss=decreasing(300), train__aux_loss=np.zeros(300)) == []
+
+
+def test_small_loss_that_still_moves_is_not_flat() -> None:
+    t = np.arange(200)
+    loss = 1e-5 * np.exp(-t / 100) * (1 + 0.1 * np.random.default_rng(0).normal(size=200))
+    assert run(flat_loss, train__loss=loss) == []
+
+
+def test_flat_aux_loss_is_a_warning_naming_the_series() -> None:
+    out = run(flat_loss, train__loss=decreasing(300), train__aux_loss=np.full(300, 2.5))
+    assert out[0].severity == "warning" and "train/aux_loss" in out[0].message and "2.5" in out[0].message
+
+
+# ---------------------------------------------------------------- loss_not_decreasing
+@pytest.mark.parametrize(
+    ("drop", "found"),
+    [(0.0, True), (T.lnd_min_rel_drop * 0.5, True), (T.lnd_min_rel_drop * 3, False)],
+)
+def test_loss_not_decreasing_relative_drop(drop: float, found: bool) -> None:
+    n = T.lnd_min_points * 3
+    loss = np.linspace(0.7, 0.7 * (1 - drop), n) + noisy(n, 0, 0.001)
+    out = run(loss_not_decreasing, train__loss=loss)
+    assert bool(out) is found
+    if found:
+        assert out[0].severity == "critical" and f"{out[0].evidence['start_median']:.4g}" in out[0].message
+
+
+def test_loss_not_decreasing_waits_for_a_long_window() -> None:
+    assert run(loss_not_decreasing, train__loss=np.full(T.lnd_min_points - 1, 0.7)) == []
+
+
+def test_loss_not_decreasing_noise_aware() -> None:
+    # A 3% drop buried in noise of sigma 0.3 is not a drop; the same drop with little noise is.
+    n = 150
+    assert run(loss_not_decreasing, train__loss=np.linspace(1, 0.97, n) + noisy(n, 0, 0.3))
+    assert not run(loss_not_decreasing, train__loss=np.linspace(1, 0.97, n) + noisy(n, 0, 0.005))
+
+
+def test_rising_loss_warns() -> None:
+    out = run(loss_not_decreasing, train__loss=np.linspace(0.5, 0.9, 200) + noisy(200, 0, 0.01))
+    assert out[0].severity == "warning" and "rose" in out[0].message
+
+
+def test_plateau_after_learning_is_not_reported() -> None:
+    loss = np.r_[np.linspace(0.7, 0.2, 50), noisy(2000, 0.2, 0.02)]
+    assert run(loss_not_decreasing, train__loss=loss) == []
+
+
+# ---------------------------------------------------------------- divergence
+@pytest.mark.parametrize(("factor", "found"), [(T.div_factor * 1.2, True), (T.div_factor * 0.8, False)])
+def test_divergence_threshold(factor: float, found: bool) -> None:
+    # start 1.0, best 0.5: scale 0.5; the loss jumps to best + factor * scale and stays.
+    loss = np.r_[np.linspace(1.0, 0.5, 50), np.full(30, 0.5 + factor * 0.5)]
+    out = run(divergence, train__loss=loss)
+    assert bool(out) is found
+    if found:
+        assert out[0].severity == "critical" and out[0].step == 50 and "0.5" in out[0].message
+
+
+def test_divergence_to_nan_counts() -> None:
+    loss = np.r_[np.linspace(1.0, 0.5, 40), np.geomspace(1, 1e6, 10), [np.nan] * 20]
+    assert run(divergence, train__loss=loss)[0].severity == "critical"
+
+
+def test_one_spike_is_not_divergence() -> None:
+    loss = np.r_[np.linspace(1.0, 0.5, 50), [50.0], np.full(30, 0.5)]
+    assert run(divergence, train__loss=loss) == []
+
+
+# ---------------------------------------------------------------- loss_spike
+@pytest.mark.parametrize(("jump", "found"), [(1.0, True), (0.2, False)])
+def test_loss_spike(jump: float, found: bool) -> None:
+    base = noisy(200, 0.5, 0.01, seed=3)
+    base[120] += jump
+    out = run(loss_spike, train__loss=base)
+    assert bool(out) is found
+    if found:
+        assert out[0].severity == "warning" and out[0].step == 120 and "z =" in out[0].message
+
+
+def test_step_that_stays_up_is_not_a_spike() -> None:
+    base = np.r_[noisy(100, 0.5, 0.01), noisy(100, 2.0, 0.01)]
+    assert run(loss_spike, train__loss=base) == []
+
+
+@pytest.mark.parametrize("mod", [flat_loss, loss_not_decreasing, divergence, loss_spike])
+@pytest.mark.parametrize("seed", range(3))
+def test_healthy_noisy_decreasing_loss_gives_nothing(mod, seed: int) -> None:
+    assert run(mod, train__loss=decreasing(2000, seed)) == []

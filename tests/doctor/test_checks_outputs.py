@@ -1,0 +1,109 @@
+"""Output, loss-input and label checks: thresholds and the numbers in the message."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from muvo_doctor.checks import constant_output, label_imbalance, wrong_loss_input
+from muvo_doctor.config import DoctorConfig
+from muvo_doctor.finding import Finding
+from muvo_doctor.history import History
+
+CFG = DoctorConfig()
+T = CFG.thresholds
+N = 100
+RNG = np.random.default_rng(0)
+LEARNING = np.linspace(0.7, 0.2, N) + RNG.normal(0, 0.01, N)
+STUCK = 0.6931 + RNG.normal(0, 0.01, N)
+
+
+def run(mod, series: dict[str, object], n: int = N) -> list[Finding]:
+    h = History()
+    for name, values in series.items():
+        for i, v in enumerate(np.broadcast_to(np.asarray(values, dtype=float), (n,))):
+            h.add_point(name, i, float(v))
+    return mod.check(h, CFG)
+
+
+# ---------------------------------------------------------------- constant_output
+@pytest.mark.parametrize(
+    ("std", "mean", "loss", "severity"),
+    [
+        (T.co_abs_std * 0.5, 0.0, STUCK, "critical"),
+        (T.co_abs_std * 0.5, 0.0, LEARNING, "warning"),
+        (T.co_abs_std * 2, 0.0, STUCK, None),
+        (5 * T.co_rel_std * 0.5, 5.0, STUCK, "critical"),  # relative to |mean| = 5
+        (5 * T.co_rel_std * 2, 5.0, STUCK, None),
+        (0.8, -1.0, LEARNING, None),
+    ],
+)
+def test_constant_output(std: float, mean: float, loss: np.ndarray, severity: str | None) -> None:
+    out = run(constant_output, {"output/std": std, "output/mean": mean, "train/loss": loss})
+    assert [f.severity for f in out] == ([severity] if severity else [])
+    if severity:
+        assert f"{std:.4g}" in out[0].message
+
+
+@pytest.mark.parametrize(
+    ("saturated", "loss", "found"),
+    [(T.co_saturated + 0.02, STUCK, True), (T.co_saturated - 0.02, STUCK, False), (0.99, LEARNING, False)],
+)
+def test_saturation_counts_only_when_the_loss_fails(saturated: float, loss: np.ndarray, found: bool) -> None:
+    out = run(constant_output, {"output/std": 2.0, "output/saturated": saturated, "train/loss": loss})
+    assert bool(out) is found
+    if found:
+        assert out[0].severity == "critical" and f"{saturated:.0%}" in out[0].message
+
+
+# ---------------------------------------------------------------- wrong_loss_input
+@pytest.mark.parametrize(
+    ("lo", "hi", "n", "found"),
+    [
+        (0.02, 0.97, T.wli_min_points, True),
+        (0.02, 0.97, T.wli_min_points - 1, False),
+        (-0.01, 0.97, 50, False),
+        (0.02, 1.01, 50, False),
+    ],
+)
+def test_probabilities_into_with_logits_loss(lo: float, hi: float, n: int, found: bool) -> None:
+    out = run(wrong_loss_input, {"loss_input/logits/min": lo, "loss_input/logits/max": hi, "train/loss": 0.7}, n)
+    assert bool(out) is found
+    if found:
+        assert "0.02" in out[0].message and "0.97" in out[0].message
+
+
+@pytest.mark.parametrize(("mx", "found"), [(T.wli_logprob_tol * 10, True), (0.0, False), (-0.1, False)])
+def test_logits_into_nll(mx: float, found: bool) -> None:
+    out = run(wrong_loss_input, {"loss_input/logprobs/max": mx, "train/loss": LEARNING})
+    assert bool(out) is found
+
+
+# ---------------------------------------------------------------- label_imbalance
+@pytest.mark.parametrize(
+    ("p", "severity"),
+    [
+        (0.0, "critical"),
+        (1.0, "critical"),
+        (T.li_min_fraction * 0.5, "warning"),
+        (1 - T.li_min_fraction * 0.5, "warning"),
+        (T.li_min_fraction * 1.5, None),
+        (0.1, None),
+    ],
+)
+def test_label_imbalance(p: float, severity: str | None) -> None:
+    out = run(label_imbalance, {"label/positive_fraction": p})
+    assert [f.severity for f in out] == ([severity] if severity else [])
+    if severity == "warning":
+        assert f"{p:.2%}" in out[0].message
+
+
+def test_label_imbalance_waits_for_batches() -> None:
+    assert run(label_imbalance, {"label/positive_fraction": 0.0}, T.min_points - 1) == []
+
+
+def test_single_multiclass_label() -> None:
+    out = run(label_imbalance, {"label/classes": 1.0})
+    assert out[0].severity == "critical"
+    out = run(label_imbalance, {"label/fraction/0": 0.995, "label/fraction/1": 0.005})
+    assert out[0].severity == "warning" and "99.50%" in out[0].message
