@@ -333,3 +333,13 @@ def test_cache_reuses_and_invalidates(tmp_path: Path, monkeypatch: pytest.Monkey
     png.unlink()
     d = load_anovox(root, num_points=16, image_size=8, val_fraction=0.5, cache_dir=cache)
     assert d.report.drop_reasons == {"missing RGB-CAM": 1}
+
+
+def test_command_line_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, root, _ = written(tmp_path, [True, False, True, False])
+    assert anovox.main([str(root), "--points", "16", "--size", "8", "8", "--val-fraction", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "4 scenarios, 16 frames found" in out and "train" in out
+    assert anovox.main([str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "set data.root" in err

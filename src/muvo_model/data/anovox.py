@@ -996,6 +996,46 @@ def read_sensor_setup(scenario: Path) -> dict[str, object]:
         raise AnovoxError(f"{path}: not valid JSON ({e}); restore the file from the release") from None
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m muvo_model.data.anovox ROOT [--points N] [--size H W] [--val-fraction F] [--seed S]``.
+
+    Loads the folder and prints the load report; exit 0 when usable, 2 (one line on stderr) when not.
+    """
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(
+        prog="python -m muvo_model.data.anovox", description="Check an AnoVox folder."
+    )
+    ap.add_argument("root")
+    ap.add_argument("--points", type=int, default=4096)
+    ap.add_argument("--size", type=int, nargs=2, default=(64, 96), metavar=("H", "W"))
+    ap.add_argument("--val-fraction", type=float, default=0.2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-frames-per-scenario", type=int, default=None)
+    ap.add_argument("--cache-dir", default=None)
+    a = ap.parse_args(argv)
+    try:
+        data = load_anovox(
+            a.root,
+            num_points=a.points,
+            image_size=tuple(a.size),
+            val_fraction=a.val_fraction,
+            seed=a.seed,
+            max_frames_per_scenario=a.max_frames_per_scenario,
+            cache_dir=a.cache_dir,
+        )
+    except AnovoxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(data.report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
 __all__ = [
     "AnovoxData",
     "AnovoxError",
