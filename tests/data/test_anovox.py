@@ -217,17 +217,20 @@ def test_corrupt_files_are_reported_drops(tmp_path: Path) -> None:
     scns = sorted(root.glob("Scenario_*"))
     bad_npy = sorted(next(scns[2].glob("SEMANTIC-LIDAR(*")).glob("*.npy"))[1]
     bad_npy.write_bytes(b"\x93NUMPY garbage")
+    junk = sorted(next(scns[0].glob("LIDAR(*")).glob("*.npy"))[0]
+    junk.write_bytes(b"junk")
     wrong_shape = sorted(next(scns[3].glob("LIDAR(*")).glob("*.npy"))[0]
     np.save(wrong_shape, np.zeros(5))
     bad_png = sorted(next(scns[1].glob("RGB-CAM(*")).glob("*.png"))[2]
     bad_png.write_bytes(bad_png.read_bytes()[:60])
     data = load_anovox(root, num_points=P, image_size=(H, W), val_fraction=0.5)
     rep = data.report
-    assert rep.drop_reasons == {"corrupt .npy": 2, "unreadable PNG": 1}
+    assert rep.drop_reasons == {"corrupt .npy": 3, "unreadable PNG": 1}
+    assert any(d.detail == f"{junk.name}: not a .npy file (bad header, 4 bytes)" for d in rep.dropped)
     details = " ".join(d.detail for d in rep.dropped)
     assert bad_npy.name in details and wrong_shape.name in details and bad_png.name in details
     assert all("\n" not in d.detail for d in rep.dropped)
-    assert rep.train.frames + rep.val.frames == len(frames) - 3
+    assert rep.train.frames + rep.val.frames == len(frames) - 4
 
 
 def test_one_class_split_is_a_clear_error(tmp_path: Path) -> None:

@@ -535,8 +535,19 @@ class _Drop(Exception):
 
 def _load_npy(path: Path, min_cols: int) -> np.ndarray:
     try:
+        with path.open("rb") as fh:
+            magic = fh.read(6)
+        if magic != b"\x93NUMPY":
+            raise _Drop(
+                "corrupt .npy", f"{path.name}: not a .npy file (bad header, {path.stat().st_size} bytes)"
+            )
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
+        if "pickled" in str(e):
+            raise _Drop(
+                "corrupt .npy",
+                f"{path.name}: holds pickled objects, expected a numeric (N, {min_cols}) array",
+            ) from None
         raise _Drop(
             "corrupt .npy", f"{path.name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from None
