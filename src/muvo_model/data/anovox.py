@@ -741,7 +741,7 @@ def load_anovox(
     Raises:
         AnovoxError: no scenarios, nothing loadable, fewer than two usable scenarios, or a split with one class.
     """
-    root = Path(root)
+    root = Path(root).expanduser()
     if not root.is_dir():
         raise AnovoxError(
             f"{root}: no such folder; set data.root to the folder holding the Scenario_* folders"
@@ -767,7 +767,7 @@ def load_anovox(
             label_source=label_source,
             max_frames_per_scenario=max_frames_per_scenario,
         )
-        cache_path = Path(cache_dir) / f"anovox-{_cache_key(root, scenarios, args)}.pt"
+        cache_path = Path(cache_dir).expanduser() / f"anovox-{_cache_key(root, scenarios, args)}.pt"
         cached = _read_cache(cache_path)
         if cached is not None:
             return cached
