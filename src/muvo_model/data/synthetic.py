@@ -152,12 +152,13 @@ class _Scene:
     """All primitive parameters of N frames (CPU tensors); anomaly slots hold per-modality variants."""
 
     def __init__(self, n: int) -> None:
-        self.box_c = torch.full((n, _KB, 3), _FAR)
+        # unused slots: centred under the sensor, 1 km underground (never hit, culled by the angular bounds)
+        self.box_c = torch.tensor([0.0, 0.0, _FAR]).repeat(n, _KB, 1)
         self.box_h = torch.full((n, _KB, 3), 0.1)
         self.cyl_xy = torch.zeros(n, _KC, 2)
         self.cyl_r = torch.full((n, _KC), 0.1)
         self.cyl_z = torch.tensor([_FAR - 1, _FAR]).repeat(n, _KC, 1)
-        self.ell_c = torch.full((n, _KE, 3), _FAR)
+        self.ell_c = torch.tensor([0.0, 0.0, _FAR]).repeat(n, _KE, 1)
         self.ell_s = torch.full((n, _KE, 3), 0.1)
         self.cone_xy = torch.zeros(n, _KN, 2)
         self.cone_r = torch.full((n, _KN), 0.1)
@@ -480,27 +481,115 @@ def _hit_cones(
     return best
 
 
+_BUNDLE = 64  # rays per bundle: the unit of culling (an 8x8 pixel tile, or a narrow lidar azimuth strip)
+
+
+def _prim_bounds(s: _Scene, h: float) -> torch.Tensor:
+    """Conservative (azimuth lo, hi, elevation lo, hi) of every primitive seen from (0, 0, h): (N, K, 4)."""
+    lo = torch.cat(
+        [
+            s.box_c - s.box_h,
+            torch.cat([s.cyl_xy - s.cyl_r[..., None], s.cyl_z[..., :1]], -1),
+            s.ell_c - s.ell_s,
+            torch.cat([s.cone_xy - s.cone_r[..., None], s.cone_zb[..., None]], -1),
+        ],
+        1,
+    )
+    hi = torch.cat(
+        [
+            s.box_c + s.box_h,
+            torch.cat([s.cyl_xy + s.cyl_r[..., None], s.cyl_z[..., 1:]], -1),
+            s.ell_c + s.ell_s,
+            torch.cat([s.cone_xy + s.cone_r[..., None], (s.cone_zb + s.cone_h)[..., None]], -1),
+        ],
+        1,
+    )
+    x0, y0, z0 = lo.unbind(-1)
+    x1, y1, z1 = hi.unbind(-1)
+    z0, z1 = z0 - h, z1 - h
+    dmin = torch.hypot((-x1).clamp_min(0) + x0.clamp_min(0), (-y1).clamp_min(0) + y0.clamp_min(0))
+    dmax = torch.maximum(torch.hypot(x0, y0), torch.hypot(x1, y1))
+    dmax = torch.maximum(dmax, torch.maximum(torch.hypot(x0, y1), torch.hypot(x1, y0)))
+    el_hi = torch.atan2(z1, torch.where(z1 > 0, dmin, dmax))
+    el_lo = torch.atan2(z0, torch.where(z0 > 0, dmax, dmin))
+    az = torch.stack([torch.atan2(y0, x0), torch.atan2(y0, x1), torch.atan2(y1, x0), torch.atan2(y1, x1)], -1)
+    front = x0 > 0.05  # the box lies ahead: its azimuth range is spanned by its corners (no wrap-around)
+    az_lo = torch.where(front, az.amin(-1), -math.pi)
+    az_hi = torch.where(front, az.amax(-1), math.pi)
+    eps = 1e-3
+    return torch.stack([az_lo - eps, az_hi + eps, el_lo - eps, el_hi + eps], -1)
+
+
+def _bundle_bounds(d: torch.Tensor) -> torch.Tensor:
+    """(azimuth lo, hi, elevation lo, hi) of each ray bundle: d (B, T, S, 3) -> (B, T, 4)."""
+    az = torch.atan2(d[..., 1], d[..., 0])
+    el = torch.asin(d[..., 2].clamp(-1, 1))
+    return torch.stack([az.amin(-1), az.amax(-1), el.amin(-1), el.amax(-1)], -1)
+
+
 def _cast(
     s: _Scene, h: float, d: torch.Tensor, max_t: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Nearest hit of each ray: t (N, R) (inf = none), primitive column (N, R) (-1 = ground), hit point (N, R, 3)."""
-    t = torch.cat(
-        [
-            _hit_boxes(h, d, s.box_c, s.box_h),
-            _hit_cylinders(h, d, s.cyl_xy, s.cyl_r, s.cyl_z),
-            _hit_ellipsoids(h, d, s.ell_c, s.ell_s),
-            _hit_cones(h, d, s.cone_xy, s.cone_r, s.cone_zb, s.cone_h),
-        ],
-        dim=-1,
-    )  # (N, R, K): the hot spot, N x R x 30 floats
-    tmin, k = t.min(-1)
-    dz = d[..., 2].expand_as(tmin)
+    """Nearest hit of each ray of d (B, T, S, 3), B in {1, N} (unit directions, bundles of nearby rays).
+
+    Returns t (N, T*S) (inf = no hit within max_t), primitive column (N, T*S) (-1 = ground), hit points
+    (N, T*S, 3). Only (frame, bundle, primitive) triples whose angular bounds overlap are intersected: a
+    street scene has a depth complexity of a few primitives per bundle, ~10x less work than all 30.
+    """
+    n, (b, nt, ns, _) = s.road_hw.shape[0], d.shape
+    pb, bb = _prim_bounds(s, h), _bundle_bounds(d)  # (N, K, 4), (B, T, 4)
+    ov = (
+        (pb[:, None, :, 0] <= bb[:, :, None, 1])
+        & (pb[:, None, :, 1] >= bb[:, :, None, 0])
+        & (pb[:, None, :, 2] <= bb[:, :, None, 3])
+        & (pb[:, None, :, 3] >= bb[:, :, None, 2])
+    )  # (N, T, K)
+    fi, ti, ki = ov.nonzero(as_tuple=True)
+    tbuf = torch.full((n * nt, ns), _INF, device=d.device)
+    hits: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    typ = _TYPE.to(d.device)[ki]
+    for t_id in range(4):
+        m = typ == t_id
+        f, tb, k = fi[m], ti[m], ki[m]
+        if f.numel() == 0:
+            continue
+        dd = d[f if b > 1 else torch.zeros_like(f), tb]  # (L, S, 3)
+        if t_id == 0:
+            t = _hit_boxes(h, dd, s.box_c[f, k][:, None], s.box_h[f, k][:, None])
+        elif t_id == 1:
+            k = k - _KB
+            t = _hit_cylinders(h, dd, s.cyl_xy[f, k][:, None], s.cyl_r[f, k][:, None], s.cyl_z[f, k][:, None])
+            k = k + _KB
+        elif t_id == 2:
+            kl = k - _KB - _KC
+            t = _hit_ellipsoids(h, dd, s.ell_c[f, kl][:, None], s.ell_s[f, kl][:, None])
+        else:
+            kl = k - _KB - _KC - _KE
+            t = _hit_cones(
+                h,
+                dd,
+                s.cone_xy[f, kl][:, None],
+                s.cone_r[f, kl][:, None],
+                s.cone_zb[f, kl][:, None],
+                s.cone_h[f, kl][:, None],
+            )
+        t = t[..., 0]  # (L, S)
+        row = f * nt + tb
+        tbuf.scatter_reduce_(0, row[:, None].expand_as(t), t, "amin")
+        hits.append((row, k, t))
+    kbuf = torch.full((n * nt, ns), -1, dtype=torch.long, device=d.device)
+    for row, k, t in hits:  # which primitive gave the minimum (ties: the larger column, deterministic)
+        win = (t == tbuf[row]) & torch.isfinite(t)
+        kbuf.scatter_reduce_(0, row[:, None].expand_as(t), torch.where(win, k[:, None], -1), "amax")
+    tmin, k = tbuf.view(n, nt * ns), kbuf.view(n, nt * ns)
+    df = d.reshape(b, nt * ns, 3)
+    dz = df[..., 2].expand_as(tmin)
     tg = torch.where(dz < -1e-6, -h / _safe(dz), torch.full_like(tmin, _INF))
     ground = tg < tmin
     tmin = torch.where(ground, tg, tmin)
     k = torch.where(ground, -1, k)
     tmin = torch.where(tmin <= max_t, tmin, _INF)
-    p = d * tmin[..., None]
+    p = df * tmin[..., None]
     p = torch.cat([p[..., :2], p[..., 2:] + h], -1)
     return tmin, k, p
 
@@ -566,7 +655,19 @@ def _surface(s: _Scene, k: torch.Tensor, p: torch.Tensor) -> dict[str, torch.Ten
     }
 
 
-def _camera_rays(cfg: SyntheticConfig, device: torch.device) -> torch.Tensor:
+def _bundle(d: torch.Tensor) -> torch.Tensor:
+    """(B, R, 3) -> (B, T, S, 3) bundles of S consecutive rays; the last bundle is padded by repeating a ray."""
+    b, r, _ = d.shape
+    t = -(-r // _BUNDLE)
+    d = torch.cat([d, d[:, -1:].expand(b, t * _BUNDLE - r, 3)], 1)
+    return d.view(b, t, _BUNDLE, 3)
+
+
+def _camera_rays(
+    cfg: SyntheticConfig, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unit ray directions (1, H*W, 3) in pixel order, the same in 8x8-tile bundles (1, T, S, 3), and for each
+    pixel its position in the bundled order (H*W,)."""
     h, w = cfg.image_size
     tx = math.tan(math.radians(cfg.camera_hfov_deg) / 2)
     ty = tx * h / w
@@ -577,16 +678,27 @@ def _camera_rays(cfg: SyntheticConfig, device: torch.device) -> torch.Tensor:
     pitch = math.radians(cfg.camera_pitch_deg)
     cp, sp = math.cos(pitch), math.sin(pitch)
     d = torch.stack([d[..., 0] * cp - d[..., 2] * sp, d[..., 1], d[..., 0] * sp + d[..., 2] * cp], -1)
-    return d / d.norm(dim=-1, keepdim=True)
+    d = d / d.norm(dim=-1, keepdim=True)
+    ii, jj = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    tile = ((ii // 8) * (-(-w // 8)) + jj // 8).reshape(-1)
+    order = torch.sort(tile, stable=True).indices
+    pos = torch.empty_like(order)
+    pos[order] = torch.arange(h * w, device=device)
+    return d, _bundle(d[:, order]), pos
 
 
 def _render_camera(
-    s: _Scene, cfg: SyntheticConfig, rays: torch.Tensor, gdev: torch.Generator
+    s: _Scene,
+    cfg: SyntheticConfig,
+    cam_rays: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    gdev: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Image (N, 3, H, W) in [0, 1] and the count of visible anomaly pixels (N,)."""
     n = s.road_hw.shape[0]
     h, w = cfg.image_size
-    t, k, p = _cast(s, cfg.camera_height, rays, 1e4)
+    rays, bundles, pos = cam_rays
+    t, k, p = _cast(s, cfg.camera_height, bundles, 1e4)
+    t, k, p = t[:, pos], k[:, pos], p[:, pos]  # back to pixel order
     m = _surface(s, k, p)
     hit = torch.isfinite(t)
     lam = (m["normal"] * s.sun[:, None]).sum(-1).clamp_min(0)
@@ -620,13 +732,14 @@ def _render_lidar(
     idx = (
         ((j + torch.rand(n, m_rays, generator=gdev, device=dev)) * (grid / m_rays)).long().clamp_max(grid - 1)
     )
-    ring, col = idx // az, idx % az
+    col, ring = idx // rings, idx % rings  # column-major scan: consecutive rays form narrow azimuth strips
     lo, hi = (math.radians(v) for v in cfg.lidar_elevation_deg)
     el = lo + (hi - lo) * ring.float() / max(rings - 1, 1)
     hf = math.radians(cfg.lidar_hfov_deg)
     azm = -hf / 2 + hf * (col.float() + 0.5) / az
     d = torch.stack([el.cos() * azm.cos(), el.cos() * azm.sin(), el.sin()], -1)  # (N, M, 3)
-    t, k, p = _cast(s, cfg.lidar_height, d, cfg.lidar_range)
+    t, k, p = _cast(s, cfg.lidar_height, _bundle(d), cfg.lidar_range)
+    t, k, p = t[:, :m_rays], k[:, :m_rays], p[:, :m_rays]
     m = _surface(s, k, p)
     hit = torch.isfinite(t)
     cos = (m["normal"] * d).sum(-1).abs()
