@@ -31,19 +31,19 @@ import termios
 import time
 import tty
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
-from muvo_doctor.alerts import Alerts
-from muvo_doctor.config import DoctorConfig
-from muvo_doctor.dashboard import PlainView
-from muvo_doctor.doctor import Doctor
-from muvo_doctor.finding import Finding
 from muvo_doctor.inject import PYTHONPATH_DIR
-from muvo_doctor.logs.text import parse_line, signal_name
-from muvo_doctor.observation import Observation
-from muvo_doctor.stream import Header, Hello, LineReader, Notice, StepBeat, encode, encode_observation
+
+if TYPE_CHECKING:
+    from muvo_doctor.config import DoctorConfig
+    from muvo_doctor.finding import Finding
+    from muvo_doctor.observation import Observation
+
+# The doctor, the dashboard and pydantic are imported after the child is started (see Runner.run):
+# the child's own start-up hides most of ours.
 
 EVALUATE_EVERY_S = 0.25  # at most 4 evaluations a second
 KILL_GRACE_S = 10.0  # SIGTERM -> SIGKILL (after a second Ctrl-C), SIGINT -> SIGTERM (--stop-on)
@@ -58,7 +58,7 @@ class RunOptions:
     """What `muvo-doctor run` was asked to do."""
 
     command: list[str]
-    config: DoctorConfig = field(default_factory=DoctorConfig)
+    config: DoctorConfig | None = None  # None: the defaults
     config_path: str | None = None
     report: Path | None = None
     record: Path | None = None
@@ -126,7 +126,7 @@ class Runner:
     def __init__(self, opts: RunOptions) -> None:
         self.opts = opts
         self.source = shlex.join(opts.command)
-        self.doctor = Doctor(opts.config, source=self.source)
+        self.doctor: Any = None  # made in _setup, after the child started
         self.use_pty = _is_tty(1)
         self.child: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
@@ -138,10 +138,10 @@ class Runner:
         self.instrumented = False  # some process of the child imported torch
         self.ranks: set[int] = set()
         self.splitters: dict[int, LineSplitter] = {}
-        self.reader = LineReader()
+        self.reader: Any = None
         self.record: IO[str] | None = None
         self.view: Any = None
-        self.alerts: Alerts | None = None
+        self.alerts: Any = None
         self._dirty = False
         self._last_eval = 0.0
         self._signals: list[int] = []
@@ -162,10 +162,24 @@ class Runner:
             sys.stderr.flush()
 
     # -- set-up -------------------------------------------------------------------------------
-    def _make_view(self) -> Any:
-        from muvo_doctor.dashboard import make_view
+    def _setup(self) -> None:
+        from muvo_doctor.alerts import Alerts
+        from muvo_doctor.config import DoctorConfig
+        from muvo_doctor.dashboard import PlainView, make_view
+        from muvo_doctor.doctor import Doctor
+        from muvo_doctor.stream import LineReader
 
-        return make_view(self.doctor, title=self.source, plain=self.opts.plain)
+        self.reader = LineReader()
+        self.doctor = Doctor(self.opts.config or DoctorConfig(), source=self.source)
+        self.view = make_view(self.doctor, title=self.source, plain=self.opts.plain)
+        self.alerts = Alerts(
+            source=self.source,
+            notify_url=self.opts.notify_url,
+            notify_cmd=self.opts.notify_cmd,
+            # The live view draws its own banner and bell; in plain mode they go to stderr.
+            banner=self._banner if isinstance(self.view, PlainView) else (lambda text: None),
+        )
+        self._open_record()
 
     def _stdout_bytes(self, data: bytes) -> None:
         try:
@@ -177,6 +191,8 @@ class Runner:
         path = self.opts.record
         if path is None:
             return
+        from muvo_doctor.stream import Header, encode
+
         try:
             self.record = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed in finish)
             self.record.write(encode(Header(source=self.source)))
@@ -278,15 +294,7 @@ class Runner:
         self._fifo_w = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
         self.sel.register(self.fifo_r, selectors.EVENT_READ, "fifo")
         old_handlers: dict[int, Any] = {}
-        self.view = self._make_view()
-        self.alerts = Alerts(
-            source=self.source,
-            notify_url=self.opts.notify_url,
-            notify_cmd=self.opts.notify_cmd,
-            # The live view draws its own banner and bell; in plain mode they go to stderr.
-            banner=self._banner if isinstance(self.view, PlainView) else (lambda text: None),
-        )
-        self._open_record()
+        started = False
         try:
             old_handlers = self._install_signals()
             try:
@@ -297,6 +305,8 @@ class Runner:
                     f"muvo-doctor run: cannot start {self.opts.command[0]!r}: {exc.strerror}", file=sys.stderr
                 )
                 return 127 if exc.errno == errno.ENOENT else 126
+            started = True
+            self._setup()
             self._safe(self.view.start, "view")
             self._loop()
         finally:
@@ -305,7 +315,8 @@ class Runner:
                 signal.signal(s, h)
             if old_handlers:
                 signal.set_wakeup_fd(self._old_wakeup)
-            self._finish()
+            if started:
+                self._finish()
             for fd in (self.fifo_r, self._fifo_w):
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -379,6 +390,9 @@ class Runner:
         return True
 
     def _parse_lines(self, lines: list[str]) -> None:
+        from muvo_doctor.logs.text import parse_line, signal_name
+        from muvo_doctor.observation import Observation
+
         for line in lines:
             pairs = parse_line(line)
             if not pairs:
@@ -395,6 +409,9 @@ class Runner:
                         self._observe(Observation(name=name, step=step, value=value, digits=digits))
 
     def _read_fifo(self) -> None:
+        from muvo_doctor.observation import Observation
+        from muvo_doctor.stream import Hello, Notice, StepBeat
+
         while True:
             try:
                 data = os.read(self.fifo_r, 1 << 16)
@@ -426,6 +443,8 @@ class Runner:
                 self.say_once("stream", f"skipped bad telemetry lines ({self.reader.first_error})")
 
     def _observe(self, obs: Observation) -> None:
+        from muvo_doctor.stream import encode_observation
+
         self.doctor.observe(obs)
         self._dirty = True
         if self.record is not None:

@@ -74,12 +74,14 @@ def main(args: argparse.Namespace) -> int:
                 f"{flag} {path}: folder {path.parent} does not exist; create it or pick another path"
             )
 
-    from muvo_doctor.config import ConfigError, load_config
+    config = None
+    if args.config is not None:  # pydantic is imported after the child started, unless needed here
+        from muvo_doctor.config import ConfigError, load_config
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        return _usage(str(exc))
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            return _usage(str(exc))
 
     from muvo_doctor.runner import RunOptions, run
 
