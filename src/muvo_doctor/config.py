@@ -79,7 +79,8 @@ class Thresholds(BaseModel):
     pb_noise_z: float = 3.0  # ... or within this many standard errors of the window median
     pb_acc_tol: float = 0.01  # accuracy within 1 point of the majority rate
     pb_auroc_tol: float = 0.05  # AUROC within 0.05 of 0.5
-    pb_ln_k_max: int = 1000  # logs: classes K tried for a plateau at ln K
+    pb_ln_k_max: int = 1000  # logs: classes K tried for a plateau at ln K (1000: ImageNet-size heads)
+    pb_ln_k_rel_band: float = 0.005  # |loss - ln K| within 0.5% (and 0.05/K): uniform output is exact
     # -- overfitting
     of_patience: int = 5  # validation points in a row above the best one
     of_min_rise: float = 0.05  # ... by at least 5% of the best validation loss

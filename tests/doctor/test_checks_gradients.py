@@ -64,7 +64,9 @@ def test_one_quiet_layer_in_a_learning_run_is_info_not_dead() -> None:
 
 
 def test_most_layers_quiet_in_a_learning_run_warns() -> None:
-    out = run(vanishing_gradients, train__loss=LEARNING, grad__norm__a=1e-7, grad__norm__b=1e-7, grad__norm__c=0.2)
+    out = run(
+        vanishing_gradients, train__loss=LEARNING, grad__norm__a=1e-7, grad__norm__b=1e-7, grad__norm__c=0.2
+    )
     assert [f.severity for f in out] == ["warning"]
 
 

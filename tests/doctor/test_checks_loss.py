@@ -49,7 +49,9 @@ def test_nan_inf(loss: np.ndarray, severity: str | None) -> None:
 
 
 def test_nan_inf_counter_from_recorder() -> None:
-    out = run(nan_inf, train__loss=np.linspace(1, 0.5, 30), nonfinite__grad=np.r_[np.zeros(10), np.full(20, 3.0)])
+    out = run(
+        nan_inf, train__loss=np.linspace(1, 0.5, 30), nonfinite__grad=np.r_[np.zeros(10), np.full(20, 3.0)]
+    )
     assert out[0].severity == "critical" and "nonfinite/grad" in out[0].message
 
 

@@ -67,7 +67,9 @@ def test_saturation_counts_only_when_the_loss_fails(saturated: float, loss: np.n
     ],
 )
 def test_probabilities_into_with_logits_loss(lo: float, hi: float, n: int, found: bool) -> None:
-    out = run(wrong_loss_input, {"loss_input/logits/min": lo, "loss_input/logits/max": hi, "train/loss": 0.7}, n)
+    out = run(
+        wrong_loss_input, {"loss_input/logits/min": lo, "loss_input/logits/max": hi, "train/loss": 0.7}, n
+    )
     assert bool(out) is found
     if found:
         assert "0.02" in out[0].message and "0.97" in out[0].message

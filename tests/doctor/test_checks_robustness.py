@@ -67,7 +67,11 @@ def healthy_history(n: int, seed: int) -> History:
     loss = 0.25 + 0.45 * np.exp(-t / (n / 5)) + rng.normal(0, 0.04, n).clip(-0.1, 0.2)
     for i in range(n):
         h.add_point("train/loss", i, float(loss[i]))
-        h.add_point("train/acc", i, float(np.clip(0.75 + 0.2 * (1 - np.exp(-i / (n / 5))) + rng.normal(0, 0.05), 0, 1)))
+        h.add_point(
+            "train/acc",
+            i,
+            float(np.clip(0.75 + 0.2 * (1 - np.exp(-i / (n / 5))) + rng.normal(0, 0.05), 0, 1)),
+        )
         h.add_point("label/positive_fraction", i, float(rng.binomial(32, 0.3) / 32))
         h.add_point("grad/norm/total", i, float(1.0 + rng.normal(0, 0.1)))
         h.add_point("grad/norm/enc.0", i, float(0.3 + rng.normal(0, 0.03)))

@@ -144,6 +144,11 @@ def outcome_failure(history: History, t: Thresholds) -> str | None:
     return f"and the loss is not improving ({fmt(p.start)} -> {fmt(p.recent)} over {p.n} points)"
 
 
+def short_p(p: float) -> str:
+    """A fraction as the message shows it: 0.10, or 0.103 when the third decimal matters."""
+    return f"{p:.2f}" if round(p, 2) == round(p, 3) else f"{p:.3f}"
+
+
 def bernoulli_entropy(p: float) -> float:
     """H(p) = -p ln p - (1-p) ln(1-p) in nats: the BCE of predicting the prior p."""
     if p <= 0.0 or p >= 1.0:
@@ -170,7 +175,7 @@ def label_prior(history: History) -> Prior | None:
     if got is not None:
         p = float(np.clip(np.mean(got[1]), 0.0, 1.0))
         weighted = 2.0 * (1.0 - p) * math.log(2.0) if 0.0 < p < 1.0 else None
-        return Prior("binary", p, bernoulli_entropy(p), max(p, 1 - p), 2, f"H({p:.2f})", weighted)
+        return Prior("binary", p, bernoulli_entropy(p), max(p, 1 - p), 2, f"H({short_p(p)})", weighted)
     names = [n for n in history.names("label/fraction/") if n.rsplit("/", 1)[-1].isdigit()]
     if not names:
         return None

@@ -30,7 +30,16 @@ import math
 
 import numpy as np
 
-from muvo_doctor.checks._common import LOSS, bernoulli_entropy, finite, fmt, label_prior, make, median_se
+from muvo_doctor.checks._common import (
+    LOSS,
+    bernoulli_entropy,
+    finite,
+    fmt,
+    label_prior,
+    make,
+    median_se,
+    short_p,
+)
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
@@ -156,7 +165,7 @@ def _without_labels(history: History, t) -> Finding | None:
                 }
             )
             msg = (
-                f"Loss {fmt(med)} ≈ prior entropy H({p:.2f})={c:.3f} and accuracy {acc[0]:.2%} ≈ majority rate "
+                f"Loss {fmt(med)} ≈ prior entropy H({short_p(p)})={c:.3f} and accuracy {acc[0]:.2%} ≈ majority rate "
                 f"{acc[0]:.1%} (prior inferred from the accuracy plateau, {off:.1%} apart; confidence {sure}): "
                 f"the model predicts the label prior."
             )
@@ -167,7 +176,9 @@ def _without_labels(history: History, t) -> Finding | None:
     if k < 2 or k > t.pb_ln_k_max:
         return None
     c = math.log(k)
-    band = max(min(t.pb_rel_band * c, 0.25 / k), t.pb_noise_z * se)
+    # A uniform prediction scores exactly ln K whatever the labels, and ln K values crowd together
+    # (ln 11 - ln 10 = 0.095), so this band is much tighter than the Bernoulli one.
+    band = max(min(t.pb_ln_k_rel_band * c, 0.05 / k), t.pb_noise_z * se)
     if abs(med - c) > band or drop > band:
         return None
     chance = acc is not None and abs(acc[0] - 1.0 / k) <= t.pb_acc_tol + 2 * acc[1]

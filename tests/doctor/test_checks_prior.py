@@ -1,0 +1,175 @@
+"""prior_baseline, metric_stuck and overfitting: the original bug's numbers, and their thresholds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from muvo_doctor.checks import metric_stuck, overfitting, prior_baseline
+from muvo_doctor.checks._common import bernoulli_entropy
+from muvo_doctor.config import DoctorConfig
+from muvo_doctor.doctor import Doctor
+from muvo_doctor.finding import Finding
+from muvo_doctor.history import History
+from muvo_doctor.observation import Observation
+
+CFG = DoctorConfig()
+T = CFG.thresholds
+H10 = bernoulli_entropy(0.1)  # 0.3251
+
+
+def build(series: dict[str, object], n: int, every: dict[str, int] | None = None) -> History:
+    h = History()
+    for name, values in series.items():
+        k = (every or {}).get(name, 1)
+        vals = np.broadcast_to(np.asarray(values, dtype=float), (n // k,))
+        for j, v in enumerate(vals):
+            h.add_point(name, (j + 1) * k - 1, float(v))
+    return h
+
+
+def labels(n: int, p: float, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).binomial(32, p, n) / 32
+
+
+# ---------------------------------------------------------------- prior_baseline, with labels
+def test_original_bug_message_has_loss_prior_entropy_and_majority_rate() -> None:
+    n = 300
+    rng = np.random.default_rng(0)
+    d = Doctor(CFG)
+    for i in range(n):
+        d.observe(
+            Observation(name="label/positive_fraction", step=i, value=float(rng.binomial(32, 0.1) / 32))
+        )
+        d.observe(Observation(name="train/loss", step=i, value=float(0.3331 + rng.normal(0, 0.02))))
+        d.observe(Observation(name="train/acc", step=i, value=float(0.899 + rng.normal(0, 0.01))))
+    d.evaluate()
+    f = {f.check: f for f in d.findings}["prior_baseline"]
+    assert f.severity == "critical" and d.verdict == "dead"
+    ev = f.evidence
+    assert f"Loss {ev['loss']:.4g} ≈ prior entropy H(" in f.message
+    assert (
+        f"={ev['prior_entropy']:.3f}" in f.message and f"majority rate {ev['majority_rate']:.1%}" in f.message
+    )
+    assert f"accuracy {ev['accuracy']:.1%}" in f.message
+    assert f.evidence["majority_rate"] == pytest.approx(0.9, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("offset", "found"),
+    [(0.0, True), (T.pb_rel_band * 0.8, True), (-T.pb_rel_band * 0.8, True), (-T.pb_rel_band * 3, False)],
+)
+def test_prior_band(offset: float, found: bool) -> None:
+    n = 200
+    loss = H10 * (1 + offset) + np.random.default_rng(1).normal(0, 0.002, n)
+    h = build({"label/positive_fraction": 0.1, "train/loss": loss}, n)
+    out = prior_baseline.check(h, CFG)
+    assert bool(out) is found
+
+
+def test_learning_run_passing_through_the_prior_is_not_stuck() -> None:
+    n = 300
+    loss = np.r_[np.linspace(0.69, H10, 50), np.linspace(H10, 0.1, 250)]
+    h = build({"label/positive_fraction": labels(n, 0.1), "train/loss": loss}, n)
+    assert prior_baseline.check(h, CFG) == []
+
+
+def test_prior_waits_for_its_window() -> None:
+    n = T.pb_window - 1
+    h = build({"label/positive_fraction": 0.1, "train/loss": H10}, n)
+    assert prior_baseline.check(h, CFG) == []
+
+
+def test_pos_weight_prior_is_recognised() -> None:
+    n = 200
+    weighted = 2 * 0.9 * math.log(2)  # BCE with pos_weight=9 at the prior: 1.2477
+    h = build({"label/positive_fraction": 0.1, "train/loss": weighted}, n)
+    out = prior_baseline.check(h, CFG)
+    assert out and "pos_weight" in out[0].message and "1.248" in out[0].message
+
+
+# ---------------------------------------------------------------- prior_baseline, logs without labels
+def test_inferred_from_the_accuracy_plateau() -> None:
+    n = 60  # 30 epochs of a log: loss and accuracy summaries
+    rng = np.random.default_rng(3)
+    h = build(
+        {"train/loss": 0.3364 + rng.normal(0, 0.002, n), "train/acc": 0.8957 + rng.normal(0, 0.002, n)}, n
+    )
+    out = prior_baseline.check(h, CFG)
+    assert out and out[0].severity == "critical"
+    ev = out[0].evidence
+    assert f"Loss {ev['loss']:.4g} ≈ prior entropy H(0.104)={ev['prior_entropy']:.3f}" in out[0].message
+    assert f"accuracy {ev['accuracy']:.2%}" in out[0].message
+    assert out[0].evidence["confidence"] in ("high", "medium")
+
+
+def test_plateau_at_ln_k() -> None:
+    h = build({"train/loss": math.log(10) + np.random.default_rng(0).normal(0, 0.003, 80)}, 80)
+    out = prior_baseline.check(h, CFG)
+    assert out and "ln 10" in out[0].message
+    h = build({"train/loss": math.log(10) + 0.1 + np.random.default_rng(0).normal(0, 0.003, 80)}, 80)
+    assert prior_baseline.check(h, CFG) == []
+
+
+def test_healthy_log_below_the_accuracy_prior() -> None:
+    n = 60
+    h = build({"train/loss": np.linspace(0.4, 0.15, n), "train/acc": np.linspace(0.88, 0.95, n)}, n)
+    assert prior_baseline.check(h, CFG) == []
+
+
+# ---------------------------------------------------------------- metric_stuck
+@pytest.mark.parametrize(
+    ("auroc", "found"), [(0.5 + T.ms_auroc_tol * 0.5, True), (0.5 + T.ms_auroc_tol * 2, False)]
+)
+def test_auroc_at_chance(auroc: float, found: bool) -> None:
+    h = build({"val/auroc": auroc}, T.ms_min_evals)
+    out = metric_stuck.check(h, CFG)
+    assert bool(out) is found
+    if found:
+        assert out[0].severity == "critical" and f"{auroc:.3f}" in out[0].message
+
+
+def test_metric_needs_enough_evaluations() -> None:
+    assert metric_stuck.check(build({"val/auroc": 0.5}, T.ms_min_evals - 1), CFG) == []
+
+
+def test_map_zero_and_accuracy_at_chance_or_majority() -> None:
+    assert metric_stuck.check(build({"val/map": 0.001}, 6), CFG)[0].severity == "critical"
+    assert "1/2" in metric_stuck.check(build({"val/acc": 0.5}, 6), CFG)[0].message
+    h = build({"val/acc": 0.9, "label/positive_fraction": 0.1}, 6)
+    assert "majority rate 90.0%" in metric_stuck.check(h, CFG)[0].message
+    assert metric_stuck.check(build({"val/acc": np.linspace(0.5, 0.8, 6)}, 6), CFG) == []
+
+
+def test_majority_accuracy_with_a_ranking_auroc_is_not_stuck() -> None:
+    h = build({"val/acc": 0.9, "val/auroc": 0.85, "label/positive_fraction": 0.1}, 6)
+    assert metric_stuck.check(h, CFG) == []
+
+
+# ---------------------------------------------------------------- overfitting
+def _overfit(rise: float, patience: int) -> list[Finding]:
+    n_val = 10
+    val = np.r_[np.linspace(0.6, 0.3, n_val - patience), np.full(patience, 0.3 * (1 + rise))]
+    h = History()
+    for i, v in enumerate(val):
+        h.add_point("val/loss", (i + 1) * 100, float(v))
+    for s in range(n_val * 100 + 1):
+        h.add_point("train/loss", s, float(0.7 * math.exp(-s / 300)))
+    return overfitting.check(h, CFG)
+
+
+@pytest.mark.parametrize(
+    ("rise", "patience", "found"),
+    [
+        (T.of_min_rise * 1.5, T.of_patience, True),
+        (T.of_min_rise * 0.5, T.of_patience, False),
+        (T.of_min_rise * 1.5, T.of_patience - 1, False),
+    ],
+)
+def test_overfitting(rise: float, patience: int, found: bool) -> None:
+    out = _overfit(rise, patience)
+    assert bool(out) is found
+    if found:
+        assert out[0].severity == "warning" and "0.3" in out[0].message
