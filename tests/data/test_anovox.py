@@ -346,3 +346,23 @@ def test_command_line_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert anovox.main([str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "set data.root" in err
+
+
+def test_separate_lidar_cloud_transfers_intensity_and_notes_it(tmp_path: Path) -> None:
+    frames, root, where = written(tmp_path, [True, False, True, False])
+    # one LIDAR file becomes a different cloud (other order, one point missing): intensity comes by 0.2 m cell
+    lid = sorted(next(sorted(root.glob("Scenario_*"))[0].glob("LIDAR(*")).glob("*.npy"))[0]
+    cloud = np.load(lid)
+    np.save(lid, cloud[::-1][1:])
+    data = load_anovox(root, num_points=P, image_size=8, val_fraction=0.5)
+    assert any("LIDAR and SEMANTIC-LIDAR clouds differ" in n for n in data.report.notes)
+    key = (lid.parent.parent.name, int(lid.stem.rsplit("_", 1)[1]))
+    split, keys = (data.train, data.train_keys) if key in data.train_keys else (data.val, data.val_keys)
+    j = keys.index(key)
+    got = split.points[j][split.point_mask[j]]
+    missing = tuple(cloud[-1, :3].tolist())
+    for row in got.tolist():
+        hit = [r for r in cloud.tolist() if r[:3] == row[:3]]
+        assert hit
+        if tuple(row[:3]) != missing:
+            assert row[3] == pytest.approx(hit[0][3], abs=1e-6)
