@@ -1,17 +1,145 @@
-"""`muvo-doctor audit` (not written yet)."""
+"""`muvo-doctor audit [--json] [--report PATH] [--config TOML] [--plain] LOG...`: judge finished logs.
+
+Each log (a file, or the logs found in a run folder) is read into its own Doctor, the checks run
+once, and one report per log is shown (or printed as JSON). Exit codes (CONTRACT.md): 0 every log
+healthy, 1 any warning or critical finding, 2 an input could not be read or the usage is wrong.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
-HELP = "audit (not available yet)"
+from muvo_doctor.config import ConfigError, DoctorConfig, load_config
+from muvo_doctor.doctor import Doctor
+from muvo_doctor.finding import Report
+from muvo_doctor.logs import LogSource, NoRecords, ReadStats, find_sources, load
+
+HELP = "judge finished training logs (text, tqdm, Keras, CSV, JSON lines, trainer_state.json, TensorBoard)"
+# Fewer records than this from a log with carriage-return rewrites: it was one long progress bar,
+# so read it again keeping every rewrite.
+_MIN_RECORDS = 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    parser.add_argument("logs", nargs="+", metavar="LOG", help="log files or run folders")
+    parser.add_argument(
+        "--json", action="store_true", help="print the report(s) as JSON instead of the text view"
+    )
+    parser.add_argument("--report", metavar="PATH", help="also write the report(s) as JSON to PATH")
+    parser.add_argument("--config", metavar="TOML", help="thresholds and settings (see the README)")
+    parser.add_argument(
+        "--plain", action="store_true", help="plain text: no colour (also when stdout is not a TTY)"
+    )
+
+
+@dataclass
+class Audited:
+    """One audited log: its report and what was read."""
+
+    source: LogSource
+    fmt: str
+    stats: ReadStats
+    doctor: Doctor
+    report: Report
+
+
+def audit_source(source: LogSource, config: DoctorConfig) -> Audited:
+    """Read one source into a fresh Doctor, run the checks once, and build its report.
+
+    Raises:
+        NoRecords: nothing in it could be read as a metric.
+    """
+    doctor = Doctor(config, source=source.label)
+    fmt, stats = load(source, doctor.history.add_point)
+    if stats.rewrites and stats.records < _MIN_RECORDS:
+        again = Doctor(config, source=source.label)
+        fmt2, stats2 = load(source, again.history.add_point, keep_rewrites=True)
+        if stats2.records > stats.records:
+            doctor, fmt, stats = again, fmt2, stats2
+    doctor.evaluate()
+    steps = max(stats.last_step + 1, stats.records, 0)
+    return Audited(source, fmt, stats, doctor, doctor.report(source=source.label, steps=steps))
+
+
+def _err(msg: str) -> None:
+    print(f"muvo-doctor audit: {msg}", file=sys.stderr)
 
 
 def main(args: argparse.Namespace) -> int:
-    print("muvo-doctor audit: not available in this build", file=sys.stderr)
-    return 2
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        _err(f"--config {exc}")
+        return 2
+    unreadable = 0
+    done: list[Audited] = []
+    for arg in args.logs:
+        try:
+            sources, notes = find_sources(arg)
+        except NoRecords as exc:
+            _err(str(exc))
+            unreadable += 1
+            continue
+        for note in notes:
+            _err(note)
+        in_folder = Path(arg).is_dir()
+        found = 0
+        skipped: list[str] = []
+        for source in sources:
+            try:
+                done.append(audit_source(source, config))
+                found += 1
+            except NoRecords as exc:
+                if in_folder:
+                    skipped.append(str(exc))  # a README.txt in a run folder is not an error
+                else:
+                    _err(str(exc))
+                    unreadable += 1
+            except Exception as exc:  # a reader bug must give one line, not a traceback
+                _err(f"{source.label}: could not be read ({type(exc).__name__}: {exc}); please report this")
+                unreadable += 1
+        if in_folder:
+            if found == 0:
+                _err(f"{arg}: no records found in any log of this folder")
+                for s in skipped:
+                    _err(f"  {s}")
+                unreadable += 1
+            else:
+                for s in skipped:
+                    _err(f"skipped {s}")
+    reports = [a.report for a in done]
+    payload = (
+        reports[0].model_dump(by_alias=True)
+        if len(reports) == 1
+        else [r.model_dump(by_alias=True) for r in reports]
+    )
+    if args.report and reports:
+        try:
+            Path(args.report).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            _err(f"--report {args.report}: cannot write ({exc.strerror or exc}); pass a writable path")
+            return 2
+    if args.json:
+        if reports:
+            print(json.dumps(payload, indent=2))
+    else:
+        from muvo_doctor.report import render_report, use_color
+
+        color = use_color(sys.stdout, args.plain)
+        width = min(shutil.get_terminal_size((100, 24)).columns, 120)
+        for i, a in enumerate(done):
+            if i:
+                print()
+            header = f"{a.source.label}  ({a.fmt}, {a.stats.records} records, {a.stats.points} values)"
+            sys.stdout.write(
+                render_report(a.report, a.doctor.history, color=color, width=width, header=header)
+            )
+        sys.stdout.flush()
+    if unreadable:
+        return 2
+    return 1 if any(r.verdict != "healthy" for r in reports) else 0

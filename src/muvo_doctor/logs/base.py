@@ -73,3 +73,69 @@ def as_fraction(value: float, digits: int | None) -> tuple[float, int | None]:
         d = None if digits is None else digits + 2
         return (round(value / 100.0, d) if d is not None else value / 100.0), d
     return value, digits
+
+
+class ReadStats:
+    """What a reader saw: records that carried numbers, points added, the largest step."""
+
+    __slots__ = ("records", "points", "last_step", "note", "rewrites")
+
+    def __init__(self) -> None:
+        self.rewrites = 0  # carriage-return rewrites dropped (text logs)
+        self.records = 0
+        self.points = 0
+        self.last_step = -1
+        self.note = ""  # why nothing was found, when nothing was
+
+
+def add_record(record: dict[str, object], index: int, add: AddPoint, st: ReadStats, prefix: str = "") -> None:
+    """Add one dict record (a JSON line, a log_history entry): numbers become points at its step.
+
+    The step is the record's ``step``/``global_step``/``iteration`` field, else ``index``. Nested
+    dicts are flattened with ``/``. String values that parse as numbers count (``"nan"``, ``"0.5"``).
+    """
+    flat: list[tuple[str, object]] = []
+    _flatten(record, prefix, flat)
+    step = index
+    items: list[tuple[str, float, int | None, bool]] = []
+    for key, raw in flat:
+        if isinstance(raw, bool) or raw is None:
+            continue
+        if isinstance(raw, int):
+            val, d = float(raw), 0
+        elif isinstance(raw, float):
+            val, d = raw, None
+        elif isinstance(raw, str):
+            try:
+                val = float(raw)
+            except ValueError:
+                continue
+            d = digits_of(raw)
+        else:
+            continue
+        name, frac, is_step = classify(key)
+        if is_step:
+            if val == val and abs(val) < 2**62:
+                step = int(val)
+            continue
+        if name is not None:
+            items.append((name, val, d, frac))
+    if not items:
+        return
+    for name, val, d, frac in items:
+        if frac:
+            val, d = as_fraction(val, d)
+        add(name, step, val, d)
+    st.records += 1
+    st.points += len(items)
+    if step > st.last_step:
+        st.last_step = step
+
+
+def _flatten(obj: dict[str, object], prefix: str, out: list[tuple[str, object]]) -> None:
+    for k, v in obj.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            _flatten(v, key + "/", out)
+        else:
+            out.append((key, v))

@@ -24,19 +24,20 @@ _KV = (
     r"(?P<p>%)?(?![\w.:]|,\d)"
 )
 _KV_RE = re.compile(_KV)
-# First words that make a two-word key ("train loss"); any other first word is dropped ("the loss").
-_PREFIX_WORDS = frozenset(
-    "train training val valid validation eval test avg average mean total running epoch batch".split()
+# Two-word keys ("Train Loss", "Learning Rate", "Anomaly Score") are joined with "_", unless the
+# first word is a log level or a filler word ("INFO step 200", "the loss 0.3"): then it is dropped.
+_DROP_FIRST = frozenset(
+    "info debug warning warn error critical trace the a an is at of on in to and for with by "
+    "current final new saved".split()
 )
 
 
 def key_of(raw: str) -> str:
-    """The key as printed, lowercased; of two words, the first is kept only if it is a split or aggregate."""
+    """The key as printed, lowercased; of two words, joined by ``_`` (a log level or filler word is dropped)."""
     k = raw.lower()
     if " " in k:
         first, _, second = k.partition(" ")
-        if first not in _PREFIX_WORDS:
-            return second
+        return second if first in _DROP_FIRST else f"{first}_{second}"
     return k
 
 
