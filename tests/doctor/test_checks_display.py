@@ -74,14 +74,19 @@ def _log(name: str, values: np.ndarray, digits: int, moving: bool = True) -> His
 
 
 def test_log_main_loss_always_zero_while_accuracy_moves() -> None:
-    h = _log("train/loss", np.zeros(40), 4)
+    h = _log("train/loss", np.zeros(60), 4)
     f = display_precision.check(h, CFG)[0]
-    assert f.severity == "warning" and "0.0000 (4 decimals) in all 40 records" in f.message
-    assert flat_loss.check(h, CFG) == []
+    assert (
+        f.severity == "warning" and "0.0000 (4 decimals) in all 60 records while val/acc moves" in f.message
+    )
+    # ... and the run is dead: its main loss never showed any movement.
+    assert flat_loss.check(h, CFG)[0].severity == "critical"
 
 
 def test_log_aux_loss_always_zero_is_not_a_finding() -> None:
     h = _log("train/aux_loss", np.zeros(80), 4)
+    for i in range(80):
+        h.add_point("train/loss", i, round(0.7 - 0.005 * i, 4), 4)
     assert display_precision.check(h, CFG) == [] and flat_loss.check(h, CFG) == []
 
 

@@ -84,7 +84,8 @@ def test_flat_loss_needs_a_full_window() -> None:
         (np.tile([0.6931, 0.6933], 30), 4, False),  # two units: moves
         (np.full(60, 0.0012), 4, False),  # 12 units: display question, not flat
         (np.r_[np.linspace(0.5, 0.0, 20), np.zeros(60)], 4, False),  # collapsed to 0.0000 after a decline
-        (np.zeros(80), None, False),  # an auxiliary loss that is exactly zero
+        (np.zeros(80), None, True),  # the main loss identically zero from the start: nothing learns
+        (np.zeros(80), 4, True),  # ... or shown as 0.0000 for the whole run (the original bug)
     ],
 )
 def test_flat_loss_precision_aware(values: np.ndarray, digits: int | None, found: bool) -> None:

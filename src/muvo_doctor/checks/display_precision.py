@@ -130,10 +130,9 @@ def _log_only(s: Series, history: History, t) -> Finding | None:
     main = s.name in (LOSS, "printed/loss")
     if main and zero.all():
         other = _moving_others(history, s.name)
-        if other is None:
-            return None
+        moving = f" while {other} moves" if other else ""
         msg = (
-            f"{s.name} shows {0:.{d}f} ({d} decimals) in all {len(v)} records while {other} moves: "
+            f"{s.name} shows {0:.{d}f} ({d} decimals) in all {len(v)} records{moving}: "
             f"the printed precision hides the real loss (below {0.5 * unit:g}, or not the value optimised)."
         )
         return make(
@@ -141,7 +140,7 @@ def _log_only(s: Series, history: History, t) -> Finding | None:
             "warning",
             int(s.steps[0]),
             msg,
-            {"series": s.name, "digits": d, "records": len(v), "moving": other},
+            {"series": s.name, "digits": d, "records": len(v), "moving": other or ""},
             ADVICE,
         )
     tail = zero[-t.dp_min_points :]

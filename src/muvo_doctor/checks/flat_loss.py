@@ -7,7 +7,8 @@ What it does:
     at the printed precision: a value that stays within one unit of its last digit is flat only when it
     spans at least ``flat_min_printed_units`` units (0.6931 is flat; a loss shown as 0.0000 or 0.0012 is
     a display question, see ``display_precision``). A loss that is exactly zero, like an unused
-    auxiliary loss, is not flat; neither is a small loss that still moves.
+    auxiliary loss, is not flat; neither is a small loss that still moves. The main training loss
+    sitting at zero (at its precision) from its very first record on is flat: nothing shows learning.
 
 Why it matters:
     A loss that does not move means the weights do not change or do not affect it: a detached loss,
@@ -60,6 +61,23 @@ def _flat(values: np.ndarray, digits: int | None, t) -> tuple[bool, float, float
     return spread <= tol and abs(level) > t.flat_abs_zero, level, spread, tol
 
 
+def _zero_all_along(values: np.ndarray, digits: int | None, t) -> bool:
+    """The series sat at zero (at its printed precision) from its first point on."""
+    zero = 0.5 * 10.0 ** (-digits) if digits is not None else t.flat_abs_zero
+    return bool(np.isfinite(values).all() and np.all(np.abs(values) < zero))
+
+
+def _zero_main(s) -> Finding:
+    shown = f"{0:.{s.digits}f} ({s.digits} decimals)" if s.digits is not None else "exactly 0"
+    msg = (
+        f"{s.name}, the main training loss, shows {shown} in all {len(s)} records from step {int(s.steps[0])} on: "
+        f"it never moved, so either the loss is identically zero (nothing to learn) or it is too small for "
+        f"the display to show any change."
+    )
+    ev = {"series": s.name, "level": 0.0, "points": len(s), "digits": s.digits}
+    return make(ID, "critical", int(s.steps[0]), msg, ev, ADVICE)
+
+
 def check(history: History, config: DoctorConfig) -> list[Finding]:
     t = config.thresholds
     found: list[Finding] = []
@@ -71,6 +89,10 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
         if not np.isfinite(w).all():
             continue  # nan_inf's business
         flat, level, spread, tol = _flat(w, s.digits, t)
+        main = name == LOSS or len(loss_names(history)) == 1
+        if not flat and main and _zero_all_along(s.values, s.digits, t):
+            found.append(_zero_main(s))
+            continue
         if not flat:
             continue
         # First step of the final run of points inside the band around the level.
@@ -78,7 +100,6 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
         outside = np.flatnonzero(~inside)
         start = int(outside[-1]) + 1 if len(outside) else 0
         run = len(s) - start
-        main = name == LOSS or len(loss_names(history)) == 1
         shown = f" (shown with {s.digits} decimals)" if s.digits is not None else ""
         rel = spread / abs(level)
         msg = (

@@ -132,7 +132,7 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
     failing = outcome_failure(history, t)
     critical = frac >= t.frozen_all_fraction and failing is not None
     msg = "; ".join(parts)
-    msg = msg[0].upper() + msg[1:] + (f", {failing}." if failing else ".")
+    msg = (msg if msg.startswith(LOSS) else msg[0].upper() + msg[1:]) + (f", {failing}." if failing else ".")
     evidence["fraction"] = frac
     evidence["signal"] = signal
     return [make(ID, "critical" if critical else "warning", first, msg, evidence, ADVICE)]

@@ -39,6 +39,10 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
     p = progress(history, t, LOSS, min_points=t.lnd_min_points)
     if p is None or (p.improved and not p.rising):
         return []
+    s = history.series(LOSS)
+    zero = 0.5 * 10.0 ** (-s.digits) if s is not None and s.digits is not None else t.flat_abs_zero
+    if abs(p.start) < zero and abs(p.recent) < zero:
+        return []  # a loss at zero cannot decrease; flat_loss and display_precision judge it
     if p.rising:
         what = f"rose from {fmt(p.start)} to {fmt(p.recent)}"
         sev = "warning"
