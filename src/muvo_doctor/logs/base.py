@@ -93,6 +93,7 @@ def add_record(record: dict[str, object], index: int, add: AddPoint, st: ReadSta
 
     The step is the record's ``step``/``global_step``/``iteration`` field, else ``index``. Nested
     dicts are flattened with ``/``. String values that parse as numbers count (``"nan"``, ``"0.5"``).
+    Digits are None: a JSON number's decimals are its shortest repr, not a display precision.
     """
     flat: list[tuple[str, object]] = []
     _flatten(record, prefix, flat)
@@ -110,7 +111,9 @@ def add_record(record: dict[str, object], index: int, add: AddPoint, st: ReadSta
                 val = float(raw)
             except ValueError:
                 continue
-            d = digits_of(raw)
+            # JSON floats (read as str to keep them exact) are machine-written shortest reprs, so
+            # their decimals say nothing about display rounding: no digits.
+            d = None
         else:
             continue
         name, frac, is_step = classify(key)

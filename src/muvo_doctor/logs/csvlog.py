@@ -4,11 +4,13 @@ headers, per-part losses), and any CSV whose header names metrics (loss, acc, ..
 from __future__ import annotations
 
 import csv
+import itertools
 import re
 
 from muvo_doctor.logs.base import AddPoint, ReadStats, as_fraction, classify, digits_of
 
 _STEP_COLUMNS = ("step", "global_step", "iteration", "iter", "trainer/global_step", "_step")
+_FIXED_PROBE = 20  # rows read to decide whether a column has a fixed number of decimals
 _PART_LOSS = re.compile(r"^(train|val)/\w+_loss$")
 
 
@@ -49,7 +51,11 @@ def read_csv(path: str, add: AddPoint) -> ReadStats:
         if not plan:
             st.note = f"no metric columns in the header ({', '.join(cols[:8])})"
             return st
-        for index, row in enumerate(reader):
+        # A column written with a fixed number of decimals (Ultralytics "%.5f", a "{:.4f}" logger) has
+        # a display precision; one written as shortest reprs (Lightning, pandas) has not.
+        head_rows = [row for _, row in zip(range(_FIXED_PROBE), reader, strict=False)]
+        fixed = {i: _fixed_decimals(head_rows, i) for i, _, _ in plan}
+        for index, row in enumerate(itertools.chain(head_rows, reader)):
             step = index
             if step_col is not None and step_col < len(row) and row[step_col].strip():
                 step = _int(row[step_col], index)
@@ -66,7 +72,7 @@ def read_csv(path: str, add: AddPoint) -> ReadStats:
                     val = float(cell)
                 except ValueError:
                     continue
-                d = digits_of(cell)
+                d = digits_of(cell) if fixed[i] else None
                 if frac:
                     val, d = as_fraction(val, d)
                 add(name, step, val, d)
@@ -78,7 +84,7 @@ def read_csv(path: str, add: AddPoint) -> ReadStats:
                         total = sum(float(c) for c in cells)
                     except ValueError:
                         continue
-                    ds = [digits_of(c) for c in cells]
+                    ds = [digits_of(c) if fixed[i] else None for c, i in zip(cells, idx, strict=False)]
                     add(name, step, total, None if None in ds else min(d for d in ds if d is not None))
                     n += 1
             if n:
@@ -89,6 +95,11 @@ def read_csv(path: str, add: AddPoint) -> ReadStats:
     if not st.records:
         st.note = "the CSV has metric columns but no numeric rows"
     return st
+
+
+def _fixed_decimals(rows: list[list[str]], i: int) -> bool:
+    ds = {digits_of(r[i]) for r in rows if i < len(r) and r[i].strip() and _is_number(r[i])}
+    return len(ds) == 1 and None not in ds
 
 
 def _int(cell: str, default: int) -> int:
