@@ -93,7 +93,7 @@ def read_csv(path: str, add: AddPoint) -> ReadStats:
                 if step > st.last_step:
                     st.last_step = step
     if not st.records:
-        st.note = "the CSV has metric columns but no numeric rows"
+        st.note = f"no numeric rows under the header ({', '.join(cols[:8])})"
     return st
 
 

@@ -1,0 +1,168 @@
+"""What a user sees from `muvo-doctor audit`: exit codes, JSON, the text view, bad input."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from muvo_doctor.cli import main
+from muvo_doctor.finding import Report
+
+LOGS = Path(__file__).parents[1] / "fixtures" / "logs"
+ANSI = re.compile(r"\x1b\[")
+HEALTHY = str(LOGS / "healthy_rounds_to_zero.log")
+DEAD = str(LOGS / "correct_training.log")
+
+
+def run(args, capsys):
+    rc = main(["audit", *args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_one_log_prints_one_report_object(capsys):
+    rc, out, _ = run(["--json", DEAD], capsys)
+    assert rc == 1
+    report = Report.model_validate(json.loads(out))
+    assert report.verdict == "dead" and report.source == DEAD
+
+
+def test_several_logs_print_a_list_and_the_worst_exit_code(capsys):
+    rc, out, _ = run(["--json", HEALTHY, DEAD], capsys)
+    data = json.loads(out)
+    assert [d["verdict"] for d in data] == ["healthy", "dead"] and rc == 1
+    rc, _, _ = run(["--json", HEALTHY, str(LOGS / "results.csv")], capsys)
+    assert rc == 0
+
+
+def test_report_file(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    rc, out, _ = run(["--plain", "--report", str(path), DEAD], capsys)
+    assert rc == 1
+    assert Report.model_validate(json.loads(path.read_text())).verdict == "dead"
+    assert "prior_baseline" in out
+
+
+def test_text_view_plain_has_chart_findings_and_summary(capsys, monkeypatch):
+    monkeypatch.setenv("FORCE_COLOR", "1")  # --plain wins over it
+    rc, out, _ = run(["--plain", DEAD], capsys)
+    assert not ANSI.search(out)
+    lines = out.rstrip("\n").splitlines()
+    assert lines[0].startswith(DEAD) and "(text, 64 records" in lines[0]
+    assert any("prior_baseline: prior_entropy 0.33" in ln for ln in lines)  # the baseline in the legend
+    assert any(ln.startswith("CRITICAL prior_baseline") for ln in lines)
+    assert lines[-1].startswith("dead: 1 critical in 64 steps")
+
+
+def test_no_color_env_and_color_terminal(monkeypatch, capsys):
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    _, out, _ = run([DEAD], capsys)
+    assert not ANSI.search(out)
+    monkeypatch.delenv("NO_COLOR")
+    _, out, _ = run([DEAD], capsys)
+    assert ANSI.search(out)  # FORCE_COLOR stands in for a terminal
+    summary = out.rstrip("\n").splitlines()[-1]
+    assert "41m" in summary and "dead: 1 critical" in summary  # red background: the worst is critical
+
+
+def test_healthy_summary_is_green(monkeypatch, capsys):
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    rc, out, _ = run([str(LOGS / "results.csv")], capsys)
+    assert rc == 0
+    assert "42m" in out.rstrip("\n").splitlines()[-1]
+
+
+def test_folder_audits_each_log_and_skips_non_logs(tmp_path, capsys):
+    (tmp_path / "train.log").write_text((LOGS / "overfitting_keras.log").read_text())
+    (tmp_path / "README.txt").write_text("How to run this experiment.\n")
+    (tmp_path / "model.pt").write_bytes(b"\x80\x02garbage\x00\x00")
+    rc, out, err = run(["--json", str(tmp_path)], capsys)
+    assert rc == 1
+    assert json.loads(out)["verdict"] == "warning"
+    assert "skipped" in err and "README.txt" in err
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "the file is empty"),
+        (b"\n\n   \n", "the file is empty"),
+        (bytes(range(256)) * 40, "binary file"),
+        (b"PK\x03\x04" + b"\x00\x13\x99" * 1000, "binary file"),
+        (b"starting\nloading data\ndone\n", "no 'key: number' pairs"),
+        (
+            b'Traceback (most recent call last):\n  File "train.py", line 3, in <module>\n'
+            b"    main()\nRuntimeError: CUDA out of memory\n",
+            "only a crash traceback",
+        ),
+        (b'{"loss": 0.5, "acc', "not valid JSON"),
+        (b'{"log_history": [{"loss": 0.5, "st', "not valid JSON"),
+        (b"epoch,step,loss\n", "no numeric rows"),
+        (b"a,b\nx,y\n", "no numeric rows under the header (a, b)"),
+    ],
+    ids=[
+        "empty",
+        "blank",
+        "binary",
+        "zip",
+        "no-numbers",
+        "traceback",
+        "truncated-jsonl",
+        "truncated-json",
+        "csv-header",
+        "csv-no-metrics",
+    ],
+)
+def test_unreadable_inputs_exit_2_with_one_line(tmp_path, capsys, content, reason):
+    p = tmp_path / "bad.log"
+    p.write_bytes(content)
+    rc, out, err = run([str(p)], capsys)
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and "no records found" in err and reason in err, err
+    assert str(p) in err
+
+
+def test_missing_file_and_bad_config(tmp_path, capsys):
+    rc, _, err = run([str(tmp_path / "nope.log")], capsys)
+    assert rc == 2 and "no such file or folder" in err
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[thresholds]\nno_such_key = 1\n")
+    rc, _, err = run(["--config", str(cfg), HEALTHY], capsys)
+    assert rc == 2 and "no_such_key" in err and "--config" in err
+
+
+def test_one_unreadable_log_among_good_ones_still_reports_the_good_ones(tmp_path, capsys):
+    bad = tmp_path / "empty.log"
+    bad.write_bytes(b"")
+    rc, out, err = run(["--json", DEAD, str(bad)], capsys)
+    assert rc == 2 and json.loads(out)["verdict"] == "dead" and "empty" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "verdict_in"),
+    [
+        ("".join(f"step {i} loss: nan\n" for i in range(50)), {"dead"}),
+        ("".join(f"step {i} loss: {1 / (i + 1):.4f}\n" for i in range(40)) + "step 40 loss: inf\n", {"dead"}),
+        ("loss: 0.5\n", {"healthy", "warning", "dead"}),
+    ],
+)
+def test_nan_inf_strings_give_a_report(tmp_path, capsys, text, verdict_in):
+    p = tmp_path / "n.log"
+    p.write_text(text)
+    rc, out, _ = run(["--json", str(p)], capsys)
+    report = json.loads(out)
+    assert report["verdict"] in verdict_in
+    if report["verdict"] == "dead":
+        assert "nan_inf" in {f["check"] for f in report["findings"]}
+
+
+def test_cli_subprocess_no_traceback_on_garbage(tmp_path):
+    p = tmp_path / "g.bin"
+    p.write_bytes(b"\x00\xff" * 5000)
+    r = subprocess.run([sys.executable, "-m", "muvo_doctor", "audit", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "binary file" in r.stderr
