@@ -1,0 +1,84 @@
+"""`muvo-doctor run` with real PyTorch children: unmodified scripts get instrumented and judged."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from muvo_doctor.stream import read_observations
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "fixtures" / "scripts"
+PY = sys.executable
+
+
+def wrap(tmp_path: Path, *command: str) -> tuple[subprocess.CompletedProcess[bytes], dict, list]:
+    report, record = tmp_path / "report.json", tmp_path / "run.jsonl"
+    p = subprocess.run(
+        [PY, "-m", "muvo_doctor", "run", "--report", str(report), "--record", str(record), "--", *command],
+        capture_output=True,
+        timeout=120,
+    )
+    assert report.exists(), p.stderr.decode(errors="replace")
+    return p, json.loads(report.read_text()), list(read_observations(record))
+
+
+def checks_of(report: dict) -> set[str]:
+    return {f["check"] for f in report["findings"]}
+
+
+def test_functional_losses_with_zero_lr_are_dead_and_seen(tmp_path):
+    p, report, obs = wrap(tmp_path, PY, str(SCRIPTS / "functional_losses.py"), "--lr", "0")
+    assert p.returncode == 0
+    assert p.stdout.count(b" loss=") == 60  # the program's output is all there
+    names = {o.name for o in obs}
+    # Tensor-side telemetry from the child, with its rank ...
+    assert {"train/loss", "grad/norm/total", "param/zero_lr"} <= names
+    assert all(o.rank == 0 for o in obs if o.name == "train/loss")
+    # ... including what only the patched functional losses can see (no loss module here).
+    assert "loss_input/logits/max" in names
+    # ... and the printed numbers, with the digits shown.
+    assert {o.digits for o in obs if o.name == "printed/loss"} == {4}
+    assert report["verdict"] == "dead"
+    assert "frozen_parameters" in checks_of(report)
+    assert b"CRITICAL frozen_parameters" in p.stderr
+
+
+def test_loss_modules_learning_run_is_not_dead(tmp_path):
+    p, report, obs = wrap(tmp_path, PY, str(SCRIPTS / "module_losses.py"))
+    assert p.returncode == 0
+    assert p.stdout.count(b"Loss: ") == 60
+    names = {o.name for o in obs}
+    assert {"train/loss", "loss_input/logits/max", "label/classes"} <= names
+    assert report["verdict"] != "dead", report["findings"]
+    assert "frozen_parameters" not in checks_of(report)
+    assert "flat_loss" not in checks_of(report)
+
+
+def test_printed_zeros_while_the_loss_is_not_zero_is_a_display_precision_finding(tmp_path):
+    p, report, obs = wrap(tmp_path, PY, str(SCRIPTS / "functional_losses.py"), "--print-scale", "1e-5")
+    assert b"loss=0.0000" in p.stdout
+    found = [f for f in report["findings"] if f["check"] == "display_precision"]
+    assert found, report["findings"]
+    assert "0.0000" in found[0]["message"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_both_report(tmp_path):
+    p, report, obs = wrap(
+        tmp_path,
+        PY,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        str(SCRIPTS / "ddp_train.py"),
+    )
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    ranks = {o.rank for o in obs if o.name == "train/loss"}
+    assert ranks == {0, 1}
+    assert p.stdout.count(b"loss=") == 8  # rank 0 prints
