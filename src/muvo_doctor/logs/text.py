@@ -18,7 +18,9 @@ from muvo_doctor.logs.base import AddPoint, as_fraction, classify, digits_of
 # allowed around it (dict lines); separator ":", "=" or blanks; a decimal, scientific, nan or inf
 # number, optionally "%", that must end there: not "02:05" (times), "1.2.3" (versions), "1,000", "2000M".
 _KV = (
-    r"""(?<![\w.\-/'"])['"]?(?P<k>[A-Za-z][\w./\-]*+(?:\ [A-Za-z]\w*+)?)['"]?"""
+    # The pattern starts with a letter class so the engine can skip other characters quickly; the
+    # lookbehind after it checks that the key starts a word.
+    r"""(?P<k>[A-Za-z](?<![\w.\-/][A-Za-z])[\w./\-]*+(?:\ [A-Za-z]\w*+)?)['"]?"""
     r"(?:[ \t]*+[:=]|[ \t])[ \t]*+"
     r"(?P<v>[-+]?(?:\d++(?:\.\d*+)?|\.\d++)(?:[eE][-+]?\d++)?|[-+]?(?:[nN]a[nN]|NAN|[iI]nf(?:inity)?|INF))"
     r"(?P<p>%)?(?![\w.:]|,\d)"
@@ -210,7 +212,12 @@ def _normalise(k: str) -> str:
 # MMDetection/mmengine: "Epoch [1][50/7330]" or "Epoch(train) [1][  50/7330]": epoch, iteration, iterations per epoch.
 _MMDET = r"Epoch(?:\(\w+\))?[ \t]*\[(?P<e>\d+)\][ \t]*\[[ \t]*(?P<i>\d+)[ \t]*/[ \t]*(?P<n>\d+)\]"
 # One pass over a chunk: newlines (record boundaries), MMDetection step brackets, key/number pairs.
-_REC_RE = re.compile(r"(?P<nl>\n)|" + _MMDET + "|" + _KV)
+_REC_RE = re.compile(r"(?P<nl>\n)|" + _MMDET + "|" + _KV)  # slower: only for chunks with MMDetection lines
+_MMDET_RE = re.compile(_MMDET)
+# Record boundaries on the fast path: each newline is followed by a pair the key regex itself
+# matches, so one findall over a chunk yields pairs and line ends in order, with no alternation.
+_NL_KEY = "Zqnl"
+_NL_MARK = "\n" + _NL_KEY + "=0 "
 _CHUNK = 8 << 20
 _MAX_LINE = 1 << 20  # a "line" longer than this (no newline) is cut, so memory stays bounded
 _TRACEBACK = "Traceback (most recent call last)"
@@ -224,13 +231,20 @@ def _drop_rewrites(text: str) -> str:
         if "\r" not in line:
             out.append(line)
             continue
-        segs = [s for s in line.split("\r") if s.strip()]
-        for a, b in zip(segs, segs[1:], strict=False):
-            # tqdm's close() prints the final bar twice: keep a completed bar only before a new bar.
-            if "100%|" in a and "100%|" not in b:
-                out.append(a)
-        if segs:
-            out.append(segs[-1])
+        segs = line.split("\r")
+        if "100%|" in line:  # per-segment work only for lines that complete a bar
+            segs = [s for s in segs if s.strip()]
+            for a, b in zip(segs, segs[1:], strict=False):
+                # tqdm's close() prints the final bar twice: keep a completed bar only before a new bar.
+                if "100%|" in a and "100%|" not in b:
+                    out.append(a)
+            if segs:
+                out.append(segs[-1])
+            continue
+        for seg in reversed(segs):
+            if seg.strip():
+                out.append(seg)
+                break
     return "\n".join(out)
 
 
@@ -267,6 +281,7 @@ def read_text(path: str, add: AddPoint, *, keep_rewrites: bool = False) -> TextS
     """
     st = TextStats()
     findall = _REC_RE.findall
+    fast = _KV_RE.findall
     pending: list[tuple[str, str, str]] = []
     explicit = -1
     last_explicit = -1
@@ -322,6 +337,14 @@ def read_text(path: str, add: AddPoint, *, keep_rewrites: bool = False) -> TextS
             st.rewrites += text.count("\r")
             text = text.replace("\r", "\n") if keep_rewrites else _drop_rewrites(text)
         st.lines += text.count("\n")
+        if "Epoch" not in text or _MMDET_RE.search(text) is None:
+            for k, v, p in fast(text.replace("\n", _NL_MARK)):
+                if k == _NL_KEY:
+                    if pending:
+                        flush()
+                else:
+                    pending.append((k, v, p))
+            return
         for nl, e, i, n_, k, v, p in findall(text):
             if nl:
                 if pending:
