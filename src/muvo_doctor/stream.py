@@ -177,7 +177,10 @@ def read_stream(path: str | Path) -> Iterator[Message]:
     reader = LineReader()
     with open(path, "rb") as fh:
         first = fh.readline()
-        head = parse_line(first) if first.strip() else None
+        try:
+            head = parse_line(first) if first.strip() else None
+        except StreamError:
+            head = None
         if not isinstance(head, Header):
             raise StreamError(f"{path}: not a muvo-doctor telemetry record (no {SCHEMA!r} header line)")
         yield head
