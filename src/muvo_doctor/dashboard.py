@@ -24,7 +24,10 @@ child's bytes go to stdout unchanged and each new finding is one greppable line 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import math
+import os
+import select
 import sys
 import threading
 import time
@@ -116,7 +119,53 @@ def make_view(
     con = console or Console()
     if wants_plain(plain, con):
         return PlainView(doctor, title=title, out=out, err=err or (console.file if console else None))
+    if console is None:
+        con = Console(file=_CRLFWriter(sys.stdout))  # type: ignore[arg-type]
     return LiveView(doctor, title=title, console=con)
+
+
+class _CRLFWriter:
+    """The live view's stdout: ``\r\n`` for every newline, and whole writes on a non-blocking fd.
+
+    `run` puts the terminal in raw mode to forward keystrokes, which turns off the terminal's
+    newline -> CR LF translation (rich writes bare newlines), and makes stdin non-blocking, which
+    on a terminal is the same open file as stdout: a big frame written through ``sys.stdout``
+    would then be cut short by EAGAIN. So frames go to the file descriptor, retried until written.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.encoding = getattr(stream, "encoding", None) or "utf-8"
+
+    def write(self, text: str) -> int:
+        data = text.replace("\r\n", "\n").replace("\n", "\r\n").encode(self.encoding, "replace")
+        try:
+            fd = self._stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            self._stream.write(text)
+            return len(text)
+        self._stream.flush()  # whatever Python buffered goes first
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(fd, view)
+            except BlockingIOError:
+                select.select([], [fd], [], 1.0)
+                continue
+            except InterruptedError:
+                continue
+            view = view[n:]
+        return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
 
 
 # ----------------------------------------------------------------------------- what is drawn
@@ -440,9 +489,9 @@ class LiveView:
             self._dirty = True
 
     def _current(self) -> RenderableType:
-        if not self._partial:
-            return self._renderable
         status = Text.from_ansi(self._partial, no_wrap=True, overflow="ellipsis")
+        if not status.plain.strip():
+            return self._renderable
         return Group(status, self._renderable)
 
     # -- View API
@@ -497,7 +546,7 @@ class LiveView:
         tail = self._decoder.decode(b"", final=True)
         with self._lock:
             rest = _last_cr_segment(self._partial + tail)
-            if rest:
+            if Text.from_ansi(rest).plain.strip():
                 self._pending.append(rest)
             self._partial = ""
         self._build()

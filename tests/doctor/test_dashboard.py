@@ -212,3 +212,31 @@ def test_narrow_terminal_still_shows_loss_and_findings() -> None:
     last = text[text.rindex("muvo-doctor ") :]
     assert "train/loss" in last and "prior_baseline" in last
     assert max(len(line) for line in last.splitlines()) <= 80
+
+
+def test_live_stdout_writes_whole_frames_with_crlf_on_a_nonblocking_fd() -> None:
+    # `run` makes the terminal non-blocking and raw: a frame must arrive whole, with CR LF.
+    import os
+    import threading
+
+    from muvo_doctor.dashboard import _CRLFWriter
+
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    stream = open(w, "w", encoding="utf-8", closefd=True)  # noqa: SIM115
+    got = bytearray()
+
+    def reader() -> None:
+        while chunk := os.read(r, 4096):
+            got.extend(chunk)
+            time.sleep(0.0005)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    text = "".join(f"line {i} ✓\n" for i in range(20_000))  # ~200 KB, far over a pipe buffer
+    writer = _CRLFWriter(stream)
+    assert writer.write(text) == len(text)
+    stream.close()
+    t.join(timeout=10)
+    os.close(r)
+    assert bytes(got) == text.replace("\n", "\r\n").encode("utf-8")
