@@ -42,6 +42,7 @@ class Thresholds(BaseModel):
     spike_z: float = 12.0  # robust z of a step-to-step jump; heavy-tailed minibatch noise reaches ~6-8
     spike_min_rel: float = 0.5  # the jump must also be at least 50% of the loss level
     spike_return_points: int = 5  # ... and the loss must come back within this many points (isolated)
+    spike_warn_count: int = 3  # fewer spikes are info: one early spike (warm-up, a hard batch) is normal
     # -- vanishing_gradients (AUTOTRAINER defaults: beta1=1e-3 ratio, beta2=1e-4 absolute)
     vg_ratio: float = 1e-3  # a module whose gradient norm is below 1e-3 x the largest module's is quiet
     vg_abs: float = 1e-4  # ... and below this absolute norm
@@ -84,6 +85,7 @@ class Thresholds(BaseModel):
     # -- overfitting
     of_patience: int = 5  # validation points in a row above the best one
     of_min_rise: float = 0.05  # ... by at least 5% of the best validation loss
+    of_metric_tol: float = 0.01  # val AUROC/acc/mAP within this of its best: the rise is calibration, info
     # -- metric_stuck
     ms_min_evals: int = 5  # evaluations needed before judging a metric
     ms_auroc_tol: float = 0.02  # AUROC within 0.02 of 0.5 on every recent evaluation: chance

@@ -165,14 +165,22 @@ def test_one_spike_is_not_divergence() -> None:
 
 
 # ---------------------------------------------------------------- loss_spike
-@pytest.mark.parametrize(("jump", "found"), [(1.0, True), (0.2, False)])
-def test_loss_spike(jump: float, found: bool) -> None:
+@pytest.mark.parametrize(
+    ("jump", "count", "severity"),
+    [
+        (1.0, T.spike_warn_count, "warning"),
+        (1.0, T.spike_warn_count - 1, "info"),  # one early spike is normal: info
+        (0.2, T.spike_warn_count, None),  # 40% of the level: below spike_min_rel
+    ],
+)
+def test_loss_spike(jump: float, count: int, severity: str | None) -> None:
     base = noisy(200, 0.5, 0.01, seed=3)
-    base[120] += jump
+    for k in range(count):
+        base[60 + 30 * k] += jump
     out = run(loss_spike, train__loss=base)
-    assert bool(out) is found
-    if found:
-        assert out[0].severity == "warning" and out[0].step == 120 and "z =" in out[0].message
+    assert [f.severity for f in out] == ([severity] if severity else [])
+    if severity:
+        assert out[0].step == 60 and "z =" in out[0].message and f"{count} such spike" in out[0].message
 
 
 def test_step_that_stays_up_is_not_a_spike() -> None:

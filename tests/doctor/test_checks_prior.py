@@ -173,3 +173,15 @@ def test_overfitting(rise: float, patience: int, found: bool) -> None:
     assert bool(out) is found
     if found:
         assert out[0].severity == "warning" and "0.3" in out[0].message
+
+
+def test_val_loss_rise_with_a_holding_auroc_is_info() -> None:
+    h = History()
+    val = np.r_[np.linspace(0.6, 0.3, 5), np.full(5, 0.45)]
+    for i, v in enumerate(val):
+        h.add_point("val/loss", (i + 1) * 100, float(v))
+        h.add_point("val/auroc", (i + 1) * 100, float(min(0.96, 0.8 + 0.04 * i)))
+    for s in range(1001):
+        h.add_point("train/loss", s, float(0.7 * math.exp(-s / 300)))
+    out = overfitting.check(h, CFG)
+    assert [f.severity for f in out] == ["info"] and "val/auroc holds at 0.960" in out[0].message

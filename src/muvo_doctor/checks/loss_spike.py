@@ -4,7 +4,9 @@ What it does:
     Computes a robust z-score of every step-to-step change of the training loss (median and MAD of
     the differences, so the noise itself sets the scale). A spike is a jump above ``spike_z`` that is
     also at least ``spike_min_rel`` of the loss level before it and that comes back down within
-    ``spike_return_points`` points. A warning; a jump that never comes back is ``divergence``.
+    ``spike_return_points`` points. ``spike_warn_count`` or more spikes warn; fewer are info (one
+    early spike during warm-up or from a hard batch is normal). A jump that never comes back is
+    ``divergence``.
 
 Why it matters:
     Isolated spikes come from bad batches (corrupt samples, extreme labels), a learning rate at the
@@ -74,7 +76,7 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
     return [
         make(
             ID,
-            "warning",
+            "warning" if len(spikes) >= t.spike_warn_count else "info",
             int(steps[i + 1]),
             msg,
             {

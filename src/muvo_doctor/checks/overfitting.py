@@ -4,7 +4,9 @@ What it does:
     Finds the best (lowest) ``val/loss`` so far. When the last ``of_patience`` validation points all
     sit at least ``of_min_rise`` above it (relative), and the training loss since that best point
     kept falling (its median after the best step is lower than before it), the model is
-    overfitting. A warning: the model learns, only too specifically.
+    overfitting. A warning: the model learns, only too specifically. When a validation quality
+    metric (``val/auroc``, ``val/acc``, ``val/map``) is still within ``of_metric_tol`` of its best,
+    the rise is over-confidence (calibration) rather than lost accuracy, and it is reported as info.
 
 Why it matters:
     From the best validation point on, every step makes the model worse on unseen data; the final
@@ -54,15 +56,31 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
     if not ta < tb:
         return []
     now = float(vv[-1])
+    holds = []
+    for name in ("val/auroc", "val/map", "val/acc"):
+        got = finite(history, name)
+        if got is not None and len(got[1]) > t.of_patience:
+            m = got[1]
+            recent = float(np.median(m[-t.of_patience :]))
+            if recent >= float(m.max()) - t.of_metric_tol:
+                holds.append(f"{name} holds at {recent:.3f} (best {float(m.max()):.3f})")
+            else:
+                holds = []
+                break
     msg = (
         f"val/loss rose from its best {fmt(best)} at step {best_step} to {fmt(now)} "
         f"(+{(now - best) / abs(best) if best else 0:.0%}, the last {t.of_patience} evaluations all higher) "
-        f"while {LOSS} fell from {fmt(tb)} to {fmt(ta)}: the model is overfitting."
+        f"while {LOSS} fell from {fmt(tb)} to {fmt(ta)}"
+        + (
+            f"; {holds[0]}, so it is over-confident rather than worse."
+            if holds
+            else ": the model is overfitting."
+        )
     )
     return [
         make(
             ID,
-            "warning",
+            "info" if holds else "warning",
             int(vs[best_i + 1]),
             msg,
             {
