@@ -107,3 +107,16 @@ def test_all_checks_are_fast_on_a_full_history() -> None:
     d.evaluate()
     elapsed = time.perf_counter() - t0
     assert elapsed < 1.0, f"all checks took {elapsed:.3f}s on 20,000 points"
+
+
+def test_explain_prints_the_three_parts_and_thresholds(capsys: pytest.CaptureFixture[str]) -> None:
+    from muvo_doctor.cli import main
+
+    assert main(["explain", "prior_baseline"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("prior_baseline\n") and "What to do:" in out and "pb_window = 100" in out
+    assert main(["explain"]) == 0
+    listing = capsys.readouterr().out
+    assert all(m.ID in listing for m in ALL_CHECKS)
+    assert main(["explain", "no_such_check"]) == 2
+    assert "valid ids: constant_output" in capsys.readouterr().err

@@ -27,5 +27,20 @@ def main(args: argparse.Namespace) -> int:
         valid = ", ".join(sorted(checks))
         print(f"muvo-doctor explain: unknown check '{args.check}'; valid ids: {valid}", file=sys.stderr)
         return 2
-    print(f"{mod.ID}\n\n{inspect.getdoc(mod)}")
+    doc = inspect.getdoc(mod) or ""
+    print(f"{mod.ID}\n\n{doc}")
+    used = thresholds_in(doc)
+    if used:
+        print("\nThresholds (defaults; override them in the [thresholds] table of a TOML config):")
+        for name, value in used:
+            print(f"    {name} = {value!r}")
     return 0
+
+
+def thresholds_in(doc: str) -> list[tuple[str, object]]:
+    """The ``Thresholds`` fields a check's docstring names (as ``name``), with their defaults."""
+    from muvo_doctor.config import Thresholds
+
+    defaults = Thresholds()
+    names = [n for n in Thresholds.model_fields if f"``{n}``" in doc]
+    return [(n, getattr(defaults, n)) for n in names]
