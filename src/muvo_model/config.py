@@ -28,10 +28,10 @@ class DataConfig(_Section):
 
     source: Literal["synthetic", "anovox"] = "synthetic"
     root: str | None = None  # AnoVox root folder (source = "anovox")
-    train_frames: int = Field(1536, ge=2)  # synthetic: frames in the training split
-    val_frames: int = Field(512, ge=2)  # synthetic: frames in the held-out split (other scenarios)
+    train_frames: int = Field(768, ge=2)  # synthetic: frames in the training split
+    val_frames: int = Field(256, ge=2)  # synthetic: frames in the held-out split (other scenarios)
     image_size: int = Field(64, ge=16)  # synthetic: square images, pixels per side
-    points: int = Field(1024, ge=8)  # points per frame (padded / subsampled to this many)
+    points: int = Field(512, ge=8)  # points per frame (padded / subsampled to this many)
     seed: int = 0  # synthetic: the data seed (the validation split uses other scenarios)
     anomaly_fraction: float = Field(0.5, ge=0.0, le=1.0)  # synthetic: fraction of frames with an anomaly
     contrast: float = Field(1.0, ge=0.0, le=1.0)  # synthetic: strength of the anomaly cues
@@ -55,7 +55,7 @@ class OptimConfig(_Section):
     weight_decay: float = Field(0.01, ge=0.0)
     beta1: float = 0.9
     beta2: float = 0.99
-    warmup_steps: int = Field(30, ge=0)
+    warmup_steps: int = Field(10, ge=0)
     min_lr_ratio: float = Field(0.05, ge=0.0, le=1.0)
     grad_clip: float = Field(1.0, ge=0.0)  # 0 disables clipping
 
@@ -63,10 +63,10 @@ class OptimConfig(_Section):
 class TrainConfig(_Section):
     """The loop: how long, how big, how often to evaluate and save, on what device."""
 
-    steps: int = Field(400, ge=1)
+    steps: int = Field(120, ge=1)
     batch_size: int = Field(32, ge=1)  # global batch; each DDP rank takes batch_size / world_size
-    eval_every: int = Field(100, ge=1)
-    log_every: int = Field(25, ge=1)
+    eval_every: int = Field(40, ge=1)
+    log_every: int = Field(10, ge=1)
     eval_batch_size: int = Field(256, ge=1)
     point_loss_weight: float = Field(0.5, ge=0.0)  # fusion only: weight of the masked per-point BCE
     seed: int = 0  # model init and batch order
