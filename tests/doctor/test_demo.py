@@ -1,0 +1,100 @@
+"""`muvo-doctor demo`: usage errors, the child command line, and how a run is judged (no training here)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from muvo_doctor.cli import main
+from muvo_doctor.commands import demo
+from muvo_doctor.finding import Finding
+
+
+def _f(check: str, severity: str = "critical", step: int | None = 120) -> Finding:
+    return Finding(check=check, severity=severity, step=step, message="m", advice="a")  # type: ignore[arg-type]
+
+
+def test_list_faults_forwards_to_muvo_train(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--list-faults"]) == 0
+    out = capsys.readouterr().out
+    for name in ("self-supervised-mean", "random-labels", "zero-lr", "dead-relu"):
+        assert name in out
+    assert "prior_baseline" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--fault", "nope"], "--fault nope: unknown fault; known faults: self-supervised-mean"),
+        (["--story", "--fault", "zero-lr"], "--story runs its own faults"),
+        (
+            ["--snapshot", "dash.png"],
+            "--snapshot dash.png: unsupported file type '.png'; use a .svg or .html",
+        ),
+        (
+            ["--report", "no/such/dir/r.json"],
+            "--report no/such/dir/r.json: folder no/such/dir does not exist",
+        ),
+        (["--set", "train.steps"], "--set 'train.steps': expected SECTION.KEY=VALUE"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("muvo-doctor demo: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_steps_must_be_positive() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "muvo_doctor", "demo", "--steps", "0"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "expected a positive whole number, got 0" in proc.stderr
+
+
+def test_train_command_wraps_muvo_train_without_its_own_doctor() -> None:
+    cmd = demo.train_command("random-labels", 50, ["data.image_size=16"])
+    assert cmd[:4] == [sys.executable, "-m", "muvo_model.train", "--no-doctor"]
+    assert cmd[4:] == ["--fault", "random-labels", "--set", "train.steps=50", "--set", "data.image_size=16"]
+    assert "--fault" not in demo.train_command("none", None, [])
+
+
+def test_story_is_the_incident_in_order() -> None:
+    assert [a.fault for a in demo.STORY] == ["self-supervised-mean", "random-labels", "none"]
+    assert "0.0000" in demo.STORY[0].story and "0.325" in demo.STORY[1].story
+    from muvo_model.faults import FAULTS
+
+    assert all(a.fault in FAULTS for a in demo.STORY[:2])
+
+
+def test_per_act_paths_only_for_the_story(tmp_path: Path) -> None:
+    p = tmp_path / "dash.svg"
+    assert demo._per_act(p, 2, "random-labels", story=True) == tmp_path / "dash-2-random-labels.svg"
+    assert demo._per_act(p, 1, "random-labels", story=False) == p
+    assert demo._per_act(None, 1, "x", story=True) is None
+
+
+def test_judge_caught_missed_and_false_alarm() -> None:
+    expected = ("prior_baseline", "metric_stuck")
+    doc = SimpleNamespace(findings=[_f("prior_baseline"), _f("flat_loss", "warning", 3)], verdict="dead")
+    ok, text = demo._judge("random-labels", expected, doc)
+    assert (
+        ok
+        and text == "demo: fault random-labels caught by prior_baseline (critical, step 120); verdict dead."
+    )
+    ok, text = demo._judge("random-labels", expected, SimpleNamespace(findings=[_f("flat_loss", "warning")]))
+    assert not ok and "was NOT caught: expected one of prior_baseline, metric_stuck" in text
+    assert "raised flat_loss" in text
+    # An info finding is not a catch.
+    ok, _ = demo._judge("random-labels", expected, SimpleNamespace(findings=[_f("prior_baseline", "info")]))
+    assert not ok
+    ok, text = demo._judge("none", (), SimpleNamespace(findings=[_f("loss_spike", "warning", 7)]))
+    assert not ok and "healthy run was flagged: loss_spike (warning)" in text
+    ok, _ = demo._judge("none", (), SimpleNamespace(findings=[_f("x", "info")]))
+    assert ok
