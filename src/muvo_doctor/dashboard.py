@@ -124,6 +124,27 @@ def make_view(
     return LiveView(doctor, title=title, console=con)
 
 
+def _write_fd(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``, waiting out EAGAIN (the fd may be non-blocking)."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [], 1.0)
+            continue
+        except InterruptedError:
+            continue
+        view = view[n:]
+
+
+def _fd_of(stream: object) -> int | None:
+    try:
+        return int(stream.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 class _CRLFWriter:
     """The live view's stdout: ``\r\n`` for every newline, and whole writes on a non-blocking fd.
 
@@ -139,22 +160,12 @@ class _CRLFWriter:
 
     def write(self, text: str) -> int:
         data = text.replace("\r\n", "\n").replace("\n", "\r\n").encode(self.encoding, "replace")
-        try:
-            fd = self._stream.fileno()
-        except (AttributeError, OSError, ValueError):
+        fd = _fd_of(self._stream)
+        if fd is None:
             self._stream.write(text)
             return len(text)
         self._stream.flush()  # whatever Python buffered goes first
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(fd, view)
-            except BlockingIOError:
-                select.select([], [fd], [], 1.0)
-                continue
-            except InterruptedError:
-                continue
-            view = view[n:]
+        _write_fd(fd, data)
         return len(text)
 
     def flush(self) -> None:
@@ -405,13 +416,17 @@ class PlainView:
         self._seen: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def _out_stream(self) -> BinaryIO:
-        if self._out is not None:
-            return self._out
-        return sys.stdout.buffer
-
-    def _err_stream(self) -> TextIO:
-        return self._err if self._err is not None else sys.stderr
+    def _line(self, text: str) -> None:
+        """One line on the error stream; CR LF on a terminal (`run` may have put it in raw mode)."""
+        stream = self._err if self._err is not None else sys.stderr
+        fd = _fd_of(stream) if self._err is None else None
+        with self._lock:
+            if fd is not None and os.isatty(fd):
+                stream.flush()
+                _write_fd(fd, (text + "\r\n").encode(getattr(stream, "encoding", None) or "utf-8", "replace"))
+            else:
+                stream.write(text + "\n")
+                stream.flush()
 
     def start(self) -> None:
         pass
@@ -422,30 +437,25 @@ class PlainView:
             self.finding(f)
 
     def child_output(self, data: bytes) -> None:
-        stream = self._out_stream()
         with self._lock:
-            stream.write(data)
-            stream.flush()
+            if self._out is not None:
+                self._out.write(data)
+                self._out.flush()
+                return
+            sys.stdout.flush()  # text printed before goes first
+            _write_fd(sys.stdout.fileno(), data)  # unchanged bytes, whole even on a non-blocking fd
 
     def finding(self, f: Finding) -> None:
         if self._seen.get(f.check) == f.severity:
             return
         self._seen[f.check] = f.severity
-        stream = self._err_stream()
-        with self._lock:
-            stream.write(_finding_line(f) + "\n")
-            stream.flush()
+        self._line(_finding_line(f))
 
     def stop(self) -> None:
         self.update()
         n = len(self.doctor.findings)
         steps = max(self.doctor.history.last_step + 1, 0)
-        stream = self._err_stream()
-        with self._lock:
-            stream.write(
-                f"muvo-doctor: verdict {self.doctor.verdict} ({n} finding{'s' * (n != 1)}, {steps} steps)\n"
-            )
-            stream.flush()
+        self._line(f"muvo-doctor: verdict {self.doctor.verdict} ({n} finding{'s' * (n != 1)}, {steps} steps)")
 
     def snapshot(self, path: str | Path) -> None:
         r = render_dashboard(self.doctor, title=self.title, width=140, height=48)

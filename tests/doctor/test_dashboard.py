@@ -240,3 +240,18 @@ def test_live_stdout_writes_whole_frames_with_crlf_on_a_nonblocking_fd() -> None
     t.join(timeout=10)
     os.close(r)
     assert bytes(got) == text.replace("\n", "\r\n").encode("utf-8")
+
+
+def test_plain_default_streams_are_stdout_bytes_and_stderr_lines(
+    capfdbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    d = Doctor(checks=())
+    view = make_view(d, title="t", plain=True)
+    data = b"\x1b[1mbold\x1b[0m\r\nloss=0.3331\rloss=0.3330\n\xff"
+    view.child_output(data)
+    _add(d, PRIOR)
+    view.update()
+    captured = capfdbinary.readouterr()
+    assert captured.out == data
+    assert captured.err.decode().startswith("muvo-doctor: CRITICAL prior_baseline step 120: ")
+    assert captured.err.endswith(b"\n") and b"\r" not in captured.err  # not a terminal: plain newlines

@@ -98,3 +98,62 @@ def test_judge_caught_missed_and_false_alarm() -> None:
     assert not ok and "healthy run was flagged: loss_spike (warning)" in text
     ok, _ = demo._judge("none", (), SimpleNamespace(findings=[_f("x", "info")]))
     assert ok
+
+
+def test_story_runs_three_acts_with_narrative_and_per_act_files(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    calls: list[tuple[list[str], str, Path | None, Path | None]] = []
+    caught = {
+        "self-supervised-mean": [_f("constant_output")],
+        "random-labels": [_f("prior_baseline")],
+        "none": [],
+    }
+
+    def fake_run(command: list[str], title: str, plain: bool, report: Path | None, snapshot: Path | None):  # type: ignore[no-untyped-def]
+        calls.append((command, title, report, snapshot))
+        fault = command[command.index("--fault") + 1] if "--fault" in command else "none"
+        return 0, SimpleNamespace(findings=caught[fault], verdict="dead" if caught[fault] else "healthy")
+
+    monkeypatch.setattr(demo, "_run_once", fake_run)
+    rc = main(["demo", "--story", "--plain", "--report", str(tmp_path / "r.json"), "--steps", "7"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert [c[1] for c in calls] == [
+        "muvo-doctor demo --fault self-supervised-mean",
+        "muvo-doctor demo --fault random-labels",
+        "muvo-doctor demo",
+    ]
+    assert [c[2] for c in calls] == [
+        tmp_path / "r-1-self-supervised-mean.json",
+        tmp_path / "r-2-random-labels.json",
+        tmp_path / "r-3-none.json",
+    ]
+    assert all("train.steps=7" in c[0] for c in calls)
+    # Narrative before each act, the judgement after it, in order.
+    order = [
+        out.index(s)
+        for s in (
+            "Act 1/3",
+            "caught by constant_output",
+            "Act 2/3",
+            "caught by prior_baseline",
+            "Act 3/3",
+            "healthy run: verdict healthy",
+        )
+    ]
+    assert order == sorted(order)
+
+    caught["random-labels"] = []  # the doctor misses act 2: the demo says so and exits 1
+    calls.clear()
+    assert main(["demo", "--story", "--plain"]) == 1
+    assert "fault random-labels was NOT caught" in capsys.readouterr().out
+    assert len(calls) == 3
+
+
+def test_a_failing_training_stops_the_demo_with_its_code(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(demo, "_run_once", lambda *a: (3, SimpleNamespace(findings=[], verdict="healthy")))
+    assert main(["demo", "--story", "--plain"]) == 3
+    assert "muvo-doctor demo: the training exited with code 3" in capsys.readouterr().err
