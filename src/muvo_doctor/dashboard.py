@@ -54,8 +54,8 @@ VERDICT_STYLE = {
     "warning": "bold black on yellow",
     "healthy": "bold black on green",
 }
-# Evidence keys a prior_baseline finding may carry for the prior's loss, in order of preference.
-_BASELINE_KEYS = ("prior_loss", "baseline_loss", "prior_entropy", "entropy", "h_p", "baseline")
+# Evidence keys of a prior_baseline finding that hold the prior's loss (checks/prior_baseline.py).
+_BASELINE_KEYS = ("baseline_loss", "prior_entropy")
 
 
 class View(Protocol):
@@ -185,10 +185,17 @@ class _CRLFWriter:
 def prior_loss(doctor: Doctor) -> float | None:
     """The loss of predicting the label prior alone, or None when it is unknown.
 
-    Binary labels: ``H(p) = -p ln p - (1-p) ln(1-p)`` with p the mean of
-    ``label/positive_fraction``; multiclass: ``-sum p_k ln p_k`` over ``label/fraction/<k>``;
-    else the number a ``prior_baseline`` finding reports.
+    The number a ``prior_baseline`` finding compared the loss with, when there is one (the
+    line then matches the finding's message); else, from the labels seen so far, binary:
+    ``H(p) = -p ln p - (1-p) ln(1-p)`` with p the mean of ``label/positive_fraction``;
+    multiclass: ``-sum p_k ln p_k`` over the mean ``label/fraction/<k>``.
     """
+    for f in doctor.findings:
+        if f.check == "prior_baseline":
+            for key in _BASELINE_KEYS:
+                v = f.evidence.get(key)
+                if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+                    return float(v)
     h = doctor.history
     s = h.series("label/positive_fraction")
     if s is not None and len(s):
@@ -202,16 +209,9 @@ def prior_loss(doctor: Doctor) -> float | None:
         fs = h.series(name)
         if fs is not None and len(fs):
             fractions.append(float(np.nanmean(fs.values)))
-    if fractions:
-        total = sum(fractions)
-        if total > 0:
-            return -sum((q / total) * math.log(q / total) for q in fractions if q > 0)
-    for f in doctor.findings:
-        if f.check == "prior_baseline":
-            for key in _BASELINE_KEYS:
-                v = f.evidence.get(key)
-                if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
-                    return float(v)
+    total = sum(fractions)
+    if total > 0:
+        return -sum((q / total) * math.log(q / total) for q in fractions if q > 0)
     return None
 
 

@@ -28,7 +28,7 @@ PRIOR = Finding(
     severity="critical",
     step=120,
     message="loss 0.3331 sits at the prior's entropy H(0.10)=0.325: the model learned only the prior",
-    evidence={"prior_loss": 0.325},
+    evidence={"prior_p": 0.1, "prior_entropy": 0.3251, "baseline_loss": 0.325},
     advice="check the labels",
 )
 FLAT = Finding(check="flat_loss", severity="warning", step=40, message="the loss does not change", advice="x")
@@ -56,11 +56,11 @@ def _live_console(width: int = 140, height: int = 50) -> Console:
 
 
 def test_prior_loss_is_the_binary_entropy_of_the_label_mean() -> None:
-    assert prior_loss(_fed_doctor(p=0.1)) == pytest.approx(0.3251, abs=1e-4)
-    d = Doctor(checks=())
-    assert prior_loss(d) is None
+    d = _fed_doctor(p=0.2)
+    assert prior_loss(d) == pytest.approx(0.5004, abs=1e-4)
     _add(d, PRIOR)
-    assert prior_loss(d) == 0.325  # from the finding's evidence when labels were not seen
+    assert prior_loss(d) == 0.325  # the finding's baseline wins: the line matches its message
+    assert prior_loss(Doctor(checks=())) is None
 
 
 def test_prior_loss_multiclass() -> None:
