@@ -168,6 +168,9 @@ class _Scene:
         self.albedo = torch.full((n, _K, 3), 0.5)
         self.refl = torch.full((n, _K), 0.3)
         self.stripe = torch.zeros(n, _K)
+        self.glow = torch.zeros(
+            n, _K
+        )  # self-lit fraction of the albedo (fluorescent paint): shading-proof colour
         self.anom = torch.zeros(n, _K, dtype=torch.bool)
         # per-frame ground / light / sensor
         self.road_hw = torch.zeros(n)
@@ -216,7 +219,7 @@ def _draw_scene(
     s.sky_col = torch.stack([_u(g, 0.45, 0.65, ns), _u(g, 0.6, 0.78, ns), _u(g, 0.8, 0.95, ns)], 1)[S]
     s.fog_m = _u(g, 60.0, 160.0, ns)[S]
     s.exposure = _u(g, 0.8, 1.2, ns)[S] * _u(g, 0.95, 1.05, n)
-    s.gain = _u(g, 0.85, 1.15, ns)[S]
+    s.gain = _u(g, 0.85, 1.15, ns)[S] * _u(g, 0.93, 1.07, n)  # sensor calibration x wetness
 
     # buildings: 4 per side, consecutive along x with gaps
     half = _N_BUILDING // 2
@@ -394,7 +397,8 @@ def _place_anomaly(
         hscale = tall if lid_cue and (s is lid or cfg.anomaly_modality == "both") else torch.ones(m)
         _set_object(s, rows, col, geo, hscale)
         s.albedo[rows, col] = base_col + k * (vivid - base_col) if (cue and s is cam) else base_col
-        s.stripe[rows, col] = 0.6 * k if (cue and s is cam) else 0.0
+        s.stripe[rows, col] = 0.35 * k if (cue and s is cam) else 0.0
+        s.glow[rows, col] = 0.6 * k if (cue and s is cam) else 0.0
         s.refl[rows, col] = base_refl + k * (bright - base_refl) if (cue and s is lid) else base_refl
         s.cls[rows, col] = types if cue else STATIC
         s.anom[rows, col] = cue
@@ -650,6 +654,7 @@ def _surface(s: _Scene, k: torch.Tensor, p: torch.Tensor) -> dict[str, torch.Ten
         "albedo": torch.where(ground[..., None], g_col, g(s.albedo)),
         "refl": torch.where(ground, g_refl, g(s.refl)),
         "stripe": torch.where(ground, 0.0, g(s.stripe)),
+        "glow": torch.where(ground, 0.0, g(s.glow)),
         "anom": ~ground & g(s.anom),
         "normal": nrm,
     }
@@ -702,11 +707,14 @@ def _render_camera(
     m = _surface(s, k, p)
     hit = torch.isfinite(t)
     lam = (m["normal"] * s.sun[:, None]).sum(-1).clamp_min(0)
-    col = m["albedo"] * (0.35 + 0.65 * lam)[..., None]
+    col = m["albedo"] * (0.35 + 0.65 * lam + m["glow"])[..., None]
     stripes = ((p[..., 0] + p[..., 1] + 2.0 * p[..., 2]) * 6.0).sin() > 0
-    col = torch.where(stripes[..., None], col + m["stripe"][..., None] * (1.0 - 2.0 * col), col)
+    col = torch.where(
+        stripes[..., None], col * (1.0 - m["stripe"][..., None]), col
+    )  # dark bands keep the hue
     fog = 1.0 - torch.exp(-torch.where(hit, t, 0.0) / s.fog_m[:, None])
-    col = col * (1 - fog[..., None]) + s.sky_col[:, None] * fog[..., None]
+    haze = 0.7 * s.sky_col.mean(-1, keepdim=True) + 0.3 * s.sky_col  # greyish: fog must not tint far objects
+    col = col * (1 - fog[..., None]) + haze[:, None] * fog[..., None]
     up = rays[..., 2:].clamp(0, 1)  # sky: brighter towards the horizon
     sky = s.sky_col[:, None] * (1.0 - 0.5 * up) + 0.15 * (1 - up)
     col = torch.where(hit[..., None], col, sky) * s.exposure[:, None, None]
