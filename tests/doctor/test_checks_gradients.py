@@ -146,3 +146,23 @@ def test_linear_gradient_growth_with_a_stuck_loss() -> None:
     assert out[0].severity == "critical" and "20" in out[0].message
     assert run(stale_gradients, train__loss=LEARNING, grad__norm__total=np.linspace(1, 20, N)) == []
     assert run(stale_gradients, train__loss=STUCK, grad__norm__total=np.linspace(1, 3, N)) == []
+
+
+def test_one_quiet_layer_in_a_failing_run_is_only_a_warning() -> None:
+    out = run(
+        vanishing_gradients,
+        {"grad/norm/enc.0": 0.0, "grad/norm/enc.1": 0.1, "grad/norm/enc.2": 0.1, "grad/norm/head.0": 0.2},
+        train__loss=STUCK,
+    )
+    assert [f.severity for f in out] == ["warning"]
+
+
+def test_auroc_at_chance_escalates_a_mechanism() -> None:
+    h = History()
+    for i in range(N):
+        h.add_point("train/loss", i, float(LEARNING[i]))
+        h.add_point("grad/norm/total", i, 1e-9)
+        if i % 20 == 19:
+            h.add_point("val/auroc", i, 0.52)
+    out = vanishing_gradients.check(h, CFG)
+    assert out[0].severity == "critical" and "AUROC is at chance (0.520)" in out[0].message

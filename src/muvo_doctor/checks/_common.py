@@ -131,13 +131,18 @@ def progress(
 
 
 def outcome_failure(history: History, t: Thresholds) -> str | None:
-    """A clause saying the training outcome fails (loss not improving), or None.
+    """A clause saying the training outcome fails (loss not finite or not improving, AUROC at chance), or None.
 
     Mechanism checks escalate to critical only when this is not None.
     """
     got = history.series(LOSS)
     if got is not None and len(got) >= t.min_points and not np.isfinite(got.values[-t.min_points :]).any():
         return "and the loss is no longer finite"
+    au = finite(history, "val/auroc")
+    if au is not None and len(au[1]) >= 3:
+        recent = float(np.median(au[1][-3:]))
+        if abs(recent - 0.5) <= t.ms_auroc_tol and float(au[1].max()) <= 0.5 + 2 * t.ms_auroc_tol:
+            return f"and the held-out AUROC is at chance ({recent:.3f})"
     p = progress(history, t)
     if p is None or p.improved:
         return None

@@ -8,7 +8,9 @@ What it does:
     spans at least ``flat_min_printed_units`` units (0.6931 is flat; a loss shown as 0.0000 or 0.0012 is
     a display question, see ``display_precision``). A loss that is exactly zero, like an unused
     auxiliary loss, is not flat; neither is a small loss that still moves. The main training loss
-    sitting at zero (at its precision) from its very first record on is flat: nothing shows learning.
+    sitting at zero (at its precision) from its very first record on is flat: nothing shows learning;
+    so is a raw (unrounded) main loss that fell to exactly 0.0 and stays there: a stochastic loss is
+    never exactly zero unless its outputs saturated, and then no gradient flows.
 
 Why it matters:
     A loss that does not move means the weights do not change or do not affect it: a detached loss,
@@ -78,6 +80,18 @@ def _zero_main(s) -> Finding:
     return make(ID, "critical", int(s.steps[0]), msg, ev, ADVICE)
 
 
+def _exact_zero_after_decline(s) -> Finding:
+    nz = np.flatnonzero(s.values != 0.0)
+    start = int(nz[-1]) + 1 if len(nz) else 0
+    msg = (
+        f"{s.name} fell from {fmt(float(s.values[0]))} to exactly 0 and has stayed at exactly 0 for "
+        f"{len(s) - start} points since step {int(s.steps[start])}: a minibatch loss that is exactly zero "
+        f"gives no gradient (saturated outputs, or a loss the model can satisfy without the labels)."
+    )
+    ev = {"series": s.name, "level": 0.0, "points": len(s) - start, "start": float(s.values[0])}
+    return make(ID, "critical", int(s.steps[start]), msg, ev, ADVICE)
+
+
 def check(history: History, config: DoctorConfig) -> list[Finding]:
     t = config.thresholds
     found: list[Finding] = []
@@ -92,6 +106,9 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
         main = name == LOSS or len(loss_names(history)) == 1
         if not flat and main and _zero_all_along(s.values, s.digits, t):
             found.append(_zero_main(s))
+            continue
+        if not flat and main and s.digits is None and bool(np.all(w == 0.0)):
+            found.append(_exact_zero_after_decline(s))
             continue
         if not flat:
             continue

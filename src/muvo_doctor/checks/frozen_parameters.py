@@ -58,9 +58,14 @@ def _repeating(history: History, t) -> tuple[int, float, int, int] | None:
     uniq, inv = np.unique(v, return_inverse=True)
     if len(uniq) < t.frozen_repeat_min_distinct:
         return None
+    # Only points that differ from their predecessor count: a loss stuck at one value (e.g. exactly
+    # 0) repeats at every lag and is flat_loss's business, not an epoch-periodic repetition.
+    moving = np.r_[True, v[1:] != v[:-1]]
+    if int(moving.sum()) < 2 * t.frozen_repeat_min_distinct:
+        return None
     order = np.lexsort((np.arange(n), inv))
     g = inv[order]
-    same = g[1:] == g[:-1]
+    same = (g[1:] == g[:-1]) & moving[order[1:]]
     lags = (order[1:] - order[:-1])[same]
     lags = lags[lags >= 2]
     if len(lags) == 0:
@@ -68,7 +73,8 @@ def _repeating(history: History, t) -> tuple[int, float, int, int] | None:
     period = int(np.bincount(lags).argmax())
     if n < 2 * period:
         return None
-    share = float(np.mean(v[period:] == v[:-period]))
+    m = moving[period:]
+    share = float(np.mean((v[period:] == v[:-period])[m]))
     if share < t.frozen_repeat_fraction:
         return None
     return period, share, n, int(steps[period])

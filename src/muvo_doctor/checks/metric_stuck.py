@@ -2,7 +2,7 @@
 
 What it does:
     Over the last ``ms_min_evals`` evaluations: ``val/auroc`` within ``ms_auroc_tol`` of 0.5 on
-    every one (and never above 0.5 + 2.5x that tolerance) is chance; ``val/map`` below
+    every one (and never above 0.5 + 2x that tolerance) is chance; ``val/map`` below
     ``ms_map_floor`` on every one means nothing is detected; an accuracy (``val/acc``, else
     ``train/acc``) within ``ms_acc_tol`` of 1/K (K = 2..10) or of the label majority rate, that never
     rose above it, is chance or the prior. All critical. An accuracy that has not changed at all
@@ -49,7 +49,7 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
     au = _recent(history, "val/auroc", k)
     if au is not None:
         steps, v, w = au
-        if np.all(np.abs(w - 0.5) <= t.ms_auroc_tol) and v.max() <= 0.5 + 2.5 * t.ms_auroc_tol:
+        if np.all(np.abs(w - 0.5) <= t.ms_auroc_tol) and v.max() <= 0.5 + 2 * t.ms_auroc_tol:
             msg = (
                 f"val/auroc is {float(np.median(w)):.3f} over the last {k} evaluations (range "
                 f"{float(w.min()):.3f}-{float(w.max()):.3f}, best ever {float(v.max()):.3f}): chance level, the "
@@ -82,7 +82,7 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
     # Accuracy at the majority rate is not "stuck" when the scores do rank (AUROC above chance) or the
     # loss is clearly below the prior's: with rare positives a learning model keeps the majority
     # accuracy for a long while.
-    if au is not None and au[1].max() > 0.5 + 2.5 * t.ms_auroc_tol:
+    if au is not None and au[1].max() > 0.5 + 2 * t.ms_auroc_tol:
         return []
     loss = finite(history, LOSS)
     if prior is not None and loss is not None and len(loss[1]) >= t.min_points:

@@ -6,8 +6,9 @@ What it does:
     median norm is below ``vg_ratio`` times the loudest module's AND below ``vg_abs`` (AUTOTRAINER's
     1e-3 / 1e-4). Absolute: a total gradient norm below ``vg_total_abs`` means nothing moves at all.
     A warning when at least ``vg_quiet_fraction`` of the modules are quiet (or all gradients
-    vanished); critical when the loss is also not improving. One quiet layer in a run that learns is
-    only reported as info.
+    vanished), critical when the loss is also not improving (or the held-out AUROC is at chance).
+    Fewer quiet modules are info in a run that learns, a warning in one that does not: one quiet
+    layer is not what kills a run.
 
 Why it matters:
     Layers whose gradients vanish keep their initial weights: a deep stack of saturating activations
@@ -105,12 +106,11 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
         }
     failing = outcome_failure(history, t)
     severity: Severity
-    if failing:
-        severity = "critical"
-    elif fraction >= t.vg_quiet_fraction:
-        severity = "warning"
+    # A few quiet modules (an unused head, a layer norm) are not the mechanism of a failing run.
+    if fraction >= t.vg_quiet_fraction:
+        severity = "critical" if failing else "warning"
     else:
-        severity = "info"
+        severity = "warning" if failing else "info"
     msg = what + (f", {failing}." if failing else ".")
     msg = msg[0].upper() + msg[1:]
     return [make(ID, severity, step, msg, evidence, ADVICE)]
