@@ -73,6 +73,8 @@ class Thresholds(BaseModel):
     dp_max_distinct: int = 3  # logs: at most this many distinct printed values over many records ...
     dp_min_records: int = 50  # ... of at least this many records
     # -- label_imbalance
+    li_min_batches: int = 10  # labelled batches before judging: 10 single-class batches by chance is
+    # rare (0.9^16 per batch of 16 at p = 0.1 -> 1e-7 for ten in a row)
     li_min_fraction: float = 0.02  # mean positive fraction below this (or above 1 - this) warns: 1 in 50
     # -- prior_baseline
     pb_window: int = 100  # points the loss must sit at the prior (one sampled step each)

@@ -101,7 +101,8 @@ def test_label_imbalance(p: float, severity: str | None) -> None:
 
 
 def test_label_imbalance_waits_for_batches() -> None:
-    assert run(label_imbalance, {"label/positive_fraction": 0.0}, T.min_points - 1) == []
+    assert run(label_imbalance, {"label/positive_fraction": 0.0}, T.li_min_batches - 1) == []
+    assert run(label_imbalance, {"label/positive_fraction": 0.0}, T.li_min_batches)[0].severity == "critical"
 
 
 def test_single_multiclass_label() -> None:

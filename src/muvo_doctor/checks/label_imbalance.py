@@ -3,9 +3,9 @@
 What it does:
     Binary labels: averages ``label/positive_fraction`` over every recorded batch. All batches
     single-class (mean 0 or 1) is critical; a mean below ``li_min_fraction`` (or above
-    1 - ``li_min_fraction``) warns. Multiclass: ``label/classes`` stuck at 1 after ``min_points``
+    1 - ``li_min_fraction``) warns. Multiclass: ``label/classes`` stuck at 1 after ``li_min_batches``
     points is critical; one class holding more than 1 - ``li_min_fraction`` of
-    ``label/fraction/<k>`` warns. Needs ``min_points`` labelled batches.
+    ``label/fraction/<k>`` warns. Needs ``li_min_batches`` labelled batches.
 
 Why it matters:
     With one class there is nothing to learn; with 1 positive in 100, predicting "negative" always
@@ -40,7 +40,7 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
     got = finite(history, "label/positive_fraction")
     if got is not None:
         steps, v = got
-        if len(v) < t.min_points:
+        if len(v) < t.li_min_batches:
             return []
         p = float(np.clip(v.mean(), 0.0, 1.0))
         single = float(np.mean((v <= 0) | (v >= 1)))
@@ -58,7 +58,7 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
             return [make(ID, "warning", int(steps[0]), msg, ev, ADVICE)]
         return []
     cls = finite(history, "label/classes")
-    if cls is not None and len(cls[1]) >= t.min_points and float(cls[1].max()) <= 1:
+    if cls is not None and len(cls[1]) >= t.li_min_batches and float(cls[1].max()) <= 1:
         msg = f"Only one label class was seen in {len(cls[1])} recorded batches (label/classes = 1): there is nothing to learn."
         return [make(ID, "critical", int(cls[0][0]), msg, {"classes": 1, "batches": len(cls[1])}, ADVICE)]
     names = [n for n in history.names("label/fraction/") if n.rsplit("/", 1)[-1].isdigit()]
@@ -72,7 +72,7 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
             means[n] = float(g[1].mean())
             count = max(count, len(g[1]))
             first_step = int(g[0][0]) if first_step is None else min(first_step, int(g[0][0]))
-        if count < t.min_points or not means:
+        if count < t.li_min_batches or not means:
             return []
         top = max(means, key=means.__getitem__)
         total = sum(means.values())
