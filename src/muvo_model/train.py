@@ -388,6 +388,34 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # loss of each optimizer step, in order (from step 0)
     verdict: str | None = None
     wall_s: float = 0.0
+    interrupted: bool = False
+
+
+class _StopFlag:
+    """While active, SIGINT sets ``.set`` instead of raising, so the loop stops between steps."""
+
+    def __init__(self) -> None:
+        self.set = False
+        self._old: Any = None
+
+    def __enter__(self) -> _StopFlag:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.set:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
 
 
 def _amp_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
@@ -411,9 +439,23 @@ def _digits(text: str) -> int:
 
 
 def train(
-    cfg: RunConfig, *, fault: Fault | None = None, report: str | None = None, argv: str = ""
+    cfg: RunConfig,
+    *,
+    fault: Fault | None = None,
+    report: str | None = None,
+    argv: str = "",
+    stop_at: int | None = None,
 ) -> TrainResult:
-    """Train (and evaluate) one run as configured; the body of ``muvo-train``."""
+    """Train (and evaluate) one run as configured; the body of ``muvo-train``.
+
+    Args:
+        cfg: the resolved run config.
+        fault: a fault from faults.py to inject (None: a correct run).
+        report: write the doctor's JSON report here.
+        argv: the command line, recorded as the report's source.
+        stop_at: end this session after this optimizer step (the schedule still spans ``train.steps``)
+            and write a checkpoint; for time-boxed jobs that resume later.
+    """
     fault = fault or Fault()
     t_start = time.perf_counter()
     dist = setup_dist(cfg.train.device)
@@ -523,8 +565,11 @@ def train(
     t_log, last_eval = time.perf_counter(), None
     train_loss = train_acc = train_majority = float("nan")
     model.train()
-    try:
-        for step in range(start, cfg.train.steps):
+    # Ctrl-C (or `muvo-doctor run --stop-on dead`) ends the run at the next step boundary, with a checkpoint.
+    interrupted = _StopFlag()
+    end = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
+    with interrupted:
+        for step in range(start, end):
             idx = sampler.next()
             batch = train_set.index(idx)  # index_select on device tensors: the whole "data loader"
             labels = fault.labels(batch)  # FAULT HOOK: the labels of this batch
@@ -537,7 +582,9 @@ def train(
             seen += labels.numel()
 
             done = step + 1
-            if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+            if interrupted.set:
+                end = done
+            if done % cfg.train.log_every == 0 or done == end:
                 losses = torch.stack(window).tolist()  # host sync: once per log interval
                 result.losses += losses
                 train_loss = sum(losses) / len(losses)
@@ -559,7 +606,7 @@ def train(
                 positives.zero_()
                 t_log = time.perf_counter()
 
-            if dist.main and (done % cfg.train.eval_every == 0 or done == cfg.train.steps):
+            if dist.main and (done % cfg.train.eval_every == 0 or done == end):
                 last_eval = evaluate(
                     model,
                     val_set,
@@ -575,19 +622,15 @@ def train(
             if (
                 dist.main
                 and ckpt_path is not None
-                and (
-                    done == cfg.train.steps
-                    or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0)
-                )
+                and (done == end or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0))
             ):
                 save_checkpoint(ckpt_path, model, optimizer, scheduler, sampler, done, result.losses, cfg)
-    except KeyboardInterrupt:
-        log.close()
-        log.line(f"interrupted at step {step}")
-        if dist.main and ckpt_path is not None:
-            save_checkpoint(ckpt_path, model, optimizer, scheduler, sampler, step, result.losses, cfg)
-        raise
+            if done == end:
+                break
     log.close()
+    if interrupted.set:
+        log.line(f"interrupted at step {end}" + (f"; checkpoint in {ckpt_path}" if ckpt_path else ""))
+        result.interrupted = True
 
     if dist.world > 1:
         _check_ranks_agree(model, dist, log)
@@ -756,7 +799,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.describe:
             describe(cfg)
             return 0
-        train(cfg, fault=fault, report=args.report, argv=" ".join(["muvo-train", *(argv or sys.argv[1:])]))
+        res = train(
+            cfg, fault=fault, report=args.report, argv=" ".join(["muvo-train", *(argv or sys.argv[1:])])
+        )
+        if res.interrupted:
+            return 130
     except _UsageError as exc:
         print(f"muvo-train: {exc}", file=sys.stderr)
         return 2
