@@ -55,8 +55,8 @@ _MEASURE = (
     "t = time.perf_counter()\n"
     "subprocess.run([sys.executable, '-c', sys.argv[1], sys.argv[2]], check=True)\n"
     "dt = time.perf_counter() - t\n"
-    "kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-    "print(dt, kb)\n"
+    "ru = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "print(dt, ru.ru_maxrss, ru.ru_utime + ru.ru_stime)\n"
 )
 
 
@@ -93,34 +93,64 @@ def write_log(path: Path, mb: float, seed: int = 0) -> int:
     return path.stat().st_size
 
 
-def measure(kind: str, log: Path) -> tuple[float, float]:
-    """(seconds, peak MB) of one child process doing ``kind`` over ``log``."""
+def write_dense_log(path: Path, mb: float, seed: int = 0) -> int:
+    """A log where every line is a record (``step N loss: x acc: y% lr: z``): the reader's worst case."""
+    rng = random.Random(seed)
+    target = int(mb * 1e6)
+    size = step = 0
+    with open(path, "w", encoding="utf-8") as f:
+        while size < target:
+            lines = []
+            for _ in range(10_000):
+                loss = 0.3 + 0.7 * math.exp(-step / 1e6) + rng.gauss(0, 0.02)
+                lines.append(f"step {step} loss: {loss:.4f} acc: {90 + rng.gauss(0, 1):.2f}% lr: 1.000e-03\n")
+                step += 1
+            chunk = "".join(lines)
+            f.write(chunk)
+            size += len(chunk)
+    return path.stat().st_size
+
+
+def measure(kind: str, log: Path) -> tuple[float, float, float]:
+    """(wall seconds, peak MB, CPU seconds) of one child process doing ``kind`` over ``log``.
+
+    CPU seconds (user + system) are reported too: on a shared machine wall time depends on the load.
+    """
     out = subprocess.run(
         [sys.executable, "-c", _MEASURE, _CHILD[kind], str(log)], check=True, capture_output=True, text=True
     ).stdout.split()
-    return float(out[0]), int(out[1]) / 1024
+    return float(out[0]), int(out[1]) / 1024, float(out[2])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=float, default=200.0, help="log size in MB (default 200)")
     ap.add_argument("--keep", action="store_true", help="keep the generated log and print its path")
+    ap.add_argument("--only", nargs="+", choices=sorted(_CHILD), help="measure only these (default: all)")
+    ap.add_argument("--dense", action="store_true", help="a log where every line is a record (no tqdm)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="audit_speed_"))
     log = tmp / "train.log"
     t = time.perf_counter()
-    size = write_log(log, args.mb)
+    size = (write_dense_log if args.dense else write_log)(log, args.mb)
     print(f"generated {size / 1e6:.1f} MB in {time.perf_counter() - t:.1f} s: {log if args.keep else ''}")
     results = {}
-    for kind in ("audit", "reader", "naive"):
-        sec, peak = measure(kind, log)
+    mb = size / 1e6
+    for kind in args.only or ("audit", "reader", "naive"):
+        sec, peak, cpu = measure(kind, log)
         results[kind] = {
             "seconds": round(sec, 2),
-            "mb_per_s": round(size / 1e6 / sec, 1),
+            "mb_per_s": round(mb / sec, 1),
+            "cpu_seconds": round(cpu, 2),
+            "mb_per_cpu_s": round(mb / cpu, 1),
             "peak_mb": round(peak),
         }
-        print(f"{kind:7s} {sec:7.2f} s  {size / 1e6 / sec:7.1f} MB/s  peak {peak:6.0f} MB")
-    print(json.dumps({"bytes": size, "cpu": os.cpu_count(), **results}))
+        print(
+            f"{kind:7s} {sec:7.2f} s wall {mb / sec:7.1f} MB/s | {cpu:7.2f} s CPU {mb / cpu:7.1f} MB/s | "
+            f"peak {peak:5.0f} MB"
+        )
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(json.dumps({"bytes": size, "cpus": os.cpu_count(), "load_avg_1m": round(load, 2), **results}))
     if not args.keep:
         log.unlink()
         tmp.rmdir()
