@@ -13,6 +13,7 @@ process so peak memory (ru_maxrss) is its own:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -64,10 +65,10 @@ def write_log(path: Path, mb: float, seed: int = 0) -> int:
     """A tqdm-style training log of about ``mb`` megabytes; returns its size in bytes."""
     rng = random.Random(seed)
     target = int(mb * 1e6)
-    batches, epochs = 525, 10_000
+    batches, epochs = 525, 100_000  # epochs: only the printed total; the loop stops at the size
     size = 0
     with open(path, "w", encoding="utf-8", newline="") as f:
-        for ep in range(1, epochs + 1):
+        for ep in itertools.count(1):
             base = 0.33 + 0.03 * math.exp(-ep / 5)
             parts = []
             for b in range(0, batches + 1, 5):

@@ -226,3 +226,11 @@ def test_mixed_encodings(tmp_path):
     )
     h, _ = read(p)
     assert list(h.series("train/loss").values) == [0.5, 0.4, 0.3]
+
+
+def test_a_new_key_on_every_line_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(text_mod, "_MAX_SIGNALS", 50)
+    p = write(tmp_path, "keys.log", "".join(f"loss: 0.5 sample_{i}: {i}\n" for i in range(500)))
+    h = History()
+    read_text(str(p), h.add_point)
+    assert len(h.names()) == 50 and len(h.series("train/loss")) == 500

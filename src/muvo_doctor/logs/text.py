@@ -225,6 +225,9 @@ _CHUNK = 2 << 20  # bytes per read: bounds the match list (~70k tuples for dense
 _MAX_LINE = 1 << 20  # a "line" longer than this (no newline) is cut, so memory stays bounded
 _TRACEBACK = "Traceback (most recent call last)"
 _NO_KIND = (None, False, False)
+# Distinct signals kept per log: a log that prints a new key on every line ("sample_123 0.5")
+# must not grow the history without bound.
+_MAX_SIGNALS = 1000
 _COLUMNS = tuple(itemgetter(i) for i in range(5))
 
 
@@ -288,14 +291,11 @@ class _Kinds:
     def add(self, key: str) -> None:
         name, frac, step = _NO_KIND if key == _NL_KEY else classify(key)
         self.code[key] = len(self.sig)
-        if name is None:
-            self.sig.append(-1)
-        else:
-            nid = self.name_id.get(name)
-            if nid is None:
-                nid = self.name_id[name] = len(self.names)
-                self.names.append(name)
-            self.sig.append(nid)
+        nid = -1 if name is None else self.name_id.get(name, -1)
+        if name is not None and nid < 0 and len(self.names) < _MAX_SIGNALS:
+            nid = self.name_id[name] = len(self.names)
+            self.names.append(name)
+        self.sig.append(nid)
         self.frac.append(frac)
         self.step.append(step)
 
@@ -311,8 +311,9 @@ def _pairs_to_points(
     # Columns via itemgetter maps: zip(*pairs) over a million tuples costs ten times more.
     ks, vs, fs, xs, ps = (list(map(g, pairs)) for g in _COLUMNS)
     n = len(ks)
-    for k in set(ks).difference(kinds.code):
-        kinds.add(k)
+    for k in dict.fromkeys(ks):  # first-appearance order, so the signal cap keeps the earliest keys
+        if k not in kinds.code:
+            kinds.add(k)
     code = np.fromiter(map(kinds.code.__getitem__, ks), np.int64, n)
     vals = np.fromiter(map(float, vs), np.float64, n)
     nl_code = kinds.code.get(_NL_KEY, -1)
