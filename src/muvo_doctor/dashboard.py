@@ -478,6 +478,7 @@ class LiveView:
         self._partial = ""  # the current unfinished line (a progress bar redrawn with \r)
         self._renderable: RenderableType = Text("")
         self._built_at = -math.inf
+        self._drawn_state: tuple[object, ...] | None = None
         self._dirty = True
         self._banner_done = False
         self._live: Live | None = None
@@ -490,7 +491,16 @@ class LiveView:
         # Leave room above the dashboard for the child's output to scroll.
         return w, max(min(h - 6, 60), 16)
 
+    def _state(self) -> tuple[object, ...]:
+        d = self.doctor
+        return (d.history.count, tuple((f.check, f.severity) for f in d.findings), self._size())
+
     def _build(self) -> None:
+        # Drawing costs tens of ms: skip it when nothing it shows has changed.
+        state = self._state()
+        if state == self._drawn_state:
+            return
+        self._drawn_state = state
         w, h = self._size()
         r = render_dashboard(self.doctor, title=self.title, width=w, height=h, color=self.console.is_terminal)
         with self._lock:
@@ -522,7 +532,9 @@ class LiveView:
         self._ticker.start()
 
     def update(self) -> None:
-        if time.monotonic() - self._built_at >= REFRESH_SECONDS:
+        now = time.monotonic()
+        if now - self._built_at >= REFRESH_SECONDS:
+            self._built_at = now
             self._build()
 
     def child_output(self, data: bytes) -> None:

@@ -120,14 +120,33 @@ def test_update_is_throttled_to_four_refreshes_a_second(monkeypatch: pytest.Monk
     calls: list[int] = []
     real = dash.render_dashboard
     monkeypatch.setattr(dash, "render_dashboard", lambda *a, **k: calls.append(1) or real(*a, **k))
-    view = LiveView(_fed_doctor(), title="t", console=_live_console())
+    d = _fed_doctor()
+    view = LiveView(d, title="t", console=_live_console())
     view.start()
     t0 = time.monotonic()
+    step = 1000
     while time.monotonic() - t0 < 0.6:
+        step += 1
+        d.observe(Observation(name="train/loss", step=step, value=0.3))
         view.update()
     n = len(calls)
     view.stop()
     assert 2 <= n <= 4  # start + at most one rebuild per 0.25 s over 0.6 s
+
+
+def test_nothing_new_nothing_redrawn(monkeypatch: pytest.MonkeyPatch) -> None:
+    import muvo_doctor.dashboard as dash
+
+    calls: list[int] = []
+    real = dash.render_dashboard
+    monkeypatch.setattr(dash, "render_dashboard", lambda *a, **k: calls.append(1) or real(*a, **k))
+    view = LiveView(_fed_doctor(), title="t", console=_live_console())
+    view.start()
+    for _ in range(3):
+        time.sleep(0.26)
+        view.update()
+    view.stop()
+    assert len(calls) == 1
 
 
 def test_plain_view_one_line_per_finding_no_ansi(monkeypatch: pytest.MonkeyPatch) -> None:
