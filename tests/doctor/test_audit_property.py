@@ -4,6 +4,7 @@ import math
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -70,6 +71,7 @@ _DIR = Path(tempfile.mkdtemp(prefix="audit_prop_"))
 _CONFIG = DoctorConfig()
 
 
+@pytest.mark.slow  # ~4 s of CPU; more wall time on a loaded machine
 @settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(CONTENT)
 def test_any_input_gives_a_report_or_a_reason(content):
