@@ -9,6 +9,11 @@ one CPU thread) with the default doctor. A thin ``Doctor`` subclass notes the st
 first reported (the history's last step at that evaluation), so "steps after onset" is the detection
 latency a user would see, not the step the check later attributes the problem to.
 
+Loss-input statistics (``loss_input/logits/*``) come from loss-function hooks, which only the ``run``
+wrapper's global mode installs; ``muvo-train``'s explicit Recorder does not see the loss input. The bench
+therefore wraps ``F.binary_cross_entropy_with_logits`` as the wrapper's bootstrap does and feeds the
+range of each training frame-loss input (reduction "mean", grad enabled) to the doctor.
+
 Healthy configurations: ``balanced`` (the default anomaly fraction, about 1/3 positive frames) and
 ``rare10`` (about 10% positive frames, with pos_weight, which still learns: val AUROC is printed).
 A false alarm is any warning or critical finding on a healthy run.
@@ -72,6 +77,7 @@ def run_one(fault: str, config: str, seed: int, steps: int, save: str | None) ->
             return changed
 
     doctor_mod.Doctor = Probe  # train() imports Doctor from the module at call time
+    _hook_loss_input(doctors)
     overrides = [*SMALL, *CONFIGS[config], f"train.steps={steps}", f"train.seed={seed}", f"data.seed={seed}"]
     cfg = load_run_config(None, overrides)
     t0 = time.perf_counter()
@@ -97,6 +103,29 @@ def run_one(fault: str, config: str, seed: int, steps: int, save: str | None) ->
         "prior": result.metrics.get("train_prior"),
         "wall_s": wall,
     }
+
+
+def _hook_loss_input(doctors: list[Any]) -> None:
+    """Report the frame loss's input range per training step, as ``muvo-doctor run`` instruments losses."""
+    import torch
+    import torch.nn.functional as F
+
+    from muvo_doctor.observation import Observation
+
+    original = F.binary_cross_entropy_with_logits
+    calls = [0]
+
+    def wrapped(input: torch.Tensor, target: torch.Tensor, *a: Any, **k: Any) -> torch.Tensor:
+        out = original(input, target, *a, **k)
+        if torch.is_grad_enabled() and k.get("reduction", "mean") == "mean" and doctors:
+            step = calls[0]
+            calls[0] += 1
+            lo, hi = torch.aminmax(input.detach().float())  # a host sync per step: fine in a benchmark
+            for name, v in (("loss_input/logits/min", lo), ("loss_input/logits/max", hi)):
+                doctors[0].observe(Observation(name=name, step=step, value=float(v)))
+        return out
+
+    F.binary_cross_entropy_with_logits = wrapped
 
 
 def main(argv: list[str] | None = None) -> int:

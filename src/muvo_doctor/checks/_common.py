@@ -143,7 +143,8 @@ def outcome_failure(history: History, t: Thresholds) -> str | None:
         recent = float(np.median(au[1][-3:]))
         if abs(recent - 0.5) <= t.ms_auroc_tol and float(au[1].max()) <= 0.5 + 2 * t.ms_auroc_tol:
             return f"and the held-out AUROC is at chance ({recent:.3f})"
-    p = progress(history, t)
+    # The long window: a loss that has not moved in its first 50 steps may be in warm-up.
+    p = progress(history, t, min_points=t.lnd_min_points)
     if p is None or p.improved:
         return None
     return f"and the loss is not improving ({fmt(p.start)} -> {fmt(p.recent)} over {p.n} points)"
