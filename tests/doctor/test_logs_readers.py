@@ -234,3 +234,14 @@ def test_a_new_key_on_every_line_is_bounded(tmp_path, monkeypatch):
     h = History()
     read_text(str(p), h.add_point)
     assert len(h.names()) == 50 and len(h.series("train/loss")) == 500
+
+
+def test_windows_line_ends_and_lightning_bar(tmp_path):
+    bar = (
+        "Epoch {e}: 100%|##########| 100/100 [00:05<00:00, 19.5it/s, v_num=3, train_loss_step={l:.3f}, "
+        "val_loss={v:.3f}]"
+    )
+    text = "".join(bar.format(e=e, l=1 / (e + 1), v=1 / (e + 2)) + "\r\n" for e in range(30))
+    h, _ = read(write(tmp_path, "pl.log", text.encode()))
+    assert len(h.series("train/loss")) == 30 and len(h.series("val/loss")) == 30
+    assert "v_num" not in h.names()

@@ -27,6 +27,11 @@ KERAS = "1875/1875 [====] - 3s 2ms/step - loss: 0.0266 - accuracy: 0.9983 - val_
         ("loss: 0.0000", [("loss", 0.0, 4)]),
         ("time 02:05:41 version 1.2.3 n: 1,000 mem: 2000M", []),
         ("no numbers here", []),
+        ("loss: tensor(0.5123, device='cuda:0', grad_fn=<MeanBackward0>)", [("loss", 0.5123, 4)]),
+        ("loss: np.float32(0.5123) acc: tensor([0.75])", [("loss", 0.5123, 4), ("acc", 0.75, 2)]),
+        ("\x1b[32mINFO\x1b[0m \x1b[1mloss\x1b[0m: 0.25", [("loss", 0.25, 2)]),
+        ("Train Loss: 0.3 | Val Loss: 0.4", [("train_loss", 0.3, 1), ("val_loss", 0.4, 1)]),
+        ("INFO step 200 the loss 0.5", [("step", 200.0, 0), ("loss", 0.5, 1)]),
         ("", []),
     ],
 )

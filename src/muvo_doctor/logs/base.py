@@ -22,7 +22,7 @@ EPOCH_KEYS = frozenset({"epoch", "epochs", "train epoch", "train_epoch"})
 _NOISE = re.compile(
     r"(^|[/_ ])(time|data_time|eta|memory|mem|max_mem|gpu_mem|runtime|"
     r"samples_per_second|steps_per_second|total_flos|flos|batch|batch_size|bs|it|seed|num_.*|"
-    r"n_.*|id|pid|rank|world_size|workers|year|day|hour|min|sec|seconds|ms|size|line|file|version)$"
+    r"n_.*|id|pid|rank|world_size|workers|year|day|hour|min|sec|seconds|ms|size|line|file|version|v_num)$"
     r"|\.(py|cpp|cc|c|h|hpp|cu)$|per_second$|_time$",
 )
 # Accuracy-like signals are fractions; a value printed in 0..100 without "%" is a percentage.

@@ -28,7 +28,7 @@ _KV = (
     # value; its decimals (f) and exponent (x) are captured so digits need no per-value Python
     r"(?P<v>(?=[-+]?\.?\d)[-+]?+\d*+(?:\.(?P<f>\d*+))?(?:[eE](?P<x>[-+]?\d++))?"
     r"|[-+]?(?:[nN]a[nN]|NAN|[iI]nf(?:inity)?|INF))"
-    r"(?P<p>%)?(?![\w.:]|,\d)"
+    r"""(?P<p>%)?(?![\w.:'"]|,\d)"""
 )
 _KV_RE = re.compile(_KV)
 # Two-word keys ("Train Loss", "Learning Rate", "Anomaly Score") are joined with "_", unless the
@@ -84,6 +84,7 @@ def parse_line(line: str) -> list[tuple[str, float, int | None]]:
     """
     if not line:
         return []
+    line = _clean(line)
     out: list[tuple[str, float, int | None]] = []
     for k, v, _f, _x, p in _KV_RE.findall(line):
         val, d = _value(v, p)
@@ -229,6 +230,23 @@ _NO_KIND = (None, False, False)
 # must not grow the history without bound.
 _MAX_SIGNALS = 1000
 _COLUMNS = tuple(itemgetter(i) for i in range(5))
+
+
+# Colour codes (loguru, rich, Keras on a terminal) and value wrappers printed around numbers:
+# "loss: tensor(0.5123, device='cuda:0')", "loss: np.float32(0.5123)" (NumPy 2 repr).
+_ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_WRAP_RE = re.compile(r"\b(?:tensor|np\.float(?:16|32|64)|np\.int(?:32|64)|array)\(\[?")
+
+
+def _clean(text: str) -> str:
+    """Windows line ends, colour codes and tensor/NumPy wrappers out; each step only when present."""
+    if "\r\n" in text:
+        text = text.replace("\r\n", "\n")
+    if "\x1b" in text:
+        text = _ANSI_RE.sub("", text)
+    if "tensor(" in text or "np." in text or "array(" in text:
+        text = _WRAP_RE.sub("", text)
+    return text
 
 
 def _mmdet_step(m: re.Match[str]) -> str:
@@ -395,7 +413,7 @@ def read_text(path: str, add: AddPoint, *, keep_rewrites: bool = False) -> TextS
     findall = _KV_RE.findall
 
     def process(raw: bytes) -> None:
-        text = raw.decode("utf-8", errors="replace")
+        text = _clean(raw.decode("utf-8", errors="replace"))
         if not st.traceback and _TRACEBACK in text:
             st.traceback = True
         if "\r" in text:
