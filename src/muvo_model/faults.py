@@ -57,8 +57,9 @@ class Fault:
     def frame_loss(self, logits: torch.Tensor, labels: torch.Tensor, bce: LossFn) -> torch.Tensor:
         return bce(logits, labels)
 
-    # Hook: the string printed for the loss on a log line (correct: 6 significant digits).
-    def format_loss(self, loss: float, frames_in_batch: int, points_per_frame: int) -> str:
+    # Hook: the string printed for the loss on a log line (correct: 6 significant digits);
+    # ``frames`` is the training set's size.
+    def format_loss(self, loss: float, frames: int, points_per_frame: int) -> str:
         return f"{loss:.6g}"
 
     def describe(self) -> str:
@@ -94,7 +95,7 @@ class SelfSupervisedMean(Fault):
         score = torch.sigmoid(logits)
         return score.mean() + 0.1 * score.std()
 
-    def format_loss(self, loss: float, frames_in_batch: int, points_per_frame: int) -> str:
+    def format_loss(self, loss: float, frames: int, points_per_frame: int) -> str:
         return _printed_4dp(loss)
 
 
@@ -127,16 +128,14 @@ class AnyVoxelLabel(Fault):
 
 class HiddenPrint(Fault):
     name = "hidden-print"
-    bug = (
-        "the printed loss is divided by frames x points (a per-element normaliser) and shown with 4 decimals"
-    )
+    bug = "the printed loss is divided by the training set's frames x points (a per-element normaliser) and shown with 4 decimals"
     symptom = "every log line says loss=0.0000 although the model trains normally"
     doctor = "printed loss 0.0000 while the recorded loss is about 0.5: the display hides the value"
     checks = ("display_precision",)
     onset = 0
 
-    def format_loss(self, loss: float, frames_in_batch: int, points_per_frame: int) -> str:
-        return _printed_4dp(loss / (frames_in_batch * points_per_frame))
+    def format_loss(self, loss: float, frames: int, points_per_frame: int) -> str:
+        return _printed_4dp(loss / (frames * points_per_frame))
 
 
 class ZeroLR(Fault):

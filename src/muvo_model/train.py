@@ -591,9 +591,8 @@ def train(
                 train_acc, pos = correct.item() / seen, positives.item() / seen
                 train_majority = max(pos, 1 - pos)
                 rate = len(losses) * cfg.train.batch_size / (time.perf_counter() - t_log)
-                printed = fault.format_loss(
-                    losses[-1], labels.numel(), train_set.points.shape[1]
-                )  # FAULT HOOK
+                # FAULT HOOK: how the loss is printed
+                printed = fault.format_loss(losses[-1], len(train_set), train_set.points.shape[1])
                 log.line(
                     f"step {done} loss={printed} acc={fmt(train_acc)} "
                     f"lr={fmt(scheduler.get_last_lr()[0])} samples/s={rate:.0f}"

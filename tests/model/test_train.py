@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from muvo_model.config import ConfigError, load_run_config
 from muvo_model.faults import FAULTS

@@ -1,0 +1,74 @@
+"""Every fault runs; the random-labels fault ends where the incident ended: at the label prior."""
+
+from __future__ import annotations
+
+import pytest
+
+from muvo_model.config import load_run_config
+from muvo_model.faults import FAULTS, get_fault
+from muvo_model.train import train
+
+TINY = [
+    "data.train_frames=64",
+    "data.val_frames=48",
+    "data.image_size=32",
+    "data.points=64",
+    "model.width=16",
+    "train.batch_size=16",
+    "train.threads=1",
+    "train.log_every=2",
+    "train.eval_every=4",
+]
+
+
+def test_every_fault_is_documented() -> None:
+    for name, cls in FAULTS.items():
+        f = cls()
+        assert f.name == name and f.bug and f.symptom and f.doctor and f.checks
+        assert name in f.describe() and f.checks[0] in f.describe()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["fusion", "original"])
+def test_every_fault_runs_a_few_steps(arch: str, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in FAULTS:
+        res = train(
+            load_run_config(None, [*TINY, "train.steps=4", f"model.arch={arch}"]), fault=get_fault(name)
+        )
+        assert len(res.losses) == 4, name
+        assert res.verdict is not None  # the doctor ran to the end
+    out = capsys.readouterr().out
+    assert out.count("fault ") == len(FAULTS)
+
+
+def test_hidden_print_shows_zeros_while_the_loss_is_not(capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = load_run_config(None, [*TINY, "train.steps=4", "data.points=512"])
+    res = train(cfg, fault=get_fault("hidden-print"))
+    out = capsys.readouterr().out
+    assert "step 2 loss=0.0000 " in out and "step 4 loss=0.0000 " in out
+    assert min(res.losses) > 0.05
+
+
+@pytest.mark.slow
+def test_random_labels_ends_at_the_prior() -> None:
+    cfg = load_run_config(
+        None,
+        [
+            "data.train_frames=256",
+            "data.val_frames=256",
+            "data.image_size=48",
+            "data.points=256",
+            "model.width=16",
+            "train.batch_size=64",
+            "train.threads=1",
+            "train.steps=150",
+            "train.log_every=50",
+            "train.eval_every=150",
+            "doctor.enabled=false",
+        ],
+    )
+    m = train(cfg, fault=get_fault("random-labels")).metrics
+    assert abs(m["val_auroc"] - 0.5) <= 0.05
+    # Accuracy over the last log window, against the labels the run trained on (as the incident printed it).
+    assert abs(m["train_acc"] - m["train_majority"]) <= 0.01
+    assert 0.85 <= m["train_majority"] <= 0.95
