@@ -52,6 +52,9 @@ DEFAULT_SNAPSHOT_ELEMS = 1 << 24
 MAX_CLASSES = 100  # label/fraction/<k> for k < 100; larger class ids are not histogrammed
 SATURATED_LOGIT = 6.0  # |logit| above this counts as saturated
 SATURATED_PROB = 1e-3  # a probability this close to 0 or 1 counts as saturated
+# Global mode: module calls seen with no optimizer step before the global forward hooks are
+# removed (re-installed when an optimizer first steps): inference-only programs stay fast.
+IDLE_FORWARDS = 20_000
 _BUFFER_START = 4096  # floats in the device buffer; doubles as needed up to _BUFFER_MAX
 _BUFFER_MAX = 1 << 22
 
@@ -223,6 +226,9 @@ class Recorder:
         self._loss_module_objs: dict[int, torch.nn.Module] = {}
         self._discovery_handles: list[RemovableHandle] = []
         self._discovery_steps = 0
+        self._discovery_suspended = False
+        self._idle_forwards = 0
+        self._roots_named = 0
 
         if model is not None:
             for n, p in model.named_parameters():
@@ -259,17 +265,26 @@ class Recorder:
         rec = cls(None, None, config=config, sink=sink, rank=rank, doctor=doctor, sample_every=sample_every)
         rec.is_global = True
         rec._discovery_steps = max(1, int(discovery_steps))
-        oo = _optim_hooks
-        mm = _module_hooks
-        rec._handles.append(oo.register_optimizer_step_pre_hook(rec._guard(rec._on_pre_step)))
-        rec._handles.append(oo.register_optimizer_step_post_hook(rec._guard(rec._on_post_step)))
-        rec._discovery_handles = [
-            mm.register_module_forward_pre_hook(rec._guard(rec._on_any_forward_pre)),
-            mm.register_module_forward_hook(rec._guard(rec._on_any_forward)),
-        ]
-        rec._handles.extend(rec._discovery_handles)
+        rec._handles.append(_optim_hooks.register_optimizer_step_pre_hook(rec._guard(rec._on_pre_step)))
+        rec._handles.append(_optim_hooks.register_optimizer_step_post_hook(rec._guard(rec._on_post_step)))
+        rec._install_discovery()
         atexit.register(rec.close)
         return rec
+
+    def _install_discovery(self) -> None:
+        self._idle_forwards = 0
+        self._discovery_handles = [
+            _module_hooks.register_module_forward_pre_hook(self._guard(self._on_any_forward_pre)),
+            _module_hooks.register_module_forward_hook(self._guard(self._on_any_forward)),
+        ]
+        self._handles.extend(self._discovery_handles)
+
+    def _remove_discovery(self) -> None:
+        for h in self._discovery_handles:
+            h.remove()
+            if h in self._handles:
+                self._handles.remove(h)
+        self._discovery_handles = []
 
     @property
     def step(self) -> int:
@@ -493,15 +508,19 @@ class Recorder:
             st = self._opts[id(opt)] = _OptState(opt)
             if self._primary is None:
                 self._primary = st
+                if self._discovery_suspended:  # a program that ran forwards for long before training
+                    self._discovery_suspended = False
+                    self._install_discovery()
         return st
 
     def _inventory(self, st: _OptState) -> None:
         """(Re)build the parameter -> module table of an optimizer; only when its groups change."""
         sig = st.current_signature()
-        if sig == st.signature and st.params:
+        if sig == st.signature and st.params and self._roots_named == len(self._roots):
             return
         if self.is_global:
             self._name_from_roots()
+            self._roots_named = len(self._roots)
         st.signature = sig
         st.params, st.group_of, st.module_of, st.modules, st.numel = [], [], [], [], []
         mod_index: dict[str, int] = {}
@@ -698,6 +717,12 @@ class Recorder:
 
     def _on_any_forward_pre(self, module: torch.nn.Module, args: Any) -> None:
         # Global discovery: the first module to start a forward with grad enabled after a step is a root.
+        if self._primary is None:
+            self._idle_forwards += 1
+            if self._idle_forwards > IDLE_FORWARDS:  # no training (yet): stop slowing every module call
+                self._remove_discovery()
+                self._discovery_suspended = True
+                return
         if not self._first_forward_pending or not torch.is_grad_enabled():
             return
         if isinstance(module, torch.nn.modules.loss._Loss):
@@ -713,7 +738,9 @@ class Recorder:
     def _on_loss_module(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if len(args) < 1 or not isinstance(args[0], torch.Tensor) or not isinstance(output, torch.Tensor):
             return
-        if self._discovery_handles:
+        if self._discovery_handles and (
+            self._primary is None or self._primary.count <= self._discovery_steps
+        ):
             while len(self._loss_modules_by_step) <= (self._primary.count if self._primary else 0):
                 self._loss_modules_by_step.append(set())
             self._loss_modules_by_step[-1].add(id(module))
@@ -732,10 +759,7 @@ class Recorder:
         stable = all(s == steps[0] for s in steps)
         if not stable:
             return  # a new loss module every step: only the global hook sees them all
-        for h in self._discovery_handles:
-            h.remove()
-            self._handles.remove(h)
-        self._discovery_handles = []
+        self._remove_discovery()
         for mid in steps[0] if steps else ():
             mod = self._loss_module_objs[mid]
             self._handles.append(mod.register_forward_hook(self._guard(self._on_loss_module)))

@@ -447,3 +447,28 @@ def test_doctor_is_fed() -> None:
         for step in range(3):
             rec.record(step, loss=torch.tensor(1.0 / (step + 1)))
     assert list(rec.doctor.history.series("train/loss").values) == pytest.approx([1.0, 0.5, 1 / 3])
+
+
+def test_global_forward_hooks_leave_programs_that_do_not_train(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(recorder_mod, "IDLE_FORWARDS", 5)
+    model = mlp()
+    got: list[Observation] = []
+    rec = Recorder.install_global(sink=got.extend, sample_every=1)
+    try:
+        with torch.no_grad():
+            for _ in range(3):
+                model(torch.randn(2, 4))  # 3 modules a call: past the idle limit
+        assert not module_hooks._global_forward_hooks
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for step in range(3):  # training starts: discovery again, names from the modules that ran
+            x, y = batch(step)
+            loss = nn.BCEWithLogitsLoss()(model(x).squeeze(-1), y)  # a new loss module every step
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert module_hooks._global_forward_hooks  # new loss modules each step: the global hook stays
+    finally:
+        rec.close()
+    s = series(got)
+    assert sorted(s["train/loss"]) == [1, 2]  # step 0's loss ran before the hooks came back
+    assert 2 in s["grad/norm/0"] and 2 in s["grad/norm/2"]
