@@ -20,6 +20,8 @@ class Thresholds(BaseModel):
     # Every check reads only this object. "points" are history points (one per sampled step).
     # -- shared
     min_points: int = 20  # fewer points of a signal than this and a trend check stays silent (warm-up)
+    min_sampled_points: int = 5  # warm-up for sampled statistics (gradients, outputs: the recorder
+    # computes them every 10th step by default, so 20 points would be 200 steps)
     window: int = 50  # "recent" window (points) for levels of gradients, outputs, params: one default flush
     # -- nan_inf
     nan_critical_fraction: float = 0.5  # share of recent non-finite loss/grad points that makes it critical
@@ -48,6 +50,7 @@ class Thresholds(BaseModel):
     vg_abs: float = 1e-4  # ... and below this absolute norm
     vg_total_abs: float = 1e-8  # total gradient norm below this: nothing moves (SageMaker: 1e-7 mean |g|)
     vg_quiet_fraction: float = 0.5  # quiet share of modules that warns; one quiet layer alone is only info
+    vg_quiet_count: int = 3  # ... or this many quiet modules (a deep saturating stack, not one odd layer)
     # -- exploding_gradients
     eg_growth: float = 100.0  # recent gradient norm 100x its early level (healthy runs grow <10x)
     eg_abs: float = 1e4  # or an absolute total norm this large (BCE/CE models sit at 1e-2..1e1)

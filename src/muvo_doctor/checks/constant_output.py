@@ -1,7 +1,7 @@
 """Outputs do not depend on the input (near-zero spread across the batch) or are saturated.
 
 What it does:
-    Over the last ``window`` points, reads ``output/std`` (spread of the model's outputs across the
+    Over the last ``window`` points (after ``min_sampled_points``), reads ``output/std`` (spread of the model's outputs across the
     batch) and ``output/mean``: a median std below ``co_abs_std``, or below ``co_rel_std`` times
     |mean|, means every sample gets the same output. Reads ``output/saturated`` (share of logits with
     |x| > 6, or probabilities within 1e-3 of 0 or 1): a median above ``co_saturated`` is saturated.
@@ -52,9 +52,9 @@ def _recent(
 def check(history: History, config: DoctorConfig) -> list[Finding]:
     t = config.thresholds
     failing = outcome_failure(history, t)
-    std = _recent(history, "output/std", t.window, t.min_points)
+    std = _recent(history, "output/std", t.window, t.min_sampled_points)
     if std is not None:
-        mean = _recent(history, "output/mean", t.window, t.min_points)
+        mean = _recent(history, "output/mean", t.window, t.min_sampled_points)
         m = abs(mean[0]) if mean else 0.0
         limit = max(t.co_abs_std, t.co_rel_std * m)
         if std[0] < limit:
@@ -76,7 +76,7 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
                     ADVICE,
                 )
             ]
-    sat = _recent(history, "output/saturated", t.window, t.min_points)
+    sat = _recent(history, "output/saturated", t.window, t.min_sampled_points)
     if sat is not None and sat[0] >= t.co_saturated and failing:
         steps, values = sat[1], sat[2]
         below = np.flatnonzero(~(values >= t.co_saturated))

@@ -2,7 +2,7 @@
 
 What it does:
     Reads ``grad/norm/total`` (or the largest ``grad/norm/<module>``). Compares the median of the
-    last ``window`` points with the median of the first ``min_points``: growth by ``eg_growth`` or
+    last ``window`` points with the median of the first ``min_sampled_points``: growth by ``eg_growth`` or
     more, or a recent median above ``eg_abs``, is exploding. Non-finite norms are ``nan_inf``'s. A
     warning; critical when the loss is also not improving.
 
@@ -59,9 +59,10 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
     name, steps, v = got
     ok = np.isfinite(v)
     steps, v = steps[ok], v[ok]
-    if len(v) < max(t.min_points * 2, 2):
+    k = t.min_sampled_points
+    if len(v) < max(k * 2, 2):
         return []
-    early = float(np.median(v[: t.min_points]))
+    early = float(np.median(v[:k]))
     recent_w = v[-t.window :]
     recent = float(np.median(recent_w))
     growth = recent / early if early > 0 else (float("inf") if recent > 0 else 1.0)

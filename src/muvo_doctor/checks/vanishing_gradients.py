@@ -2,11 +2,11 @@
 
 What it does:
     Reads the per-module gradient norms ``grad/norm/<module>`` (or, without them, the update ratios
-    ``update/ratio/<module>``) over the last ``window`` points. Scale-free: a module is quiet when its
+    ``update/ratio/<module>``) over the last ``window`` points (after ``min_sampled_points``). Scale-free: a module is quiet when its
     median norm is below ``vg_ratio`` times the loudest module's AND below ``vg_abs`` (AUTOTRAINER's
     1e-3 / 1e-4). Absolute: a total gradient norm below ``vg_total_abs`` means nothing moves at all.
-    A warning when at least ``vg_quiet_fraction`` of the modules are quiet (or all gradients
-    vanished), critical when the loss is also not improving (or the held-out AUROC is at chance).
+    A warning when at least ``vg_quiet_fraction`` of the modules, or ``vg_quiet_count`` of them, are
+    quiet (or all gradients vanished), critical when the loss is also not improving (or the held-out AUROC is at chance).
     Fewer quiet modules are info in a run that learns, a warning in one that does not: one quiet
     layer is not what kills a run.
 
@@ -58,11 +58,12 @@ def _medians(
 def check(history: History, config: DoctorConfig) -> list[Finding]:
     t = config.thresholds
     prefix = "grad/norm/"
-    med = _medians(history, module_names(history, prefix), t.window, t.min_points)
+    k = t.min_sampled_points
+    med = _medians(history, module_names(history, prefix), t.window, k)
     if not med:
         prefix = "update/ratio/"
-        med = _medians(history, module_names(history, prefix), t.window, t.min_points)
-    total = _medians(history, ["grad/norm/total"], t.window, t.min_points).get("grad/norm/total")
+        med = _medians(history, module_names(history, prefix), t.window, k)
+    total = _medians(history, ["grad/norm/total"], t.window, k).get("grad/norm/total")
     if total is None and prefix == "grad/norm/" and med:
         total = (float(np.sqrt(sum(m * m for m, _ in med.values()))), min(s for _, s in med.values()))
     evidence: dict = {}
@@ -107,7 +108,7 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
     failing = outcome_failure(history, t)
     severity: Severity
     # A few quiet modules (an unused head, a layer norm) are not the mechanism of a failing run.
-    if fraction >= t.vg_quiet_fraction:
+    if fraction >= t.vg_quiet_fraction or len(quiet) >= t.vg_quiet_count:
         severity = "critical" if failing else "warning"
     else:
         severity = "warning" if failing else "info"
