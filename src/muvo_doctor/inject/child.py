@@ -19,6 +19,7 @@ import inspect
 import os
 import sys
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -148,22 +149,42 @@ def patch_functional_losses(rec: Any) -> None:
         original = getattr(F, fname, None)
         if original is None or getattr(original, "__muvo_doctor__", False):
             continue
+        setattr(F, fname, _loss_wrapper(original, kind, rec, state, module_forwards, is_compiling))
 
-        def wrapper(*args: Any, _orig: Any = original, _kind: str = kind, **kw: Any) -> Any:
-            out = _orig(*args, **kw)
-            if state["on"] and not is_compiling() and sys._getframe(1).f_code not in module_forwards:
-                try:
-                    inp = args[0] if args else kw.get("input")
-                    target = args[1] if len(args) > 1 else kw.get("target")
-                    rec.observe_loss_call(_kind, inp, target, out)
-                except Exception as exc:
-                    state["on"] = False
-                    say_once("functional", f"functional-loss observation disabled ({exc!r})")
-            return out
 
-        functools.update_wrapper(wrapper, original)
-        wrapper.__muvo_doctor__ = True  # type: ignore[attr-defined]
-        setattr(F, fname, wrapper)
+def _loss_wrapper(
+    _muvo_orig: Any,
+    _muvo_kind: str,
+    _muvo_rec: Any,
+    _muvo_state: dict[str, bool],
+    _muvo_forwards: set[Any],
+    _muvo_compiling: Callable[[], bool],
+) -> Any:
+    _muvo_frame = sys._getframe
+    _muvo_say = say_once
+
+    def wrapper(*args: Any, **kw: Any) -> Any:
+        out = _muvo_orig(*args, **kw)
+        if _muvo_state["on"] and not _muvo_compiling() and _muvo_frame(1).f_code not in _muvo_forwards:
+            try:
+                inp = args[0] if args else kw.get("input")
+                target = args[1] if len(args) > 1 else kw.get("target")
+                _muvo_rec.observe_loss_call(_muvo_kind, inp, target, out)
+            except Exception as exc:
+                _muvo_state["on"] = False
+                _muvo_say("functional", f"functional-loss observation disabled ({exc!r})")
+        return out
+
+    # TorchScript compiles a scripted caller's F.<loss> from its source (found through __wrapped__)
+    # and resolves that source's names in the function's globals and closure: give the wrapper
+    # torch.nn.functional's globals (it uses none of its own; everything above is a closure cell)
+    # so `torch.jit.script` compiles the original exactly as without us.
+    wrapped = types.FunctionType(
+        wrapper.__code__, _muvo_orig.__globals__, wrapper.__name__, wrapper.__defaults__, wrapper.__closure__
+    )
+    functools.update_wrapper(wrapped, _muvo_orig)
+    wrapped.__muvo_doctor__ = True  # type: ignore[attr-defined]
+    return wrapped
 
 
 def patch_backward(rec: Any) -> None:
