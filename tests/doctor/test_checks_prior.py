@@ -185,3 +185,15 @@ def test_val_loss_rise_with_a_holding_auroc_is_info() -> None:
         h.add_point("train/loss", s, float(0.7 * math.exp(-s / 300)))
     out = overfitting.check(h, CFG)
     assert [f.severity for f in out] == ["info"] and "val/auroc holds at 0.960" in out[0].message
+
+
+def test_a_ranking_auroc_vetoes_the_prior() -> None:
+    n = 200
+    h = build(
+        {"label/positive_fraction": 0.1, "train/loss": H10, "val/auroc": 0.9}, n, every={"val/auroc": 50}
+    )
+    assert prior_baseline.check(h, CFG) == []
+    h = build(
+        {"label/positive_fraction": 0.1, "train/loss": H10, "val/auroc": 0.52}, n, every={"val/auroc": 50}
+    )
+    assert "AUROC 0.520 ≈ 0.5" in prior_baseline.check(h, CFG)[0].message

@@ -124,10 +124,22 @@ def progress(
     start = max(float(np.median(first)), float(np.median(head)))
     recent = float(np.median(last))
     se = math.hypot(median_se(first), median_se(last))
-    needed = max(t.lnd_min_rel_drop * abs(start), t.lnd_noise_z * se)
+    # Learning = a relative drop; noise only guards the "rising" verdict. (A very noisy loss, e.g.
+    # BCE with pos_weight on small batches, can fall 20% without the drop being "significant": that
+    # is not a stalled run.)
+    needed = t.lnd_min_rel_drop * abs(start)
     drop = start - recent
-    rising = (recent - float(np.median(first))) > needed
+    rising = (recent - float(np.median(first))) > max(needed, t.lnd_noise_z * se)
     return Progress(n, start, recent, drop, needed, drop > needed, rising, int(steps[0]), int(steps[-1]))
+
+
+def auroc_learns(history: History, t: Thresholds) -> float | None:
+    """The latest ``val/auroc`` when it is clearly above chance (> 0.5 + 2 ``ms_auroc_tol``), else None."""
+    au = finite(history, "val/auroc")
+    if au is None:
+        return None
+    last = float(au[1][-1])
+    return last if last > 0.5 + 2 * t.ms_auroc_tol else None
 
 
 def outcome_failure(history: History, t: Thresholds) -> str | None:
@@ -138,6 +150,8 @@ def outcome_failure(history: History, t: Thresholds) -> str | None:
     got = history.series(LOSS)
     if got is not None and len(got) >= t.min_points and not np.isfinite(got.values[-t.min_points :]).any():
         return "and the loss is no longer finite"
+    if auroc_learns(history, t):
+        return None  # the held-out scores rank: whatever the loss does, the model learns
     au = finite(history, "val/auroc")
     if au is not None and len(au[1]) >= 3:
         recent = float(np.median(au[1][-3:]))

@@ -3,10 +3,10 @@
 What it does:
     Once the training loss has ``lnd_min_points`` points, compares the median of its first third (or
     of its very first points, whichever is higher) with the median of its last third. A learning loss
-    drops by at least ``lnd_min_rel_drop`` of its start and by more than ``lnd_noise_z`` standard
-    errors of the two medians. Medians make it robust to spikes; the noise term keeps a noisy but
-    falling loss quiet. A loss that fell and then plateaued has learned and is not reported.
-    Critical when the loss never dropped; a warning when it rises.
+    drops by at least ``lnd_min_rel_drop`` of its start; a rise must exceed that and ``lnd_noise_z``
+    standard errors of the two medians. Medians make it robust to spikes. A loss that fell and then
+    plateaued has learned and is not reported. Critical when the loss never dropped, a warning when
+    it rises; only info when the held-out AUROC is clearly above chance (the model learns anyway).
 
 Why it matters:
     A loss that has not moved after hundreds of steps is a run that is not learning: a too-small or
@@ -21,7 +21,7 @@ What to do:
 
 from __future__ import annotations
 
-from muvo_doctor.checks._common import LOSS, fmt, make, progress
+from muvo_doctor.checks._common import LOSS, auroc_learns, fmt, make, progress
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
@@ -47,9 +47,13 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
         what = f"rose from {fmt(p.start)} to {fmt(p.recent)}"
         sev = "warning"
     else:
-        what = f"went from {fmt(p.start)} to {fmt(p.recent)} (a drop of {fmt(p.drop)}, less than the {fmt(p.needed)} that counts as learning: {t.lnd_min_rel_drop:.0%} of the start or {t.lnd_noise_z:g} standard errors)"
+        what = f"went from {fmt(p.start)} to {fmt(p.recent)} (a drop of {fmt(p.drop)}, less than the {fmt(p.needed)}, {t.lnd_min_rel_drop:.0%} of the start, that counts as learning)"
         sev = "critical"
-    msg = f"{LOSS} {what} over {p.n} points (steps {p.first_step}-{p.last_step}): it is not decreasing."
+    auroc = auroc_learns(history, t)
+    if auroc is not None:
+        sev = "info"  # the held-out scores rank: the loss is a poor read of this run
+    msg = f"{LOSS} {what} over {p.n} points (steps {p.first_step}-{p.last_step}): it is not decreasing"
+    msg += f", although val/auroc is {auroc:.3f}." if auroc is not None else "."
     return [
         make(
             ID,

@@ -8,7 +8,8 @@ What it does:
     within ``pb_rel_band`` of one of them (or ``pb_noise_z`` standard errors, whichever is larger)
     and does not trend down inside the window, the model has learned only the prior: critical. The
     message adds the accuracy (vs the majority rate, ``pb_acc_tol``) and AUROC (vs 0.5,
-    ``pb_auroc_tol``) when they were recorded. Without labels (logs) the prior is inferred: a loss
+    ``pb_auroc_tol``) when they were recorded. A latest AUROC above 0.5 + 2 ``ms_auroc_tol``, or an
+    accuracy clearly above the majority rate, vetoes it: the model uses its input. Without labels (logs) the prior is inferred: a loss
     plateau at the Bernoulli entropy H(1 - acc) of the accuracy plateau (0.325 with 90%: sure), or
     a plateau at ln K for K classes (uniform prediction; surer when the accuracy is 1/K).
 
@@ -32,6 +33,7 @@ import numpy as np
 
 from muvo_doctor.checks._common import (
     LOSS,
+    auroc_learns,
     bernoulli_entropy,
     finite,
     fmt,
@@ -99,6 +101,10 @@ def _with_labels(history: History, t, prior) -> Finding | None:
     )
     auroc = _recent_median(history, "val/auroc", t.ms_min_evals)
     acc_at = acc is not None and abs(acc[0] - prior.majority) <= t.pb_acc_tol + 2 * acc[1]
+    if auroc_learns(history, t) is not None:
+        return None  # the held-out scores rank: the model uses its input, whatever the loss says
+    if acc is not None and acc[0] > prior.majority + t.pb_acc_tol + 2 * acc[1]:
+        return None  # beats the majority rate
     auroc_at = auroc is not None and abs(auroc[0] - 0.5) <= t.pb_auroc_tol
     evidence: dict = {"prior_p": prior.p, "prior_entropy": prior.entropy, "majority_rate": prior.majority}
     parts: list[str] = []
