@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
-# A run small enough for CI, long enough for the random-labels fault to show (its onset is step 100).
-STEPS = 150
+# A run small enough for CI, long enough for the random-labels fault to show (its onset is step 100);
+# batches of 32 keep the estimate of the label prior tight.
+STEPS = 200
 TINY = [
     "--set", "data.train_frames=64", "--set", "data.val_frames=32", "--set", "data.image_size=16",
-    "--set", "data.points=64", "--set", "model.width=8", "--set", "train.batch_size=16",
+    "--set", "data.points=64", "--set", "model.width=8", "--set", "train.batch_size=32",
     "--set", "train.log_every=10", "--set", "train.eval_every=1000", "--set", "optim.warmup_steps=5",
 ]  # fmt: skip
 ANSI = re.compile(r"\x1b\[")
@@ -91,7 +92,8 @@ def test_live_dashboard_in_a_real_terminal(tmp_path: Path) -> None:
     # The charts, the prior-baseline line on the loss chart, the finding, the verdict.
     for shown in ("loss", "train/loss", "prior baseline H(p)=", "gradient norm per module", "label balance"):
         assert shown in screen, f"{shown!r} not on screen:\n{screen}"
-    assert re.search(r"[├┼]─{10,}", screen), "no horizontal baseline rule on the loss chart:\n" + screen
+    # The rule crosses the y axis as ├ or ┼ (plain ticks are ┤); the curve may cover parts of it.
+    assert re.search(r"[├┼]─{3,}", screen), "no horizontal baseline rule on the loss chart:\n" + screen
     assert re.search(r"CRITICAL\s+prior_baseline\s+step \d+", screen), screen
     assert "DEAD" in screen
     assert "demo: fault random-labels caught by prior_baseline" in screen
