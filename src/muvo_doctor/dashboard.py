@@ -273,7 +273,6 @@ def render_dashboard(
     width: int,
     height: int,
     color: bool = True,
-    status: str = "",
 ) -> RenderableType:
     """The dashboard as one rich renderable, laid out for a ``width`` x ``height`` area.
 
@@ -296,14 +295,14 @@ def render_dashboard(
         first = min(critical, key=lambda f: f.step if f.step is not None else 0)
         parts.append(
             Panel(
-                Text(f"{first.check}: {first.message}", style="bold"),
+                Text(f"{first.check}: {first.message}", style="bold", no_wrap=True, overflow="ellipsis"),
                 title="DEAD RUN",
                 border_style="bold red",
                 style="red",
             )
         )
     n_find = min(max(len(findings), 1), 6) + 2
-    used = sum(3 if isinstance(p, Panel) else 1 for p in parts) + n_find + (1 if status else 0)
+    used = sum(3 if isinstance(p, Panel) else 1 for p in parts) + n_find
     avail = height - used
     two_cols = width >= 100
     rows = 2 if two_cols else (4 if avail >= 40 else 2 if avail >= 20 else 1)
@@ -377,8 +376,6 @@ def render_dashboard(
             border_style="red" if critical else "yellow" if findings else "green",
         )
     )
-    if status:
-        parts.append(Text(status, no_wrap=True, overflow="ellipsis", style="dim"))
     return Group(*parts)
 
 
