@@ -245,3 +245,11 @@ def test_windows_line_ends_and_lightning_bar(tmp_path):
     h, _ = read(write(tmp_path, "pl.log", text.encode()))
     assert len(h.series("train/loss")) == 30 and len(h.series("val/loss")) == 30
     assert "v_num" not in h.names()
+
+
+def test_truncated_event_file_keeps_the_complete_records(tmp_path):
+    data = (LOGS / "tb_torch_nan" / "events.out.tfevents.1764170000.host.4242.0").read_bytes()
+    p = write(tmp_path, "events.out.tfevents.1.host", data[: len(data) // 2 + 7])
+    h, fmt = read(p)
+    s = h.series("train/loss")
+    assert fmt == "tensorboard" and 30 <= len(s) < 80 and list(s.steps[:3]) == [0, 5, 10]
