@@ -143,21 +143,21 @@ def test_labels_agree_with_rendering(train: Frames) -> None:
     assert (npts[pos] >= cfg.min_anomaly_points).all()
     assert set(train.point_class[is_anom].unique().tolist()) == {29, 30, 32}
     # the lidar-only flavour labels by the lidar alone: label 0 <=> fewer points than the minimum
-    lid = generate(120, seed=4, config=SyntheticConfig(anomaly_modality="lidar", min_anomaly_points=5))
+    lid = generate(80, seed=4, config=SyntheticConfig(anomaly_modality="lidar", min_anomaly_points=5))
     n_lid = torch.isin(lid.point_class, ANOMALY).sum(1)
     assert torch.equal(lid.frame_label.bool(), n_lid >= 5)
 
 
 def test_camera_only_anomalies_look_normal_to_the_lidar() -> None:
-    f = generate(60, seed=5, config=SyntheticConfig(anomaly_modality="camera"))
+    f = generate(40, seed=5, config=SyntheticConfig(anomaly_modality="camera"))
     assert f.frame_label.mean() > 0.3
     assert not torch.isin(f.point_class, ANOMALY).any() and f.point_label.sum() == 0
 
 
 @pytest.mark.parametrize("fraction", [0.5, 0.2])
 def test_positive_rate_close_to_requested(fraction: float, train: Frames) -> None:
-    f = train if fraction == 0.5 else generate(N, seed=2, config=SyntheticConfig(anomaly_fraction=fraction))
-    assert abs(float(f.frame_label.mean()) - fraction) < 0.07
+    f = train if fraction == 0.5 else generate(150, seed=2, config=SyntheticConfig(anomaly_fraction=fraction))
+    assert abs(float(f.frame_label.mean()) - fraction) < 0.05
 
 
 def test_global_statistics_do_not_separate_classes(train: Frames, held_out: Frames) -> None:
@@ -172,19 +172,19 @@ def test_the_anomaly_is_learnable_from_simple_cues(train: Frames, held_out: Fram
     assert auc > 0.9, f"cue features do not detect the anomaly: held-out AUROC {auc:.3f}"
 
 
-def test_contrast_zero_makes_anomalies_look_like_normal_clutter() -> None:
-    def appearance(contrast: float) -> tuple[torch.Tensor, torch.Tensor]:
-        f = generate(200, seed=6, config=SyntheticConfig(contrast=contrast, anomaly_fraction=0.8))
+def test_contrast_zero_makes_anomalies_look_like_normal_clutter(train: Frames) -> None:
+    def appearance(f: Frames) -> tuple[torch.Tensor, torch.Tensor]:
         anom = torch.isin(f.point_class, ANOMALY) & f.point_mask
         clutter = (f.point_class == STATIC) & f.point_mask
         return f.points[anom], f.points[clutter]
 
-    a, c = appearance(0.0)
+    f0 = generate(N, seed=6, config=SyntheticConfig(contrast=0.0))
+    a, c = appearance(f0)
     assert abs(float(a[:, 3].mean() - c[:, 3].mean())) < 0.04  # intensity
     assert abs(float(a[:, 2].quantile(0.9) - c[:, 2].quantile(0.9))) < 0.25  # height
-    a1, c1 = appearance(1.0)
+    a1, c1 = appearance(train)  # contrast 1: the same statistics differ clearly
     assert float(a1[:, 3].mean() - c1[:, 3].mean()) > 0.3
-    # and the camera cue vanishes: saturated pixels no longer tell the frames apart
-    f0 = generate(N, seed=6, config=SyntheticConfig(contrast=0.0))
-    assert abs(auroc(cue_features(f0)[:, 1], f0.frame_label) - 0.5) < 0.1
-    assert abs(auroc(cue_features(f0)[:, 0], f0.frame_label) - 0.5) < 0.1
+    assert float(a1[:, 2].quantile(0.9) - c1[:, 2].quantile(0.9)) > 0.25
+    # and both cues vanish: the cue features no longer tell the frames apart
+    for j in range(2):
+        assert abs(auroc(cue_features(f0)[:, j], f0.frame_label) - 0.5) < 0.1

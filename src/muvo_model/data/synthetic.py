@@ -788,15 +788,6 @@ def _render(
         img, apix = _render_camera(c, cfg, rays, gdev)
         pts, mask, cls, anom = _render_lidar(li, cfg, gdev)
         parts.append({"image": img, "apix": apix, "points": pts, "mask": mask, "cls": cls, "anom": anom})
-    if not parts:
-        return {
-            "image": torch.zeros(0, 3, h, w, device=device),
-            "apix": torch.zeros(0, dtype=torch.long, device=device),
-            "points": torch.zeros(0, cfg.num_points, 4, device=device),
-            "mask": torch.zeros(0, cfg.num_points, dtype=torch.bool, device=device),
-            "cls": torch.zeros(0, cfg.num_points, dtype=torch.long, device=device),
-            "anom": torch.zeros(0, cfg.num_points, dtype=torch.bool, device=device),
-        }
     return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
 
 
@@ -842,9 +833,22 @@ def generate(
     g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(scenario_offset)) % (1 << 63))
     gdev = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 1 << 62, (1,), generator=g)))
 
+    if n == 0:
+        h, w = cfg.image_size
+        p = cfg.num_points
+        return Frames(
+            image=torch.zeros(0, 3, h, w, device=dev),
+            points=torch.zeros(0, p, 4, device=dev),
+            point_mask=torch.zeros(0, p, dtype=torch.bool, device=dev),
+            point_class=torch.zeros(0, p, dtype=torch.long, device=dev),
+            point_label=torch.zeros(0, p, device=dev),
+            frame_label=torch.zeros(0, device=dev),
+            scenario=torch.zeros(0, dtype=torch.long, device=dev),
+        )
     frame = torch.arange(n)
     scen_local = frame // cfg.frames_per_scenario
-    positive = torch.rand(n, generator=g) < cfg.anomaly_fraction
+    # exactly round(n * fraction) frames get an anomaly (a random set), so small sets hit the rate too
+    positive = torch.rand(n, generator=g).argsort().argsort() < round(n * cfg.anomaly_fraction)
     cam = _draw_scene(g, scen_local, frame % cfg.frames_per_scenario, cfg)
     _place_clutter(g, cam, positive, cfg)
     lid = cam.index(torch.arange(n))  # copy; differs only in anomaly slots
