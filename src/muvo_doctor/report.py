@@ -12,6 +12,8 @@ import os
 from collections.abc import Sequence
 from typing import TextIO
 
+from muvo_doctor.dashboard import SEVERITY_STYLE as _STYLE
+from muvo_doctor.dashboard import VERDICT_STYLE as _VERDICT_STYLE
 from muvo_doctor.finding import SEVERITY_RANK, Finding, Report
 from muvo_doctor.history import History
 
@@ -20,12 +22,6 @@ _MAIN = ("train/loss", "val/loss", "train/acc", "val/acc", "val/auroc", "val/map
 _PARTNER = {"train/loss": "val/loss", "train/acc": "val/acc", "val/loss": "train/loss"}
 # Evidence keys that are a horizontal reference for the charted loss (prior_baseline's entropy).
 _BASELINE_KEYS = ("baseline_loss", "prior_entropy", "baseline")
-_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
-_VERDICT_STYLE = {
-    "dead": "bold white on red",
-    "warning": "bold black on yellow",
-    "healthy": "bold black on green",
-}
 
 
 def use_color(stream: TextIO, plain: bool = False) -> bool:

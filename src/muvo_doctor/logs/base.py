@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 
@@ -142,3 +143,13 @@ def _flatten(obj: dict[str, object], prefix: str, out: list[tuple[str, object]])
             _flatten(v, key + "/", out)
         else:
             out.append((key, v))
+
+
+def load_json(path: str, st: ReadStats, what: str) -> object | None:
+    """A whole JSON document, floats kept as strings; None (with ``st.note`` set) when it does not parse."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        try:
+            return json.load(f, parse_float=str)
+        except ValueError as exc:
+            st.note = f"not valid JSON ({exc.args[0].split(':')[0]}); a truncated {what}?"
+            return None

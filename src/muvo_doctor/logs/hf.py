@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-from muvo_doctor.logs.base import AddPoint, ReadStats, add_record
+from muvo_doctor.logs.base import AddPoint, ReadStats, add_record, load_json
 
 
 def read_trainer_state(path: str, add: AddPoint) -> ReadStats:
@@ -14,12 +12,9 @@ def read_trainer_state(path: str, add: AddPoint) -> ReadStats:
     it is not a point of the curve.
     """
     st = ReadStats()
-    with open(path, encoding="utf-8", errors="replace") as f:
-        try:
-            doc = json.load(f, parse_float=str)
-        except ValueError as exc:
-            st.note = f"not valid JSON ({exc.args[0].split(':')[0]}); a truncated trainer_state.json?"
-            return st
+    doc = load_json(path, st, "trainer_state.json")
+    if doc is None:
+        return st
     history = doc.get("log_history") if isinstance(doc, dict) else None
     if not isinstance(history, list):
         st.note = "no 'log_history' list in this trainer_state.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from muvo_doctor.logs.base import AddPoint, ReadStats, add_record
+from muvo_doctor.logs.base import AddPoint, ReadStats, add_record, load_json
 
 
 def read_jsonl(path: str, add: AddPoint) -> ReadStats:
@@ -38,12 +38,9 @@ def read_jsonl(path: str, add: AddPoint) -> ReadStats:
 def read_json_array(path: str, add: AddPoint) -> ReadStats:
     """A JSON document that is a list of dicts (or ``{"log_history": [...]}``-like: any list of dicts)."""
     st = ReadStats()
-    with open(path, encoding="utf-8", errors="replace") as f:
-        try:
-            doc = json.load(f, parse_float=str)
-        except ValueError as exc:
-            st.note = f"not valid JSON ({exc.args[0].split(':')[0]}); a truncated file?"
-            return st
+    doc = load_json(path, st, "file")
+    if doc is None:
+        return st
     rows = doc if isinstance(doc, list) else _first_list_of_dicts(doc)
     for i, obj in enumerate(rows or []):
         if isinstance(obj, dict):
