@@ -262,3 +262,45 @@ def test_start_up_overhead_is_under_a_second():
         f"under muvo-doctor run {wrapped[0]:.3f} s wall / {wrapped[1]:.3f} s CPU"
     )
     assert wrapped[1] - direct[1] < 1.0
+
+
+def _wrap_in_terminal(*command: str) -> tuple[int, subprocess.Popen[bytes]]:
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [PY, "-m", "muvo_doctor", "run", "--", *command],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=dict(os.environ, NO_COLOR="1"),
+        start_new_session=True,
+    )
+    os.close(slave)
+    return master, proc
+
+
+def _read_until(fd: int, marker: bytes, timeout: float = 30.0) -> bytes:
+    out = b""
+    end = time.monotonic() + timeout
+    while marker not in out and time.monotonic() < end:
+        r, _, _ = select.select([fd], [], [], 0.1)
+        if r:
+            out += os.read(fd, 4096)
+    return out
+
+
+def test_typed_input_and_ctrl_c_in_a_terminal_reach_the_child():
+    code = (
+        "import signal, sys\n"
+        "signal.signal(signal.SIGINT, lambda *a: (print('graceful stop', flush=True), sys.exit(7)))\n"
+        "print('name?', flush=True)\n"
+        "print('hello ' + input(), flush=True)\n"
+        "signal.pause()\n"
+    )
+    master, proc = _wrap_in_terminal(PY, "-c", code)
+    assert b"name?" in _read_until(master, b"name?")
+    os.write(master, b"muvo\r")  # typed keys go through our raw-mode stdin to the child's terminal
+    assert b"hello muvo" in _read_until(master, b"hello muvo")
+    os.write(master, b"\x03")  # Ctrl-C as a terminal sends it: the child's terminal makes it SIGINT
+    assert b"graceful stop" in _read_until(master, b"graceful stop")
+    assert proc.wait(timeout=30) == 7
+    os.close(master)
