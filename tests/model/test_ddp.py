@@ -14,14 +14,14 @@ from muvo_model.train import train
 
 SETS = [
     "data.train_frames=128",
-    "data.val_frames=96",
-    "data.image_size=32",
+    "data.val_frames=128",
+    "data.image_size=48",
     "data.points=256",
-    "model.width=16",
+    "model.width=32",
     "train.batch_size=32",
-    "train.steps=60",
+    "train.steps=80",
     "train.log_every=20",
-    "train.eval_every=60",
+    "train.eval_every=80",
     "doctor.enabled=false",
 ]
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+import muvo_model.train as train_module
 from muvo_model.config import load_run_config
+from muvo_model.data.frames import Frames
 from muvo_model.faults import FAULTS, get_fault
 from muvo_model.train import train
 
@@ -28,17 +30,34 @@ def test_every_fault_is_documented() -> None:
         assert name in f.describe() and f.checks[0] in f.describe()
 
 
+@pytest.fixture
+def cached_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generate the tiny data set once for the whole loop of faults (generation dominates otherwise)."""
+    cache: dict[str, tuple[Frames, Frames]] = {}
+    real = train_module.load_data
+
+    def load(cfg, device):  # type: ignore[no-untyped-def]
+        key = cfg.data.model_dump_json()
+        if key not in cache:
+            cache[key] = real(cfg, device)
+        tr, va = cache[key]
+        return tr.index(slice(None)), va.index(slice(None))
+
+    monkeypatch.setattr(train_module, "load_data", load)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["fusion", "original"])
-def test_every_fault_runs_a_few_steps(arch: str, capsys: pytest.CaptureFixture[str]) -> None:
-    for name in FAULTS:
-        res = train(
-            load_run_config(None, [*TINY, "train.steps=4", f"model.arch={arch}"]), fault=get_fault(name)
-        )
+@pytest.mark.usefixtures("cached_data")
+def test_every_fault_runs_a_few_steps(capsys: pytest.CaptureFixture[str]) -> None:
+    runs = [(name, "fusion") for name in FAULTS]
+    runs += [(n, "original") for n in ("saturating-head", "dead-relu", "frozen-params", "random-labels")]
+    for name, arch in runs:
+        cfg = load_run_config(None, [*TINY, "train.steps=4", f"model.arch={arch}"])
+        res = train(cfg, fault=get_fault(name))
         assert len(res.losses) == 4, name
         assert res.verdict is not None  # the doctor ran to the end
     out = capsys.readouterr().out
-    assert out.count("fault ") == len(FAULTS)
+    assert out.count("fault ") == len(runs)
 
 
 def test_hidden_print_shows_zeros_while_the_loss_is_not(capsys: pytest.CaptureFixture[str]) -> None:
