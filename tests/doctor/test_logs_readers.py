@@ -253,3 +253,36 @@ def test_truncated_event_file_keeps_the_complete_records(tmp_path):
     h, fmt = read(p)
     s = h.series("train/loss")
     assert fmt == "tensorboard" and 30 <= len(s) < 80 and list(s.steps[:3]) == [0, 5, 10]
+
+
+def test_pytorch_mnist_example_log(tmp_path):
+    lines = []
+    for ep in range(1, 11):
+        for b in range(0, 60000, 6400):
+            lines.append(
+                f"Train Epoch: {ep} [{b}/60000 ({100 * b // 60000}%)]\tLoss: {2.3 / (ep + b / 60000):.6f}"
+            )
+        lines.append("")
+        lines.append(
+            f"Test set: Average loss: {0.3 / ep:.4f}, Accuracy: {9000 + 80 * ep}/10000 ({90 + ep * 0.8:.0f}%)"
+        )
+        lines.append("")
+    h, _ = read(write(tmp_path, "mnist.log", "\n".join(lines) + "\n"))
+    assert len(h.series("train/loss")) == 100
+    test_loss, test_acc = h.series("test/loss"), h.series("test/acc")
+    assert len(test_loss) == 10 and test_acc.values[0] == pytest.approx(0.908) and test_acc.digits == 4
+    assert "train_epoch" not in h.names() and "train" not in h.names()
+
+
+def test_fairseq_and_timm_lines(tmp_path):
+    text = "".join(
+        f"| epoch {e:03d} | loss {3 / e:.3f} | ppl {2 ** (3 / e):.2f} | wps 12000 | num_updates {e * 500} | lr 0.0005 | gnorm 1.2\n"
+        for e in range(1, 6)
+    )
+    text += (
+        "Train: 0 [ 100/1251 (  8%)]  Loss: 6.912 (6.93)  Time: 0.234s,  LR: 1.000e-04  Data: 0.012 (0.015)\n"
+    )
+    h, _ = read(write(tmp_path, "fs.log", text))
+    assert list(h.series("train/loss").steps[:5]) == [500, 1000, 1500, 2000, 2500]
+    assert h.series("grad/norm/total") is not None and "wps" not in h.names()
+    assert "train" not in h.names() and "data" not in h.names() and "time" not in h.names()

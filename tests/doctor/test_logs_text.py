@@ -31,6 +31,7 @@ KERAS = "1875/1875 [====] - 3s 2ms/step - loss: 0.0266 - accuracy: 0.9983 - val_
         ("loss: np.float32(0.5123) acc: tensor([0.75])", [("loss", 0.5123, 4), ("acc", 0.75, 2)]),
         ("\x1b[32mINFO\x1b[0m \x1b[1mloss\x1b[0m: 0.25", [("loss", 0.25, 2)]),
         ("Train Loss: 0.3 | Val Loss: 0.4", [("train_loss", 0.3, 1), ("val_loss", 0.4, 1)]),
+        ("Accuracy: 9832/10000 (98%) step 200/1000", [("accuracy", 0.9832, 4), ("step", 200.0, 0)]),
         ("INFO step 200 the loss 0.5", [("step", 200.0, 0), ("loss", 0.5, 1)]),
         ("", []),
     ],

@@ -16,14 +16,26 @@ class NoRecords(Exception):
 
 # Keys that are an axis (they set the step, they are not a signal).
 STEP_KEYS = frozenset(
-    {"step", "steps", "global_step", "iter", "iters", "iteration", "_step", "trainer/global_step"}
+    {
+        "step",
+        "steps",
+        "global_step",
+        "iter",
+        "iters",
+        "iteration",
+        "_step",
+        "trainer/global_step",
+        "num_updates",
+    }
 )
 EPOCH_KEYS = frozenset({"epoch", "epochs", "train epoch", "train_epoch"})
+# A bare split word as a key ("Train: 0 [100/1251]", timm) is a progress counter, not a signal.
+_SPLIT_WORDS = frozenset({"train", "training", "val", "valid", "validation", "eval", "test", "testing"})
 # Bookkeeping numbers that are not training signals (time, memory, throughput, sizes).
 _NOISE = re.compile(
     r"(^|[/_ ])(time|data_time|eta|memory|mem|max_mem|gpu_mem|runtime|"
     r"samples_per_second|steps_per_second|total_flos|flos|batch|batch_size|bs|it|seed|num_.*|"
-    r"n_.*|id|pid|rank|world_size|workers|year|day|hour|min|sec|seconds|ms|size|line|file|version|v_num)$"
+    r"n_.*|id|pid|rank|world_size|workers|year|day|hour|min|sec|seconds|ms|size|line|file|version|v_num|data|wps|ups|wpb|bsz|wall|train_wall|clip)$"
     r"|\.(py|cpp|cc|c|h|hpp|cu)$|per_second$|_time$",
 )
 # Accuracy-like signals are fractions; a value printed in 0..100 without "%" is a percentage.
@@ -42,7 +54,7 @@ def classify(key: str) -> tuple[str | None, bool, bool]:
     k = key_of(key.strip().strip("'\""))
     if k in STEP_KEYS:
         got = (None, False, True)
-    elif k in EPOCH_KEYS or _NOISE.search(k):
+    elif k in EPOCH_KEYS or k in _SPLIT_WORDS or _NOISE.search(k):
         got = (None, False, False)
     else:
         name = signal_name(key)

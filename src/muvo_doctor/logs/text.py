@@ -19,7 +19,7 @@ from muvo_doctor.logs.base import AddPoint, classify
 # regex engine tries it at every character of a log: it is most of the reader's cost.
 # key: a word starting with a letter, optionally a second word ("Train Loss", "Avg Score"), quotes
 # allowed around it (dict lines); separator ":", "=" or blanks; a decimal, scientific, nan or inf
-# number, optionally "%", that must end there: not "02:05" (times), "1.2.3" (versions), "1,000", "2000M".
+# number, optionally "%" or "/<total>", that must end there: not "02:05" (times), "1.2.3" (versions), "1,000", "2000M".
 _KV = (
     # The pattern starts with a letter class so the engine can skip other characters quickly; the
     # lookbehind after it checks that the key starts a word.
@@ -28,7 +28,8 @@ _KV = (
     # value; its decimals (f) and exponent (x) are captured so digits need no per-value Python
     r"(?P<v>(?=[-+]?\.?\d)[-+]?+\d*+(?:\.(?P<f>\d*+))?(?:[eE](?P<x>[-+]?\d++))?"
     r"|[-+]?(?:[nN]a[nN]|NAN|[iI]nf(?:inity)?|INF))"
-    r"""(?P<p>%)?(?![\w.:'"]|,\d)"""
+    # "%", or a ratio "9832/10000" (its denominator d)
+    r"""(?:(?P<p>%)|/(?P<d>\d++))?(?![\w.:'"]|,\d)"""
 )
 _KV_RE = re.compile(_KV)
 # Two-word keys ("Train Loss", "Learning Rate", "Anomaly Score") are joined with "_", unless the
@@ -86,8 +87,10 @@ def parse_line(line: str) -> list[tuple[str, float, int | None]]:
         return []
     line = _clean(line)
     out: list[tuple[str, float, int | None]] = []
-    for k, v, _f, _x, p in _KV_RE.findall(line):
+    for k, v, _f, _x, p, den in _KV_RE.findall(line):
         val, d = _value(v, p)
+        if den and den.strip("0") and d is not None and classify(k)[0] is not None:  # not "step 200/1000"
+            val, d = val / int(den), max(len(den) - 1, 0)  # "Accuracy: 9832/10000" -> 0.9832
         out.append((key_of(k), val, d))
     return out
 
@@ -188,7 +191,7 @@ def _canonical(metric: str) -> str | None:
 def _normalise(k: str) -> str:
     if k in _LR or k.startswith("lr-") or k.startswith("lr/"):
         return "optim/lr"
-    if k in ("grad_norm", "gradient_norm", "grad/norm", "grad_norm_total", "total_norm"):
+    if k in ("grad_norm", "gradient_norm", "grad/norm", "grad_norm_total", "total_norm", "gnorm"):
         return "grad/norm/total"
     split: str | None = None
     rest = k
@@ -229,7 +232,7 @@ _NO_KIND = (None, False, False)
 # Distinct signals kept per log: a log that prints a new key on every line ("sample_123 0.5")
 # must not grow the history without bound.
 _MAX_SIGNALS = 1000
-_COLUMNS = tuple(itemgetter(i) for i in range(5))
+_COLUMNS = tuple(itemgetter(i) for i in range(6))
 
 
 # Colour codes (loguru, rich, Keras on a terminal) and value wrappers printed around numbers:
@@ -247,6 +250,24 @@ def _clean(text: str) -> str:
     if "tensor(" in text or "np." in text or "array(" in text:
         text = _WRAP_RE.sub("", text)
     return text
+
+
+# A line that starts with a split word ("Test set: Average loss: 0.0520, Accuracy: 9832/10000",
+# "Validation: loss 0.41"): its keys without a split of their own belong to that split.
+_SPLIT_LINE_RE = re.compile(
+    r"\n[ \t>|*\-\[\]]*+([Tt]est(?:ing)?|TEST|[Vv]al(?:id(?:ation)?)?|VAL(?:ID(?:ATION)?)?|[Ee]val(?:uation)?|EVAL)"
+    r"\b[^\n]*"
+)
+
+
+def _with_split(m: re.Match[str], split: str) -> str:
+    first = key_of(m.group("k")).partition("_")[0]
+    return m.group(0) if first in _SPLITS else f"{split}_{m.group(0)}"
+
+
+def _split_line(m: re.Match[str]) -> str:
+    split = "test" if m.group(1)[0] in "Tt" else "val"
+    return _KV_RE.sub(lambda k: _with_split(k, split), m.group(0))
 
 
 def _mmdet_step(m: re.Match[str]) -> str:
@@ -319,15 +340,15 @@ class _Kinds:
 
 
 def _pairs_to_points(
-    pairs: list[tuple[str, str, str, str, str]], kinds: _Kinds, st: TextStats, add: AddPoint
+    pairs: list[tuple[str, str, str, str, str, str]], kinds: _Kinds, st: TextStats, add: AddPoint
 ) -> None:
-    """Turn one chunk's (key, value, decimals, exponent, %) tuples into points, vectorised.
+    """Turn one chunk's (key, value, decimals, exponent, %, denominator) tuples into points, vectorised.
 
     Lines are delimited by the newline marks; a line's step is the step printed on it, else the
     last printed step, else the record index (lines that carry a signal, counted from the start).
     """
     # Columns via itemgetter maps: zip(*pairs) over a million tuples costs ten times more.
-    ks, vs, fs, xs, ps = (list(map(g, pairs)) for g in _COLUMNS)
+    ks, vs, fs, xs, ps, ds = (list(map(g, pairs)) for g in _COLUMNS)
     n = len(ks)
     for k in dict.fromkeys(ks):  # first-appearance order, so the signal cap keeps the earliest keys
         if k not in kinds.code:
@@ -380,6 +401,13 @@ def _pairs_to_points(
         for d in np.unique(dig[pct]):
             m = pct & (dig == d)
             v[m] = np.round(v[m] / 100.0, int(d))  # 89.93% is 0.8993, not 0.8993000000000001
+    if ds.count("") != n:
+        # A ratio "9832/10000" is the fraction 0.9832, shown to about 1/10000.
+        den_of = {x: int(x) if x else 0 for x in set(ds)}
+        den = np.fromiter(map(den_of.__getitem__, ds), np.int64, n)[idx]
+        r = den > 0
+        v[r] = v[r] / den[r]
+        dig[r] = np.maximum(np.fromiter(map(len, ds), np.int64, n)[idx][r] - 1, 0)
     ok = np.isfinite(v)
     for nid in np.unique(s_):
         sel = np.flatnonzero(s_ == nid)
@@ -434,6 +462,8 @@ def read_text(path: str, add: AddPoint, *, keep_rewrites: bool = False) -> TextS
             text = text.replace("\r", "\n") if keep_rewrites else _drop_rewrites(text)
         if b"Epoch" in raw:
             text = _MMDET_RE.sub(_mmdet_step, text)
+        if _SPLIT_LINE_RE.search(text):  # cheap: the pattern starts with a newline
+            text = _SPLIT_LINE_RE.sub(_split_line, text)
         pairs = findall(text.replace("\n", _NL_MARK))
         if pairs:
             _pairs_to_points(pairs, kinds, st, add)
