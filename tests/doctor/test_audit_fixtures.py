@@ -18,6 +18,7 @@ CASES = [
     ("original_zero_loss.log", "dead", set(), {"flat_loss", "display_precision"}),
     ("healthy_rounds_to_zero.log", "healthy", set(), set()),
     ("healthy_aux_zero.jsonl", "healthy", set(), set()),
+    ("healthy_noisy_tqdm.log", "healthy", set(), set()),
     ("lightning_metrics.csv", "healthy", set(), set()),
     ("overfitting_keras.log", "warning", {"overfitting"}, set()),
     ("trainer_state.json", "dead", {"metric_stuck"}, set()),
