@@ -50,6 +50,9 @@ KILL_GRACE_S = 10.0  # SIGTERM -> SIGKILL (after a second Ctrl-C), SIGINT -> SIG
 MAX_LINE = 1 << 16  # a "line" with no newline is cut here for the parser (output is never cut)
 # CSI / OSC escape sequences and lone escapes: colours and cursor moves are not part of a number.
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+# Printed keys that number the steps ("step 120 loss=..."), and the signals the recorder measures itself.
+_STEP_KEYS = frozenset({"step", "iter", "iteration", "global_step"})
+_RECORDER_SIGNALS = frozenset({"train/loss", "train/acc", "optim/lr", "grad/norm/total"})
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -135,6 +138,7 @@ class Runner:
         # Steps: the latest telemetry step of rank 0, or a counter of printed lines with numbers.
         self.telemetry_step = -1
         self.printed_lines = 0
+        self.printed_step: int | None = None  # the last "step N" the program printed
         self.instrumented = False  # some process of the child imported torch
         self.ranks: set[int] = set()
         self.splitters: dict[int, LineSplitter] = {}
@@ -398,15 +402,26 @@ class Runner:
             if not pairs:
                 continue
             self.printed_lines += 1
-            step = self.telemetry_step if self.instrumented else self.printed_lines - 1
+            for key, value, digits in pairs:
+                if key in _STEP_KEYS and digits == 0 and value >= 0:
+                    self.printed_step = int(value)
+            if self.instrumented:
+                step = self.telemetry_step
+            elif self.printed_step is not None:
+                step = self.printed_step
+            else:
+                step = self.printed_lines - 1
             step = max(step, 0)
             for key, value, digits in pairs:
                 self._observe(Observation(name=f"printed/{key}", step=step, value=value, digits=digits))
-                if not self.instrumented:
-                    # No tensors to read: the printed numbers are the evidence, judged like a log.
-                    name = signal_name(key)
-                    if not name.startswith("printed/"):
-                        self._observe(Observation(name=name, step=step, value=value, digits=digits))
+                name = signal_name(key)
+                if name.startswith("printed/") or key in _STEP_KEYS:
+                    continue
+                # Without tensors (not Python, or no torch) the printed numbers are the evidence,
+                # judged like a log. With tensors, the printed numbers still bring what the
+                # recorder cannot see (validation metrics); its own signals come from the tensors.
+                if not self.instrumented or name not in _RECORDER_SIGNALS:
+                    self._observe(Observation(name=name, step=step, value=value, digits=digits))
 
     def _read_fifo(self) -> None:
         from muvo_doctor.observation import Observation
