@@ -29,19 +29,35 @@ def fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
+# One conversion per series per evaluation: History.series() builds numpy arrays from lists on
+# every call, and 16 checks read the same series. Keyed by the history's identity and its point
+# count, so any new point invalidates it.
+_CACHE: dict[int, tuple[int, dict[str, Series | None]]] = {}
+
+
+def series(history: History, name: str) -> Series | None:
+    """``history.series(name)``, converted once per evaluation (cached until a point is added)."""
+    key = id(history)
+    entry = _CACHE.get(key)
+    if entry is None or entry[0] != history.count:
+        if len(_CACHE) > 8:
+            _CACHE.clear()
+        entry = _CACHE[key] = (history.count, {})
+    got = entry[1]
+    if name not in got:
+        got[name] = history.series(name)
+    return got[name]
+
+
 def finite(history: History, name: str) -> tuple[np.ndarray, np.ndarray] | None:
     """Steps and values of ``name`` with non-finite points dropped; None when absent or empty."""
-    s = history.series(name)
+    s = series(history, name)
     if s is None:
         return None
     ok = np.isfinite(s.values)
     if not ok.any():
         return None
     return s.steps[ok], s.values[ok]
-
-
-def series(history: History, name: str) -> Series | None:
-    return history.series(name)
 
 
 def robust_sigma(x: np.ndarray) -> float:
@@ -147,7 +163,7 @@ def outcome_failure(history: History, t: Thresholds) -> str | None:
 
     Mechanism checks escalate to critical only when this is not None.
     """
-    got = history.series(LOSS)
+    got = series(history, LOSS)
     if got is not None and len(got) >= t.min_points and not np.isfinite(got.values[-t.min_points :]).any():
         return "and the loss is no longer finite"
     if auroc_learns(history, t):

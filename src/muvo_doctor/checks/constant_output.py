@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import fmt, make, outcome_failure
+from muvo_doctor.checks._common import fmt, make, outcome_failure, series
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
@@ -39,7 +39,7 @@ ADVICE = (
 def _recent(
     history: History, name: str, window: int, min_points: int
 ) -> tuple[float, np.ndarray, np.ndarray] | None:
-    s = history.series(name)
+    s = series(history, name)
     if s is None or len(s) < min_points:
         return None
     w = s.values[-window:]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import LOSS, first_run_start, fmt, make
+from muvo_doctor.checks._common import LOSS, first_run_start, fmt, make, series
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
@@ -33,7 +33,7 @@ ADVICE = "Lower the learning rate 3-10x or add warm-up, clip gradients (clip_gra
 
 def check(history: History, config: DoctorConfig) -> list[Finding]:
     t = config.thresholds
-    s = history.series(LOSS)
+    s = series(history, LOSS)
     b = max(1, t.div_block)
     if s is None or len(s) < max(t.min_points, b * (t.div_patience + 1)):
         return []

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import fmt, make, module_names, outcome_failure
+from muvo_doctor.checks._common import fmt, make, module_names, outcome_failure, series
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
@@ -31,12 +31,12 @@ ADVICE = "Lower the learning rate, clip gradients (clip_grad_norm_ 1.0), add nor
 
 
 def _norm_series(history: History) -> tuple[str, np.ndarray, np.ndarray] | None:
-    s = history.series("grad/norm/total")
+    s = series(history, "grad/norm/total")
     if s is not None:
         return s.name, s.steps, s.values
     best = None
     for n in module_names(history, "grad/norm/"):
-        m = history.series(n)
+        m = series(history, n)
         if m is None:
             continue
         level = (

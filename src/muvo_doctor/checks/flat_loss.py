@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import LOSS, fmt, make
+from muvo_doctor.checks._common import LOSS, fmt, make, series
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
@@ -96,7 +96,7 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
     t = config.thresholds
     found: list[Finding] = []
     for name in loss_names(history):
-        s = history.series(name)
+        s = series(history, name)
         if s is None or len(s) < t.flat_window:
             continue
         w = s.values[-t.flat_window :]

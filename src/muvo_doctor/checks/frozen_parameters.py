@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import LOSS, make, outcome_failure
+from muvo_doctor.checks._common import LOSS, make, outcome_failure, series
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
@@ -47,7 +47,7 @@ STATES = {
 
 def _repeating(history: History, t) -> tuple[int, float, int, int] | None:
     """(period, share repeating, points, first repeat step) when the loss repeats epoch after epoch."""
-    s = history.series(LOSS)
+    s = series(history, LOSS)
     if s is None:
         return None
     ok = np.isfinite(s.values)
@@ -87,7 +87,7 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
     parts: list[str] = []
     evidence: dict = {}
     for name, desc in STATES.items():
-        s = history.series(name)
+        s = series(history, name)
         if s is None or not warm:
             continue
         w = s.values[-t.window :]
@@ -103,7 +103,7 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
         parts.append(f"{frac:.0%} of trainable parameter elements {desc} ({name})")
         if worst is None or frac > worst[0]:
             worst = (frac, name, desc, first)
-    lr = history.series("optim/lr")
+    lr = series(history, "optim/lr")
     if lr is not None and len(lr) >= t.min_points:
         w = lr.values[-t.window :]
         if np.isfinite(w).all() and np.all(w == 0):

@@ -21,7 +21,7 @@ What to do:
 
 from __future__ import annotations
 
-from muvo_doctor.checks._common import LOSS, auroc_learns, fmt, make, progress
+from muvo_doctor.checks._common import LOSS, auroc_learns, fmt, make, progress, series
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
@@ -39,7 +39,7 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
     p = progress(history, t, LOSS, min_points=t.lnd_min_points)
     if p is None or (p.improved and not p.rising):
         return []
-    s = history.series(LOSS)
+    s = series(history, LOSS)
     zero = 0.5 * 10.0 ** (-s.digits) if s is not None and s.digits is not None else t.flat_abs_zero
     if abs(p.start) < zero and abs(p.recent) < zero:
         return []  # a loss at zero cannot decrease; flat_loss and display_precision judge it

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import LOSS, fmt, make
+from muvo_doctor.checks._common import LOSS, fmt, make, series
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
@@ -34,7 +34,7 @@ ADVICE = "Inspect the batches at the spiking steps for outliers; clip gradients;
 
 def check(history: History, config: DoctorConfig) -> list[Finding]:
     t = config.thresholds
-    s = history.series(LOSS)
+    s = series(history, LOSS)
     if s is None:
         return []
     ok = np.isfinite(s.values)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import make
+from muvo_doctor.checks._common import make, series
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
@@ -45,7 +45,7 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
     worst: tuple[int, str, int, int, bool] | None = None  # (first step, name, count, n, critical)
     hits: list[str] = []
     for name in _watched(history):
-        s = history.series(name)
+        s = series(history, name)
         if s is None:
             continue
         bad = ~np.isfinite(s.values)
@@ -61,7 +61,7 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
             worst = (first, name, count, len(s), critical)
     # Recorder counters: count of non-finite elements per window.
     for name in history.names("nonfinite/"):
-        s = history.series(name)
+        s = series(history, name)
         if s is None:
             continue
         bad = np.nan_to_num(s.values, nan=1.0, posinf=1.0) > 0

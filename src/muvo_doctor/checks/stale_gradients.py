@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import fmt, make, outcome_failure, progress
+from muvo_doctor.checks._common import fmt, make, outcome_failure, progress, series
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
@@ -35,7 +35,7 @@ ADVICE = "Call optimizer.zero_grad(set_to_none=True) once per optimizer step; wh
 def check(history: History, config: DoctorConfig) -> list[Finding]:
     t = config.thresholds
     failing = outcome_failure(history, t)
-    s = history.series("grad/stale")
+    s = series(history, "grad/stale")
     if s is not None and len(s) >= min(t.min_points, 5):
         w = s.values[-t.window :]
         w = w[np.isfinite(w)]
@@ -58,7 +58,7 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
                 )
             ]
         return []
-    g = history.series("grad/norm/total")
+    g = series(history, "grad/norm/total")
     if g is None or failing is None:
         return []
     ok = np.isfinite(g.values)

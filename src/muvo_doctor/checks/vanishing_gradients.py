@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import fmt, make, module_names, outcome_failure
+from muvo_doctor.checks._common import fmt, make, module_names, outcome_failure, series
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding, Severity
 from muvo_doctor.history import History
@@ -43,7 +43,7 @@ def _medians(
 ) -> dict[str, tuple[float, int]]:
     out: dict[str, tuple[float, int]] = {}
     for n in names:
-        s = history.series(n)
+        s = series(history, n)
         if s is None or len(s) < min_points:
             continue
         w = s.values[-window:]

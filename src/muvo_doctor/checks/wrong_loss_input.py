@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import fmt, make, outcome_failure
+from muvo_doctor.checks._common import fmt, make, outcome_failure, series
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
@@ -37,7 +37,7 @@ ADVICE = (
 
 def check(history: History, config: DoctorConfig) -> list[Finding]:
     t = config.thresholds
-    lo, hi = history.series("loss_input/logits/min"), history.series("loss_input/logits/max")
+    lo, hi = series(history, "loss_input/logits/min"), series(history, "loss_input/logits/max")
     if lo is not None and hi is not None:
         n = min(len(lo), len(hi))
         if n >= t.wli_min_points:
@@ -60,7 +60,7 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
                         ADVICE,
                     )
                 ]
-    lp = history.series("loss_input/logprobs/max")
+    lp = series(history, "loss_input/logprobs/max")
     if lp is not None:
         bad = np.isfinite(lp.values) & (lp.values > t.wli_logprob_tol)
         if bad.any():
