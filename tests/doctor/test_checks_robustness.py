@@ -120,3 +120,14 @@ def test_explain_prints_the_three_parts_and_thresholds(capsys: pytest.CaptureFix
     assert all(m.ID in listing for m in ALL_CHECKS)
     assert main(["explain", "no_such_check"]) == 2
     assert "valid ids: constant_output" in capsys.readouterr().err
+
+
+def test_series_cache_sees_new_points() -> None:
+    h = History()
+    for i in range(60):
+        h.add_point("train/loss", i, 0.7)
+    flat = by_id()["flat_loss"]
+    assert flat.check(h, CFG)[0].evidence["level"] == 0.7
+    for i in range(60, 120):
+        h.add_point("train/loss", i, 0.7 - 0.004 * (i - 60) + 0.01 * (i % 3))
+    assert flat.check(h, CFG) == []

@@ -7,6 +7,7 @@ checks on every flush over a 20,000-point history.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,19 +31,16 @@ def fmt(x: float) -> str:
 
 
 # One conversion per series per evaluation: History.series() builds numpy arrays from lists on
-# every call, and 16 checks read the same series. Keyed by the history's identity and its point
-# count, so any new point invalidates it.
-_CACHE: dict[int, tuple[int, dict[str, Series | None]]] = {}
+# every call, and 16 checks read the same series. Keyed weakly by the history object and checked
+# against its point count, so any new point invalidates it.
+_CACHE: weakref.WeakKeyDictionary[History, tuple[int, dict[str, Series | None]]] = weakref.WeakKeyDictionary()
 
 
 def series(history: History, name: str) -> Series | None:
     """``history.series(name)``, converted once per evaluation (cached until a point is added)."""
-    key = id(history)
-    entry = _CACHE.get(key)
+    entry = _CACHE.get(history)
     if entry is None or entry[0] != history.count:
-        if len(_CACHE) > 8:
-            _CACHE.clear()
-        entry = _CACHE[key] = (history.count, {})
+        entry = _CACHE[history] = (history.count, {})
     got = entry[1]
     if name not in got:
         got[name] = history.series(name)
