@@ -548,9 +548,8 @@ def _cast(
         & (pb[:, None, :, 2] <= bb[:, :, None, 3])
         & (pb[:, None, :, 3] >= bb[:, :, None, 2])
     )  # (N, T, K)
-    fi, ti, ki = ov.nonzero(as_tuple=True)
-    tbuf = torch.full((n * nt, ns), _INF, device=d.device)
-    hits: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    fi, ti, ki = ov.nonzero(as_tuple=True)  # row-major: triples of one (frame, bundle) are contiguous
+    tall = torch.empty(fi.shape[0], ns, device=d.device)
     typ = _TYPE.to(d.device)[ki]
     for t_id in range(4):
         m = typ == t_id
@@ -561,9 +560,10 @@ def _cast(
         if t_id == 0:
             t = _hit_boxes(h, dd, s.box_c[f, k][:, None], s.box_h[f, k][:, None])
         elif t_id == 1:
-            k = k - _KB
-            t = _hit_cylinders(h, dd, s.cyl_xy[f, k][:, None], s.cyl_r[f, k][:, None], s.cyl_z[f, k][:, None])
-            k = k + _KB
+            kl = k - _KB
+            t = _hit_cylinders(
+                h, dd, s.cyl_xy[f, kl][:, None], s.cyl_r[f, kl][:, None], s.cyl_z[f, kl][:, None]
+            )
         elif t_id == 2:
             kl = k - _KB - _KC
             t = _hit_ellipsoids(h, dd, s.ell_c[f, kl][:, None], s.ell_s[f, kl][:, None])
@@ -577,15 +577,20 @@ def _cast(
                 s.cone_zb[f, kl][:, None],
                 s.cone_h[f, kl][:, None],
             )
-        t = t[..., 0]  # (L, S)
-        row = f * nt + tb
-        tbuf.scatter_reduce_(0, row[:, None].expand_as(t), t, "amin")
-        hits.append((row, k, t))
-    kbuf = torch.full((n * nt, ns), -1, dtype=torch.long, device=d.device)
-    for row, k, t in hits:  # which primitive gave the minimum (ties: the larger column, deterministic)
-        win = (t == tbuf[row]) & torch.isfinite(t)
-        kbuf.scatter_reduce_(0, row[:, None].expand_as(t), torch.where(win, k[:, None], -1), "amax")
-    tmin, k = tbuf.view(n, nt * ns), kbuf.view(n, nt * ns)
+        tall[m] = t[..., 0]  # (L_type, S)
+    # nearest hit per ray: lay each (frame, bundle)'s candidates out densely (n*nt, Kmax, S) and take the min
+    # (cheaper and thread-friendlier than scatter_reduce; ties go to the lower column, deterministically)
+    row = fi * nt + ti
+    cnt = torch.bincount(row, minlength=n * nt)
+    kmax = max(int(cnt.max()), 1) if row.numel() else 1
+    slot = torch.arange(row.shape[0], device=d.device) - (torch.cumsum(cnt, 0) - cnt)[row]
+    dense = torch.full((n * nt, kmax, ns), _INF, device=d.device)
+    dense[row, slot] = tall
+    kd = torch.full((n * nt, kmax), -1, dtype=torch.long, device=d.device)
+    kd[row, slot] = ki
+    tmin, arg = dense.min(1)
+    k = torch.where(torch.isfinite(tmin), torch.gather(kd, 1, arg), -1)
+    tmin, k = tmin.view(n, nt * ns), k.view(n, nt * ns)
     df = d.reshape(b, nt * ns, 3)
     dz = df[..., 2].expand_as(tmin)
     tg = torch.where(dz < -1e-6, -h / _safe(dz), torch.full_like(tmin, _INF))
