@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     times: dict[str, list[float]] = {m: [] for m in modes}
+    samples: dict[str, list[int]] = {m: [] for m in modes}  # sampled steps per block (adaptive schedule)
     step = 0
     for r in range(a.repeats):
         order = modes[r % len(modes) :] + modes[: r % len(modes)]
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 step_fn(step, rec)
                 step += 1
             sync()
+            n0 = rec._n_samples if rec is not None else 0
             t0 = clock()
             for _ in range(a.steps):
                 step_fn(step, rec)
@@ -167,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 rec.flush()  # one flush per block: more often than a real run flushes
             sync()
             times[mode].append((clock() - t0) / a.steps * 1e3)
+            samples[mode].append(rec._n_samples - n0 if rec is not None else 0)
             if rec is not None:
                 if not rec.enabled:
                     print(f"muvo-doctor recorder disabled itself in mode {mode}", file=sys.stderr)
@@ -174,23 +177,33 @@ def main(argv: list[str] | None = None) -> int:
                 rec.close()
 
     base = statistics.median(times["off"])
-    sample_every = a.sample_every or DEFAULT_SAMPLE_EVERY
+    sample_every = a.sample_every or f"adaptive (from {DEFAULT_SAMPLE_EVERY})"
     print(
         f"overhead: device={dev} ({torch.cuda.get_device_name(dev) if cuda else 'cpu'}), arch={a.arch} "
         f"({n_params:,} params, {source}), batch={a.batch}, amp={'bf16' if amp else 'off'}, "
         f"sample_every={sample_every}, {a.repeats} x {a.steps} steps per mode, torch {torch.__version__}, "
         f"clock={'wall' if cuda else f'process CPU time, {torch.get_num_threads()} thread(s)'}"
     )
-    print(f"{'mode':<8} {'ms/step (median)':>17} {'min':>9} {'max':>9} {'ratio':>7} {'overhead':>9}")
+    print(
+        f"{'mode':<8} {'ms/step (median)':>17} {'min':>9} {'max':>9} {'ratio':>7} {'overhead':>9} {'sampled':>8}"
+    )
     rows: list[dict[str, Any]] = []
     for mode in modes:
         med = statistics.median(times[mode])
         ratio = med / base
         print(
             f"{mode:<8} {med:>17.3f} {min(times[mode]):>9.3f} {max(times[mode]):>9.3f} "
-            f"{ratio:>7.4f} {100 * (ratio - 1):>+8.2f}%"
+            f"{ratio:>7.4f} {100 * (ratio - 1):>+8.2f}% {sum(samples[mode]) / len(samples[mode]):>8.1f}"
         )
-        rows.append({"mode": mode, "ms_per_step": times[mode], "median_ms": med, "ratio": ratio})
+        rows.append(
+            {
+                "mode": mode,
+                "ms_per_step": times[mode],
+                "median_ms": med,
+                "ratio": ratio,
+                "sampled": samples[mode],
+            }
+        )
     if a.json:
         meta = {
             "device": str(dev),

@@ -46,6 +46,8 @@ Sink = Callable[[list[Observation]], None]
 # Heavy statistics every N optimizer steps unless the config sets sample_every explicitly:
 # measured overhead (bench/overhead.py) stays under 1% of a step at this rate.
 DEFAULT_SAMPLE_EVERY = 10
+DEFAULT_OVERHEAD_BUDGET = 0.005  # sampled work at most 0.5% of the step time (adaptive schedule)
+MAX_SAMPLE_GAP = 200  # ... but a sample at least every 200 steps
 # Update ratios compare each parameter with a pre-step copy of (at most) its first elements:
 # this many elements in total, spread over the tensors (a 792k model is copied whole).
 DEFAULT_SNAPSHOT_ELEMS = 1 << 24
@@ -55,7 +57,8 @@ SATURATED_PROB = 1e-3  # a probability this close to 0 or 1 counts as saturated
 # Global mode: module calls seen with no optimizer step before the global forward hooks are
 # removed (re-installed when an optimizer first steps): inference-only programs stay fast.
 IDLE_FORWARDS = 20_000
-_BUFFER_START = 4096  # floats in the device buffer; doubles as needed up to _BUFFER_MAX
+_BUFFER_START = 4096
+_LOSS_BUFFER = 1024  # per-step losses between flushes; a full buffer flushes early  # floats in the device buffer; doubles as needed up to _BUFFER_MAX
 _BUFFER_MAX = 1 << 22
 
 _LOSS_KINDS = {
@@ -136,6 +139,8 @@ class _OptState:
         self.req: dict[tuple[bool, ...], torch.Tensor] = {}
         self.sampled = False
         self.snap_k: list[int] = []
+        self.whole = True
+        self.mod_req: dict[tuple[bool, ...], torch.Tensor] = {}
         self.before: list[torch.Tensor] | None = None
         self.before_ids: list[int] = []
 
@@ -158,6 +163,8 @@ class Recorder:
             heavy statistics run every ``DEFAULT_SAMPLE_EVERY`` optimizer steps.
         snapshot_elems: at most this many parameter elements are copied before a sampled step
             to measure update ratios (larger tensors contribute their first elements).
+        overhead_budget: with the default schedule, the fraction of step time the sampled
+            statistics may take on the host (measured, not assumed).
     """
 
     def __init__(
@@ -171,6 +178,7 @@ class Recorder:
         rank: int | None = None,
         sample_every: int | None = None,
         snapshot_elems: int = DEFAULT_SNAPSHOT_ELEMS,
+        overhead_budget: float = DEFAULT_OVERHEAD_BUDGET,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -180,9 +188,14 @@ class Recorder:
         self.doctor = doctor
         self.sink = sink
         self.rank = rank
+        # An explicit sample_every (keyword or config) is a fixed schedule; otherwise the interval
+        # starts at DEFAULT_SAMPLE_EVERY and grows so the sampled work stays within overhead_budget.
+        self.adaptive = sample_every is None and "sample_every" not in self.config.model_fields_set
         if sample_every is None:
-            explicit = "sample_every" in self.config.model_fields_set
-            sample_every = self.config.sample_every if explicit else DEFAULT_SAMPLE_EVERY
+            sample_every = DEFAULT_SAMPLE_EVERY if self.adaptive else self.config.sample_every
+        if not 0 < overhead_budget < 1:
+            raise ValueError(f"overhead_budget must be in (0, 1), got {overhead_budget}")
+        self.overhead_budget = float(overhead_budget)
         if sample_every < 1:
             raise ValueError(f"sample_every must be >= 1, got {sample_every}")
         if snapshot_elems < 1:
@@ -193,6 +206,7 @@ class Recorder:
         self.is_global = False
 
         self._handles: list[RemovableHandle] = []
+        self._outer_grad = True
         self._disabled = False
         self._closed = False
         self._sink_failed = False
@@ -209,6 +223,15 @@ class Recorder:
         self._flushed: list[Observation] = []
         # Step bookkeeping.
         self._records = 0
+        self._next_sample = 0  # counter value (optimizer steps, or records without optimizer) to sample next
+        self._sampled_count: int | None = None  # counter of the sampled step in progress
+        self._cost = 0.0  # host seconds the recorder spent on the sampled step in progress (and flushes)
+        self._n_samples = 0
+        self._step_time: float | None = None  # EMA of wall seconds per unsampled step
+        self._last_tick: float | None = None
+        self._loss_buf: torch.Tensor | None = None
+        self._loss_steps: list[int] = []
+        self._loss_host: list[tuple[int, float]] = []
         self._next_step = 0
         self._opts: dict[int, _OptState] = {}
         self._primary: _OptState | None = None
@@ -317,7 +340,8 @@ class Recorder:
         if not self.enabled:
             return
         try:
-            self._record(step, loss, outputs, labels)
+            with torch.no_grad():
+                self._record(step, loss, outputs, labels)
         except Exception as exc:
             self._fail(exc)
 
@@ -335,7 +359,9 @@ class Recorder:
         if not self.enabled:
             return
         try:
-            self._observe_loss(kind, input, target, output)
+            self._outer_grad = torch.is_grad_enabled()
+            with torch.no_grad():
+                self._observe_loss(kind, input, target, output)
         except Exception as exc:
             self._fail(exc)
 
@@ -373,8 +399,11 @@ class Recorder:
         if self._closed:
             return
         if not self._disabled:
-            if self.is_global:
-                self._close_global_step()
+            try:
+                if self.is_global:
+                    self._close_global_step()
+            except Exception as exc:
+                self._fail(exc)
             self.flush()
         self._closed = True
         self._remove_hooks()
@@ -388,7 +417,9 @@ class Recorder:
             if self._disabled or self._closed:
                 return None
             try:
-                fn(*args, **kwargs)
+                self._outer_grad = torch.is_grad_enabled()  # the training's grad mode, before ours
+                with torch.no_grad():
+                    fn(*args, **kwargs)
             except Exception as exc:
                 self._fail(exc)
             return None  # hooks never change the training's arguments or outputs
@@ -452,35 +483,75 @@ class Recorder:
                 self._unlabeled.append(row)
         self._rows.append(row)
 
-    def _maybe_flush(self) -> None:
+    def _append_loss(self, step: int, loss: torch.Tensor | float) -> None:
+        """The every-step path: one copy kernel into the loss buffer, no allocation on the host side."""
+        if not isinstance(loss, torch.Tensor):
+            self._loss_host.append((step, float(loss)))
+            return
+        lt = loss if loss.numel() == 1 else loss.float().mean()
+        buf = self._loss_buf
+        n = len(self._loss_steps)
+        if buf is None or buf.device != lt.device or n >= buf.numel():
+            if buf is not None and n:
+                self._flush()
+                n = 0
+            if buf is None or buf.device != lt.device:
+                buf = self._loss_buf = torch.empty(_LOSS_BUFFER, dtype=torch.float32, device=lt.device)
+        buf[n].copy_(lt.reshape(()))
+        self._loss_steps.append(step)
+
+    def _sample_due(self, counter: int) -> bool:
+        return counter >= self._next_sample
+
+    def _end_step(self, counter: int | None) -> None:
+        """Close a step: schedule the next sample (``counter`` is set when this step was sampled)."""
+        now = time.perf_counter()
+        if counter is None:
+            if self._last_tick is not None:
+                dt = now - self._last_tick
+                self._step_time = dt if self._step_time is None else 0.9 * self._step_time + 0.1 * dt
+        else:
+            self._sampled_since_flush += 1
+            self._n_samples += 1
+            gap = self.sample_every
+            if self.adaptive and self._step_time and self._n_samples > 1:  # the first sample pays the setup
+                need = self._cost / (self.overhead_budget * self._step_time)
+                gap = min(max(gap, math.ceil(need)), max(MAX_SAMPLE_GAP, gap))
+            self._next_sample = counter + gap
+            self._cost = 0.0
+            self._sampled_count = None
+        self._last_tick = now
         if (
             self._sampled_since_flush >= self.flush_every
             or time.monotonic() - self._last_flush >= self.config.flush_seconds
         ):
+            t0 = time.perf_counter()
             self._flush()
+            self._cost += time.perf_counter() - t0  # flushes count against the budget too
+            self._last_tick = time.perf_counter()
 
     # ------------------------------------------------------------------ explicit mode
 
     def _record(
         self, step: int, loss: torch.Tensor | float, outputs: torch.Tensor | None, labels: torch.Tensor | None
     ) -> None:
-        for row in self._unlabeled:  # hook rows of this step (gradients, updates, stale check)
-            row.step = step
-        self._unlabeled.clear()
-        if isinstance(loss, torch.Tensor):
-            lt = loss.detach()
-            lt = lt.reshape(1) if lt.numel() == 1 else lt.float().mean().reshape(1)
-            self._append(step, ("train/loss",), lt, kind="loss")
+        if self._unlabeled:
+            for row in self._unlabeled:  # hook rows of this step (gradients, updates, stale check)
+                row.step = step
+            self._unlabeled.clear()
+        self._append_loss(step, loss)
+        if self._primary is not None:
+            counter = self._sampled_count  # set by the optimizer pre-hook when it sampled this step
         else:
-            self._append_host(step, ("train/loss",), [float(loss)], kind="loss")
-        sampled = self._records % self.sample_every == 0
+            counter = self._records if self._records >= self._next_sample else None
         self._records += 1
-        if sampled:
-            self._sampled_since_flush += 1
+        if counter is not None:
+            t0 = time.perf_counter()
             for names, values, kind in self._batch_stats(outputs, labels, kind=None).values():
                 self._append(step, names, values, kind)
+            self._cost += time.perf_counter() - t0
         self._next_step = step + 1
-        self._maybe_flush()
+        self._end_step(counter)
 
     def _batch_stats(
         self, outputs: torch.Tensor | None, labels: torch.Tensor | None, kind: str | None
@@ -540,17 +611,25 @@ class Recorder:
         st.idx = torch.tensor(st.module_of, dtype=torch.long, device=dev)
         st.sub_idx = {}
         st.req = {}
+        st.mod_req = {}
         budget = self.snapshot_elems
         per = max(1024, budget // max(1, len(st.params)))
         st.snap_k = [min(n, per) for n in st.numel]
+        st.whole = all(k == n for k, n in zip(st.snap_k, st.numel, strict=True))
 
     def _on_pre_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         st = self._attach(opt)
-        if self.is_global and st is self._primary:
-            self._close_global_step()
-        st.sampled = st.count % self.sample_every == 0
+        if st is self._primary:
+            if self.is_global:
+                self._close_global_step()
+            st.sampled = self._sample_due(st.count)
+            if st.sampled:
+                self._sampled_count = st.count
+        else:  # other optimizers follow the primary's schedule
+            st.sampled = self._sampled_count is not None
         if not st.sampled:
             return
+        t0 = time.perf_counter()
         self._inventory(st)
         if not st.params:
             return
@@ -558,24 +637,30 @@ class Recorder:
         self._grad_stats(st, step)
         self._param_states(st, step)
         # Pre-step copy for the update ratio: one grouped copy kernel over all tensors.
-        heads = [_head(p, k) for p, k in zip(st.params, st.snap_k, strict=True)]
-        st.before = torch._foreach_mul(heads, 1.0)
+        st.before = torch._foreach_mul(self._heads(st), 1.0)
+        self._cost += time.perf_counter() - t0
 
     def _on_post_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         st = self._attach(opt)
         step = self.step if self.is_global else None
         if st.sampled and st.before is not None:
+            t0 = time.perf_counter()
             self._update_stats(st, step)
             st.before = None
             self._arm_probe(st)
+            self._cost += time.perf_counter() - t0
         st.count += 1
         if self.is_global and st is self._primary:
-            if st.sampled:
-                self._sampled_since_flush += 1
             self._first_forward_pending = True
             if st.count == self._discovery_steps:
                 self._end_discovery()
-            self._maybe_flush()
+            self._end_step(st.count - 1 if st.sampled else None)
+
+    def _heads(self, st: _OptState) -> list[torch.Tensor]:
+        # Whole tensors when they fit the snapshot budget (no view ops: host time is the cost here).
+        if st.whole:
+            return st.params
+        return [p if p.numel() <= k else _head(p, k) for p, k in zip(st.params, st.snap_k, strict=True)]
 
     def _grad_stats(self, st: _OptState, step: int | None) -> None:
         present = tuple(i for i, p in enumerate(st.params) if p.grad is not None and not p.grad.is_sparse)
@@ -646,36 +731,33 @@ class Recorder:
     def _update_stats(self, st: _OptState, step: int | None) -> None:
         before = st.before
         assert before is not None
-        after = [_head(p, k) for p, k in zip(st.params, st.snap_k, strict=True)]
-        diff = torch._foreach_sub(after, before)
+        diff = torch._foreach_sub(self._heads(st), before)
         dn = torch.stack(torch._foreach_norm(diff)).float()  # (P,)
         wn = torch.stack(torch._foreach_norm(before)).float()
         idx = st.idx.to(dn.device)  # type: ignore[union-attr]
         m = len(st.modules)
-        d_mod = torch.zeros(m, device=dn.device).index_add_(0, idx, dn * dn)
-        w_mod = torch.zeros(m, device=dn.device).index_add_(0, idx, wn * wn)
-        ratio_mod = d_mod.sqrt() / w_mod.sqrt().clamp_min(1e-12)
-        ratio_total = (d_mod.sum().sqrt() / w_mod.sum().sqrt().clamp_min(1e-12)).reshape(1)
-        # Frozen: trainable elements whose (sampled part of the) tensor did not move this step.
         flags = tuple(p.requires_grad for p in st.params)
         req = st.req.get(flags)
         if req is None:  # one host-to-device copy per requires_grad pattern, not per step
             req = st.req[flags] = torch.tensor(
                 [float(n) if f else 0.0 for f, n in zip(flags, st.numel, strict=True)], device=dn.device
             )
-        unchanged = (dn == 0).float() * req
+            st.mod_req[flags] = torch.zeros(m, device=dn.device).index_add_(0, idx, req).clamp_min(1)
+        # Frozen: trainable elements whose (sampled part of the) tensor did not move this step.
+        per_param = torch.stack([dn * dn, wn * wn, (dn == 0) * req], dim=1)  # (P, 3)
+        agg = torch.zeros(m + 1, 3, device=dn.device).index_add_(0, idx, per_param)
+        agg[m] = agg[:m].sum(0)  # row m: the total
+        ratio = agg[:, 0].sqrt() / agg[:, 1].sqrt().clamp_min(1e-12)  # (M + 1,)
         missing: list[torch.Tensor] = getattr(st, "_missing", [])
         n_train = getattr(st, "_n_train", 0) or 1
-        frozen_total = ((unchanged.sum() + sum(p.numel() for p in missing)) / n_train).reshape(1)
-        mod_req = torch.zeros(m, device=dn.device).index_add_(0, idx, req)
-        mod_unch = torch.zeros(m, device=dn.device).index_add_(0, idx, unchanged)
-        frozen_mod = mod_unch / mod_req.clamp_min(1)
+        frozen_total = (agg[m, 2:] + sum(p.numel() for p in missing)) / n_train
+        frozen_mod = agg[:m, 2] / st.mod_req[flags]
         names = (
             tuple(f"update/ratio/{x}" for x in st.modules)
             + ("update/ratio/total", "param/frozen")
             + tuple(f"param/frozen/{x}" for x in st.modules)
         )
-        self._append(step, names, torch.cat([ratio_mod, ratio_total, frozen_total, frozen_mod]))
+        self._append(step, names, torch.cat([ratio, frozen_total, frozen_mod]))
         # Modules entirely outside this optimizer never move.
         outside = sorted({_module_of(self._names.get(id(p), "?")) for p in missing} - set(st.modules))
         if outside:
@@ -723,7 +805,7 @@ class Recorder:
                 self._remove_discovery()
                 self._discovery_suspended = True
                 return
-        if not self._first_forward_pending or not torch.is_grad_enabled():
+        if not self._first_forward_pending or not self._outer_grad:
             return
         if isinstance(module, torch.nn.modules.loss._Loss):
             return
@@ -774,7 +856,7 @@ class Recorder:
     def _observe_loss(
         self, kind: str, input: torch.Tensor, target: torch.Tensor | None, output: torch.Tensor
     ) -> None:
-        if not torch.is_grad_enabled() or not isinstance(output, torch.Tensor) or output.numel() == 0:
+        if not self._outer_grad or not isinstance(output, torch.Tensor) or output.numel() == 0:
             return  # evaluation losses (no_grad) are not the training loss
         if output is self._last_loss_out:
             return  # the same call seen twice (a loss module and the function it calls)
@@ -784,9 +866,11 @@ class Recorder:
         out = output.detach()
         self._step_loss = out.reshape(1) if out.numel() == 1 else out.float().mean().reshape(1)
         st = self._primary
-        sampled = (st.count if st is not None else 0) % self.sample_every == 0
-        if not sampled or not isinstance(input, torch.Tensor) or input.numel() == 0:
+        if not self._sample_due(st.count if st is not None else 0):
             return
+        if not isinstance(input, torch.Tensor) or input.numel() == 0:
+            return
+        t0 = time.perf_counter()
         x = input.detach()
         x = x.float() if x.dtype != torch.float32 else x
         if kind in _LOGIT_KINDS:
@@ -799,13 +883,14 @@ class Recorder:
         elif kind == "nll":
             self._pending["loss_input"] = (("loss_input/logprobs/max",), x.max().reshape(1), "plain")
         self._pending.update(self._batch_stats(x, target, kind=kind))
+        self._cost += time.perf_counter() - t0
 
     def _close_global_step(self) -> None:
         """Write the loss and the batch statistics of the step about to be taken."""
         step = self.step
         loss = self._step_loss if self._step_loss is not None else self._step_backward
         if loss is not None:
-            self._append(step, ("train/loss",), loss, kind="loss")
+            self._append_loss(step, loss)
         for names, values, kind in self._pending.values():
             self._append(step, names, values, kind)
         self._pending.clear()
@@ -818,21 +903,40 @@ class Recorder:
     def _flush(self) -> list[Observation]:
         self._last_flush = time.monotonic()
         self._sampled_since_flush = 0
-        rows = self._rows
-        if not rows:
+        rows, loss_steps, loss_host = self._rows, self._loss_steps, self._loss_host
+        if not rows and not loss_steps and not loss_host:
             return []
-        self._rows = []
+        self._rows, self._loss_steps, self._loss_host = [], [], []
         fallback = self._next_step if not self.is_global else self.step
         for row in self._unlabeled:
             row.step = fallback
         self._unlabeled.clear()
         values: list[float] = []
+        losses: list[float] = []
+        n_loss = len(loss_steps)
+        parts = []
         if self._buf is not None and self._pos:
-            values = self._buf[: self._pos].tolist()  # the one host sync of this flush
+            parts.append(self._buf[: self._pos])
+        if n_loss:
+            parts.append(self._loss_buf[:n_loss])  # type: ignore[index]
+        if len(parts) == 2 and parts[0].device != parts[1].device:
+            parts[1] = parts[1].to(parts[0].device)
+        if parts:
+            flat = (torch.cat(parts) if len(parts) == 2 else parts[0]).tolist()  # the one host sync
+            values, losses = flat[: self._pos], flat[len(flat) - n_loss :]
         self._pos = 0
         obs: list[Observation] = []
         nonfinite_loss = 0
         last_loss_step: int | None = None
+        for step, v in sorted([*zip(loss_steps, losses, strict=True), *loss_host]):
+            if not math.isfinite(v):
+                nonfinite_loss += 1
+            last_loss_step = step
+            obs.append(
+                Observation.model_construct(
+                    name="train/loss", step=step, value=v, digits=None, rank=self.rank
+                )
+            )
 
         def emit(name: str, step: int, value: float) -> None:
             obs.append(
@@ -842,13 +946,7 @@ class Recorder:
         for row in rows:
             vals = row.host if row.host is not None else values[row.pos : row.pos + row.n]
             step = int(row.step if row.step is not None else fallback)
-            if row.kind == "loss":
-                v = vals[0]
-                if not math.isfinite(v):
-                    nonfinite_loss += 1
-                last_loss_step = step
-                emit("train/loss", step, v)
-            elif row.kind == "classes":
+            if row.kind == "classes":
                 counts = vals[: row.n - len(row.names)]
                 extra = vals[row.n - len(row.names) :]
                 total = sum(counts)

@@ -237,8 +237,7 @@ def test_sampling_and_flush_cadence() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     calls: list[list[Observation]] = []
     cfg = DoctorConfig(flush_every=2, flush_seconds=1e9)
-    with watch(model, opt, config=cfg, sink=calls.append) as rec:  # sample_every not set: the default
-        assert rec.sample_every == recorder_mod.DEFAULT_SAMPLE_EVERY == 10
+    with watch(model, opt, config=cfg, sink=calls.append, sample_every=10) as rec:
         for step in range(25):
             x, y = batch(step)
             loss = F.binary_cross_entropy_with_logits(model(x).squeeze(-1), y)
@@ -253,9 +252,26 @@ def test_sampling_and_flush_cadence() -> None:
     s = series([o for c in calls for o in c])
     assert sorted(s["train/loss"]) == list(range(25))  # the loss every step
     assert sorted(s["grad/norm/total"]) == [0, 10, 20]  # heavy statistics every 10th step
-    assert (
-        Recorder(model, None, config=DoctorConfig(sample_every=1)).sample_every == 1
-    )  # explicit config wins
+    fixed = Recorder(model, None, config=DoctorConfig(sample_every=1))  # explicit config: a fixed schedule
+    assert fixed.sample_every == 1 and not fixed.adaptive
+
+
+def test_default_schedule_stretches_to_the_overhead_budget() -> None:
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    got: list[Observation] = []
+    # A budget no real sample fits in: after the first two samples the gap goes to its maximum.
+    with watch(model, opt, sink=got.extend, overhead_budget=1e-9) as rec:
+        assert rec.adaptive and rec.sample_every == recorder_mod.DEFAULT_SAMPLE_EVERY == 10
+        for step in range(215):
+            x, y = batch(step % 7)
+            loss = F.binary_cross_entropy_with_logits(model(x).squeeze(-1), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            rec.record(step, loss=loss)
+    assert sorted(series(got)["grad/norm/total"]) == [0, 10, 10 + recorder_mod.MAX_SAMPLE_GAP]
+    assert len(series(got)["train/loss"]) == 215
 
 
 def test_no_host_sync_between_flushes(monkeypatch: pytest.MonkeyPatch) -> None:
