@@ -30,6 +30,7 @@ def checks_of(report: dict) -> set[str]:
     return {f["check"] for f in report["findings"]}
 
 
+@pytest.mark.slow
 def test_functional_losses_with_zero_lr_are_dead_and_seen(tmp_path):
     # 120 steps: the loss-trend window of the checks needs 100 points before a run is called dead.
     p, report, obs = wrap(tmp_path, PY, str(SCRIPTS / "functional_losses.py"), "--lr", "0", "--steps", "120")
@@ -60,6 +61,7 @@ def test_loss_modules_learning_run_is_not_dead(tmp_path):
     assert "flat_loss" not in checks_of(report)
 
 
+@pytest.mark.slow
 def test_printed_zeros_while_the_loss_is_not_zero_is_a_display_precision_finding(tmp_path):
     p, report, obs = wrap(tmp_path, PY, str(SCRIPTS / "functional_losses.py"), "--print-scale", "1e-5")
     assert b"loss=0.0000" in p.stdout
