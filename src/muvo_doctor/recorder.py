@@ -206,7 +206,6 @@ class Recorder:
         self.is_global = False
 
         self._handles: list[RemovableHandle] = []
-        self._outer_grad = True
         self._disabled = False
         self._closed = False
         self._sink_failed = False
@@ -340,8 +339,7 @@ class Recorder:
         if not self.enabled:
             return
         try:
-            with torch.no_grad():
-                self._record(step, loss, outputs, labels)
+            self._record(step, loss, outputs, labels)
         except Exception as exc:
             self._fail(exc)
 
@@ -359,9 +357,7 @@ class Recorder:
         if not self.enabled:
             return
         try:
-            self._outer_grad = torch.is_grad_enabled()
-            with torch.no_grad():
-                self._observe_loss(kind, input, target, output)
+            self._observe_loss(kind, input, target, output)
         except Exception as exc:
             self._fail(exc)
 
@@ -417,9 +413,7 @@ class Recorder:
             if self._disabled or self._closed:
                 return None
             try:
-                self._outer_grad = torch.is_grad_enabled()  # the training's grad mode, before ours
-                with torch.no_grad():
-                    fn(*args, **kwargs)
+                fn(*args, **kwargs)
             except Exception as exc:
                 self._fail(exc)
             return None  # hooks never change the training's arguments or outputs
@@ -488,7 +482,7 @@ class Recorder:
         if not isinstance(loss, torch.Tensor):
             self._loss_host.append((step, float(loss)))
             return
-        lt = loss if loss.numel() == 1 else loss.float().mean()
+        lt = loss.detach() if loss.numel() == 1 else loss.detach().float().mean()
         buf = self._loss_buf
         n = len(self._loss_steps)
         if buf is None or buf.device != lt.device or n >= buf.numel():
@@ -630,6 +624,11 @@ class Recorder:
         if not st.sampled:
             return
         t0 = time.perf_counter()
+        with torch.no_grad():  # hooks run in the caller's grad mode; parameters require grad
+            self._pre_step_sample(st)
+        self._cost += time.perf_counter() - t0
+
+    def _pre_step_sample(self, st: _OptState) -> None:
         self._inventory(st)
         if not st.params:
             return
@@ -638,16 +637,16 @@ class Recorder:
         self._param_states(st, step)
         # Pre-step copy for the update ratio: one grouped copy kernel over all tensors.
         st.before = torch._foreach_mul(self._heads(st), 1.0)
-        self._cost += time.perf_counter() - t0
 
     def _on_post_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         st = self._attach(opt)
         step = self.step if self.is_global else None
         if st.sampled and st.before is not None:
             t0 = time.perf_counter()
-            self._update_stats(st, step)
+            with torch.no_grad():
+                self._update_stats(st, step)
+                self._arm_probe(st)
             st.before = None
-            self._arm_probe(st)
             self._cost += time.perf_counter() - t0
         st.count += 1
         if self.is_global and st is self._primary:
@@ -805,7 +804,7 @@ class Recorder:
                 self._remove_discovery()
                 self._discovery_suspended = True
                 return
-        if not self._first_forward_pending or not self._outer_grad:
+        if not self._first_forward_pending or not torch.is_grad_enabled():
             return
         if isinstance(module, torch.nn.modules.loss._Loss):
             return
@@ -856,7 +855,7 @@ class Recorder:
     def _observe_loss(
         self, kind: str, input: torch.Tensor, target: torch.Tensor | None, output: torch.Tensor
     ) -> None:
-        if not self._outer_grad or not isinstance(output, torch.Tensor) or output.numel() == 0:
+        if not torch.is_grad_enabled() or not isinstance(output, torch.Tensor) or output.numel() == 0:
             return  # evaluation losses (no_grad) are not the training loss
         if output is self._last_loss_out:
             return  # the same call seen twice (a loss module and the function it calls)
