@@ -91,14 +91,7 @@ def install(fd: int) -> Any:
     r = rank()
     channel.send_lines([encode(Hello(stage="torch", rank=r, pid=os.getpid()))])
 
-    import torch.optim.optimizer as optimizer_module
-
     from muvo_doctor.recorder import Recorder
-
-    if not hasattr(torch.optim, "optimizer"):
-        # torch >= 2.10 drops the submodule attribute; the recorder reaches its global hooks
-        # through it (remove once recorder.py imports the functions directly).
-        torch.optim.optimizer = optimizer_module  # type: ignore[attr-defined]
 
     kwargs: dict[str, Any] = {"sink": channel.sink, "rank": r}
     config_path = os.environ.get("MUVO_DOCTOR_CONFIG")
