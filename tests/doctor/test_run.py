@@ -210,6 +210,12 @@ def test_non_python_command_is_judged_by_its_printed_numbers(tmp_path):
     assert len(printed) == len(train) == 60
     assert {o.digits for o in printed} == {4} and {o.value for o in train} == {0.6931}
     assert [o.step for o in train] == list(range(60))
+    # `audit` reads the record later and reaches the same verdict.
+    audit = subprocess.run(
+        [PY, "-m", "muvo_doctor", "audit", "--json", str(record)], capture_output=True, timeout=60
+    )
+    again = json.loads(audit.stdout)
+    assert again["verdict"] == "dead" and "flat_loss" in {f["check"] for f in again["findings"]}
 
 
 def test_fail_on_dead_exits_1_and_fail_on_warning_too():
