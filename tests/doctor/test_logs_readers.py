@@ -286,3 +286,9 @@ def test_fairseq_and_timm_lines(tmp_path):
     assert list(h.series("train/loss").steps[:5]) == [500, 1000, 1500, 2000, 2500]
     assert h.series("grad/norm/total") is not None and "wps" not in h.names()
     assert "train" not in h.names() and "data" not in h.names() and "time" not in h.names()
+
+
+def test_split_line_at_the_start_of_a_file(tmp_path):
+    h, _ = read(write(tmp_path, "v.log", "Validation: loss 0.41 acc 0.8\nloss 0.5\n"))
+    assert list(h.series("val/loss").values) == [0.41] and list(h.series("train/loss").values) == [0.5]
+    assert list(h.series("val/acc").values) == [0.8]

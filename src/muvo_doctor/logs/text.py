@@ -462,8 +462,10 @@ def read_text(path: str, add: AddPoint, *, keep_rewrites: bool = False) -> TextS
             text = text.replace("\r", "\n") if keep_rewrites else _drop_rewrites(text)
         if b"Epoch" in raw:
             text = _MMDET_RE.sub(_mmdet_step, text)
+        text = "\n" + text  # so the chunk's first line can be a split line too
         if _SPLIT_LINE_RE.search(text):  # cheap: the pattern starts with a newline
             text = _SPLIT_LINE_RE.sub(_split_line, text)
+        text = text[1:]
         pairs = findall(text.replace("\n", _NL_MARK))
         if pairs:
             _pairs_to_points(pairs, kinds, st, add)
