@@ -116,6 +116,13 @@ def _is_tty(fd: int) -> bool:
         return False
 
 
+def _foreground(fd: int) -> bool:
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:  # a terminal that is not our controlling one: no job control, no SIGTTOU
+        return True
+
+
 def _winsize(fd: int) -> bytes | None:
     try:
         return fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
@@ -218,7 +225,9 @@ class Runner:
 
     def _spawn(self, env: dict[str, str]) -> None:
         cmd = self.opts.command
-        stdin_tty = _is_tty(0)
+        # Typed keys are forwarded only when we own the terminal: a background job (`... &`) that
+        # switched it to raw mode would be stopped by SIGTTOU.
+        stdin_tty = _is_tty(0) and _foreground(0)
         if self.use_pty:
             import pty
 
