@@ -319,9 +319,13 @@ class Runner:
                 )
                 return 127 if exc.errno == errno.ENOENT else 126
             started = True
-            self._setup()
-            self._safe(self.view.start, "view")
-            self._loop()
+            try:
+                self._setup()
+                self._safe(self.view.start, "view")
+                self._loop()
+            except Exception as exc:  # a doctor bug: the training goes on, unwatched
+                self.say_once("internal", f"internal error ({exc!r}); the training goes on unmonitored")
+                self._passthrough_rest()
         finally:
             self._restore_tty()
             for s, h in old_handlers.items():
@@ -340,7 +344,6 @@ class Runner:
         assert self.child is not None
         exited_at: float | None = None
         while True:
-            now = time.monotonic()
             if exited_at is None:
                 timeout = EVALUATE_EVERY_S
             else:
@@ -369,7 +372,33 @@ class Runner:
                 break
             if self._dirty and time.monotonic() - self._last_eval >= EVALUATE_EVERY_S:
                 self._evaluate()
-            _ = now
+
+    def _passthrough_rest(self) -> None:
+        """After an internal error: only copy bytes and forward signals until the child ends."""
+        assert self.child is not None
+        while self.child.poll() is None or self._has_outputs():
+            for key, _ in self.sel.select(0.1):
+                fd, what = key.fd, key.data
+                if what in ("out", "err"):
+                    try:
+                        data = os.read(fd, 65536)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    if not data:
+                        self.sel.unregister(fd)
+                        continue
+                    with contextlib.suppress(OSError):
+                        _write_all(1 if what == "out" else 2, data)
+                elif what == "stdin":
+                    self._forward_stdin()
+                elif what in ("wake", "fifo"):
+                    with contextlib.suppress(OSError):
+                        os.read(fd, 1 << 16)
+            self._handle_signals()
+            self._timers()
+        self.returncode = self.child.returncode
 
     def _has_outputs(self) -> bool:
         return any(k.data in ("out", "err") for k in self.sel.get_map().values())
@@ -592,6 +621,21 @@ class Runner:
         if self.child is not None and self.returncode is None:
             # We are leaving early (an exception in the loop): do not orphan the training.
             self.returncode = self.child.wait()
+        # Without a doctor or a view the set-up itself failed (reported): nothing to judge or write.
+        if self.doctor is not None and self.view is not None:
+            self._judge_and_write()
+        with contextlib.suppress(Exception):
+            self.sel.close()
+        if getattr(self, "master", -1) >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.master)
+        if self.child is not None:
+            for s in (self.child.stdout, self.child.stderr):
+                if s is not None:
+                    with contextlib.suppress(OSError):
+                        s.close()
+
+    def _judge_and_write(self) -> None:
         try:
             self._evaluate()
         except Exception as exc:
@@ -612,19 +656,9 @@ class Runner:
                 Path(self.opts.report).write_text(report.to_json() + "\n", encoding="utf-8")
             except OSError as exc:
                 self.say_once("report", f"--report {self.opts.report}: cannot write ({exc.strerror})")
-        with contextlib.suppress(Exception):
-            self.sel.close()
-        if self.master >= 0 if hasattr(self, "master") else False:
-            with contextlib.suppress(OSError):
-                os.close(self.master)
-        if self.child is not None:
-            for s in (self.child.stdout, self.child.stderr):
-                if s is not None:
-                    with contextlib.suppress(OSError):
-                        s.close()
 
     def _exit_code(self) -> int:
-        verdict = self.doctor.verdict
+        verdict = self.doctor.verdict if self.doctor is not None else "healthy"
         if self.opts.fail_on == "warning" and verdict in ("warning", "dead"):
             return 1
         if self.opts.fail_on == "dead" and verdict == "dead":

@@ -310,3 +310,19 @@ def test_typed_input_and_ctrl_c_in_a_terminal_reach_the_child():
     assert b"graceful stop" in _read_until(master, b"graceful stop")
     assert proc.wait(timeout=30) == 7
     os.close(master)
+
+
+def test_an_internal_error_leaves_the_training_running_and_its_output_whole(monkeypatch, capfd):
+    from muvo_doctor import runner
+
+    def broken_setup(self):
+        raise RuntimeError("simulated doctor bug")
+
+    monkeypatch.setattr(runner.Runner, "_setup", broken_setup)
+    code = runner.run(
+        runner.RunOptions(command=["sh", "-c", "for i in 1 2 3; do echo line $i; done; exit 4"])
+    )
+    out, err = capfd.readouterr()
+    assert code == 4
+    assert out == "line 1\nline 2\nline 3\n"
+    assert err.count("simulated doctor bug") == 1 and "goes on unmonitored" in err
