@@ -103,7 +103,7 @@ class SyntheticConfig(BaseModel):
     image_noise: float = Field(0.02, ge=0.0)
     range_noise: float = Field(0.02, ge=0.0)
     intensity_noise: float = Field(0.03, ge=0.0)
-    max_retries: int = Field(6, ge=0)
+    max_retries: int = Field(8, ge=0)
     rays_per_chunk: int = Field(1 << 20, ge=1)
 
     @model_validator(mode="after")
@@ -318,11 +318,17 @@ def _clutter_slots() -> list[int]:
 
 
 def _shape_geometry(
-    g: torch.Generator, n: int, kind: torch.Tensor, road_hw: torch.Tensor, cfg: SyntheticConfig
+    g: torch.Generator,
+    n: int,
+    kind: torch.Tensor,
+    road_hw: torch.Tensor,
+    cfg: SyntheticConfig,
+    reach: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Geometry of n corridor objects of the given kind (0 box, 1 ellipsoid, 2 cone); one distribution for
-    normal clutter and anomalies (the anomaly cue is added on top)."""
-    x = _u(g, *cfg.anomaly_distance, n)
+    normal clutter and anomalies (the anomaly cue is added on top). reach < 1 keeps them nearer."""
+    near, far = cfg.anomaly_distance
+    x = _u(g, near, near + reach * (far - near), n)
     y = _u(g, -1.0, 1.0, n) * (road_hw - 0.6)
     a, b, c = _u(g, 0.25, 0.8, n), _u(g, 0.25, 0.8, n), _u(g, 0.25, 0.8, n)  # half extents / semi axes
     return {"x": x, "y": y, "a": a, "b": b, "c": c, "kind": kind}
@@ -369,7 +375,7 @@ def _place_clutter(g: torch.Generator, s: _Scene, positive: torch.Tensor, cfg: S
 
 
 def _place_anomaly(
-    g: torch.Generator, cam: _Scene, lid: _Scene, rows: torch.Tensor, cfg: SyntheticConfig
+    g: torch.Generator, cam: _Scene, lid: _Scene, rows: torch.Tensor, cfg: SyntheticConfig, reach: float = 1.0
 ) -> None:
     """Put one anomaly in each frame of `rows`, with per-modality cues (cam / lid scenes differ only here)."""
     m = rows.shape[0]
@@ -384,7 +390,7 @@ def _place_anomaly(
     col = torch.where(
         types == ANOMALY_HOME, _ANOM_BOX, torch.where(types == ANOMALY_ANIMAL, _ANOM_ELL, _ANOM_CONE)
     )
-    geo = _shape_geometry(g, m, _TYPE[col], cam.road_hw[rows], cfg)
+    geo = _shape_geometry(g, m, _TYPE[col], cam.road_hw[rows], cfg, reach)
     k = cfg.contrast
     base_col = _muted(g, m, 1)[:, 0]
     vivid = _vivid(g, m)
@@ -860,11 +866,12 @@ def generate(
     rows = positive.nonzero()[:, 0]
     _place_anomaly(g, cam, lid, rows, cfg)
     out = _render(cam, lid, cfg, dev, gdev)
-    for _ in range(cfg.max_retries):
+    for attempt in range(cfg.max_retries):
         failed = rows[~_visible(out, cfg)[rows.to(dev)].cpu()]
         if failed.numel() == 0:
             break
-        _place_anomaly(g, cam, lid, failed, cfg)
+        # later attempts place the anomaly in the nearer half of the range, where fewer things hide it
+        _place_anomaly(g, cam, lid, failed, cfg, 1.0 if attempt < 2 else 0.5)
         redo = _render(cam.index(failed), lid.index(failed), cfg, dev, gdev)
         fd = failed.to(dev)
         for key in out:
