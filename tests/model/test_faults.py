@@ -73,16 +73,16 @@ def test_random_labels_ends_at_the_prior() -> None:
     cfg = load_run_config(
         None,
         [
-            "data.train_frames=256",
-            "data.val_frames=256",
+            "data.train_frames=128",
+            "data.val_frames=192",
             "data.image_size=48",
             "data.points=256",
             "model.width=16",
             "train.batch_size=64",
             "train.threads=1",
-            "train.steps=150",
-            "train.log_every=50",
-            "train.eval_every=150",
+            "train.steps=120",
+            "train.log_every=40",
+            "train.eval_every=120",
             "doctor.enabled=false",
         ],
     )

@@ -53,10 +53,11 @@ def test_toml_file_and_overrides_resolve_in_order(tmp_path) -> None:
 
 
 def test_describe_prints_config_data_and_parameters(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--describe", "--arch", "original"] + [x for s in TINY for x in ("--set", s)]
+    sets = [*TINY, "data.train_frames=32", "data.val_frames=24"]
+    argv = ["--describe", "--arch", "original"] + [x for s in sets for x in ("--set", s)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "[train]" in out and "train: 96 frames" in out and "val: 64 frames" in out
+    assert "[train]" in out and "train: 32 frames" in out and "val: 24 frames" in out
     assert "792,321 parameters" in out
 
 
