@@ -29,7 +29,7 @@ class DataConfig(_Section):
     source: Literal["synthetic", "anovox"] = "synthetic"
     root: str | None = None  # AnoVox root folder (source = "anovox")
     train_frames: int = Field(768, ge=2)  # synthetic: frames in the training split
-    val_frames: int = Field(256, ge=2)  # synthetic: frames in the held-out split (other scenarios)
+    val_frames: int = Field(512, ge=2)  # synthetic: frames in the held-out split (other scenarios)
     image_size: int = Field(64, ge=16)  # synthetic: square images, pixels per side
     points: int = Field(512, ge=8)  # points per frame (padded / subsampled to this many)
     seed: int = 0  # synthetic: the data seed (the validation split uses other scenarios)

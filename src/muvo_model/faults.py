@@ -206,10 +206,10 @@ class NoZeroGrad(Fault):
 class ExplodingLR(Fault):
     name = "exploding-lr"
     bug = "learning rate 1000x too large (a units mistake, e.g. 2 instead of 2e-3)"
-    symptom = "the loss jumps to huge values or NaN after warmup"
+    symptom = "the loss jumps from ~1 to 1e4-1e6 within the first steps (and may become NaN)"
     doctor = "the loss diverges, gradients explode and values become non-finite"
     checks = ("divergence", "exploding_gradients", "nan_inf")
-    onset = 10
+    onset = 1
     lr_scale = 1000.0
 
 
