@@ -9,8 +9,9 @@ What it does:
     a display question, see ``display_precision``). A loss that is exactly zero, like an unused
     auxiliary loss, is not flat; neither is a small loss that still moves. The main training loss
     sitting at zero (at its precision) from its very first record on is flat: nothing shows learning;
-    so is a raw (unrounded) main loss that fell to exactly 0.0 and stays there: a stochastic loss is
-    never exactly zero unless its outputs saturated, and then no gradient flows.
+    so is a raw (unrounded) main loss that collapsed below ``flat_abs_zero`` and stays there: a
+    stochastic loss is never that close to zero unless its outputs saturated, and then no gradient
+    flows. (A loss that is small but still moving, 1e-5 and falling, is not flat.)
 
 Why it matters:
     A loss that does not move means the weights do not change or do not affect it: a detached loss,
@@ -81,10 +82,10 @@ def _zero_main(s) -> Finding:
 
 
 def _exact_zero_after_decline(s) -> Finding:
-    nz = np.flatnonzero(s.values != 0.0)
+    nz = np.flatnonzero(~(np.abs(s.values) < 1e-12))
     start = int(nz[-1]) + 1 if len(nz) else 0
     msg = (
-        f"{s.name} fell from {fmt(float(s.values[0]))} to exactly 0 and has stayed at exactly 0 for "
+        f"{s.name} fell from {fmt(float(s.values[0]))} to (almost) exactly 0 (below 1e-12) and has stayed there for "
         f"{len(s) - start} points since step {int(s.steps[start])}: a minibatch loss that is exactly zero "
         f"gives no gradient (saturated outputs, or a loss the model can satisfy without the labels)."
     )
@@ -107,7 +108,13 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
         if not flat and main and _zero_all_along(s.values, s.digits, t):
             found.append(_zero_main(s))
             continue
-        if not flat and main and s.digits is None and bool(np.all(w == 0.0)):
+        if (
+            not flat
+            and main
+            and s.digits is None
+            and bool(np.all(np.abs(w) < t.flat_abs_zero))
+            and abs(s.values[0]) >= t.flat_abs_zero
+        ):
             found.append(_exact_zero_after_decline(s))
             continue
         if not flat:

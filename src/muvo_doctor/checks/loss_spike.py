@@ -4,9 +4,11 @@ What it does:
     Computes a robust z-score of every step-to-step change of the training loss (median and MAD of
     the differences, so the noise itself sets the scale). A spike is a jump above ``spike_z`` that is
     also at least ``spike_min_rel`` of the loss level before it and that comes back down within
-    ``spike_return_points`` points. ``spike_warn_count`` or more spikes warn; fewer are info (one
-    early spike during warm-up or from a hard batch is normal). A jump that never comes back is
-    ``divergence``.
+    ``spike_return_points`` points. A spike warns when it set the run back: the median of the 10
+    points after it sits at least ``spike_setback`` (relative) and ``spike_setback_of_jump`` (of the
+    jump) above the median of the 10 before. Spikes that
+    vanish at once (a hard batch; a rare positive under ``pos_weight``) are info. A jump that never
+    comes back is ``divergence``.
 
 Why it matters:
     Isolated spikes come from bad batches (corrupt samples, extreme labels), a learning rate at the
@@ -52,36 +54,49 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
             return []
     z = (d - med) / mad
     before = v[:-1]
-    level = np.maximum(np.abs(before), 1e-12)
+    # Jumps far below the loss's own scale (1e-6 -> 5e-6 on a collapsed loss) are not spikes.
+    floor = 1e-3 * float(np.max(np.abs(v)))
+    level = np.maximum(np.abs(before), max(floor, 1e-12))
     cand = np.flatnonzero((z > t.spike_z) & (d > t.spike_min_rel * level))
     if len(cand) == 0:
         return []
     r = t.spike_return_points
     spikes: list[int] = []
+    setbacks: list[int] = []
     for i in cand[:1000]:  # i: jump from v[i] to v[i+1]
         after = v[i + 2 : i + 2 + r]
         if len(after) == 0:
             continue  # too recent to tell a spike from a divergence
         if after.min() <= v[i] + 0.5 * d[i]:
             spikes.append(int(i))
+            pre, post = v[max(0, i - 9) : i + 1], v[i + 2 : i + 12]
+            rise = float(np.median(post) - np.median(pre)) if len(post) >= 5 else 0.0
+            if rise > t.spike_setback * abs(float(np.median(pre))) and rise > t.spike_setback_of_jump * d[i]:
+                setbacks.append(int(i))
     if not spikes:
         return []
-    i = spikes[0]
+    i = setbacks[0] if setbacks else spikes[0]
     biggest = max(spikes, key=lambda j: z[j])
     msg = (
         f"{LOSS} jumped from {fmt(float(v[i]))} to {fmt(float(v[i + 1]))} at step {int(steps[i + 1])} "
         f"(robust z = {z[i]:.1f}) and came back; {len(spikes)} such spike(s), the largest z = {z[biggest]:.1f} "
-        f"at step {int(steps[biggest + 1])}."
+        f"at step {int(steps[biggest + 1])}"
+        + (
+            f"; {len(setbacks)} set the loss back by more than {t.spike_setback:.0%}."
+            if setbacks
+            else "; each vanished at once (no setback)."
+        )
     )
     return [
         make(
             ID,
-            "warning" if len(spikes) >= t.spike_warn_count else "info",
+            "warning" if setbacks else "info",
             int(steps[i + 1]),
             msg,
             {
                 "series": LOSS,
                 "spikes": len(spikes),
+                "setbacks": len(setbacks),
                 "spike_steps": [int(steps[j + 1]) for j in spikes[:20]],
                 "max_z": float(z[biggest]),
                 "before": float(v[i]),

@@ -2,7 +2,8 @@
 
 What it does:
     Over the last ``ms_min_evals`` evaluations: ``val/auroc`` within ``ms_auroc_tol`` of 0.5 on
-    every one (and never above 0.5 + 2x that tolerance) is chance; ``val/map`` below
+    every one (and never above 0.5 + 2x that tolerance) is chance, and so is an AUROC below
+    0.5 + 2x that tolerance that no longer changes at all (range <= 0.001: the model froze); ``val/map`` below
     ``ms_map_floor`` on every one means nothing is detected; an accuracy (``val/acc``, else
     ``train/acc``) within ``ms_acc_tol`` of 1/K (K = 2..10) or of the label majority rate, that never
     rose above it, is chance or the prior. All critical. An accuracy that has not changed at all
@@ -62,6 +63,13 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
                 "evals": len(v),
             }
             return [make(ID, "critical", int(steps[0]), msg, ev, ADVICE)]
+        if float(w.max() - w.min()) <= 1e-3 and float(np.median(w)) < 0.5 + 2 * t.ms_auroc_tol:
+            msg = (
+                f"val/auroc has stayed at {float(np.median(w)):.3f} for the last {k} evaluations (range "
+                f"{float(w.max() - w.min()):.4f}): the model's scores no longer change and barely beat chance."
+            )
+            ev = {"series": "val/auroc", "median": float(np.median(w)), "range": float(w.max() - w.min())}
+            return [make(ID, "critical", int(steps[-k]), msg, ev, ADVICE)]
     mp = _recent(history, "val/map", k)
     if mp is not None:
         steps, v, w = mp
