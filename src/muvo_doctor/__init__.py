@@ -12,20 +12,26 @@ Importing this package does not import torch; ``watch`` and ``Recorder`` do on f
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
-
-from muvo_doctor.config import DoctorConfig, load_config
-from muvo_doctor.doctor import Doctor
-from muvo_doctor.finding import Finding, Report
-from muvo_doctor.observation import Observation
 
 __all__ = ["Doctor", "DoctorConfig", "Finding", "Observation", "Recorder", "Report", "load_config", "watch"]
 
+# Everything is imported on first use: the `run` wrapper's child bootstrap imports this package inside
+# every training process, and `explain`/`audit` should not pay for torch.
+_WHERE = {
+    "Doctor": "muvo_doctor.doctor",
+    "DoctorConfig": "muvo_doctor.config",
+    "load_config": "muvo_doctor.config",
+    "Finding": "muvo_doctor.finding",
+    "Report": "muvo_doctor.finding",
+    "Observation": "muvo_doctor.observation",
+    "Recorder": "muvo_doctor.recorder",
+    "watch": "muvo_doctor.recorder",
+}
+
 
 def __getattr__(name: str) -> Any:
-    # torch is imported lazily so log audits and `explain` start fast.
-    if name in ("Recorder", "watch"):
-        from muvo_doctor import recorder
-
-        return getattr(recorder, name)
-    raise AttributeError(name)
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'muvo_doctor' has no attribute {name!r}")
