@@ -58,7 +58,7 @@ SATURATED_PROB = 1e-3  # a probability this close to 0 or 1 counts as saturated
 # removed (re-installed when an optimizer first steps): inference-only programs stay fast.
 IDLE_FORWARDS = 20_000
 _BUFFER_START = 4096
-_LOSS_BUFFER = 1024  # per-step losses between flushes; a full buffer flushes early  # floats in the device buffer; doubles as needed up to _BUFFER_MAX
+_LOSS_CHUNK = 256  # per-step loss references stacked into one device tensor at a time  # floats in the device buffer; doubles as needed up to _BUFFER_MAX
 _BUFFER_MAX = 1 << 22
 
 _LOSS_KINDS = {
@@ -228,7 +228,8 @@ class Recorder:
         self._n_samples = 0
         self._step_time: float | None = None  # EMA of wall seconds per unsampled step
         self._last_tick: float | None = None
-        self._loss_buf: torch.Tensor | None = None
+        self._loss_refs: list[torch.Tensor] = []
+        self._loss_chunks: list[torch.Tensor] = []
         self._loss_steps: list[int] = []
         self._loss_host: list[tuple[int, float]] = []
         self._next_step = 0
@@ -236,7 +237,7 @@ class Recorder:
         self._primary: _OptState | None = None
         self._names: dict[int, str] = {}  # id(param) -> dotted parameter name
         self._stale_probe: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._probe_hooked: set[int] = set()
+        self._probe_handle: RemovableHandle | None = None
         # Global mode.
         self._roots: list[torch.nn.Module] = []
         self._first_forward_pending = True
@@ -434,6 +435,7 @@ class Recorder:
             pass
 
     def _remove_hooks(self) -> None:
+        self._disarm_probe()
         for h in self._handles:
             h.remove()
         self._handles.clear()
@@ -478,20 +480,22 @@ class Recorder:
         self._rows.append(row)
 
     def _append_loss(self, step: int, loss: torch.Tensor | float) -> None:
-        """The every-step path: one copy kernel into the loss buffer, no allocation on the host side."""
+        """The every-step path: keep a detached reference, launch nothing.
+
+        Every ``_LOSS_CHUNK`` losses are stacked into one device tensor (one kernel), so the
+        references held stay few; the flush concatenates the chunks with the other statistics.
+        """
         if not isinstance(loss, torch.Tensor):
             self._loss_host.append((step, float(loss)))
             return
-        lt = loss.detach() if loss.numel() == 1 else loss.detach().float().mean()
-        buf = self._loss_buf
-        n = len(self._loss_steps)
-        if buf is None or buf.device != lt.device or n >= buf.numel():
-            if buf is not None and n:
-                self._flush()
-                n = 0
-            if buf is None or buf.device != lt.device:
-                buf = self._loss_buf = torch.empty(_LOSS_BUFFER, dtype=torch.float32, device=lt.device)
-        buf[n].copy_(lt.reshape(()))
+        lt = loss.detach()
+        if lt.numel() != 1:
+            lt = lt.float().mean()
+        refs = self._loss_refs
+        if refs and (len(refs) >= _LOSS_CHUNK or refs[0].device != lt.device):
+            self._loss_chunks.append(torch.stack(refs).reshape(-1).float())
+            refs.clear()
+        refs.append(lt)
         self._loss_steps.append(step)
 
     def _sample_due(self, counter: int) -> bool:
@@ -773,18 +777,24 @@ class Recorder:
         """
         for p in st.params:
             if p.grad is not None and not p.grad.is_sparse and p.requires_grad:
-                if id(p) not in self._probe_hooked:
-                    self._probe_hooked.add(id(p))
-                    self._handles.append(p.register_hook(self._guard(self._on_probe_grad(p))))
+                self._disarm_probe()
+                # Hooked only while armed: no Python call in the backward of unsampled steps.
+                self._probe_handle = p.register_hook(self._guard(self._on_probe_grad(p)))
                 self._stale_probe = (p, torch.linalg.vector_norm(p.grad.detach()).float())
                 return
+
+    def _disarm_probe(self) -> None:
+        if self._probe_handle is not None:
+            self._probe_handle.remove()
+            self._probe_handle = None
+        self._stale_probe = None
 
     def _on_probe_grad(self, p: torch.Tensor) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
             probe = self._stale_probe
             if probe is None or probe[0] is not p:
                 return
-            self._stale_probe = None
+            self._disarm_probe()
             step = self.step if self.is_global else None
             if p.grad is None:  # zero_grad(set_to_none=True): the host knows, no device work
                 self._append_host(step, ("grad/stale",), [0.0])
@@ -913,15 +923,17 @@ class Recorder:
         values: list[float] = []
         losses: list[float] = []
         n_loss = len(loss_steps)
-        parts = []
+        parts: list[torch.Tensor] = []
         if self._buf is not None and self._pos:
             parts.append(self._buf[: self._pos])
-        if n_loss:
-            parts.append(self._loss_buf[:n_loss])  # type: ignore[index]
-        if len(parts) == 2 and parts[0].device != parts[1].device:
-            parts[1] = parts[1].to(parts[0].device)
+        parts += self._loss_chunks
+        if self._loss_refs:
+            parts.append(torch.stack(self._loss_refs).reshape(-1).float())
+        self._loss_chunks, self._loss_refs = [], []
         if parts:
-            flat = (torch.cat(parts) if len(parts) == 2 else parts[0]).tolist()  # the one host sync
+            dev = parts[0].device
+            parts = [x if x.device == dev else x.to(dev) for x in parts]
+            flat = (torch.cat(parts) if len(parts) > 1 else parts[0]).tolist()  # the one host sync
             values, losses = flat[: self._pos], flat[len(flat) - n_loss :]
         self._pos = 0
         obs: list[Observation] = []
