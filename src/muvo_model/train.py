@@ -186,15 +186,17 @@ class LossSpec:
     point_pos_weight: torch.Tensor | None  # point BCE: the same for anomaly points
     point_weight: float  # 0 disables the point loss
 
+    def __post_init__(self) -> None:
+        # A loss module, not the functional form: the doctor's loss-input hook sees module calls in-process.
+        self.criterion = nn.BCEWithLogitsLoss(pos_weight=self.pos_weight)
+
 
 def compute_loss(
     out: dict[str, torch.Tensor | None], labels: torch.Tensor, batch: Frames, spec: LossSpec, fault: Fault
 ) -> torch.Tensor:
     """Frame BCE-with-logits (+ masked per-point BCE for the fusion model), in fp32."""
 
-    def bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(logits, y, pos_weight=spec.pos_weight)
-
+    bce = spec.criterion
     frame_logit = out["frame_logit"]
     assert frame_logit is not None
     loss = fault.frame_loss(frame_logit.float(), labels, bce)  # FAULT HOOK: the frame loss

@@ -36,7 +36,9 @@ class Frames:
         return int(self.frame_label.shape[0])
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Frames:
-        return Frames(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+        return Frames(
+            **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)}
+        )
 
     def index(self, idx: torch.Tensor | slice) -> Frames:
         return Frames(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
