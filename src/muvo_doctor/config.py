@@ -44,9 +44,9 @@ class Thresholds(BaseModel):
     spike_z: float = 12.0  # robust z of a step-to-step jump; heavy-tailed minibatch noise reaches ~6-8
     spike_min_rel: float = 0.5  # the jump must also be at least 50% of the loss level
     spike_return_points: int = 5  # ... and the loss must come back within this many points (isolated)
-    spike_setback: float = 0.5  # a spike warns only if the 10 points after it sit >= 50% above the 10
+    spike_setback: float = 1.0  # a spike warns only if the 10 points after it sit >= 100% above the 10
     # before (it undid progress); spikes that vanish at once (a hard batch, pos_weight) are info
-    spike_setback_of_jump: float = 0.05  # ... and by >= 5% of the jump (low levels are noisy)
+    spike_setback_of_jump: float = 0.15  # ... and by >= 15% of the jump (healthy pos_weight runs: <= 8%)
     # -- vanishing_gradients (AUTOTRAINER defaults: beta1=1e-3 ratio, beta2=1e-4 absolute)
     vg_ratio: float = 1e-3  # a module whose gradient norm is below 1e-3 x the largest module's is quiet
     vg_abs: float = 1e-4  # ... and below this absolute norm

@@ -189,8 +189,8 @@ def test_one_spike_is_not_divergence() -> None:
 @pytest.mark.parametrize(
     ("jump", "setback", "severity"),
     [
-        (1.0, T.spike_setback * 1.5, "warning"),  # the spike knocked the loss back up
-        (1.0, T.spike_setback * 0.5, "info"),  # a hard batch: gone at once
+        (3.0, T.spike_setback * 1.5, "warning"),  # the spike knocked the loss back up
+        (3.0, T.spike_setback * 0.5, "info"),  # a hard batch: gone at once
         (0.2, T.spike_setback * 1.5, None),  # 40% of the level: below spike_min_rel
     ],
 )

@@ -4,7 +4,7 @@ What it does:
     Takes medians of blocks of ``div_block`` loss points (so a single spike does not count) and tracks
     the best block so far. The loss diverges when ``div_patience`` blocks in a row sit above
     ``best + div_factor * scale``, where the scale is the larger of |best| and how far the loss had
-    come down from its start: far above anything the run has seen. Non-finite loss points count as
+    come down from its first point: far above anything the run has seen. Non-finite loss points count as
     infinitely high. Critical while it stays up; a warning if it came back down.
 
 Why it matters:
@@ -45,8 +45,11 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
     blocks = np.sort(v[: nb * b].reshape(nb, b), axis=1)[:, b // 2]
     if not np.isfinite(blocks[0]):
         return []
-    best = np.minimum.accumulate(blocks)
-    scale = np.maximum(np.abs(best), np.abs(blocks[0] - best))
+    # The very first point is the start: a learning rate that explodes the loss within the first
+    # block would otherwise make that block the reference.
+    v0 = float(v[0]) if np.isfinite(v[0]) else float(blocks[0])
+    best = np.minimum(np.minimum.accumulate(blocks), v0)
+    scale = np.maximum(np.abs(best), np.abs(v0 - best))
     scale = np.maximum(scale, 1e-12)
     with np.errstate(invalid="ignore"):
         high = (blocks - best) > t.div_factor * scale

@@ -8,8 +8,10 @@ What it does:
     within ``pb_rel_band`` of one of them (or ``pb_noise_z`` standard errors, whichever is larger)
     and does not trend down inside the window, the model has learned only the prior: critical. The
     message adds the accuracy (vs the majority rate, ``pb_acc_tol``) and AUROC (vs 0.5,
-    ``pb_auroc_tol``) when they were recorded. A latest AUROC above 0.5 + 2 ``ms_auroc_tol``, or an
-    accuracy clearly above the majority rate, vetoes it: the model uses its input. Without labels (logs) the prior is inferred: a loss
+    ``pb_auroc_tol``) when they were recorded. When a held-out AUROC is recorded it must confirm:
+    3 evaluations whose median is at most 0.5 + ``pb_auroc_tol`` (a slow learner sits at the prior for
+    a while too). A latest AUROC above 0.5 + 2 ``ms_auroc_tol``, or an accuracy clearly above the
+    majority rate, vetoes it: the model uses its input. Without labels (logs) the prior is inferred: a loss
     plateau at the Bernoulli entropy H(1 - acc) of the accuracy plateau (0.325 with 90%: sure), or
     a plateau at ln K for K classes (uniform prediction; surer when the accuracy is 1/K).
 
@@ -99,13 +101,17 @@ def _with_labels(history: History, t, prior) -> Finding | None:
     acc = _recent_median(history, "train/acc", t.pb_window) or _recent_median(
         history, "val/acc", t.ms_min_evals
     )
-    auroc = _recent_median(history, "val/auroc", t.ms_min_evals)
+    auroc = _recent_median(history, "val/auroc", 3)
     acc_at = acc is not None and abs(acc[0] - prior.majority) <= t.pb_acc_tol + 2 * acc[1]
+    # "At chance" includes below it: scores that do not beat chance carry no signal either.
+    auroc_at = auroc is not None and auroc[0] <= 0.5 + t.pb_auroc_tol
     if auroc_learns(history, t) is not None:
         return None  # the held-out scores rank: the model uses its input, whatever the loss says
+    evals = finite(history, "val/auroc")
+    if evals is not None and (len(evals[1]) < 3 or not auroc_at):
+        return None  # with a held-out AUROC, wait for 3 evaluations and require them at chance
     if acc is not None and acc[0] > prior.majority + t.pb_acc_tol + 2 * acc[1]:
         return None  # beats the majority rate
-    auroc_at = auroc is not None and abs(auroc[0] - 0.5) <= t.pb_auroc_tol
     evidence: dict = {"prior_p": prior.p, "prior_entropy": prior.entropy, "majority_rate": prior.majority}
     parts: list[str] = []
     step = None
@@ -134,7 +140,7 @@ def _with_labels(history: History, t, prior) -> Finding | None:
         parts.append(f"accuracy {acc[0]:.1%} {rel} majority rate {prior.majority:.1%}")
         evidence["accuracy"] = acc[0]
     if auroc is not None:
-        parts.append(f"AUROC {auroc[0]:.3f}" + (" ≈ 0.5" if auroc_at else ""))
+        parts.append(f"AUROC {auroc[0]:.3f}" + (" (chance 0.5)" if auroc_at else ""))
         evidence["auroc"] = auroc[0]
     if step is None:
         got = finite(history, "train/acc") or finite(history, "val/acc")
