@@ -71,10 +71,8 @@ def setup_dist(device: str) -> Dist:
 
 
 def _synthetic(cfg: RunConfig, n: int, seed: int, offset: int, device: torch.device) -> Frames:
-    try:
-        from muvo_model.data import synthetic
-    except ImportError:  # the synthetic generator lands separately; until then a toy stand-in
-        return _toy_generate(n, seed=seed, cfg=cfg, device=device, scenario_offset=offset)
+    from muvo_model.data import synthetic
+
     scfg = synthetic.SyntheticConfig(
         image_size=(cfg.data.image_size, cfg.data.image_size),
         num_points=cfg.data.points,
@@ -83,31 +81,6 @@ def _synthetic(cfg: RunConfig, n: int, seed: int, offset: int, device: torch.dev
         anomaly_modality=cfg.data.anomaly_modality,
     )
     return synthetic.generate(n, seed=seed, config=scfg, device=str(device), scenario_offset=offset)
-
-
-def _toy_generate(n: int, *, seed: int, cfg: RunConfig, device: torch.device, scenario_offset: int) -> Frames:
-    """Placeholder scenes (a coloured square in the image, a raised point cluster) until synthetic.py lands."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    s, p = cfg.data.image_size, cfg.data.points
-    image = torch.rand(n, 3, s, s, generator=g) * 0.3 + 0.3
-    pts = torch.rand(n, p, 4, generator=g) * torch.tensor([40.0, 20.0, 0.5, 1.0]) - torch.tensor(
-        [0, 10, 0, 0]
-    )
-    mask = torch.rand(n, p, generator=g) < 0.8
-    label = (torch.rand(n, generator=g) < 0.4).float()
-    point_label = torch.zeros(n, p)
-    cls = torch.full((n, p), 7, dtype=torch.long)
-    for i in torch.nonzero(label).flatten().tolist():
-        x, y = torch.randint(0, s - 8, (2,), generator=g).tolist()
-        image[i, :, y : y + 6, x : x + 6] = torch.tensor([0.9, 0.2, 0.1]).view(3, 1, 1)
-        k = p // 20
-        pts[i, :k, 2] = 1.0 + torch.rand(k, generator=g)
-        point_label[i, :k] = 1.0
-        cls[i, :k] = 30
-    point_label = point_label * mask
-    cls = cls * mask
-    scen = torch.arange(n) // 8 + scenario_offset
-    return Frames(image, pts, mask, cls, point_label, label, scen).to(device)
 
 
 def load_data(cfg: RunConfig, device: torch.device) -> tuple[Frames, Frames]:
@@ -121,9 +94,17 @@ def load_data(cfg: RunConfig, device: torch.device) -> tuple[Frames, Frames]:
             raise ConfigError("data.source='anovox' needs data.root; pass --set data.root=PATH")
         from muvo_model.data import anovox
 
-        splits = anovox.load_anovox(cfg.data.root, points=cfg.data.points)
-        train, val = splits["train"], splits.get("val", splits.get("test"))
-        return train.to(device), val.to(device)
+        try:
+            data = anovox.load_anovox(
+                cfg.data.root,
+                num_points=cfg.data.points,
+                image_size=cfg.data.image_size,
+                seed=cfg.data.seed,
+            )
+        except anovox.AnovoxError as exc:  # one line naming the folder and the fix
+            raise ConfigError(str(exc)) from None
+        print(data.report.summary(), flush=True)
+        return data.train.to(device), data.val.to(device)
     train = _synthetic(cfg, cfg.data.train_frames, cfg.data.seed, 0, device)
     val = _synthetic(cfg, cfg.data.val_frames, cfg.data.seed + 1, 1_000_000, device)
     return train, val
