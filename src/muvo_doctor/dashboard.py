@@ -595,8 +595,9 @@ class LiveView:
             lines, self._pending = self._pending, []
             self._dirty = False
             if self._live is not None:
-                # update without a repaint: printing the lines repaints the region once, below them.
-                self._live.update(self._current(), refresh=not lines)
+                # Live.update(refresh=False) would not reach the region that console.print repaints
+                # (rich sets it only in refresh), so the panel would stay stale while the child prints.
+                self._live.update(self._current(), refresh=True)
             if lines:
                 self.console.print(Text.from_ansi("\n".join(lines)), soft_wrap=True, highlight=False)
 

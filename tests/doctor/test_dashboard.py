@@ -274,3 +274,30 @@ def test_plain_default_streams_are_stdout_bytes_and_stderr_lines(
     assert captured.out == data
     assert captured.err.decode().startswith("muvo-doctor: CRITICAL prior_baseline step 120: ")
     assert captured.err.endswith(b"\n") and b"\r" not in captured.err  # not a terminal: plain newlines
+
+
+def test_live_panel_is_current_when_the_child_prints_between_refreshes():
+    """Regression: child output printed above the live panel used to repaint a stale panel."""
+    import io
+    import time as _time
+
+    from rich.console import Console
+
+    from muvo_doctor.dashboard import make_view
+    from muvo_doctor.doctor import Doctor
+    from muvo_doctor.observation import Observation
+
+    buf = io.StringIO()
+    doctor = Doctor()
+    view = make_view(doctor, title="t", plain=False, console=Console(file=buf, force_terminal=True, width=120, height=40))
+    view.start()
+    try:
+        for i in range(30):
+            doctor.observe(Observation(name="train/loss", step=i, value=1.0 / (i + 1)))
+        _time.sleep(0.3)
+        view.update()
+        view.child_output(b"a line from the child\n")
+        _time.sleep(0.4)
+        assert "step 29" in buf.getvalue()
+    finally:
+        view.stop()
