@@ -259,6 +259,11 @@ class Runner:
             if stdin_tty:
                 self._tty_saved = termios.tcgetattr(0)
                 tty.setraw(0)
+                # Raw input (keys go to the child as typed), but keep output processing: stdin and
+                # stdout are one terminal, and our own lines (findings, the dashboard) need \n -> \r\n.
+                raw = termios.tcgetattr(0)
+                raw[1] = self._tty_saved[1]
+                termios.tcsetattr(0, termios.TCSANOW, raw)
                 self._register(0, "stdin")
         else:
             self.master = -1
@@ -275,7 +280,10 @@ class Runner:
             self._register(self.child.stderr.fileno(), "err")
 
     def _register(self, fd: int, what: str) -> None:
-        os.set_blocking(fd, False)
+        # Not stdin: on a terminal it shares its open file with stdout, and O_NONBLOCK there would make
+        # our writes fail with EAGAIN. The selector says when it is readable, so reads never block.
+        if what != "stdin":
+            os.set_blocking(fd, False)
         self.sel.register(fd, selectors.EVENT_READ, what)
         if what in ("out", "err"):
             self.splitters[fd] = LineSplitter()
