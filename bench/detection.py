@@ -45,6 +45,7 @@ SMALL = [
     "train.log_every=25",
     "train.threads=1",
 ]
+FLUSH_SAMPLED = 5  # doctor evaluations every 5 sampled steps (50 optimizer steps at the default sampling)
 CONFIGS = {
     "balanced": [],
     "rare10": ["data.anomaly_fraction=0.12"],  # about 10% positive frames (the prior is printed)
@@ -78,7 +79,20 @@ def run_one(fault: str, config: str, seed: int, steps: int, save: str | None) ->
 
     doctor_mod.Doctor = Probe  # train() imports Doctor from the module at call time
     _hook_loss_input(doctors)
-    overrides = [*SMALL, *CONFIGS[config], f"train.steps={steps}", f"train.seed={seed}", f"data.seed={seed}"]
+    # A fixed evaluation cadence, independent of machine load: the recorder samples heavy statistics
+    # every 10th step by default and flushes (feeding the doctor) every 5 sampled steps = 50 steps;
+    # the 5-second timer is switched off so a slow or busy machine does not evaluate more often.
+    toml = Path(save or os.environ.get("TMPDIR", "/tmp")) / f"detection_doctor_{os.getpid()}.toml"
+    toml.parent.mkdir(parents=True, exist_ok=True)
+    toml.write_text(f"flush_every = {FLUSH_SAMPLED}\nflush_seconds = 1e9\n", encoding="utf-8")
+    overrides = [
+        *SMALL,
+        *CONFIGS[config],
+        f"train.steps={steps}",
+        f"train.seed={seed}",
+        f"data.seed={seed}",
+        f"doctor.config={json.dumps(str(toml))}",
+    ]
     cfg = load_run_config(None, overrides)
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
