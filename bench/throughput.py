@@ -187,6 +187,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=60, help="timed steps per row")
     ap.add_argument("--batches", default="8,256,1024", help="batch sizes for our pipeline")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--only", default="", help="run only our rows whose label contains this text (baseline always)")
     ap.add_argument("--quality", action="store_true", help="also train slow vs fast to equal samples, AUROC")
     ap.add_argument("--quality-samples", type=int, default=120_000)
     args = ap.parse_args()
@@ -233,6 +234,7 @@ def main() -> int:
                 variants.append((f"ours original b{b} bf16 compile", "original", b, True, True, False))
                 variants.append((f"ours original b{b} bf16 compile folded", "original", b, True, True, True))
     variants.append(("ours fusion (default arch) b256 bf16", "fusion", 256 if not args.quick else 8, cuda, False, False))
+    variants = [v for v in variants if args.only in v[0]]
     for label, arch, b, amp, comp, fold in variants:
         if device.type == "cuda":
             torch.cuda.empty_cache()
