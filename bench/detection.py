@@ -9,10 +9,9 @@ one CPU thread) with the default doctor. A thin ``Doctor`` subclass notes the st
 first reported (the history's last step at that evaluation), so "steps after onset" is the detection
 latency a user would see, not the step the check later attributes the problem to.
 
-Loss-input statistics (``loss_input/logits/*``) come from loss-function hooks, which only the ``run``
-wrapper's global mode installs; ``muvo-train``'s explicit Recorder does not see the loss input. The bench
-therefore wraps ``F.binary_cross_entropy_with_logits`` as the wrapper's bootstrap does and feeds the
-range of each training frame-loss input (reduction "mean", grad enabled) to the doctor.
+Loss-input statistics (``loss_input/logits/*``) come from ``muvo-train``'s own Recorder, which hooks the
+frame loss's ``nn.BCEWithLogitsLoss`` module (found by a global forward hook in the first steps): nothing
+is emulated here.
 
 Healthy configurations: ``balanced`` (the default anomaly fraction, about 1/3 positive frames) and
 ``rare10`` (about 10% positive frames, with pos_weight, which still learns: val AUROC is printed).
@@ -78,7 +77,6 @@ def run_one(fault: str, config: str, seed: int, steps: int, save: str | None) ->
             return changed
 
     doctor_mod.Doctor = Probe  # train() imports Doctor from the module at call time
-    _hook_loss_input(doctors)
     # A fixed evaluation cadence, independent of machine load: the recorder samples heavy statistics
     # every 10th step by default and flushes (feeding the doctor) every 5 sampled steps = 50 steps;
     # the 5-second timer is switched off so a slow or busy machine does not evaluate more often.
@@ -117,29 +115,6 @@ def run_one(fault: str, config: str, seed: int, steps: int, save: str | None) ->
         "prior": result.metrics.get("train_prior"),
         "wall_s": wall,
     }
-
-
-def _hook_loss_input(doctors: list[Any]) -> None:
-    """Report the frame loss's input range per training step, as ``muvo-doctor run`` instruments losses."""
-    import torch
-    import torch.nn.functional as F
-
-    from muvo_doctor.observation import Observation
-
-    original = F.binary_cross_entropy_with_logits
-    calls = [0]
-
-    def wrapped(input: torch.Tensor, target: torch.Tensor, *a: Any, **k: Any) -> torch.Tensor:
-        out = original(input, target, *a, **k)
-        if torch.is_grad_enabled() and k.get("reduction", "mean") == "mean" and doctors:
-            step = calls[0]
-            calls[0] += 1
-            lo, hi = torch.aminmax(input.detach().float())  # a host sync per step: fine in a benchmark
-            for name, v in (("loss_input/logits/min", lo), ("loss_input/logits/max", hi)):
-                doctors[0].observe(Observation(name=name, step=step, value=float(v)))
-        return out
-
-    F.binary_cross_entropy_with_logits = wrapped
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,6 +70,9 @@ _LOSS_KINDS = {
 }
 _LOGIT_KINDS = ("bce_with_logits", "cross_entropy")
 _CLASS_KINDS = ("cross_entropy", "nll")
+# Autograd nodes that only scale one loss (GradScaler, accumulation's loss / k, a mean of a
+# reduction="none" loss): backward() through them still optimises that loss call.
+_SCALE_NODES = ("MulBackward0", "DivBackward0", "MeanBackward0")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
 
 
@@ -241,14 +244,22 @@ class Recorder:
         # Global mode.
         self._roots: list[torch.nn.Module] = []
         self._first_forward_pending = True
-        self._step_loss: torch.Tensor | None = None  # first loss call of the step
+        # Loss calls of the step in progress: the main one is the call with the fewest target elements
+        # (the first on ties), e.g. the frame loss of ``frame_bce + 0.5 * point_bce``.
+        self._main_loss: torch.Tensor | None = None  # its value (global mode)
+        self._main_size = math.inf  # its target's element count
+        self._main_set = False
+        self._call_fns: list[Any] = []  # autograd nodes of every loss call's output (host references)
         self._step_backward: torch.Tensor | None = None  # last backward() tensor of the step
+        self._step_formula = False  # a backward() tensor combined several loss calls (or none)
         self._last_loss_out: torch.Tensor | None = None
         self._pending: dict[str, tuple[tuple[str, ...], torch.Tensor, str]] = {}
         self._loss_modules_by_step: list[set[int]] = []
         self._loss_module_objs: dict[int, torch.nn.Module] = {}
         self._discovery_handles: list[RemovableHandle] = []
         self._discovery_steps = 0
+        self._discovery_due = False  # explicit mode: loss-module discovery starts at the first step
+        self._discovery_start = 0
         self._discovery_suspended = False
         self._idle_forwards = 0
         self._roots_named = 0
@@ -256,6 +267,11 @@ class Recorder:
         if model is not None:
             for n, p in model.named_parameters():
                 self._names.setdefault(id(p), _strip(n))
+            # Loss modules (``nn.BCEWithLogitsLoss``...) live outside the model: from the first record
+            # (or optimizer step) on, a global forward hook finds them for 3 steps, then hooks on the
+            # modules found replace it. Not at construction: a Recorder never used leaves no global hook.
+            self._discovery_steps = 3
+            self._discovery_due = True
         if optimizer is not None:
             self._attach(optimizer)
             self._handles.append(optimizer.register_step_pre_hook(self._guard(self._on_pre_step)))
@@ -294,12 +310,15 @@ class Recorder:
         atexit.register(rec.close)
         return rec
 
-    def _install_discovery(self) -> None:
+    def _install_discovery(self, roots: bool = True) -> None:
         self._idle_forwards = 0
         self._discovery_handles = [
-            _module_hooks.register_module_forward_pre_hook(self._guard(self._on_any_forward_pre)),
-            _module_hooks.register_module_forward_hook(self._guard(self._on_any_forward)),
+            _module_hooks.register_module_forward_hook(self._guard(self._on_any_forward))
         ]
+        if roots:  # global mode: the first module called after a step is a model to name parameters from
+            self._discovery_handles.append(
+                _module_hooks.register_module_forward_pre_hook(self._guard(self._on_any_forward_pre))
+            )
         self._handles.extend(self._discovery_handles)
 
     def _remove_discovery(self) -> None:
@@ -374,6 +393,8 @@ class Recorder:
         try:
             t = loss.detach()
             self._step_backward = t.reshape(1) if t.numel() == 1 else t.float().mean().reshape(1)
+            if not self._from_loss_call(loss.grad_fn):
+                self._step_formula = True
         except Exception as exc:
             self._fail(exc)
 
@@ -537,6 +558,9 @@ class Recorder:
             for row in self._unlabeled:  # hook rows of this step (gradients, updates, stale check)
                 row.step = step
             self._unlabeled.clear()
+        self._close_loss_calls(step)  # loss-module inputs seen by the forward hooks (sampled steps)
+        if self._discovery_due:
+            self._start_loss_discovery()
         self._append_loss(step, loss)
         if self._primary is not None:
             counter = self._sampled_count  # set by the optimizer pre-hook when it sampled this step
@@ -549,6 +573,8 @@ class Recorder:
                 self._append(step, names, values, kind)
             self._cost += time.perf_counter() - t0
         self._next_step = step + 1
+        if self._discovery_handles and self._discovery_counter() >= self._discovery_steps:
+            self._end_discovery()
         self._end_step(counter)
 
     def _batch_stats(
@@ -617,6 +643,8 @@ class Recorder:
 
     def _on_pre_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         st = self._attach(opt)
+        if self._discovery_due:
+            self._start_loss_discovery()
         if st is self._primary:
             if self.is_global:
                 self._close_global_step()
@@ -829,10 +857,9 @@ class Recorder:
     def _on_loss_module(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if len(args) < 1 or not isinstance(args[0], torch.Tensor) or not isinstance(output, torch.Tensor):
             return
-        if self._discovery_handles and (
-            self._primary is None or self._primary.count <= self._discovery_steps
-        ):
-            while len(self._loss_modules_by_step) <= (self._primary.count if self._primary else 0):
+        counter = self._discovery_counter()
+        if self._discovery_handles and counter <= self._discovery_steps:
+            while len(self._loss_modules_by_step) <= counter:
                 self._loss_modules_by_step.append(set())
             self._loss_modules_by_step[-1].add(id(module))
             self._loss_module_objs[id(module)] = module
@@ -860,7 +887,36 @@ class Recorder:
             for n, p in root.named_parameters():
                 self._names.setdefault(id(p), _strip(n))
 
-    # ------------------------------------------------------------------ global mode: losses
+    # ------------------------------------------------------------------ loss calls (both modes)
+
+    def _discovery_counter(self) -> int:
+        if self.is_global:
+            return self._primary.count if self._primary is not None else 0
+        return self._records - self._discovery_start
+
+    def _start_loss_discovery(self) -> None:
+        self._discovery_due = False
+        self._discovery_start = self._records
+        self._install_discovery(roots=False)
+
+    def _from_loss_call(self, fn: Any) -> bool:
+        """Whether a backward() tensor is one loss call's output, maybe scaled (AMP, accumulation, mean).
+
+        Host-only: follows at most a few autograd nodes, reads no tensor.
+        """
+        calls = self._call_fns
+        for _ in range(4):
+            if fn is None:
+                return False
+            if any(fn is c for c in calls):
+                return True
+            if fn.name() not in _SCALE_NODES:
+                return False
+            inputs = [f for f, _ in fn.next_functions if f is not None]
+            if len(inputs) != 1:
+                return False  # a product of two tensors that both need gradients is not a scaling
+            fn = inputs[0]
+        return False
 
     def _observe_loss(
         self, kind: str, input: torch.Tensor, target: torch.Tensor | None, output: torch.Tensor
@@ -870,12 +926,22 @@ class Recorder:
         if output is self._last_loss_out:
             return  # the same call seen twice (a loss module and the function it calls)
         self._last_loss_out = output
-        if self._step_loss is not None:
-            return  # the first loss call of a step is its main loss (``main + w * aux`` is typical)
-        out = output.detach()
-        self._step_loss = out.reshape(1) if out.numel() == 1 else out.float().mean().reshape(1)
-        st = self._primary
-        if not self._sample_due(st.count if st is not None else 0):
+        if output.grad_fn is not None and len(self._call_fns) < 64:
+            self._call_fns.append(output.grad_fn)
+        # The main loss of a step is the call with the fewest target elements (the first on ties):
+        # a per-sample loss rather than a per-point or per-pixel auxiliary one.
+        ref = target if isinstance(target, torch.Tensor) else input
+        size = ref.numel() if isinstance(ref, torch.Tensor) else math.inf
+        if self._main_set and size >= self._main_size:
+            return
+        self._main_set, self._main_size = True, size
+        if self.is_global:
+            out = output.detach()
+            self._main_loss = out.reshape(1) if out.numel() == 1 else out.float().mean().reshape(1)
+        self._pending.clear()  # statistics of a call that is no longer the main one
+        # The counter the optimizer pre-hook (or record()) will sample this step by.
+        counter = self._primary.count if self._primary is not None else self._records
+        if not self._sample_due(counter):
             return
         if not isinstance(input, torch.Tensor) or input.numel() == 0:
             return
@@ -891,21 +957,32 @@ class Recorder:
             )
         elif kind == "nll":
             self._pending["loss_input"] = (("loss_input/logprobs/max",), x.max().reshape(1), "plain")
-        self._pending.update(self._batch_stats(x, target, kind=kind))
+        if self.is_global:  # explicit mode has the outputs and labels from record()
+            self._pending.update(self._batch_stats(x, target, kind=kind))
         self._cost += time.perf_counter() - t0
 
-    def _close_global_step(self) -> None:
-        """Write the loss and the batch statistics of the step about to be taken."""
-        step = self.step
-        loss = self._step_loss if self._step_loss is not None else self._step_backward
-        if loss is not None:
-            self._append_loss(step, loss)
+    def _close_loss_calls(self, step: int) -> None:
+        """Write the main loss call's statistics (and, in global mode, the step's loss); reset."""
+        if self.is_global:
+            # train/loss: the main loss call, unless backward() ran on a combination of calls (what the
+            # program optimises, and prints): then that tensor. A scaled call (GradScaler) is still the call.
+            formula = self._step_formula or self._main_loss is None
+            loss = self._step_backward if formula else self._main_loss
+            if loss is not None:
+                self._append_loss(step, loss)
         for names, values, kind in self._pending.values():
             self._append(step, names, values, kind)
         self._pending.clear()
-        self._step_loss = None
+        self._main_loss = None
+        self._main_set, self._main_size = False, math.inf
+        self._call_fns = []
         self._step_backward = None
+        self._step_formula = False
         self._last_loss_out = None
+
+    def _close_global_step(self) -> None:
+        """Write the loss and the batch statistics of the step about to be taken."""
+        self._close_loss_calls(self.step)
 
     # ------------------------------------------------------------------ flush
 

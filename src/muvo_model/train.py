@@ -581,7 +581,8 @@ def train(
                     f"lr={fmt(scheduler.get_last_lr()[0])} samples/s={rate:.0f}"
                 )
                 observe("printed/loss", step, float(printed), _digits(printed))
-                observe("train/acc", step, train_acc)
+                # train/acc comes from the Recorder (per sampled batch); a windowed mean fed here as well
+                # would interleave a second, smoother series under the same name.
                 log.advance(done, f"loss {printed}")
                 window, seen = [], 0
                 correct.zero_()

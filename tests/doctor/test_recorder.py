@@ -488,3 +488,104 @@ def test_global_forward_hooks_leave_programs_that_do_not_train(monkeypatch: pyte
     s = series(got)
     assert sorted(s["train/loss"]) == [1, 2]  # step 0's loss ran before the hooks came back
     assert 2 in s["grad/norm/0"] and 2 in s["grad/norm/2"]
+
+
+@pytest.mark.parametrize("sigmoid_first", [True, False])
+def test_explicit_mode_sees_the_input_of_a_loss_module(sigmoid_first: bool) -> None:
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    crit = nn.BCEWithLogitsLoss()  # outside the model: found by the global forward hook
+    got: list[Observation] = []
+    ranges = {}
+    with watch(model, opt, sink=got.extend, sample_every=1) as rec:
+        for step in range(12):
+            x, y = batch(step)
+            logits = model(x).squeeze(-1)
+            fed = torch.sigmoid(logits) if sigmoid_first else logits
+            loss = crit(fed, y)
+            with torch.no_grad():
+                crit(fed * 100, y)  # an evaluation-style call: not the training loss
+            ranges[step] = (fed.min().item(), fed.max().item())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            rec.record(step, loss=loss, outputs=logits, labels=y)
+            if step == 4:  # discovery over: only a hook on the loss module itself remains
+                assert not module_hooks._global_forward_hooks
+                assert crit._forward_hooks
+    assert not crit._forward_hooks
+    s = series(got)
+    lo, hi = s["loss_input/logits/min"], s["loss_input/logits/max"]
+    assert sorted(lo) == list(range(1, 12))  # from the first record on
+    for step in lo:
+        assert lo[step] == pytest.approx(ranges[step][0]) and hi[step] == pytest.approx(ranges[step][1])
+    inside = all(0 <= lo[k] and hi[k] <= 1 for k in lo)
+    assert inside == sigmoid_first
+    assert ("wrong_loss_input" in {f.check for f in rec.doctor.report().findings}) == sigmoid_first
+
+
+def test_a_recorder_never_used_leaves_no_global_hook() -> None:
+    Recorder(mlp(), None)
+    assert not module_hooks._global_forward_hooks
+
+
+def _frame_and_point_step(model: nn.Module, n: int, step: int) -> tuple[torch.Tensor, ...]:
+    """A fusion-like loss: frame BCE on (N,) targets + 0.5 * masked point BCE on (N, P) targets."""
+    x, y = batch(step, n)
+    frame = model(x).squeeze(-1)
+    point_y = (torch.arange(n * 5).reshape(n, 5) % 2).float()  # half positives: unlike the frame labels
+    point = frame[:, None].expand(n, 5) * 0.5
+    frame_loss = F.binary_cross_entropy_with_logits(frame, y)
+    point_loss = F.binary_cross_entropy_with_logits(point, point_y, reduction="none")
+    return x, y, frame, point, point_y, frame_loss, point_loss
+
+
+@pytest.mark.parametrize("order", ["frame_first", "point_first"])
+def test_global_mode_two_loss_calls_main_is_the_per_sample_one(order: str) -> None:
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    got: list[Observation] = []
+    totals, fracs, ranges = {}, {}, {}
+    rec = Recorder.install_global(sink=got.extend, sample_every=1)
+    try:
+        for step in range(3):
+            x, y, frame, point, point_y, fl, pl = _frame_and_point_step(model, 16, step)
+            calls = [("f", frame, y, fl), ("p", point, point_y, pl)]
+            for _, inp, tgt, out in calls if order == "frame_first" else calls[::-1]:
+                rec.observe_loss_call("bce_with_logits", inp, tgt, out)
+            total = fl + 0.5 * pl.mean()  # what the program prints and optimises
+            rec.observe_backward(total)
+            opt.zero_grad()
+            total.backward()
+            opt.step()
+            totals[step], fracs[step] = total.item(), y.mean().item()
+            ranges[step] = (frame.min().item(), frame.max().item())
+    finally:
+        rec.close()
+    s = series(got)
+    assert s["train/loss"] == pytest.approx(totals)  # the backward() tensor: it combines two calls
+    assert s["label/positive_fraction"] == pytest.approx(fracs)  # from the frame call, not the points
+    assert s["loss_input/logits/min"] == pytest.approx({k: v[0] for k, v in ranges.items()})
+
+
+def test_global_mode_a_scaled_backward_keeps_the_loss_call_value() -> None:
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    got: list[Observation] = []
+    losses = {}
+    rec = Recorder.install_global(sink=got.extend, sample_every=1)
+    try:
+        for step in range(3):
+            x, y = batch(step)
+            out = model(x).squeeze(-1)
+            loss = F.binary_cross_entropy_with_logits(out, y)
+            rec.observe_loss_call("bce_with_logits", out, y, loss)
+            scaled = loss * torch.tensor(65536.0)  # GradScaler.scale(loss)
+            rec.observe_backward(scaled)
+            opt.zero_grad()
+            scaled.backward()
+            opt.step()
+            losses[step] = loss.item()
+    finally:
+        rec.close()
+    assert series(got)["train/loss"] == pytest.approx(losses)

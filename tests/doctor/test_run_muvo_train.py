@@ -52,3 +52,38 @@ def test_a_dead_muvo_train_run_is_caught_and_stopped_gracefully(tmp_path):
     names = {o.name for o in obs}
     # Tensors from the child (console script, no code change) and printed validation metrics.
     assert {"train/loss", "label/positive_fraction", "printed/loss", "val/auroc"} <= names
+
+
+def test_a_healthy_muvo_train_run_loss_and_labels_describe_the_printed_loss(tmp_path):
+    """Two BCE calls per step (frame (N,), points (N, P)); the program prints and optimises their sum."""
+    report, record = tmp_path / "report.json", tmp_path / "run.jsonl"
+    p = subprocess.run(
+        [
+            *(PY, "-m", "muvo_doctor", "run", "--plain", "--report", str(report), "--record", str(record)),
+            *("--", PY, "-m", "muvo_model.train", *TINY, "--set", "train.steps=60"),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr.decode(errors="replace")[-2000:]
+    live = {f["check"] for f in json.loads(report.read_text())["findings"]}
+    assert "label_imbalance" not in live
+    obs = list(read_observations(record))
+    loss = {o.step: o.value for o in obs if o.name == "train/loss"}
+    printed = [(o.step, o.value) for o in obs if o.name == "printed/loss"]
+    frac = [o.value for o in obs if o.name == "label/positive_fraction"]
+    assert len(loss) == 60 and len(printed) == 6 and frac
+    # The i-th printed loss (frame + 0.5 * point, 6 significant digits) is train/loss of step 10 (i + 1) - 1.
+    for i, (_, v) in enumerate(printed):
+        assert loss[10 * (i + 1) - 1] == pytest.approx(v, rel=1e-5, abs=1e-5)
+    # Frame labels (one per sample, about a third positive), not per-point labels (a few % anomalous).
+    assert 0.05 < sum(frac) / len(frac) < 0.95
+    audit = subprocess.run(
+        [PY, "-m", "muvo_doctor", "audit", "--json", str(record)], capture_output=True, timeout=60
+    )
+    found = json.loads(audit.stdout)["findings"]
+    assert not [f for f in found if f["check"] == "label_imbalance"]
+    # printed/loss agrees with train/loss (printed/acc, a mean over 10 steps, is another matter).
+    assert not [
+        f for f in found if f["check"] == "display_precision" and f["evidence"]["printed"] == "printed/loss"
+    ]
