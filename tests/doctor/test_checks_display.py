@@ -33,9 +33,11 @@ def test_printed_zero_while_real_loss_is_0_507() -> None:
     [(3.0, True), (0.5, False)],  # off by 3 units of the last digit vs within rounding
 )
 def test_printed_vs_real_threshold(offset_units: float, found: bool) -> None:
+    # A real value that holds still: a print is compared with the real values of neighbouring steps
+    # too (a wrapped program's print can be filed a few steps off), so a moving one blurs 3 units.
     h = History()
     for s in range(100):
-        real = 0.5 - s * 1e-3
+        real = 0.5 - (s // 20) * 1e-2
         h.add_point("train/loss", s, real)
         h.add_point("printed/loss", s, round(real + offset_units * 1e-4, 4), 4)
     assert bool(display_precision.check(h, CFG)) is found
@@ -111,4 +113,146 @@ def test_no_digits_no_display_finding() -> None:
     h = History()
     for i in range(100):
         h.add_point("train/loss", i, 0.0)
+    assert display_precision.check(h, CFG) == []
+
+
+# -- `muvo-doctor run -- muvo-train` on healthy runs: what the wrapper files as printed/<key> -------------
+
+
+def _healthy_wrapped(
+    redraws: int = 1,
+    lag: int = 0,
+    shown=lambda loss_window, last: round(float(np.mean(loss_window)), 6),
+    digits: int = 6,
+) -> History:
+    """A healthy muvo-train run as the `run` wrapper sees it.
+
+    Per-step loss (recorder), per-batch accuracy and lr sampled every 10th step, and every 10 steps a
+    line ``step N loss=<shown> acc=<window mean> lr=<lr> samples/s=<rate>`` plus every 40 an eval
+    line whose numbers the wrapper also files as val/* (with digits). ``redraws`` repeats each print
+    (a progress bar redrawn with \\r), ``lag`` files prints that many steps late or early.
+    """
+    rng = np.random.default_rng(3)
+    h = History()
+    losses, accs = [], []
+    for s in range(400):
+        loss = float(1.2 * np.exp(-s / 120) + 0.05 + abs(rng.normal(0, 0.15)))
+        acc = float(np.clip(0.5 + 0.5 * (1 - np.exp(-s / 80)) + rng.normal(0, 0.08), 0, 1))
+        lr = 2e-3 * min(1.0, (s + 1) / 10) * (0.55 + 0.45 * np.cos(np.pi * s / 400))
+        h.add_point("train/loss", s, loss)
+        losses.append(loss)
+        accs.append(acc)
+        if s % 10 == 0:
+            h.add_point("train/acc", s, acc)
+            h.add_point("optim/lr", s, lr)
+        done = s + 1
+        if done % 10 == 0:
+            at = max(s + lag, 0)
+            next_lr = 2e-3 * min(1.0, (done + 1) / 10) * (0.55 + 0.45 * np.cos(np.pi * done / 400))
+            for r in range(redraws):
+                h.add_point("printed/step", at + r // 5, float(done), 0)
+                h.add_point("printed/loss", at + r // 5, shown(losses[-10:], loss), digits)
+                acc_text = f"{np.mean(accs[-10:]):.6g}"
+                h.add_point("printed/acc", at + r // 5, float(acc_text), len(acc_text.partition(".")[2]))
+                h.add_point("printed/lr", at + r // 5, float(f"{next_lr:.6g}"), 8)
+                h.add_point("printed/samples/s", at + r // 5, float(rng.integers(30, 500)), 0)
+        if done % 40 == 0:
+            for key, v in (("eval_step", float(done)), ("val_loss", 0.3 + 0.1 * rng.random()), ("val_acc", 0.9)):
+                h.add_point(f"printed/{key}", s, round(v, 6), 0 if key == "eval_step" else 6)
+            h.add_point("val/step", s, float(done), 0)  # what the wrapper makes of "eval step 40"
+            h.add_point("val/acc", s, 0.9, 6)
+            h.add_point("val/loss", s, 0.35, 6)
+    return h
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(),  # printed window means with 6 significant digits
+        dict(shown=lambda w, last: float(f"{last:.6g}")),  # the last loss of the window
+        dict(redraws=50),  # a progress bar redrawn 50 times per log line
+        dict(lag=15),  # prints filed 1.5 log intervals late
+        dict(lag=-15),  # ... or early (the telemetry step lags the print)
+        dict(shown=lambda w, last: round(float(np.mean(w)), 2), digits=2),  # two decimals: coarse but right
+    ],
+    ids=["window-mean", "last-value", "redrawn", "late", "early", "two-decimals"],
+)
+def test_healthy_wrapped_run_prints_are_not_a_display_finding(case: dict) -> None:
+    # printed acc must go to train/acc (not val/acc), printed step to nothing (not val/step), lr and
+    # samples/s are bookkeeping or within rounding, window means are within the window's range.
+    h = _healthy_wrapped(**case)
+    assert display_precision.check(h, CFG) == []
+
+
+def test_printed_training_acc_is_not_compared_with_val_acc() -> None:
+    h = History()
+    for s in range(100):
+        h.add_point("printed/acc", s, 0.5 + s / 1000, 4)
+        h.add_point("val/acc", s, 0.95)  # recorded, but another signal
+    assert display_precision.real_name(h, "printed/acc") is None
+    assert display_precision.check(h, CFG) == []
+
+
+@pytest.mark.parametrize("key", ["step", "eval_step", "epoch", "iter", "time", "samples/s", "it/s", "wall_s"])
+def test_axis_and_bookkeeping_keys_have_no_counterpart(key: str) -> None:
+    h = History()
+    for s in range(100):
+        h.add_point(f"printed/{key}", s, float(3 * s + 7), 0)
+        for real in ("val/step", "train/step", "val/epoch", "step", "time", "samples_s", "it_s", "wall_s"):
+            h.add_point(real, s, float(s))
+    assert display_precision.real_name(h, f"printed/{key}") is None
+    assert display_precision.check(h, CFG) == []
+
+
+def test_printed_counterpart_from_printed_text_is_not_a_measurement() -> None:
+    h = History()
+    for s in range(100):
+        h.add_point("printed/val_loss", s, 0.3, 1)
+        h.add_point("val/loss", s, 0.3 + s / 1e4, 6)  # the wrapper's own copy of another printed line
+    assert display_precision.real_name(h, "printed/val_loss") is None
+
+
+@pytest.mark.parametrize("redraws", [1, 3, 40])
+def test_hidden_print_is_found_whatever_the_redraw_count(redraws: int) -> None:
+    h = _healthy_wrapped(redraws=redraws, shown=lambda w, last: round(float(np.mean(w)) / 1e5, 4), digits=4)
+    out = display_precision.check(h, CFG)
+    assert len(out) == 1 and out[0].severity == "warning"
+    assert "printed/loss shows 0.0000 (4 decimals)" in out[0].message and "train/loss is 0." in out[0].message
+
+
+def test_redraws_do_not_change_the_decision_between_right_and_wrong_prints() -> None:
+    # Half the log lines are right and redrawn 40 times, half wrong and printed once: the share of
+    # wrong prints is 0.5 (below the threshold), not 1/41.
+    h = History()
+    for s in range(200):
+        h.add_point("train/loss", s, 0.5)
+        if s % 10 == 9:
+            value, times = (0.5, 40) if (s // 10) % 2 else (0.1, 1)
+            for _ in range(times):
+                h.add_point("printed/loss", s, value, 4)
+    assert display_precision.check(h, CFG) == []
+    for s in range(200, 600):
+        h.add_point("train/loss", s, 0.5)
+        if s % 10 == 9:
+            h.add_point("printed/loss", s, 0.1, 4)  # now 50 of 60 printed steps are wrong
+    assert display_precision.check(h, CFG)[0].evidence["mismatch_share"] == pytest.approx(50 / 60)
+
+
+def test_printed_zero_while_a_tiny_real_loss_moves_is_found() -> None:
+    # The display cannot show the change: 0.0000 in every print while the loss falls 4e-5 -> 2e-6.
+    h = History()
+    for s in range(200):
+        h.add_point("train/loss", s, 4e-5 * np.exp(-s / 70))
+        if s % 10 == 9:
+            h.add_point("printed/loss", s, 0.0, 4)
+    out = display_precision.check(h, CFG)
+    assert out and "0.0000 (4 decimals) in all 20 prints while train/loss moves from 2.69e-05 to" in out[0].message
+
+
+def test_printed_zero_while_a_tiny_real_loss_stays_put_is_not_found() -> None:
+    h = History()
+    for s in range(200):
+        h.add_point("train/loss", s, 3e-5 * (1 + 0.01 * np.sin(s)))
+        if s % 10 == 9:
+            h.add_point("printed/loss", s, 0.0, 4)
     assert display_precision.check(h, CFG) == []

@@ -26,85 +26,170 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import LOSS, fmt, make, series
+from muvo_doctor.checks._common import LOSS, fmt, make, series, step_noise
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History, Series
+from muvo_doctor.logs.base import classify
 
 ID = "display_precision"
 
 ADVICE = "Print with significant digits (f'{loss:.6g}'), print the value you optimise, and keep a raw JSON-lines log."
 
-KEYMAP = {
-    "loss": "train/loss",
-    "train_loss": "train/loss",
-    "val_loss": "val/loss",
-    "valid_loss": "val/loss",
-    "acc": "train/acc",
-    "accuracy": "train/acc",
-    "train_acc": "train/acc",
-    "val_acc": "val/acc",
-    "val_accuracy": "val/acc",
-    "lr": "optim/lr",
-    "learning_rate": "optim/lr",
-    "auroc": "val/auroc",
-    "auc": "val/auroc",
-}
+# Last parts of a signal name that are an axis or bookkeeping, never a displayed training value.
+_AXIS_WORDS = frozenset(
+    {"step", "steps", "epoch", "epochs", "iter", "iters", "iteration", "time", "eta", "wall_s", "s"}
+)
 
 
 def real_name(history: History, printed: str) -> str | None:
-    """The recorded series a ``printed/<key>`` value stands for, if it was recorded."""
+    """The tensor-recorded series a ``printed/<key>`` value stands for, or None.
+
+    The key maps through the log readers' normalisation (``loss`` -> ``train/loss``, ``acc`` ->
+    ``train/acc``, ``val_loss`` -> ``val/loss`` ...) and only to that signal: a printed training
+    ``acc`` is never compared with ``val/acc``. Axis and bookkeeping keys (step, epoch, time,
+    throughput) have no counterpart. A counterpart that itself came from printed text (it has
+    ``digits``) is the same number twice, not a measurement: None.
+    """
     key = printed[len("printed/") :]
-    for cand in (KEYMAP.get(key), key.replace("_", "/", 1), f"train/{key}", f"val/{key}", key):
-        if cand and cand in history and not cand.startswith("printed/"):
-            return cand
-    return None
+    if _axis_key(key):
+        return None
+    name, _, _ = classify(key)
+    if name is None or name.startswith("printed/") or name not in history:
+        return None
+    s = series(history, name)
+    if s is None or s.digits is not None:
+        return None
+    return name
+
+
+def _axis_key(key: str) -> bool:
+    """Step/epoch/time counters and rates (``samples/s``, ``it/s``): numbers that are not a signal."""
+    name, _, is_step = classify(key)
+    if is_step or name is None:
+        return True
+    last = name.rsplit("/", 1)[-1]
+    return last in _AXIS_WORDS or key.endswith(("/s", "_s", "per_sec", "per_second", "/it"))
+
+
+def _per_step(s: Series) -> tuple[np.ndarray, np.ndarray]:
+    """Finite points, one per step (the last one).
+
+    A progress bar redrawn many times at one step (``\\r``) is one print there, so no decision
+    depends on how often a program redraws its output.
+    """
+    ok = np.isfinite(s.values)
+    st, v = s.steps[ok], s.values[ok]
+    if len(st) > 1:
+        keep = np.r_[st[1:] != st[:-1], True]
+        st, v = st[keep], v[keep]
+    return st, v
+
+
+def _windows(rs: np.ndarray, ps: np.ndarray, slack: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index ranges ``[lo, hi)`` into the real steps ``rs`` for each print step in ``ps``.
+
+    Each print stands for the real values since the previous print (a window mean, a running
+    mean, or the last value), widened by ``slack`` steps on both sides because the step a wrapped
+    program's print is filed under follows the telemetry, which can lag or lead the print. An
+    empty window gets the nearest real point before it.
+    """
+    prev = np.r_[ps[0] - max(slack, 1), ps[:-1]]
+    lo = np.searchsorted(rs, prev - slack, side="right")
+    hi = np.searchsorted(rs, ps + slack, side="right")
+    lo = np.minimum(lo, np.maximum(hi - 1, 0))
+    hi = np.minimum(np.maximum(hi, lo + 1), len(rs))
+    lo = np.minimum(lo, hi - 1)
+    return lo, hi
 
 
 def _compare(p: Series, r: Series, t) -> Finding | None:
     ok = np.isfinite(r.values)
     rs, rv = r.steps[ok], r.values[ok]
-    pk = np.isfinite(p.values)
-    ps, pv = p.steps[pk][-500:], p.values[pk][-500:]
-    if len(ps) < t.dp_min_points or len(rv) == 0:
+    ps, pv = _per_step(p)
+    if len(rv) == 0 or p.digits is None or len(ps) < t.dp_min_points:
         return None
-    unit = 10.0 ** (-(p.digits or 0)) * 1.01
-    # Real values between the previous print (exclusive) and this one (inclusive); at least the nearest point.
-    hi_idx = np.searchsorted(rs, ps, side="right")
-    lo_idx = np.searchsorted(rs, np.concatenate(([ps[0] - 1], ps[:-1])), side="right")
-    lo_idx = np.minimum(lo_idx, np.maximum(hi_idx - 1, 0))
-    hi_idx = np.maximum(hi_idx, lo_idx + 1)
-    hi_idx = np.minimum(hi_idx, len(rv))
-    lo_idx = np.minimum(lo_idx, hi_idx - 1)
-    # Min/max over ragged windows: a loop over the last 500 prints (numpy slices, ~10 ms).
-    rmin = np.fromiter((rv[a:b].min() for a, b in zip(lo_idx, hi_idx, strict=True)), float, len(ps))
-    rmax = np.fromiter((rv[a:b].max() for a, b in zip(lo_idx, hi_idx, strict=True)), float, len(ps))
-    wrong = (pv < rmin - unit) | (pv > rmax + unit)
+    ps, pv = ps[-500:], pv[-500:]
+    unit = 10.0 ** (-p.digits)
+    gap = max(int(np.median(np.diff(ps))), 1)
+    lo, hi = _windows(rs, ps, 2 * gap)
+    region = rv[lo[0] : hi[-1]]
+    sigma = step_noise(region)
+    n = len(pv)
+    # Ragged windows: a loop over at most 500 prints (numpy slices, a few ms).
+    rmin = np.fromiter((rv[a:b].min() for a, b in zip(lo, hi, strict=True)), float, n)
+    rmax = np.fromiter((rv[a:b].max() for a, b in zip(lo, hi, strict=True)), float, n)
+    k = (hi - lo).astype(float)
+    # Rounding, plus the noise of a mean over batches the recorder did not sample (2 sigma for a
+    # window with one real point; a well-sampled window's own range already holds the noise).
+    tol = 0.5 * unit * 1.01 + 2.0 * sigma / np.sqrt(k)
+    wrong = (pv < rmin - tol) | (pv > rmax + tol)
     share = float(wrong.mean())
-    if share < t.dp_mismatch_fraction:
-        return None
-    i = int(np.argmax(wrong))
-    shown = float(np.median(pv[wrong]))
-    real = float(np.median((rmin + rmax)[wrong] / 2))
-    msg = (
-        f"{p.name} shows {shown:.{p.digits or 0}f} ({p.digits} decimals) while {r.name} is {fmt(real)} "
-        f"(medians over {int(wrong.sum())} of {len(pv)} prints that disagree): the printed number hides the real one."
-    )
-    return make(
-        ID,
-        "warning",
-        int(ps[i]),
-        msg,
-        {
+    if share >= t.dp_mismatch_fraction:
+        i = int(np.argmax(wrong))
+        shown = float(np.median(pv[wrong]))
+        rmean = np.fromiter((rv[a:b].mean() for a, b in zip(lo, hi, strict=True)), float, n)
+        real = float(np.median(rmean[wrong]))
+        msg = (
+            f"{p.name} shows {shown:.{p.digits}f} ({p.digits} decimals) while {r.name} is {fmt(real)} "
+            f"(medians over {int(wrong.sum())} of {n} prints that disagree): the printed number hides the real one."
+        )
+        evidence = {
             "printed": p.name,
             "real": r.name,
             "shown": shown,
             "actual": real,
             "digits": p.digits,
             "mismatch_share": share,
-        },
-        ADVICE,
+            "prints": n,
+        }
+        return make(ID, "warning", int(ps[i]), msg, evidence, ADVICE)
+    if len(np.unique(pv)) == 1:
+        return _constant_while_moving(p, r, ps, pv, rv, lo, hi, unit, t)
+    return None
+
+
+def _constant_while_moving(
+    p: Series,
+    r: Series,
+    ps: np.ndarray,
+    pv: np.ndarray,
+    rv: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    unit: float,
+    t,
+) -> Finding | None:
+    """Every print shows one value while the real series moves: the display cannot be right.
+
+    The real series moves when its per-print window means span more than two units of the shown
+    digit (10th to 90th percentile), or, below one unit, when it changes by half its level
+    (a tiny loss that keeps falling while the display shows 0.0000).
+    """
+    means = np.fromiter((rv[a:b].mean() for a, b in zip(lo, hi, strict=True)), float, len(ps))
+    q10, q90 = (float(x) for x in np.percentile(means, [10, 90]))
+    third = max(len(means) // 3, 1)
+    a, b = float(np.median(means[:third])), float(np.median(means[-third:]))
+    level = max(abs(a), abs(b))
+    moves = q90 - q10 > 2 * unit
+    tiny = 0 < level < unit and abs(a - b) >= 0.5 * level and len(rv[lo[0] : hi[-1]]) >= 3 * t.dp_min_points
+    if not (moves or tiny):
+        return None
+    shown = float(pv[0])
+    msg = (
+        f"{p.name} shows {shown:.{p.digits}f} ({p.digits} decimals) in all {len(pv)} prints while {r.name} "
+        f"moves from {fmt(a)} to {fmt(b)}: the printed number hides the real one."
     )
+    evidence = {
+        "printed": p.name,
+        "real": r.name,
+        "shown": shown,
+        "start": a,
+        "end": b,
+        "digits": p.digits,
+        "prints": len(pv),
+    }
+    return make(ID, "warning", int(ps[0]), msg, evidence, ADVICE)
 
 
 def _moving_others(history: History, skip: str) -> str | None:
@@ -121,7 +206,7 @@ def _moving_others(history: History, skip: str) -> str | None:
 
 
 def _log_only(s: Series, history: History, t) -> Finding | None:
-    v = s.values[np.isfinite(s.values)]
+    steps, v = _per_step(s)
     if s.digits is None or len(v) < t.dp_min_points:
         return None
     d = s.digits
@@ -138,7 +223,7 @@ def _log_only(s: Series, history: History, t) -> Finding | None:
         return make(
             ID,
             "warning",
-            int(s.steps[0]),
+            int(steps[0]),
             msg,
             {"series": s.name, "digits": d, "records": len(v), "moving": other or ""},
             ADVICE,
@@ -146,14 +231,17 @@ def _log_only(s: Series, history: History, t) -> Finding | None:
     tail = zero[-t.dp_min_points :]
     if "loss" in s.name and tail.all() and not zero.all() and np.max(np.abs(v)) >= 100 * unit:
         nz = np.flatnonzero(~zero)
-        first = int(s.steps[nz[-1] + 1]) if nz[-1] + 1 < len(s.steps) else int(s.steps[-1])
+        first = int(steps[nz[-1] + 1]) if nz[-1] + 1 < len(steps) else int(steps[-1])
         msg = (
             f"{s.name} declined from {fmt(float(v[0]))} and has shown {0:.{d}f} ({d} decimals) since step {first}: "
             f"the value is below {0.5 * unit:g}, which the display rounds away (not a flat loss)."
         )
         return make(ID, "info", first, msg, {"series": s.name, "digits": d, "start": float(v[0])}, ADVICE)
-    if "loss" in s.name and len(v) >= t.dp_min_records:
-        distinct = np.unique(v[-t.dp_min_records :])
+    # A redrawn progress bar repeats one value: consecutive repeats are one record here.
+    changes = np.flatnonzero(np.r_[True, v[1:] != v[:-1]])
+    if "loss" in s.name and len(changes) >= t.dp_min_records:
+        recent = changes[-t.dp_min_records :]
+        distinct = np.unique(v[recent])
         level = float(np.median(np.abs(v)))
         if len(distinct) <= t.dp_max_distinct and level > 0 and unit >= 0.01 * level and not zero.all():
             msg = (
@@ -163,7 +251,7 @@ def _log_only(s: Series, history: History, t) -> Finding | None:
             return make(
                 ID,
                 "warning",
-                int(s.steps[-t.dp_min_records]),
+                int(steps[recent[0]]),
                 msg,
                 {"series": s.name, "digits": d, "distinct": len(distinct)},
                 ADVICE,
@@ -176,7 +264,7 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
     found: list[Finding] = []
     for name in history.names("printed/"):
         p = series(history, name)
-        if p is None or p.digits is None:
+        if p is None or p.digits is None or _axis_key(name[len("printed/") :]):
             continue
         real = real_name(history, name)
         f = None
