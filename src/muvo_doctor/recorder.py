@@ -57,6 +57,10 @@ SATURATED_PROB = 1e-3  # a probability this close to 0 or 1 counts as saturated
 # Global mode: module calls seen with no optimizer step before the global forward hooks are
 # removed (re-installed when an optimizer first steps): inference-only programs stay fast.
 IDLE_FORWARDS = 20_000
+# Global mode keeps its forward hooks past the discovery steps while some optimizer parameter has no
+# module name (the model was not called yet), up to this many optimizer steps.
+NAME_STEPS = 50
+MAX_ROOTS = 16  # top-level modules remembered for naming parameters
 _BUFFER_START = 4096
 _LOSS_CHUNK = 256  # per-step loss references stacked into one device tensor at a time  # floats in the device buffer; doubles as needed up to _BUFFER_MAX
 _BUFFER_MAX = 1 << 22
@@ -243,7 +247,7 @@ class Recorder:
         self._probe_handle: RemovableHandle | None = None
         # Global mode.
         self._roots: list[torch.nn.Module] = []
-        self._first_forward_pending = True
+        self._depth = 0  # module forwards in progress (global discovery): depth 0 calls are roots
         # Loss calls of the step in progress: the main one is the call with the fewest target elements
         # (the first on ties), e.g. the frame loss of ``frame_bce + 0.5 * point_bce``.
         self._main_loss: torch.Tensor | None = None  # its value (global mode)
@@ -262,7 +266,8 @@ class Recorder:
         self._discovery_start = 0
         self._discovery_suspended = False
         self._idle_forwards = 0
-        self._roots_named = 0
+        self._roots_named = 0  # roots named when the parameter table was last built
+        self._roots_scanned = 0  # roots named by the discovery's all-named test
 
         if model is not None:
             for n, p in model.named_parameters():
@@ -682,9 +687,11 @@ class Recorder:
             self._cost += time.perf_counter() - t0
         st.count += 1
         if self.is_global and st is self._primary:
-            self._first_forward_pending = True
-            if st.count == self._discovery_steps:
-                self._end_discovery()
+            self._depth = 0  # a forward that raised never ran its post-hook
+            if self._discovery_handles and st.count >= self._discovery_steps:
+                # Global hooks stay (up to NAME_STEPS steps) until every parameter has a module name.
+                if st.count >= NAME_STEPS or self._all_named(st):
+                    self._end_discovery()
             self._end_step(st.count - 1 if st.sampled else None)
 
     def _heads(self, st: _OptState) -> list[torch.Tensor]:
@@ -835,24 +842,34 @@ class Recorder:
         return hook
 
     def _on_any_forward_pre(self, module: torch.nn.Module, args: Any) -> None:
-        # Global discovery: the first module to start a forward with grad enabled after a step is a root.
+        # Global discovery: a module called while no other module runs, with grad enabled, is a root
+        # (the model, or a wrapper around it); its parameters are named from it. Not only the first
+        # call after a step: an augmentation or feature module may run before the model.
         if self._primary is None:
             self._idle_forwards += 1
             if self._idle_forwards > IDLE_FORWARDS:  # no training (yet): stop slowing every module call
                 self._remove_discovery()
                 self._discovery_suspended = True
                 return
-        if not self._first_forward_pending or not torch.is_grad_enabled():
+        depth = self._depth
+        self._depth = depth + 1
+        if depth or not torch.is_grad_enabled() or isinstance(module, torch.nn.modules.loss._Loss):
             return
-        if isinstance(module, torch.nn.modules.loss._Loss):
-            return
-        self._first_forward_pending = False
-        if not any(module is r for r in self._roots):
+        if len(self._roots) < MAX_ROOTS and not any(module is r for r in self._roots):
             self._roots.append(module)
 
     def _on_any_forward(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if self._depth:
+            self._depth -= 1
         if isinstance(module, torch.nn.modules.loss._Loss):
             self._on_loss_module(module, args, output)
+
+    def _all_named(self, st: _OptState) -> bool:
+        """Whether every parameter of the optimizer has a module name (host work; discovery steps only)."""
+        if self._roots_scanned != len(self._roots):
+            self._name_from_roots()
+            self._roots_scanned = len(self._roots)
+        return all(id(p) in self._names for g in st.opt.param_groups for p in g["params"])
 
     def _on_loss_module(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if len(args) < 1 or not isinstance(args[0], torch.Tensor) or not isinstance(output, torch.Tensor):

@@ -589,3 +589,45 @@ def test_global_mode_a_scaled_backward_keeps_the_loss_call_value() -> None:
     finally:
         rec.close()
     assert series(got)["train/loss"] == pytest.approx(losses)
+
+
+def test_global_names_come_from_the_model_even_when_another_module_runs_first() -> None:
+    aug = nn.Dropout(0.0)  # e.g. an augmentation module called, with grad enabled, before the model
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    got: list[Observation] = []
+    rec = Recorder.install_global(sink=got.extend, sample_every=1)
+    try:
+        for step in range(5):
+            x, y = batch(step)
+            loss = F.binary_cross_entropy_with_logits(model(aug(x)).squeeze(-1), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert not module_hooks._global_forward_hooks  # every parameter named: discovery over
+    finally:
+        rec.close()
+    names = {n for n in series(got) if n.startswith("grad/norm/")}
+    assert names == {"grad/norm/0", "grad/norm/2", "grad/norm/total"}
+
+
+def test_global_discovery_waits_for_a_model_called_late() -> None:
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    got: list[Observation] = []
+    rec = Recorder.install_global(sink=got.extend, sample_every=1)
+    try:
+        for _ in range(4):  # warm-up steps on a loss that calls no module (e.g. a prior fit)
+            (sum(p.sum() for p in model.parameters()) * 0.0).backward()
+            opt.step()
+        assert module_hooks._global_forward_hooks  # parameters still unnamed: keep looking
+        for step in range(3):
+            x, y = batch(step)
+            loss = F.binary_cross_entropy_with_logits(model(x).squeeze(-1), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert not module_hooks._global_forward_hooks
+    finally:
+        rec.close()
+    assert "grad/norm/0" in series(got)
