@@ -12,7 +12,10 @@ from muvo_doctor.observation import Observation
 
 @dataclass(frozen=True)
 class Series:
-    """One signal's points in step order. ``digits`` is the fewest decimals it was ever shown with."""
+    """One signal's points in step order. ``digits`` is the fewest decimals it was ever shown with.
+
+    ``steps`` and ``values`` are read-only views: later additions to the history never change them.
+    """
 
     name: str
     steps: np.ndarray  # (n,) int64
@@ -24,14 +27,63 @@ class Series:
 
 
 class _Buffer:
-    __slots__ = ("steps", "values", "digits", "stride", "pending")
+    """One series: numpy arrays with spare capacity plus a short list tail of new points.
 
-    def __init__(self) -> None:
-        self.steps: list[int] = []
-        self.values: list[float] = []
+    Adding a point appends to Python lists (the log readers' hot path); reading moves the tail into
+    the arrays once, so every point is converted to numpy exactly once. The arrays grow by doubling
+    and are replaced, never written below ``n``, so a view handed out earlier stays valid.
+    """
+
+    __slots__ = ("steps", "values", "n", "room", "tail_steps", "tail_values", "digits", "stride", "pending")
+
+    def __init__(self, max_points: int) -> None:
+        self.steps = np.empty(0, dtype=np.int64)
+        self.values = np.empty(0, dtype=np.float64)
+        self.n = 0  # points in the arrays
+        self.room = max_points  # tail length at which the series is full (max_points - n)
+        self.tail_steps: list[int] = []
+        self.tail_values: list[float] = []
         self.digits: int | None = None
         self.stride = 1  # keep one point in `stride` after compaction
         self.pending = 0
+
+    def __len__(self) -> int:
+        return self.n + len(self.tail_values)
+
+    def flush(self, cap_limit: int) -> None:
+        """Move the tail into the arrays (amortised O(1) per point)."""
+        k = len(self.tail_values)
+        if not k:
+            return
+        need = self.n + k
+        if need > len(self.values):
+            cap = max(64, len(self.values))
+            while cap < need:
+                cap *= 2
+            cap = max(min(cap, cap_limit), need)
+            steps = np.empty(cap, dtype=np.int64)
+            values = np.empty(cap, dtype=np.float64)
+            steps[: self.n] = self.steps[: self.n]
+            values[: self.n] = self.values[: self.n]
+            self.steps, self.values = steps, values
+        self.steps[self.n : need] = self.tail_steps
+        self.values[self.n : need] = self.tail_values
+        self.n = need
+        self.room = cap_limit - need
+        self.tail_steps.clear()
+        self.tail_values.clear()
+
+    def halve(self, cap_limit: int) -> None:
+        """Keep the first point and every other one after it, into fresh arrays (old views stay intact)."""
+        self.flush(cap_limit)
+        keep_s, keep_v = self.steps[: self.n : 2], self.values[: self.n : 2]
+        m = len(keep_v)
+        self.steps = np.empty(cap_limit, dtype=np.int64)
+        self.values = np.empty(cap_limit, dtype=np.float64)
+        self.steps[:m] = keep_s
+        self.values[:m] = keep_v
+        self.n = m
+        self.room = cap_limit - m
 
 
 class History:
@@ -51,6 +103,7 @@ class History:
         self.count: int = 0
 
     def add(self, obs: Observation) -> None:
+        """Add one observation (ranks other than 0 under ``name@rank<r>``)."""
         name = obs.name if not obs.rank else f"{obs.name}@rank{obs.rank}"
         self.add_point(name, obs.step, obs.value, obs.digits)
 
@@ -58,7 +111,7 @@ class History:
         """Add one point without building an Observation (the fast path for log readers)."""
         buf = self._buffers.get(name)
         if buf is None:
-            buf = self._buffers[name] = _Buffer()
+            buf = self._buffers[name] = _Buffer(self.max_points)
         self.count += 1
         if step > self.last_step:
             self.last_step = step
@@ -68,32 +121,36 @@ class History:
         if buf.pending < buf.stride:
             return
         buf.pending = 0
-        buf.steps.append(step)
-        buf.values.append(value)
-        if len(buf.values) >= self.max_points:
-            # Keep the first point and every other one after it.
-            buf.steps = buf.steps[::2]
-            buf.values = buf.values[::2]
+        buf.tail_steps.append(step)
+        buf.tail_values.append(value)
+        if len(buf.tail_values) >= buf.room:
+            buf.halve(self.max_points)
             buf.stride *= 2
 
     def extend(self, observations: Iterable[Observation]) -> None:
+        """Add many observations in order."""
         for obs in observations:
             self.add(obs)
 
     def names(self, prefix: str = "") -> list[str]:
+        """Names of the series starting with ``prefix``, sorted."""
         return sorted(n for n in self._buffers if n.startswith(prefix))
 
     def __contains__(self, name: str) -> bool:
         return name in self._buffers
 
     def series(self, name: str) -> Series | None:
-        """The series called ``name``, or None when it was never observed."""
+        """The series called ``name``, or None when it was never observed.
+
+        Cost: the points added since the last call are converted once; the arrays themselves are
+        read-only views, not copies.
+        """
         buf = self._buffers.get(name)
-        if buf is None or not buf.values:
+        if buf is None or not len(buf):
             return None
-        return Series(
-            name=name,
-            steps=np.asarray(buf.steps, dtype=np.int64),
-            values=np.asarray(buf.values, dtype=np.float64),
-            digits=buf.digits,
-        )
+        buf.flush(self.max_points)
+        steps = buf.steps[: buf.n]
+        values = buf.values[: buf.n]
+        steps.flags.writeable = False
+        values.flags.writeable = False
+        return Series(name=name, steps=steps, values=values, digits=buf.digits)

@@ -30,14 +30,14 @@ def fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-# One conversion per series per evaluation: History.series() builds numpy arrays from lists on
-# every call, and 16 checks read the same series. Keyed weakly by the history object and checked
-# against its point count, so any new point invalidates it.
+# One Series object per name per evaluation (16 checks read the same series; History.series() is
+# cheap now, views over growable arrays, but still a dict lookup and a dataclass). Keyed weakly by
+# the history object and checked against its point count, so any new point invalidates it.
 _CACHE: weakref.WeakKeyDictionary[History, tuple[int, dict[str, Series | None]]] = weakref.WeakKeyDictionary()
 
 
 def series(history: History, name: str) -> Series | None:
-    """``history.series(name)``, converted once per evaluation (cached until a point is added)."""
+    """``history.series(name)``, once per evaluation (cached until a point is added)."""
     entry = _CACHE.get(history)
     if entry is None or entry[0] != history.count:
         entry = _CACHE[history] = (history.count, {})

@@ -1,0 +1,117 @@
+"""History: bounded series with stride compaction, min digits, rank names, safe views, and speed."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from muvo_doctor.history import History
+from muvo_doctor.observation import Observation
+
+
+def _filled(n: int, max_points: int = 64, name: str = "train/loss") -> History:
+    h = History(max_points)
+    for s in range(n):
+        h.add_point(name, s, float(s) * 0.5)
+    return h
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 200, 1_000, 10_007])
+def test_length_is_bounded_and_the_shape_is_kept(n: int) -> None:
+    h = _filled(n)
+    s = h.series("train/loss")
+    assert s is not None and 1 <= len(s) < 64
+    assert s.steps[0] == 0 and s.values[0] == 0.0  # the first point survives every compaction
+    assert np.all(np.diff(s.steps) > 0)  # step order
+    np.testing.assert_array_equal(s.values, s.steps * 0.5)  # each value stays with its step
+    # Kept points are evenly strided over the whole run: the last one is near the end.
+    assert s.steps[-1] >= n - 1 - 2 * np.diff(s.steps).max(initial=1)
+    assert h.count == n and h.last_step == n - 1
+
+
+def test_compaction_matches_keep_first_and_every_other() -> None:
+    # max_points=16: at 16 points keep [0, 2, ..., 14] (8), then stride 2 keeps steps 17, 19, ... 31 and at 16 again every other
+    h = _filled(16 + 16, max_points=16)
+    s = h.series("train/loss")
+    assert list(s.steps) == [0, 4, 8, 12, 17, 21, 25, 29]
+
+
+def test_digits_is_the_fewest_ever_shown() -> None:
+    h = History()
+    for digits in (6, 4, None, 5):
+        h.add_point("printed/loss", len(h.names()), 0.5, digits)
+    assert h.series("printed/loss").digits == 4
+    h.add_point("train/loss", 0, 0.5)
+    assert h.series("train/loss").digits is None
+
+
+def test_ranks_are_stored_apart() -> None:
+    h = History()
+    h.extend(
+        [
+            Observation(name="train/loss", step=0, value=1.0),
+            Observation(name="train/loss", step=0, value=2.0, rank=1),
+            Observation(name="train/loss", step=1, value=3.0, rank=0),
+        ]
+    )
+    assert h.names() == ["train/loss", "train/loss@rank1"]
+    assert list(h.series("train/loss").values) == [1.0, 3.0]
+    assert list(h.series("train/loss@rank1").values) == [2.0]
+    assert "train/loss@rank1" in h and "val/loss" not in h
+    assert h.names("train/loss@") == ["train/loss@rank1"]
+
+
+def test_absent_series_is_none() -> None:
+    assert History().series("train/loss") is None
+    with pytest.raises(ValueError, match="at least 16"):
+        History(8)
+
+
+@pytest.mark.parametrize("later", [5, 100, 5_000])  # appends in place, growth, compaction
+def test_a_series_read_earlier_is_not_changed_by_later_points(later: int) -> None:
+    h = _filled(40, max_points=64)
+    before = h.series("train/loss")
+    steps, values = before.steps.copy(), before.values.copy()
+    for s in range(40, 40 + later):
+        h.add_point("train/loss", s, -1.0)
+    h.series("train/loss")  # moves the new points into the arrays
+    np.testing.assert_array_equal(before.steps, steps)
+    np.testing.assert_array_equal(before.values, values)
+    with pytest.raises(ValueError):
+        before.values[0] = 7.0  # read-only: a check cannot corrupt the history either
+
+
+def test_reading_is_cheap_and_sees_every_new_point() -> None:
+    # 70 series x 20,000 points: reading all of them must not rebuild arrays (was ~100 ms a pass).
+    h = History()
+    names = [f"grad/norm/m{i}" for i in range(70)]
+    vals = np.random.default_rng(0).random(20_000)
+    for n in names:
+        for s in range(20_000):
+            h.add_point(n, s, float(vals[s]))
+    for n in names:
+        h.series(n)
+    t0 = time.perf_counter()
+    for r in range(10):
+        h.add_point(names[0], 20_000 + r, 9.0)
+        for n in names:
+            h.series(n)
+    per_pass = (time.perf_counter() - t0) / 10
+    assert per_pass < 0.02, f"{per_pass * 1e3:.1f} ms per pass over 70 series"
+    s = h.series(names[0])
+    assert s.values[-1] == 9.0 and len(s) < 20_000  # compacted once at 20,000, newest point present
+
+
+def test_reading_in_between_changes_nothing() -> None:
+    a, b = History(32), History(32)
+    for s in range(500):
+        a.add_point("x", s, s / 7, 3)
+        b.add_point("x", s, s / 7, 3)
+        if s % 7 == 0:
+            b.series("x")
+    sa, sb = a.series("x"), b.series("x")
+    np.testing.assert_array_equal(sa.steps, sb.steps)
+    np.testing.assert_array_equal(sa.values, sb.values)
+    assert sa.digits == sb.digits == 3
