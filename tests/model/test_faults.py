@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import muvo_model.train as train_module
 from muvo_model.config import load_run_config
@@ -66,6 +67,34 @@ def test_hidden_print_shows_zeros_while_the_loss_is_not(capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     assert "step 2 loss=0.0000 " in out and "step 4 loss=0.0000 " in out
     assert min(res.losses) > 0.05
+
+
+def _frames(n: int, fill: float) -> Frames:
+    p = 8
+    return Frames(
+        image=torch.full((n, 3, 4, 4), fill),
+        points=torch.full((n, p, 4), fill),
+        point_mask=torch.ones(n, p, dtype=torch.bool),
+        point_class=torch.full((n, p), 30),
+        point_label=torch.full((n, p), fill),
+        frame_label=torch.full((n,), fill),
+        scenario=torch.zeros(n, dtype=torch.long),
+    )
+
+
+def test_random_labels_are_redrawn_every_step_and_ignore_the_frames() -> None:
+    fault = get_fault("random-labels")
+    # Plain BCE and no per-point loss, as the incident's run: nothing else carries the true labels.
+    assert not fault.use_pos_weight and not fault.point_loss
+    torch.manual_seed(0)
+    a, b = fault.labels(_frames(4000, 0.0)), fault.labels(_frames(4000, 0.0))
+    assert not torch.equal(a, b)  # a new draw per step: no frame keeps a label to memorise
+    assert abs(a.mean().item() - 0.1) < 0.02 and set(a.unique().tolist()) == {0.0, 1.0}
+    # Same random state, different frames (all-anomaly vs all-normal): the same labels.
+    torch.manual_seed(1)
+    normal = fault.labels(_frames(64, 0.0))
+    torch.manual_seed(1)
+    assert torch.equal(fault.labels(_frames(64, 1.0)), normal)
 
 
 @pytest.mark.slow
