@@ -80,6 +80,39 @@ _SCALE_NODES = ("MulBackward0", "DivBackward0", "MeanBackward0")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
 
 
+_OBS_FIELDS = frozenset(("name", "step", "value", "digits", "rank"))
+
+
+def _fast_obs(name: str, step: int, value: float, rank: int | None) -> Observation:
+    """``Observation.model_construct`` without its per-call field walk (about 6 µs less per observation).
+
+    The values are known to be valid (names built here, ints and floats); checked against
+    ``model_construct`` once at import, else ``model_construct`` is used.
+    """
+    o = object.__new__(Observation)
+    object.__setattr__(
+        o, "__dict__", {"name": name, "step": step, "value": value, "digits": None, "rank": rank}
+    )
+    object.__setattr__(o, "__pydantic_fields_set__", _OBS_FIELDS)
+    object.__setattr__(o, "__pydantic_extra__", None)
+    object.__setattr__(o, "__pydantic_private__", None)
+    return o
+
+
+def _slow_obs(name: str, step: int, value: float, rank: int | None) -> Observation:
+    return Observation.model_construct(name=name, step=step, value=value, digits=None, rank=rank)
+
+
+try:
+    _probe = _fast_obs("train/loss", 1, 0.5, None)
+    _ok = _probe == _slow_obs("train/loss", 1, 0.5, None) and _probe.model_dump() == {
+        "name": "train/loss", "step": 1, "value": 0.5, "digits": None, "rank": None
+    }  # fmt: skip
+except Exception:
+    _ok = False
+_make_obs = _fast_obs if _ok else _slow_obs
+
+
 def _strip(name: str) -> str:
     changed = True
     while changed:
@@ -150,6 +183,10 @@ class _OptState:
         self.mod_req: dict[tuple[bool, ...], torch.Tensor] = {}
         self.before: list[torch.Tensor] | None = None
         self.before_ids: list[int] = []
+        self.grad_names: tuple[str, ...] = ()
+        self.n_opts = 0  # optimizers known when the inventory was built
+        self.update_names: tuple[str, ...] = ()
+        self.outside: list[torch.Tensor] = []  # model parameters in no optimizer (any requires_grad)
 
     def current_signature(self) -> tuple[int, ...]:
         return tuple(len(g["params"]) for g in self.opt.param_groups)
@@ -616,8 +653,14 @@ class Recorder:
     def _inventory(self, st: _OptState) -> None:
         """(Re)build the parameter -> module table of an optimizer; only when its groups change."""
         sig = st.current_signature()
-        if sig == st.signature and st.params and self._roots_named == len(self._roots):
+        if (
+            sig == st.signature
+            and st.params
+            and self._roots_named == len(self._roots)
+            and st.n_opts == len(self._opts)
+        ):
             return
+        st.n_opts = len(self._opts)
         if self.is_global:
             self._name_from_roots()
             self._roots_named = len(self._roots)
@@ -635,6 +678,22 @@ class Recorder:
                 st.group_of.append(gi)
                 st.module_of.append(mod_index[mod])
                 st.numel.append(p.numel())
+        st.grad_names = tuple(f"grad/norm/{m}" for m in st.modules) + ("grad/norm/total", "nonfinite/grad")
+        st.update_names = (
+            tuple(f"update/ratio/{x}" for x in st.modules)
+            + ("update/ratio/total", "param/frozen")
+            + tuple(f"param/frozen/{x}" for x in st.modules)
+        )
+        # Trainable-parameter candidates outside every optimizer: rebuilt with the inventory, not per sample.
+        in_opt = {id(p) for o in self._opts.values() for g in o.opt.param_groups for p in g["params"]}
+        sources = [self.model] if self.model is not None else self._roots
+        seen: set[int] = set()
+        st.outside = []
+        for m in sources:
+            for p in m.parameters():
+                if id(p) not in in_opt and id(p) not in seen:
+                    seen.add(id(p))
+                    st.outside.append(p)
         dev = st.params[0].device if st.params else torch.device("cpu")
         # One host-to-device copy per inventory, not per step.
         st.idx = torch.tensor(st.module_of, dtype=torch.long, device=dev)
@@ -717,20 +776,11 @@ class Recorder:
         # Gradient tensors holding a NaN/Inf (a non-finite norm); an exact element count would
         # cost another pass over every gradient.
         bad = (~torch.isfinite(norms)).sum().float().reshape(1)
-        names = tuple(f"grad/norm/{m}" for m in st.modules) + ("grad/norm/total", "nonfinite/grad")
-        self._append(step, names, torch.cat([per_mod, total, bad]))
+        self._append(step, st.grad_names, torch.cat([per_mod, total, bad]))
 
     def _trainable(self, st: _OptState) -> tuple[list[torch.Tensor], int]:
         """Model parameters that require grad but are in no optimizer (explicit: the model; global: roots)."""
-        in_opt = {id(p) for s in self._opts.values() for p in s.params}
-        sources = [self.model] if self.model is not None else self._roots
-        seen: set[int] = set()
-        missing: list[torch.Tensor] = []
-        for m in sources:
-            for p in m.parameters():
-                if p.requires_grad and id(p) not in in_opt and id(p) not in seen:
-                    seen.add(id(p))
-                    missing.append(p)
+        missing = [p for p in st.outside if p.requires_grad]
         return missing, sum(p.numel() for p in missing)
 
     def _param_states(self, st: _OptState, step: int | None) -> None:
@@ -770,8 +820,9 @@ class Recorder:
         before = st.before
         assert before is not None
         diff = torch._foreach_sub(self._heads(st), before)
-        dn = torch.stack(torch._foreach_norm(diff)).float()  # (P,)
-        wn = torch.stack(torch._foreach_norm(before)).float()
+        n_p = len(before)
+        both = torch.stack(torch._foreach_norm(diff + before)).float()  # (2P,): one grouped launch
+        dn, wn = both[:n_p], both[n_p:]
         idx = st.idx.to(dn.device)  # type: ignore[union-attr]
         m = len(st.modules)
         flags = tuple(p.requires_grad for p in st.params)
@@ -790,12 +841,7 @@ class Recorder:
         n_train = getattr(st, "_n_train", 0) or 1
         frozen_total = (agg[m, 2:] + sum(p.numel() for p in missing)) / n_train
         frozen_mod = agg[:m, 2] / st.mod_req[flags]
-        names = (
-            tuple(f"update/ratio/{x}" for x in st.modules)
-            + ("update/ratio/total", "param/frozen")
-            + tuple(f"param/frozen/{x}" for x in st.modules)
-        )
-        self._append(step, names, torch.cat([ratio, frozen_total, frozen_mod]))
+        self._append(step, st.update_names, torch.cat([ratio, frozen_total, frozen_mod]))
         # Modules entirely outside this optimizer never move.
         outside = sorted({_module_of(self._names.get(id(p), "?")) for p in missing} - set(st.modules))
         if outside:
@@ -1037,16 +1083,12 @@ class Recorder:
             if not math.isfinite(v):
                 nonfinite_loss += 1
             last_loss_step = step
-            obs.append(
-                Observation.model_construct(
-                    name="train/loss", step=step, value=v, digits=None, rank=self.rank
-                )
-            )
+            obs.append(_make_obs("train/loss", step, v, self.rank))
+
+        rank = self.rank
 
         def emit(name: str, step: int, value: float) -> None:
-            obs.append(
-                Observation.model_construct(name=name, step=step, value=value, digits=None, rank=self.rank)
-            )
+            obs.append(_make_obs(name, step, value, rank))
 
         for row in rows:
             vals = row.host if row.host is not None else values[row.pos : row.pos + row.n]
