@@ -157,7 +157,11 @@ def _healthy_wrapped(
                 h.add_point("printed/lr", at + r // 5, float(f"{next_lr:.6g}"), 8)
                 h.add_point("printed/samples/s", at + r // 5, float(rng.integers(30, 500)), 0)
         if done % 40 == 0:
-            for key, v in (("eval_step", float(done)), ("val_loss", 0.3 + 0.1 * rng.random()), ("val_acc", 0.9)):
+            for key, v in (
+                ("eval_step", float(done)),
+                ("val_loss", 0.3 + 0.1 * rng.random()),
+                ("val_acc", 0.9),
+            ):
                 h.add_point(f"printed/{key}", s, round(v, 6), 0 if key == "eval_step" else 6)
             h.add_point("val/step", s, float(done), 0)  # what the wrapper makes of "eval step 40"
             h.add_point("val/acc", s, 0.9, 6)
@@ -246,7 +250,10 @@ def test_printed_zero_while_a_tiny_real_loss_moves_is_found() -> None:
         if s % 10 == 9:
             h.add_point("printed/loss", s, 0.0, 4)
     out = display_precision.check(h, CFG)
-    assert out and "0.0000 (4 decimals) in all 20 prints while train/loss moves from 2.69e-05 to" in out[0].message
+    assert (
+        out
+        and "0.0000 (4 decimals) in all 20 prints while train/loss moves from 2.69e-05 to" in out[0].message
+    )
 
 
 def test_printed_zero_while_a_tiny_real_loss_stays_put_is_not_found() -> None:

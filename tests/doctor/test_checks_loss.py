@@ -7,8 +7,10 @@ import pytest
 
 from muvo_doctor.checks import divergence, flat_loss, loss_not_decreasing, loss_spike, nan_inf
 from muvo_doctor.config import DoctorConfig
+from muvo_doctor.doctor import Doctor
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
+from muvo_doctor.observation import Observation
 
 CFG = DoctorConfig()
 T = CFG.thresholds
@@ -112,16 +114,22 @@ def test_flat_aux_loss_is_a_warning_naming_the_series() -> None:
 
 # ---------------------------------------------------------------- loss_not_decreasing
 @pytest.mark.parametrize(
-    ("drop", "found"),
-    [(0.0, True), (T.lnd_min_rel_drop * 0.5, True), (T.lnd_min_rel_drop * 3, False)],
+    ("drop", "noise", "severity"),
+    [
+        (0.0, 0.001, "critical"),
+        (T.lnd_min_rel_drop * 0.5, 0.001, "warning"),  # small but far beyond the noise: slow, not dead
+        (T.lnd_min_rel_drop * 3, 0.001, None),
+    ],
 )
-def test_loss_not_decreasing_relative_drop(drop: float, found: bool) -> None:
+def test_loss_not_decreasing_relative_drop(drop: float, noise: float, severity: str | None) -> None:
     n = T.lnd_min_points * 3
-    loss = np.linspace(0.7, 0.7 * (1 - drop), n) + noisy(n, 0, 0.001)
+    loss = np.linspace(0.7, 0.7 * (1 - drop), n) + noisy(n, 0, noise)
     out = run(loss_not_decreasing, train__loss=loss)
-    assert bool(out) is found
-    if found:
-        assert out[0].severity == "critical" and f"{out[0].evidence['start_median']:.4g}" in out[0].message
+    assert (out[0].severity if out else None) == severity
+    if severity:
+        assert f"{out[0].evidence['start_median']:.4g}" in out[0].message
+    if severity == "warning":
+        assert "a real but slow drop" in out[0].message and "too slowly to tell" in out[0].message
 
 
 def test_loss_not_decreasing_waits_for_a_long_window() -> None:
@@ -226,3 +234,42 @@ def test_step_that_stays_up_is_not_a_spike() -> None:
 @pytest.mark.parametrize("seed", range(3))
 def test_healthy_noisy_decreasing_loss_gives_nothing(mod, seed: int) -> None:
     assert run(mod, train__loss=decreasing(2000, seed)) == []
+
+
+def test_a_plateau_that_starts_learning_is_not_dead_at_the_end() -> None:
+    # The original arch on CPU: the loss sits at ln 2 and AUROC at chance for ~250 steps, then both move.
+    # Live evaluations call it dead at first; the final report must follow the later evidence.
+    d = Doctor(CFG)
+    rng = np.random.default_rng(0)
+    for s in range(600):
+        level = 0.693 if s < 250 else 0.693 - 0.25 * (1 - np.exp(-(s - 250) / 150))
+        d.observe(Observation(name="train/loss", step=s, value=float(level + rng.normal(0, 0.004))))
+        if s % 40 == 39:
+            auroc = 0.45 + rng.normal(0, 0.02) if s < 250 else min(0.95, 0.5 + (s - 250) / 400)
+            d.observe(Observation(name="val/auroc", step=s, value=float(auroc)))
+        if s % 50 == 49:
+            d.evaluate()
+            if s == 199:
+                assert d.verdict == "dead"
+                assert {f.check: f.severity for f in d.findings}["loss_not_decreasing"] == "critical"
+    f = {f.check: f for f in d.findings}["loss_not_decreasing"]
+    assert d.verdict != "dead", [(f.check, f.severity, f.message) for f in d.findings]
+    assert f.severity == "info" and f.step == 0
+    assert f.message.startswith("No longer holds (was critical from step 0)")
+
+
+@pytest.mark.parametrize(
+    ("aurocs", "severity"),
+    [
+        ([0.44, 0.52, 0.61], "critical"),  # one evaluation above 0.6 after chance: drift, not learning
+        ([0.44, 0.62, 0.65], "info"),  # two in a row: the held-out scores rank
+    ],
+)
+def test_val_auroc_vetoes_not_decreasing_only_when_it_holds(aurocs: list[float], severity: str) -> None:
+    h = History()
+    for s in range(300):
+        h.add_point("train/loss", s, 0.693 + 0.001 * np.sin(s))
+    for i, a in enumerate(aurocs):
+        h.add_point("val/auroc", 100 * i + 99, a)
+    out = loss_not_decreasing.check(h, CFG)
+    assert out[0].severity == severity

@@ -3,7 +3,9 @@
 A check module defines ``ID`` (a check id of CONTRACT.md), a docstring in three parts
 (What it does / Why it matters / What to do) that ``muvo-doctor explain`` prints, and
 ``check(history, config) -> list[Finding]``. A check never prints and never raises on bad
-training; it returns ``[]`` when its signal is absent or too short.
+training; it returns ``[]`` when its signal is absent or too short. A module may set
+``RETRACTABLE = True`` when its verdict is about the run so far (a trend, or a severity that
+depends on whether the run learns): the Doctor then keeps its latest result, not its worst.
 """
 
 from __future__ import annotations

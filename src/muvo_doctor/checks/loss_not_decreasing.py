@@ -6,7 +6,9 @@ What it does:
     drops by at least ``lnd_min_rel_drop`` of its start; a rise must exceed that and ``lnd_noise_z``
     standard errors of the two medians. Medians make it robust to spikes. A loss that fell and then
     plateaued has learned and is not reported. Critical when the loss never dropped, a warning when
-    it rises; only info when the held-out AUROC is clearly above chance (the model learns anyway).
+    it rises or falls slowly but beyond its noise (``lnd_noise_z`` standard errors); only info when
+    the held-out AUROC is clearly above chance (the model learns anyway). The latest evaluation
+    rules: a loss that sat still and then started to learn is not reported as dead at the end.
 
 Why it matters:
     A loss that has not moved after hundreds of steps is a run that is not learning: a too-small or
@@ -27,6 +29,7 @@ from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
 
 ID = "loss_not_decreasing"
+RETRACTABLE = True  # judged over the run so far: the latest evaluation rules (see Doctor)
 
 ADVICE = (
     "Overfit one batch to separate wiring bugs from data problems; check the learning rate, the labels "
@@ -46,13 +49,20 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
     if p.rising:
         what = f"rose from {fmt(p.start)} to {fmt(p.recent)}"
         sev = "warning"
+    elif p.slow:
+        what = (
+            f"went from {fmt(p.start)} to {fmt(p.recent)}, a real but slow drop ({fmt(p.drop)}, beyond its "
+            f"noise but less than the {fmt(p.needed)}, {t.lnd_min_rel_drop:.0%} of the start, that counts as learning)"
+        )
+        sev = "warning"  # it moves: a slow learner (small learning rate, long warm-up), not a dead run
     else:
         what = f"went from {fmt(p.start)} to {fmt(p.recent)} (a drop of {fmt(p.drop)}, less than the {fmt(p.needed)}, {t.lnd_min_rel_drop:.0%} of the start, that counts as learning)"
         sev = "critical"
     auroc = auroc_learns(history, t)
     if auroc is not None:
         sev = "info"  # the held-out scores rank: the loss is a poor read of this run
-    msg = f"{LOSS} {what} over {p.n} points (steps {p.first_step}-{p.last_step}): it is not decreasing"
+    verdict = "it decreases too slowly to tell" if p.slow and not p.rising else "it is not decreasing"
+    msg = f"{LOSS} {what} over {p.n} points (steps {p.first_step}-{p.last_step}): {verdict}"
     msg += f", although val/auroc is {auroc:.3f}." if auroc is not None else "."
     return [
         make(

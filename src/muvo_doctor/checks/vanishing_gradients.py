@@ -31,6 +31,7 @@ from muvo_doctor.finding import Finding, Severity
 from muvo_doctor.history import History
 
 ID = "vanishing_gradients"
+RETRACTABLE = True  # judged over the run so far: the latest evaluation rules (see Doctor)
 
 ADVICE = (
     "Use non-saturating activations (ReLU/GELU) with Kaiming init, add normalisation or residual "
