@@ -448,11 +448,14 @@ class Runner:
             if not pairs:
                 continue
             self.printed_lines += 1
+            line_step = None
             for key, value, digits in pairs:
                 if key in _STEP_KEYS and digits == 0 and value >= 0:
-                    self.printed_step = int(value)
+                    self.printed_step = line_step = int(value)
             if self.instrumented:
-                step = self.telemetry_step
+                # Telemetry arrives in batches (heartbeats at most 20 a second), so a fast loop's lines
+                # can run ahead of it: a step number printed on the line itself is the better clock.
+                step = self.telemetry_step if line_step is None else max(self.telemetry_step, line_step)
             elif self.printed_step is not None:
                 step = self.printed_step
             else:
