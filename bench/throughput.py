@@ -101,7 +101,14 @@ def run_baseline(
 
 
 def make_ours(
-    arch: str, device: torch.device, batch: int, *, amp: bool, compile_: bool, doctor: bool, fold: bool = False
+    arch: str,
+    device: torch.device,
+    batch: int,
+    *,
+    amp: bool,
+    compile_: bool,
+    doctor: bool,
+    fold: bool = False,
 ) -> tuple[torch.nn.Module, Callable[[Frames], None], Callable[[], None]]:
     """Our fast step for `arch`; returns (model, step(batch_frames), close).
 
@@ -187,7 +194,9 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=60, help="timed steps per row")
     ap.add_argument("--batches", default="8,256,1024", help="batch sizes for our pipeline")
     ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--only", default="", help="run only our rows whose label contains this text (baseline always)")
+    ap.add_argument(
+        "--only", default="", help="run only our rows whose label contains this text (baseline always)"
+    )
     ap.add_argument("--quality", action="store_true", help="also train slow vs fast to equal samples, AUROC")
     ap.add_argument("--quality-samples", type=int, default=120_000)
     args = ap.parse_args()
@@ -211,7 +220,10 @@ def main() -> int:
     t = time.perf_counter()
     data = generate(args.frames, seed=0, config=cfg, device=device)
     sync(device)
-    print(f"generated {args.frames} training frames on {device.type} in {time.perf_counter() - t:.1f}s", flush=True)
+    print(
+        f"generated {args.frames} training frames on {device.type} in {time.perf_counter() - t:.1f}s",
+        flush=True,
+    )
     gpu_fps = gen_speed(min(args.frames, 1024), cfg, device)
     cpu_fps = gen_speed(32 if not args.quick else 16, cfg, torch.device("cpu"))
 
@@ -227,13 +239,24 @@ def main() -> int:
     cuda = device.type == "cuda"
     for b in batches:
         variants.append((f"ours original b{b} fp32 eager", "original", b, False, False, False))
-        variants.append((f"ours original b{b} {'bf16' if cuda else 'fp32'} eager folded", "original", b, cuda, False, True))
+        variants.append(
+            (
+                f"ours original b{b} {'bf16' if cuda else 'fp32'} eager folded",
+                "original",
+                b,
+                cuda,
+                False,
+                True,
+            )
+        )
         if cuda:
             variants.append((f"ours original b{b} bf16 eager", "original", b, True, False, False))
             if not args.no_compile and b >= 256:
                 variants.append((f"ours original b{b} bf16 compile", "original", b, True, True, False))
                 variants.append((f"ours original b{b} bf16 compile folded", "original", b, True, True, True))
-    variants.append(("ours fusion (default arch) b256 bf16", "fusion", 256 if not args.quick else 8, cuda, False, False))
+    variants.append(
+        ("ours fusion (default arch) b256 bf16", "fusion", 256 if not args.quick else 8, cuda, False, False)
+    )
     variants = [v for v in variants if args.only in v[0]]
     for label, arch, b, amp, comp, fold in variants:
         if device.type == "cuda":
@@ -254,25 +277,32 @@ def main() -> int:
     print(f"{'pipeline':52s} {'samples/s':>11s} {'ms/step':>9s} {'GiB':>6s} {'x base':>7s}")
     for label, sps, ms, gib in rows:
         print(f"{label:52s} {sps:11,.0f} {ms:9.2f} {gib:6.2f} {sps / base:7.2f}")
-    print(f"synthetic generation: {gpu_fps:,.0f} frames/s on {device.type}, {cpu_fps:,.1f} frames/s on cpu "
-          f"({gpu_fps / cpu_fps:,.0f}x)")
+    print(
+        f"synthetic generation: {gpu_fps:,.0f} frames/s on {device.type}, {cpu_fps:,.1f} frames/s on cpu "
+        f"({gpu_fps / cpu_fps:,.0f}x)"
+    )
 
     if args.quality:
-        val = generate(1024 if not args.quick else 64, seed=99, config=cfg, device=device, scenario_offset=10_000)
+        val = generate(
+            1024 if not args.quick else 64, seed=99, config=cfg, device=device, scenario_offset=10_000
+        )
         n = args.quality_samples if not args.quick else 256
         print(f"\nquality after {n:,} training samples (frame AUROC on {len(val)} held-out frames):")
         _, _, slow = run_baseline(data, device, n // 8, warmup=0, workers=workers)
         print(f"  slow path (baseline b8 fp32): AUROC {frame_auroc(slow, val, False):.4f}")
         b = max(batches)
-        model, one, close = make_ours("original", device, b, amp=cuda, compile_=cuda and not args.no_compile,
-                                      doctor=True, fold=True)
+        model, one, close = make_ours(
+            "original", device, b, amp=cuda, compile_=cuda and not args.no_compile, doctor=True, fold=True
+        )
         time_ours(one, data, b, n // b, 0, device)
         print(f"  fast path (ours b{b}):        AUROC {frame_auroc(model, val, cuda):.4f}")
         t = time.perf_counter()
         time_ours(one, data, b, 9 * n // b, 0, device)  # 10x the samples in total, what the speed buys
         close()
-        print(f"  fast path, 10x the samples:   AUROC {frame_auroc(model, val, cuda):.4f} "
-              f"(+{time.perf_counter() - t:.1f}s)")
+        print(
+            f"  fast path, 10x the samples:   AUROC {frame_auroc(model, val, cuda):.4f} "
+            f"(+{time.perf_counter() - t:.1f}s)"
+        )
     return 0
 
 

@@ -6,8 +6,14 @@ from muvo_doctor.finding import Finding, Report, verdict_of
 
 
 def test_report_round_trips_through_json():
-    f = Finding(check="flat_loss", severity="critical", step=3, message="loss flat at 0.507",
-                evidence={"value": 0.507}, advice="check the loss")
+    f = Finding(
+        check="flat_loss",
+        severity="critical",
+        step=3,
+        message="loss flat at 0.507",
+        evidence={"value": 0.507},
+        advice="check the loss",
+    )
     r = Report(source="x", verdict=verdict_of([f]), steps=10, findings=[f])
     data = json.loads(r.to_json())
     assert data["schema"] == "muvo-doctor/report/v1"

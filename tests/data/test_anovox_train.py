@@ -17,8 +17,15 @@ def _train(*sets: str) -> subprocess.CompletedProcess:
 def test_muvo_train_reads_an_anovox_folder_and_prints_the_load_report(tmp_path):
     frames = generate(48, seed=0, config=SyntheticConfig(image_size=(32, 32), num_points=128))
     write_anovox(frames, tmp_path, scenario_size=6)
-    p = _train("data.source='anovox'", f"data.root='{tmp_path}'", "train.steps=4", "train.batch_size=8",
-               "data.points=128", "data.image_size=32", "train.eval_every=4")
+    p = _train(
+        "data.source='anovox'",
+        f"data.root='{tmp_path}'",
+        "train.steps=4",
+        "train.batch_size=8",
+        "data.points=128",
+        "data.image_size=32",
+        "train.eval_every=4",
+    )
     assert p.returncode == 0, p.stderr
     assert "scenarios" in p.stdout and "dropped 0 frames" in p.stdout
     assert "val_auroc" in p.stdout

@@ -289,7 +289,9 @@ def test_live_panel_is_current_when_the_child_prints_between_refreshes():
 
     buf = io.StringIO()
     doctor = Doctor()
-    view = make_view(doctor, title="t", plain=False, console=Console(file=buf, force_terminal=True, width=120, height=40))
+    view = make_view(
+        doctor, title="t", plain=False, console=Console(file=buf, force_terminal=True, width=120, height=40)
+    )
     view.start()
     try:
         for i in range(30):
