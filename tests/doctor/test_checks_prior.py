@@ -202,3 +202,30 @@ def test_a_ranking_auroc_vetoes_the_prior() -> None:
 def test_frozen_auroc_just_above_chance() -> None:
     assert metric_stuck.check(build({"val/auroc": 0.582}, 6), CFG)[0].severity == "critical"
     assert metric_stuck.check(build({"val/auroc": 0.95}, 6), CFG) == []  # converged, not stuck
+
+
+def test_prior_baseline_ignores_a_held_out_accuracy_above_the_training_majority_rate():
+    """Regression (flaky demo in CI): with few sampled train/acc points, a small held-out split's own
+    balance (4 positives in 64: 93.75% by always saying "normal") must not veto the prior baseline."""
+    import math
+
+    import numpy as np
+
+    from muvo_doctor.checks import prior_baseline
+    from muvo_doctor.config import DoctorConfig
+    from muvo_doctor.history import History
+
+    rng = np.random.default_rng(0)
+    h = History()
+    p = 0.1
+    h_p = -p * math.log(p) - (1 - p) * math.log(1 - p)
+    for s in range(300):
+        h.add_point("train/loss", s, h_p + rng.normal(0, 0.02))
+        if s % 10 == 0:
+            h.add_point("label/positive_fraction", s, p)
+    for s in (40, 80, 120, 160, 200, 240, 280):
+        h.add_point("val/auroc", s, 0.5 + rng.normal(0, 0.02))
+        h.add_point("val/acc", s, 0.9375)
+    found = prior_baseline.check(h, DoctorConfig())
+    assert [f.severity for f in found] == ["critical"]
+    assert f"{h_p:.3f}"[:4] in found[0].message
