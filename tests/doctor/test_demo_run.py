@@ -30,6 +30,14 @@ TINY = [
 ANSI = re.compile(r"\x1b\[")
 
 
+def _fixed_sampling(tmp_path: Path) -> dict[str, str]:
+    """The child's recorder samples every 2nd step instead of adapting to measured step time, so what
+    it sees (and so the verdict) does not depend on how loaded the test machine is."""
+    cfg = tmp_path / "doctor.toml"
+    cfg.write_text("sample_every = 2\n")
+    return {"MUVO_DOCTOR_CONFIG": str(cfg)}
+
+
 def _demo_argv(*extra: str) -> list[str]:
     return [
         sys.executable,
@@ -48,7 +56,7 @@ def _demo_argv(*extra: str) -> list[str]:
 @pytest.mark.slow
 def test_plain_demo_catches_random_labels(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
-    env = {**os.environ, "NO_COLOR": "1"}
+    env = {**os.environ, "NO_COLOR": "1", **_fixed_sampling(tmp_path)}
     proc = subprocess.run(
         _demo_argv("--plain", "--report", str(report)), capture_output=True, text=True, env=env, timeout=600
     )
@@ -70,7 +78,7 @@ def test_live_dashboard_in_a_real_terminal(tmp_path: Path) -> None:
     snapshot = tmp_path / "dash.svg"
     cmd = " ".join(_quote(a) for a in _demo_argv("--snapshot", str(snapshot)))
     script = f"cd {_quote(os.getcwd())}; {cmd}; echo $? > {_quote(str(done))}; sleep 600"
-    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TMUX")}
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TMUX")} | _fixed_sampling(tmp_path)
     env["TERM"] = "xterm-256color"
     subprocess.run(
         ["tmux", "-L", session, "new-session", "-d", "-s", session, "-x", "160", "-y", "50", script],
@@ -93,8 +101,11 @@ def test_live_dashboard_in_a_real_terminal(tmp_path: Path) -> None:
     # The charts, the prior-baseline line on the loss chart, the finding, the verdict.
     for shown in ("loss", "train/loss", "prior baseline H(p)=", "gradient norm per module", "label balance"):
         assert shown in screen, f"{shown!r} not on screen:\n{screen}"
-    # The rule crosses the y axis as ├ or ┼ (plain ticks are ┤); the curve may cover parts of it.
-    assert re.search(r"[├┼]─{3,}", screen), "no horizontal baseline rule on the loss chart:\n" + screen
+    # The rule crosses the y axis as ├ or ┼ (ticks are ┤); a noisy curve drawn near it covers some of
+    # its cells, so count its dashes along the row instead of requiring them to be adjacent.
+    assert re.search(r"[├┼]─(?:[^\n│]*─){2}", screen), (
+        "no horizontal baseline rule on the loss chart:\n" + screen
+    )
     assert re.search(r"CRITICAL\s+prior_baseline\s+step \d+", screen), screen
     assert "DEAD" in screen
     assert "demo: fault random-labels caught by prior_baseline" in screen
