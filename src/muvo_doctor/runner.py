@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
+from muvo_doctor.fdio import write_all
 from muvo_doctor.inject import PYTHONPATH_DIR
 
 if TYPE_CHECKING:
@@ -94,19 +95,6 @@ class LineSplitter:
         rest = self._partial + self._decoder.decode(b"", final=True)
         self._partial = ""
         return [_ANSI.sub("", rest)] if rest else []
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:
-            time.sleep(0.001)
-            continue
-        except InterruptedError:
-            continue
-        view = view[n:]
 
 
 def _is_tty(fd: int) -> bool:
@@ -194,7 +182,7 @@ class Runner:
 
     def _stdout_bytes(self, data: bytes) -> None:
         try:
-            _write_all(1, data)
+            write_all(1, data)
         except OSError as exc:
             self.say_once("stdout", f"cannot write the training's output ({exc.strerror}); it goes on")
 
@@ -398,7 +386,7 @@ class Runner:
                         self.sel.unregister(fd)
                         continue
                     with contextlib.suppress(OSError):
-                        _write_all(1 if what == "out" else 2, data)
+                        write_all(1 if what == "out" else 2, data)
                 elif what == "stdin":
                     self._forward_stdin()
                 elif what in ("wake", "fifo"):
@@ -428,7 +416,7 @@ class Runner:
             )
         else:
             try:
-                _write_all(2, data)
+                write_all(2, data)
             except OSError as exc:
                 self.say_once("stderr", f"cannot write the training's stderr ({exc.strerror}); it goes on")
         try:
@@ -531,7 +519,7 @@ class Runner:
             self.sel.unregister(0)
             return
         with contextlib.suppress(OSError):
-            _write_all(self.master, data)
+            write_all(self.master, data)
 
     # -- signals and stopping ------------------------------------------------------------------
     def _signal_child(self, sig: int) -> None:

@@ -26,6 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from muvo_doctor.fdio import write_all
 from muvo_doctor.observation import Observation
 
 SCHEMA = "muvo-doctor/telemetry/v1"
@@ -254,7 +255,7 @@ class BatchWriter:
                 return
             if written < len(chunk):  # only possible for files or a single oversized line
                 try:
-                    _write_all(self.fd, chunk[written:])
+                    write_all(self.fd, chunk[written:])
                 except OSError as exc:
                     self.failure = f"{type(exc).__name__}: {exc}"
                     return
@@ -272,14 +273,3 @@ def _chunks(lines: list[str], limit: int) -> Iterator[tuple[bytes, int]]:
         size += len(b)
     if buf:
         yield b"".join(buf), len(buf)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:
-            time.sleep(0.001)
-            continue
-        view = view[n:]
