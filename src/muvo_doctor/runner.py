@@ -51,8 +51,9 @@ KILL_GRACE_S = 10.0  # SIGTERM -> SIGKILL (after a second Ctrl-C), SIGINT -> SIG
 MAX_LINE = 1 << 16  # a "line" with no newline is cut here for the parser (output is never cut)
 # CSI / OSC escape sequences and lone escapes: colours and cursor moves are not part of a number.
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
-# Printed keys that number the steps ("step 120 loss=..."), and the signals the recorder measures itself.
-_STEP_KEYS = frozenset({"step", "iter", "iteration", "global_step"})
+# Printed keys that number the steps ("step 120 loss=...", "eval step 120 val_auroc=..."), and the
+# signals the recorder measures itself.
+_STEP_KEYS = frozenset({"step", "iter", "iteration", "global_step", "eval_step", "train_step", "val_step"})
 _RECORDER_SIGNALS = frozenset({"train/loss", "train/acc", "optim/lr", "grad/norm/total"})
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -95,6 +96,22 @@ class LineSplitter:
         rest = self._partial + self._decoder.decode(b"", final=True)
         self._partial = ""
         return [_ANSI.sub("", rest)] if rest else []
+
+
+def _widen_pipe(fd: int) -> None:
+    """Grow the telemetry FIFO from 64 KiB to the system's limit for unprivileged users (1 MiB on
+    Linux): one flush of a large model's statistics is bigger than 64 KiB, and every byte the pipe
+    holds is a byte the children need not keep in their backlog while this loop draws the screen."""
+    setsz = getattr(fcntl, "F_SETPIPE_SZ", 1031 if sys.platform.startswith("linux") else None)
+    if setsz is None:
+        return
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            size = int(f.read())
+    except (OSError, ValueError):
+        size = 1 << 20
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, setsz, size)
 
 
 def _is_tty(fd: int) -> bool:
@@ -301,6 +318,7 @@ class Runner:
         # Our own write end keeps the FIFO from reading EOF between children's processes.
         self.fifo_r = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
         self._fifo_w = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        _widen_pipe(self.fifo_r)
         self.sel.register(self.fifo_r, selectors.EVENT_READ, "fifo")
         old_handlers: dict[int, Any] = {}
         started = False

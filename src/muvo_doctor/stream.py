@@ -20,6 +20,7 @@ import json
 import os
 import select
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -210,26 +211,35 @@ def is_stream(path: str | Path) -> bool:
 class BatchWriter:
     """Batches lines and writes them to a file descriptor in whole-line chunks of at most PIPE_BUF bytes.
 
-    Meant for the child: ``nonblocking=True`` drops a chunk rather than stall training when the
-    reader is not keeping up (``dropped`` counts the lines). Any OSError other than a full pipe
-    (a closed pipe, a full disk) disables the writer; ``failure`` says why. It never raises.
+    Meant for the child, on a non-blocking pipe: a chunk the pipe cannot take now waits in a
+    backlog that every later ``add``/``flush`` (the step heartbeats, 20 a second) tries again, so a
+    reader that is busy for a moment loses nothing and training never stalls. Only a backlog above
+    ``max_backlog_bytes`` (a reader gone for good) drops its oldest chunks; ``dropped`` counts their
+    lines. Any OSError other than a full pipe (a closed pipe, a full disk) disables the writer;
+    ``failure`` says why. It never raises.
     """
 
-    def __init__(self, fd: int, *, max_lines: int = 256, max_seconds: float = 1.0) -> None:
+    def __init__(
+        self, fd: int, *, max_lines: int = 256, max_seconds: float = 1.0, max_backlog_bytes: int = 16 << 20
+    ) -> None:
         self.fd = fd
         self.max_lines = max_lines
         self.max_seconds = max_seconds
+        self.max_backlog_bytes = max_backlog_bytes
         self._lines: list[str] = []
+        self._backlog: deque[tuple[bytes, int]] = deque()
+        self._backlog_bytes = 0
         self._last = time.monotonic()
         self.dropped = 0
         self.failure: str | None = None
 
+    @property
+    def pending(self) -> int:
+        """Lines accepted but not yet written."""
+        return len(self._lines) + sum(n for _, n in self._backlog)
+
     def add(self, line: str) -> None:
-        if self.failure is not None:
-            return
-        self._lines.append(line)
-        if len(self._lines) >= self.max_lines or time.monotonic() - self._last >= self.max_seconds:
-            self.flush()
+        self.add_many((line,))
 
     def add_many(self, lines: Iterable[str]) -> None:
         if self.failure is not None:
@@ -237,22 +247,57 @@ class BatchWriter:
         self._lines.extend(lines)
         if len(self._lines) >= self.max_lines or time.monotonic() - self._last >= self.max_seconds:
             self.flush()
+        elif self._backlog:
+            self._drain()
 
     def flush(self) -> None:
+        """Write what the pipe takes now; keep the rest for the next call."""
         self._last = time.monotonic()
-        if self.failure is not None or not self._lines:
+        if self.failure is not None:
             self._lines.clear()
             return
-        lines, self._lines = self._lines, []
-        for chunk, n in _chunks(lines, PIPE_BUF):
+        if self._lines:
+            lines, self._lines = self._lines, []
+            for chunk, n in _chunks(lines, PIPE_BUF):
+                self._backlog.append((chunk, n))
+                self._backlog_bytes += len(chunk)
+        self._drain()
+        while self._backlog_bytes > self.max_backlog_bytes and self._backlog:
+            chunk, n = self._backlog.popleft()
+            self._backlog_bytes -= len(chunk)
+            self.dropped += n
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Flush, then wait up to ``timeout`` seconds for the reader to take the backlog (at exit)."""
+        self.flush()
+        deadline = time.monotonic() + timeout
+        while self._backlog and self.failure is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                select.select([], [self.fd], [], min(left, 0.1))
+            except (OSError, ValueError):
+                break
+            self._drain()
+        self.dropped += sum(n for _, n in self._backlog)
+        self._backlog.clear()
+        self._backlog_bytes = 0
+
+    def _drain(self) -> None:
+        while self._backlog:
+            chunk, n = self._backlog[0]
             try:
                 written = os.write(self.fd, chunk)
             except BlockingIOError:
-                self.dropped += n
-                continue
+                return
             except OSError as exc:
                 self.failure = f"{type(exc).__name__}: {exc}"
+                self._backlog.clear()
+                self._backlog_bytes = 0
                 return
+            self._backlog.popleft()
+            self._backlog_bytes -= len(chunk)
             if written < len(chunk):  # only possible for files or a single oversized line
                 try:
                     write_all(self.fd, chunk[written:])

@@ -49,12 +49,39 @@ def test_original_bug_message_has_loss_prior_entropy_and_majority_rate() -> None
     f = {f.check: f for f in d.findings}["prior_baseline"]
     assert f.severity == "critical" and d.verdict == "dead"
     ev = f.evidence
-    assert f"Loss {ev['loss']:.4g} ≈ prior entropy H(" in f.message
+    assert f.message.startswith(f"Loss {ev['loss']:.4g}") and "≈ prior entropy H(" in f.message
     assert (
         f"={ev['prior_entropy']:.3f}" in f.message and f"majority rate {ev['majority_rate']:.1%}" in f.message
     )
     assert f"accuracy {ev['accuracy']:.1%}" in f.message
     assert f.evidence["majority_rate"] == pytest.approx(0.9, abs=0.01)
+
+
+def test_the_loss_of_predicting_the_prior_is_judged_per_batch_label_mix() -> None:
+    # A model that outputs q = 0.1 on batches of 32 with 10% random positives: each batch's loss is
+    # -f ln q - (1-f) ln(1-q) for its own positive share f, so the losses spread from 0.11 to 0.62
+    # and their median sits about 6% under H(0.1). Taking each batch's mix out puts it back on H(p).
+    n = 150
+    rng = np.random.default_rng(3)
+    f = rng.binomial(32, 0.1, n) / 32
+    q = 0.1 + rng.normal(0, 0.003, n)
+    loss = -f * np.log(q) - (1 - f) * np.log(1 - q)
+    assert abs(np.median(loss) - H10) > T.pb_rel_band * H10  # the raw median alone would miss it
+    h = build({"label/positive_fraction": f, "train/loss": loss, "train/acc": 1 - f}, n)
+    [got] = prior_baseline.check(h, CFG)
+    assert got.severity == "critical" and got.evidence["batch_adjusted"]
+    assert got.evidence["loss"] == pytest.approx(bernoulli_entropy(f.mean()), rel=0.01)
+    assert "label mix taken out" in got.message
+
+
+def test_a_learning_model_is_not_put_on_the_prior_by_the_batch_adjustment() -> None:
+    # Same batches, but the model ranks: its loss is 40% under the prior's on every batch.
+    n = 150
+    rng = np.random.default_rng(4)
+    f = rng.binomial(32, 0.1, n) / 32
+    loss = 0.6 * (-f * np.log(0.1) - (1 - f) * np.log(0.9))
+    h = build({"label/positive_fraction": f, "train/loss": loss, "train/acc": 1 - f}, n)
+    assert prior_baseline.check(h, CFG) == []
 
 
 @pytest.mark.parametrize(

@@ -88,14 +88,48 @@ def test_writer_writes_whole_lines_in_atomic_chunks():
     assert w.failure is None and w.dropped == 0
 
 
-def test_writer_drops_rather_than_blocks_and_fails_open_on_a_closed_pipe():
+def _read_all(rfd: int) -> bytes:
+    out = []
+    while True:
+        try:
+            chunk = os.read(rfd, 1 << 20)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        out.append(chunk)
+    return b"".join(out)
+
+
+def test_writer_keeps_what_a_full_pipe_refuses_and_sends_it_in_order_later():
     rfd, wfd = os.pipe()
     os.set_blocking(wfd, False)
+    os.set_blocking(rfd, False)
     w = BatchWriter(wfd)
     big = [encode(Observation(name="x" * 100, step=i, value=0.0)) for i in range(5000)]  # > pipe capacity
     w.add_many(big)
-    w.flush()
-    assert w.dropped > 0 and w.failure is None
+    w.flush()  # never blocks: what the pipe cannot take waits
+    assert w.pending > 0 and w.dropped == 0 and w.failure is None
+    got = b""
+    while w.pending:
+        got += _read_all(rfd)  # the reader catches up ...
+        w.flush()  # ... and the next heartbeat sends more
+    got += _read_all(rfd)
+    assert got.decode() == "".join(big) and w.dropped == 0
+    os.close(rfd)
+    os.close(wfd)
+
+
+def test_writer_drops_oldest_only_over_its_cap_and_fails_open_on_a_closed_pipe():
+    rfd, wfd = os.pipe()
+    os.set_blocking(wfd, False)
+    w = BatchWriter(wfd, max_backlog_bytes=100_000)
+    big = [encode(Observation(name="x" * 100, step=i, value=0.0)) for i in range(5000)]  # ~650 kB
+    w.add_many(big)
+    w.flush()  # nobody reads: the pipe fills, the backlog stops at its cap
+    assert w.dropped > 0 and w.failure is None and w.pending < 5000
+    w.close(timeout=0.05)  # the reader never comes: what is left counts as dropped, no hang
+    assert w.pending == 0
     os.close(rfd)
     w.add_many(big[:3])
     w.flush()  # EPIPE: disabled, no exception

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,22 @@ def test_torchrun_two_ranks_both_report(tmp_path):
     ranks = {o.rank for o in obs if o.name == "train/loss"}
     assert ranks == {0, 1}
     assert p.stdout.count(b"loss=") == 8  # rank 0 prints
+
+
+@pytest.mark.slow
+def test_telemetry_bigger_than_the_pipe_arrives_complete(tmp_path):
+    # 60 modules sampled every step: one flush (50 steps) is ~1 MB of JSON lines, far over a
+    # 64 KiB pipe. Chunks the pipe refuses wait in the child and follow; none is dropped.
+    cfg = tmp_path / "doctor.toml"
+    cfg.write_text("sample_every = 1\n")
+    report, record = tmp_path / "report.json", tmp_path / "run.jsonl"
+    p = subprocess.run(
+        [PY, "-m", "muvo_doctor", "run", "--plain", "--record", str(record), "--report", str(report), "--",
+         PY, str(SCRIPTS / "deep_mlp.py"), "--steps", "200"],
+        capture_output=True, timeout=120, env={**os.environ, "MUVO_DOCTOR_CONFIG": str(cfg)},
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    assert b"dropped" not in p.stderr
+    obs = list(read_observations(record))
+    for name in ("train/loss", "grad/norm/total", "grad/norm/60"):
+        assert sorted(o.step for o in obs if o.name == name) == list(range(200)), name

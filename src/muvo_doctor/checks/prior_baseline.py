@@ -4,7 +4,9 @@ What it does:
     With labels recorded (``label/positive_fraction`` or ``label/fraction/<k>``) it computes what
     predicting the prior alone scores: the binary cross-entropy H(p) = -p ln p - (1-p) ln(1-p) (and,
     for BCE with ``pos_weight = (1-p)/p``, 2 (1-p) ln 2), the multiclass -sum p_k ln p_k, and the
-    majority rate max(p, 1-p). When the median training loss of the last ``pb_window`` points lies
+    majority rate max(p, 1-p). Where labels and loss share their steps, each point first loses what
+    its batch's own label mix adds to the prior's loss (a batch of 32 at 10% holds 1 to 7
+    positives). When the median training loss of the last ``pb_window`` points lies
     within ``pb_rel_band`` of one of them (or ``pb_noise_z`` standard errors, whichever is larger)
     and does not trend down inside the window, the model has learned only the prior: critical. The
     message adds the accuracy (vs the majority rate, ``pb_acc_tol``) and AUROC (vs 0.5,
@@ -60,18 +62,51 @@ ADVICE = (
 BLOCK = 10  # points per block when finding where the plateau began
 
 
-def _plateau(history: History, t, window: int) -> tuple[np.ndarray, np.ndarray, float, float, bool] | None:
-    """(steps, values, median, standard error, trending down) of the loss's last ``window`` points."""
+def _plateau(
+    history: History, t, window: int, adjust: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, float, float, float] | None:
+    """(steps, values, median, standard error, drop) of the loss's last ``window`` points.
+
+    ``adjust`` (per loss point, see :func:`_batch_adjustment`) is subtracted first.
+    """
     got = finite(history, LOSS)
     if got is None or len(got[1]) < window:
         return None
     steps, v = got
+    if adjust is not None:
+        v = v - adjust
     w = v[-window:]
     half = len(w) // 2
     med = float(np.median(w))
     se = median_se(w)
     drop = float(np.median(w[:half]) - np.median(w[half:]))
     return steps, v, med, se, drop
+
+
+def _batch_adjustment(history: History, prior, weighted: bool) -> np.ndarray | None:
+    """What each batch's own label mix adds to the loss of a model that predicts the prior.
+
+    A batch of 32 with 10% positives holds 1 to 7 of them, and the loss of predicting p moves with
+    that count, linearly: L(f) = -f ln p - (1-f) ln(1-p), or ln 2 (w f + 1 - f) with
+    ``pos_weight`` w = (1-p)/p. The binomial skew puts the median batch loss about 6% under H(p).
+    Where the labels were recorded at the loss's steps, ``loss - (L(f) - L(p))`` removes that noise
+    and skew: a model at the prior then sits on L(p) within a fraction of a percent, and one that
+    learns stays below it as before. None when the labels do not cover every loss point.
+    """
+    if prior.kind != "binary" or not 0.0 < prior.p < 1.0:
+        return None
+    loss = finite(history, LOSS)
+    lab = finite(history, "label/positive_fraction")
+    if loss is None or lab is None:
+        return None
+    idx = np.searchsorted(lab[0], loss[0])
+    idx = np.minimum(idx, len(lab[0]) - 1)
+    if not np.array_equal(lab[0][idx], loss[0]):
+        return None
+    f = lab[1][idx]
+    p = prior.p
+    slope = math.log(2.0) * ((1.0 - p) / p - 1.0) if weighted else math.log((1.0 - p) / p)
+    return slope * (f - p)
 
 
 def _band(c: float, se: float, t) -> float:
@@ -118,21 +153,30 @@ def _with_labels(history: History, t, prior) -> Finding | None:
     step = None
     if pl is not None and prior.entropy > 0:
         steps, v, med, se, drop = pl
-        cands = [(f"prior entropy {prior.label}", prior.entropy)]
+        cands = [(f"prior entropy {prior.label}", prior.entropy, False)]
         if prior.weighted is not None:
-            cands.append(("the prior loss under pos_weight=(1-p)/p, 2(1-p)ln2", prior.weighted))
+            cands.append(("the prior loss under pos_weight=(1-p)/p, 2(1-p)ln2", prior.weighted, True))
         hit = None
-        for label, c in cands:
-            band = _band(c, se, t)
-            if abs(med - c) <= band and drop <= band:
-                hit = (label, c, band)
+        for label, c, weighted in cands:
+            adjust = _batch_adjustment(history, prior, weighted)
+            # Batch-adjusted first; the raw loss too, for a loss the labels do not drive alone.
+            for a in (adjust, None) if adjust is not None else (None,):
+                got = _plateau(history, t, t.pb_window, a)
+                assert got is not None
+                band = _band(c, got[3], t)
+                if abs(got[2] - c) <= band and got[4] <= band:
+                    hit = (label, c, band, a is not None, got)
+                    break
+            if hit is not None:
                 break
-        evidence.update({"loss": med, "loss_se": se})
         if hit is None:
             return None  # the loss is away from every prior baseline: whatever acc says, it learns
-        label, c, band = hit
+        label, c, band, adjusted, (steps, v, med, se, drop) = hit
+        evidence.update({"loss": med, "loss_se": se})
+        evidence["batch_adjusted"] = adjusted
         step = _onset(steps, v, c, band)
-        parts.append(f"loss {fmt(med)} ≈ {label}={c:.3f}")
+        mix = " (each batch's label mix taken out)" if adjusted else ""
+        parts.append(f"loss {fmt(med)}{mix} ≈ {label}={c:.3f}")
         evidence.update({"baseline_loss": c, "band": band})
     elif LOSS in history or acc is None or not (acc_at and (auroc_at or auroc is None)):
         return None  # a loss still warming up decides later; without one, accuracy and AUROC must agree

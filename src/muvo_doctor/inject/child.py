@@ -37,6 +37,7 @@ FUNCTIONAL_LOSSES = {
     "mse_loss": "mse",
 }
 BEAT_SECONDS = 0.05  # at most this often a step heartbeat crosses to the parent (20 writes/s)
+EXIT_DRAIN_SECONDS = 2.0  # at exit, how long the backlog may wait for the parent to read it
 
 _said: set[str] = set()
 
@@ -61,7 +62,7 @@ def rank() -> int:
 
 
 class _Channel:
-    """The child's end of the telemetry stream: batched, non-blocking, fail-open."""
+    """The child's end of the telemetry stream: batched, non-blocking (a backlog, never a stall), fail-open."""
 
     def __init__(self, fd: int) -> None:
         self.writer = BatchWriter(fd, max_lines=512, max_seconds=1.0)
@@ -111,7 +112,12 @@ def install(fd: int) -> Any:
             close = getattr(rec, "close", None) or getattr(rec, "flush", None)
             if close is not None:
                 close()
-            channel.writer.flush()
+            channel.writer.close(timeout=EXIT_DRAIN_SECONDS)
+            if channel.writer.dropped:
+                say_once(
+                    "dropped",
+                    f"{channel.writer.dropped} telemetry lines were dropped: the watcher fell behind",
+                )
         except Exception as exc:
             say_once("exit", f"could not send the last observations ({exc!r})")
 
