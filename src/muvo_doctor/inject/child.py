@@ -108,6 +108,8 @@ def install(fd: int) -> Any:
     _install_heartbeat(rec, channel, r)
 
     def _at_exit() -> None:
+        if os.getpid() != channel.pid:  # a forked worker inherited the backlog; the parent sends it
+            return
         try:
             close = getattr(rec, "close", None) or getattr(rec, "flush", None)
             if close is not None:
