@@ -74,6 +74,23 @@ def test_the_loss_of_predicting_the_prior_is_judged_per_batch_label_mix() -> Non
     assert "label mix taken out" in got.message
 
 
+def test_batch_adjustment_works_on_sampled_labels() -> None:
+    # The recorder sees the labels on sampled steps only (here every 4th); the loss on every step.
+    n = 400
+    rng = np.random.default_rng(5)
+    f = rng.binomial(32, 0.1, n) / 32
+    loss = -f * np.log(0.1) - (1 - f) * np.log(0.9)
+    h = History()
+    for i in range(n):
+        h.add_point("train/loss", i, float(loss[i]))
+        if i % 4 == 3:
+            h.add_point("label/positive_fraction", i, float(f[i]))
+            h.add_point("train/acc", i, float(1 - f[i]))
+    [got] = prior_baseline.check(h, CFG)
+    assert got.evidence["batch_adjusted"]
+    assert got.evidence["loss"] == pytest.approx(bernoulli_entropy(f[3::4].mean()), rel=0.01)
+
+
 def test_a_learning_model_is_not_put_on_the_prior_by_the_batch_adjustment() -> None:
     # Same batches, but the model ranks: its loss is 40% under the prior's on every batch.
     n = 150

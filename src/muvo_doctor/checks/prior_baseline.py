@@ -63,18 +63,16 @@ BLOCK = 10  # points per block when finding where the plateau began
 
 
 def _plateau(
-    history: History, t, window: int, adjust: np.ndarray | None = None
+    history: History, t, window: int, points: tuple[np.ndarray, np.ndarray] | None = None
 ) -> tuple[np.ndarray, np.ndarray, float, float, float] | None:
-    """(steps, values, median, standard error, drop) of the loss's last ``window`` points.
+    """(steps, values, median, standard error, drop) of the last ``window`` points.
 
-    ``adjust`` (per loss point, see :func:`_batch_adjustment`) is subtracted first.
+    Of the training loss, or of ``points`` (steps, values) when given (see :func:`_batch_adjusted`).
     """
-    got = finite(history, LOSS)
+    got = points if points is not None else finite(history, LOSS)
     if got is None or len(got[1]) < window:
         return None
     steps, v = got
-    if adjust is not None:
-        v = v - adjust
     w = v[-window:]
     half = len(w) // 2
     med = float(np.median(w))
@@ -83,15 +81,16 @@ def _plateau(
     return steps, v, med, se, drop
 
 
-def _batch_adjustment(history: History, prior, weighted: bool) -> np.ndarray | None:
-    """What each batch's own label mix adds to the loss of a model that predicts the prior.
+def _batch_adjusted(history: History, prior, weighted: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """The loss at the steps whose labels were recorded, less what each batch's own label mix adds.
 
     A batch of 32 with 10% positives holds 1 to 7 of them, and the loss of predicting p moves with
     that count, linearly: L(f) = -f ln p - (1-f) ln(1-p), or ln 2 (w f + 1 - f) with
     ``pos_weight`` w = (1-p)/p. The binomial skew puts the median batch loss about 6% under H(p).
-    Where the labels were recorded at the loss's steps, ``loss - (L(f) - L(p))`` removes that noise
-    and skew: a model at the prior then sits on L(p) within a fraction of a percent, and one that
-    learns stays below it as before. None when the labels do not cover every loss point.
+    ``loss - (L(f) - L(p))`` removes that noise and skew: a model at the prior then sits on L(p)
+    within a fraction of a percent, and one that learns stays below it as before. Labels are
+    recorded on sampled steps only (the loss on every step), so this covers the sampled steps.
+    None without labelled loss points.
     """
     if prior.kind != "binary" or not 0.0 < prior.p < 1.0:
         return None
@@ -99,14 +98,14 @@ def _batch_adjustment(history: History, prior, weighted: bool) -> np.ndarray | N
     lab = finite(history, "label/positive_fraction")
     if loss is None or lab is None:
         return None
-    idx = np.searchsorted(lab[0], loss[0])
-    idx = np.minimum(idx, len(lab[0]) - 1)
-    if not np.array_equal(lab[0][idx], loss[0]):
+    # Both step arrays are increasing; a label point and a loss point of one step pair up.
+    ls, li, fi = np.intersect1d(loss[0], lab[0], assume_unique=False, return_indices=True)
+    if not len(ls):
         return None
-    f = lab[1][idx]
+    f = lab[1][fi]
     p = prior.p
     slope = math.log(2.0) * ((1.0 - p) / p - 1.0) if weighted else math.log((1.0 - p) / p)
-    return slope * (f - p)
+    return ls, loss[1][li] - slope * (f - p)
 
 
 def _band(c: float, se: float, t) -> float:
@@ -158,14 +157,17 @@ def _with_labels(history: History, t, prior) -> Finding | None:
             cands.append(("the prior loss under pos_weight=(1-p)/p, 2(1-p)ln2", prior.weighted, True))
         hit = None
         for label, c, weighted in cands:
-            adjust = _batch_adjustment(history, prior, weighted)
-            # Batch-adjusted first; the raw loss too, for a loss the labels do not drive alone.
-            for a in (adjust, None) if adjust is not None else (None,):
-                got = _plateau(history, t, t.pb_window, a)
+            # Batch-adjusted first (over the labelled steps, at least half a window of them); the raw
+            # loss too, for a loss the labels do not drive alone.
+            tries = [pl]
+            adj = _batch_adjusted(history, prior, weighted)
+            if adj is not None and len(adj[1]) >= t.pb_window // 2:
+                tries.insert(0, _plateau(history, t, min(t.pb_window, len(adj[1])), adj))
+            for got in tries:
                 assert got is not None
                 band = _band(c, got[3], t)
                 if abs(got[2] - c) <= band and got[4] <= band:
-                    hit = (label, c, band, a is not None, got)
+                    hit = (label, c, band, got is not pl, got)
                     break
             if hit is not None:
                 break
