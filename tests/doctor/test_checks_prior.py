@@ -91,6 +91,24 @@ def test_batch_adjustment_works_on_sampled_labels() -> None:
     assert got.evidence["loss"] == pytest.approx(bernoulli_entropy(f[3::4].mean()), rel=0.01)
 
 
+def test_a_prior_estimated_from_few_sampled_batches_carries_its_error() -> None:
+    # 18 sampled batches of 16 random 10% labels that happened to average 0.142 (measured in a
+    # bench/detection.py run): H(0.142) = 0.41, while the model sits at H(0.1) = 0.325 on all 300 steps.
+    frac = [0.062, 0.062, 0.062, 0.188, 0.062, 0.062, 0.25, 0.0, 0.0, 0.062, 0.188, 0.125, 0.375, 0.25, 0.438]
+    frac += [0.188, 0.062, 0.125]
+    rng = np.random.default_rng(6)
+    h = History()
+    for i in range(300):
+        h.add_point("train/loss", i, float(H10 + rng.normal(0, 0.02)))
+    for j, f in enumerate(frac):
+        h.add_point("label/positive_fraction", 16 * j + 5, f)
+        h.add_point("train/acc", 16 * j + 5, 1 - f)
+    [got] = prior_baseline.check(h, CFG)
+    ev = got.evidence
+    assert ev["prior_p"] == pytest.approx(0.142, abs=0.001) and abs(ev["loss"] - ev["baseline_loss"]) > 0.05
+    assert ev["baseline_se"] > 0.04 and got.severity == "critical"
+
+
 def test_a_learning_model_is_not_put_on_the_prior_by_the_batch_adjustment() -> None:
     # Same batches, but the model ranks: its loss is 40% under the prior's on every batch.
     n = 150

@@ -7,7 +7,8 @@ What it does:
     majority rate max(p, 1-p). Where labels and loss share their steps, each point first loses what
     its batch's own label mix adds to the prior's loss (a batch of 32 at 10% holds 1 to 7
     positives). When the median training loss of the last ``pb_window`` points lies
-    within ``pb_rel_band`` of one of them (or ``pb_noise_z`` standard errors, whichever is larger)
+    within ``pb_rel_band`` of one of them (or ``pb_noise_z`` standard errors of the loss and of the
+    baseline, which inherits the error of p estimated from sampled batches; whichever is larger)
     and does not trend down inside the window, the model has learned only the prior: critical. The
     message adds the accuracy (vs the majority rate, ``pb_acc_tol``) and AUROC (vs 0.5,
     ``pb_auroc_tol``) when they were recorded. When a held-out AUROC is recorded it must confirm:
@@ -108,8 +109,24 @@ def _batch_adjusted(history: History, prior, weighted: bool) -> tuple[np.ndarray
     return ls, loss[1][li] - slope * (f - p)
 
 
-def _band(c: float, se: float, t) -> float:
-    return max(t.pb_rel_band * abs(c), t.pb_noise_z * se)
+def _band(c: float, se: float, t, se_c: float = 0.0) -> float:
+    """How far from the baseline ``c`` the loss may sit: a relative band, or the noise of both."""
+    return max(t.pb_rel_band * abs(c), t.pb_noise_z * math.hypot(se, se_c))
+
+
+def _baseline_se(history: History, prior, weighted: bool) -> float:
+    """Standard error of the baseline loss that comes from estimating p from sampled batches.
+
+    The prior is the mean of the recorded batch fractions: 18 sampled batches of 16 labels give p
+    to about +-0.026, which moves H(p) by 0.047 near p = 0.14, more than the loss's own noise. So the
+    baseline carries its own error bar: |dc/dp| x std(fractions)/sqrt(n).
+    """
+    got = finite(history, "label/positive_fraction")
+    if prior.kind != "binary" or got is None or len(got[1]) < 2 or not 0.0 < prior.p < 1.0:
+        return 0.0
+    p = prior.p
+    slope = 2.0 * math.log(2.0) if weighted else abs(math.log((1.0 - p) / p))
+    return slope * float(np.std(got[1], ddof=1)) / math.sqrt(len(got[1]))
 
 
 def _onset(steps: np.ndarray, v: np.ndarray, c: float, band: float) -> int:
@@ -163,23 +180,24 @@ def _with_labels(history: History, t, prior) -> Finding | None:
             adj = _batch_adjusted(history, prior, weighted)
             if adj is not None and len(adj[1]) >= t.pb_window // 2:
                 tries.insert(0, _plateau(history, t, min(t.pb_window, len(adj[1])), adj))
+            se_c = _baseline_se(history, prior, weighted)
             for got in tries:
                 assert got is not None
-                band = _band(c, got[3], t)
+                band = _band(c, got[3], t, se_c)
                 if abs(got[2] - c) <= band and got[4] <= band:
-                    hit = (label, c, band, got is not pl, got)
+                    hit = (label, c, band, got is not pl, got, se_c)
                     break
             if hit is not None:
                 break
         if hit is None:
             return None  # the loss is away from every prior baseline: whatever acc says, it learns
-        label, c, band, adjusted, (steps, v, med, se, drop) = hit
+        label, c, band, adjusted, (steps, v, med, se, drop), se_c = hit
         evidence.update({"loss": med, "loss_se": se})
         evidence["batch_adjusted"] = adjusted
         step = _onset(steps, v, c, band)
         mix = " (each batch's label mix taken out)" if adjusted else ""
         parts.append(f"loss {fmt(med)}{mix} ≈ {label}={c:.3f}")
-        evidence.update({"baseline_loss": c, "band": band})
+        evidence.update({"baseline_loss": c, "band": band, "baseline_se": se_c})
     elif LOSS in history or acc is None or not (acc_at and (auroc_at or auroc is None)):
         return None  # a loss still warming up decides later; without one, accuracy and AUROC must agree
     if acc is not None:
