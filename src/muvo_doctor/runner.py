@@ -51,9 +51,7 @@ KILL_GRACE_S = 10.0  # SIGTERM -> SIGKILL (after a second Ctrl-C), SIGINT -> SIG
 MAX_LINE = 1 << 16  # a "line" with no newline is cut here for the parser (output is never cut)
 # CSI / OSC escape sequences and lone escapes: colours and cursor moves are not part of a number.
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
-# Printed keys that number the steps ("step 120 loss=...", "eval step 120 val_auroc=..."), and the
-# signals the recorder measures itself.
-_STEP_KEYS = frozenset({"step", "iter", "iteration", "global_step", "eval_step", "train_step", "val_step"})
+# The signals the recorder measures itself.
 _RECORDER_SIGNALS = frozenset({"train/loss", "train/acc", "optim/lr", "grad/norm/total"})
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -446,6 +444,7 @@ class Runner:
         return True
 
     def _parse_lines(self, lines: list[str]) -> None:
+        from muvo_doctor.logs.base import classify
         from muvo_doctor.logs.text import parse_line, signal_name
         from muvo_doctor.observation import Observation
 
@@ -455,8 +454,10 @@ class Runner:
                 continue
             self.printed_lines += 1
             line_step = None
+            # Keys that number the steps ("step 120 loss=...", "eval step 120 val_auroc=..."), as the log readers see them.
+            steps = {key for key, _, _ in pairs if classify(key)[2]}
             for key, value, digits in pairs:
-                if key in _STEP_KEYS and digits == 0 and value >= 0:
+                if key in steps and digits == 0 and value >= 0:
                     self.printed_step = line_step = int(value)
             if self.instrumented:
                 # Telemetry arrives in batches (heartbeats at most 20 a second), so a fast loop's lines
@@ -470,7 +471,7 @@ class Runner:
             for key, value, digits in pairs:
                 self._observe(Observation(name=f"printed/{key}", step=step, value=value, digits=digits))
                 name = signal_name(key)
-                if name.startswith("printed/") or key in _STEP_KEYS:
+                if name.startswith("printed/") or key in steps:
                     continue
                 # Without tensors (not Python, or no torch) the printed numbers are the evidence,
                 # judged like a log. With tensors, the printed numbers still bring what the

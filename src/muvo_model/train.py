@@ -625,14 +625,14 @@ def train(
             "train_acc": train_acc,
             "train_majority": train_majority,
             "train_prior": prior,
-            "steps": float(cfg.train.steps),
+            "steps": float(end),  # done: fewer than train.steps after a stop
             "wall_s": result.wall_s,
         }
         print_table(result.metrics, log)
     if rec is not None and doctor is not None:
         rec.close()
         doctor.evaluate()
-        rep = doctor.report(steps=cfg.train.steps)
+        rep = doctor.report(steps=end)
         result.verdict = rep.verdict
         log.line(
             f"doctor: verdict {rep.verdict} ({len(rep.findings)} finding{'s' * (len(rep.findings) != 1)})"

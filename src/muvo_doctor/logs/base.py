@@ -24,6 +24,10 @@ STEP_KEYS = frozenset(
         "iters",
         "iteration",
         "_step",
+        # "eval step 120 val_auroc=0.91": the training step an evaluation line belongs to
+        "eval_step",
+        "train_step",
+        "val_step",
         "trainer/global_step",
         "num_updates",
     }
