@@ -33,6 +33,7 @@ What to do:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -129,6 +130,42 @@ def _baseline_se(history: History, prior, weighted: bool) -> float:
     return slope * float(np.std(got[1], ddof=1)) / math.sqrt(len(got[1]))
 
 
+class _Hit(NamedTuple):
+    label: str  # how the message names the baseline
+    c: float  # the baseline loss
+    band: float
+    adjusted: bool  # judged on the batch-adjusted loss
+    plateau: tuple[np.ndarray, np.ndarray, float, float, float]  # what _plateau returned
+    se_c: float  # the baseline's own standard error
+
+
+def _at_baseline(
+    history: History, t, prior, pl: tuple[np.ndarray, np.ndarray, float, float, float]
+) -> _Hit | None:
+    """The first prior baseline the loss plateau ``pl`` sits on, or None.
+
+    Baselines: H(p), then the pos_weight prior loss. For each, the batch-adjusted loss first (over the
+    labelled steps, at least half a window of them), then the raw loss, for a loss the labels do not
+    drive alone.
+    """
+    cands = [(f"prior entropy {prior.label}", prior.entropy, False)]
+    if prior.weighted is not None:
+        cands.append(("the prior loss under pos_weight=(1-p)/p, 2(1-p)ln2", prior.weighted, True))
+    for label, c, weighted in cands:
+        tries = [(pl, False)]
+        adj = _batch_adjusted(history, prior, weighted)
+        if adj is not None and len(adj[1]) >= t.pb_window // 2:
+            got = _plateau(history, t, min(t.pb_window, len(adj[1])), adj)
+            if got is not None:
+                tries.insert(0, (got, True))
+        se_c = _baseline_se(history, prior, weighted)
+        for got, adjusted in tries:
+            band = _band(c, got[3], t, se_c)
+            if abs(got[2] - c) <= band and got[4] <= band:
+                return _Hit(label, c, band, adjusted, got, se_c)
+    return None
+
+
 def _onset(steps: np.ndarray, v: np.ndarray, c: float, band: float) -> int:
     nb = len(v) // BLOCK
     if nb == 0:
@@ -168,36 +205,23 @@ def _with_labels(history: History, t, prior) -> Finding | None:
     parts: list[str] = []
     step = None
     if pl is not None and prior.entropy > 0:
-        steps, v, med, se, drop = pl
-        cands = [(f"prior entropy {prior.label}", prior.entropy, False)]
-        if prior.weighted is not None:
-            cands.append(("the prior loss under pos_weight=(1-p)/p, 2(1-p)ln2", prior.weighted, True))
-        hit = None
-        for label, c, weighted in cands:
-            # Batch-adjusted first (over the labelled steps, at least half a window of them); the raw
-            # loss too, for a loss the labels do not drive alone.
-            tries = [pl]
-            adj = _batch_adjusted(history, prior, weighted)
-            if adj is not None and len(adj[1]) >= t.pb_window // 2:
-                tries.insert(0, _plateau(history, t, min(t.pb_window, len(adj[1])), adj))
-            se_c = _baseline_se(history, prior, weighted)
-            for got in tries:
-                assert got is not None
-                band = _band(c, got[3], t, se_c)
-                if abs(got[2] - c) <= band and got[4] <= band:
-                    hit = (label, c, band, got is not pl, got, se_c)
-                    break
-            if hit is not None:
-                break
+        hit = _at_baseline(history, t, prior, pl)
         if hit is None:
             return None  # the loss is away from every prior baseline: whatever acc says, it learns
-        label, c, band, adjusted, (steps, v, med, se, drop), se_c = hit
-        evidence.update({"loss": med, "loss_se": se})
-        evidence["batch_adjusted"] = adjusted
+        label, c, band, adjusted, (steps, v, med, se, _), se_c = hit
+        evidence.update(
+            {
+                "loss": med,
+                "loss_se": se,
+                "batch_adjusted": adjusted,
+                "baseline_loss": c,
+                "band": band,
+                "baseline_se": se_c,
+            }
+        )
         step = _onset(steps, v, c, band)
         mix = " (each batch's label mix taken out)" if adjusted else ""
         parts.append(f"loss {fmt(med)}{mix} ≈ {label}={c:.3f}")
-        evidence.update({"baseline_loss": c, "band": band, "baseline_se": se_c})
     elif LOSS in history or acc is None or not (acc_at and (auroc_at or auroc is None)):
         return None  # a loss still warming up decides later; without one, accuracy and AUROC must agree
     if acc is not None:
