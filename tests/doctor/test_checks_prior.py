@@ -60,7 +60,7 @@ def test_original_bug_message_has_loss_prior_entropy_and_majority_rate() -> None
 def test_the_loss_of_predicting_the_prior_is_judged_per_batch_label_mix() -> None:
     # A model that outputs q = 0.1 on batches of 32 with 10% random positives: each batch's loss is
     # -f ln q - (1-f) ln(1-q) for its own positive share f, so the losses spread from 0.11 to 0.62
-    # and their median sits about 6% under H(0.1). Taking each batch's mix out puts it back on H(p).
+    # and their median sits about 4% under H(0.1). Taking each batch's mix out puts it back on H(p).
     n = 150
     rng = np.random.default_rng(3)
     f = rng.binomial(32, 0.1, n) / 32

@@ -91,8 +91,9 @@ def test_torchrun_two_ranks_both_report(tmp_path):
 
 @pytest.mark.slow
 def test_telemetry_bigger_than_the_pipe_arrives_complete(tmp_path):
-    # 60 modules sampled every step: one flush (50 steps) is ~1 MB of JSON lines, far over a
-    # 64 KiB pipe. Chunks the pipe refuses wait in the child and follow; none is dropped.
+    # 60 modules sampled every step: one flush (50 steps) is ~750 kB of JSON lines (3.0 MB for the
+    # 200 steps, measured), far over a 64 KiB pipe. Chunks the pipe refuses wait in the child and
+    # follow; none is dropped.
     cfg = tmp_path / "doctor.toml"
     cfg.write_text("sample_every = 1\n")
     report, record = tmp_path / "report.json", tmp_path / "run.jsonl"

@@ -88,9 +88,10 @@ def _batch_adjusted(history: History, prior, weighted: bool) -> tuple[np.ndarray
 
     A batch of 32 with 10% positives holds 1 to 7 of them, and the loss of predicting p moves with
     that count, linearly: L(f) = -f ln p - (1-f) ln(1-p), or ln 2 (w f + 1 - f) with
-    ``pos_weight`` w = (1-p)/p. The binomial skew puts the median batch loss about 6% under H(p).
+    ``pos_weight`` w = (1-p)/p. The binomial skew puts the median batch loss about 4% under H(p)
+    (batches of 32 at 10%, measured over 100,000 draws).
     ``loss - (L(f) - L(p))`` removes that noise and skew: a model at the prior then sits on L(p)
-    within a fraction of a percent, and one that learns stays below it as before. Labels are
+    within about 1%, and one that learns stays below it as before. Labels are
     recorded on sampled steps only (the loss on every step), so this covers the sampled steps.
     None without labelled loss points.
     """
