@@ -200,6 +200,17 @@ def test_folder_discovery(tmp_path):
         find_sources(str(tmp_path / "missing"))
 
 
+def test_an_evaluation_line_is_filed_under_the_step_it_prints(tmp_path):
+    # muvo-train's format: the eval line names its step ("eval step 40"), one or more log lines later.
+    lines = [f"step {i} loss={0.5 - i / 1000:.4f}" for i in range(10, 51, 10)]
+    lines.insert(4, "eval step 40 val_loss=0.31 val_auroc=0.52")  # printed after "step 40", before 50
+    lines.append("eval step 45 val_loss=0.30 val_auroc=0.55")  # an eval between two log lines
+    p = write(tmp_path, "log.txt", "\n".join(lines) + "\n")
+    h = History()
+    read_text(str(p), h.add_point)
+    assert list(h.series("val/auroc").steps) == [40, 45]
+
+
 def test_chunk_boundaries_do_not_split_records(tmp_path, monkeypatch):
     lines = [f"step {i} loss: {i / 1000:.4f} acc: {50 + i % 50:.2f}%" for i in range(2000)]
     p = write(tmp_path, "log.txt", "\n".join(lines))  # no final newline
