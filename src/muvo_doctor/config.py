@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class ConfigError(ValueError):
@@ -87,8 +87,11 @@ class Thresholds(BaseModel):
     pb_noise_z: float = 3.0  # ... or within this many standard errors of the window median
     pb_acc_tol: float = 0.01  # accuracy within 1 point of the majority rate
     pb_auroc_tol: float = 0.05  # AUROC within 0.05 of 0.5
-    pb_ln_k_max: int = 1000  # logs: classes K tried for a plateau at ln K (1000: ImageNet-size heads)
-    pb_ln_k_rel_band: float = 0.005  # |loss - ln K| within 0.5% (and 0.05/K): uniform output is exact
+    pb_log_min_points: int = 3  # logs: loss records (epochs, evaluations) before an inferred prior is judged
+    # Unused since K must come from the log (an accuracy at 1/K), not from a plateau near some ln K;
+    # kept so that existing config files still load.
+    pb_ln_k_max: int = 1000
+    pb_ln_k_rel_band: float = 0.005
     # -- overfitting
     of_patience: int = 5  # validation points in a row above the best one
     of_min_rise: float = 0.05  # ... by at least 5% of the best validation loss
@@ -111,6 +114,17 @@ class DoctorConfig(BaseModel):
     flush_every: int = 50  # ... and bring them to the host every N sampled steps
     flush_seconds: float = 5.0  # ... or after this many seconds, whichever comes first
     history_points: int = 20_000  # per-signal bound on the history
+    # Doctor: the checks run at a grid of recorded steps, never on a wall clock, so the same series gives
+    # the same findings and first steps live, in `watch` and at the end. The grid step is
+    # evaluate_every_steps until evaluate_every_fraction of the steps seen exceeds it, then grows in
+    # multiples of it (25 up to step 2,500, 50 up to 5,000, ...): ~50 evaluations per doubling of a long run.
+    evaluate_every_steps: int = Field(default=25, ge=1)  # 25: detection latency <= 80 steps (bench/detection.py)
+    evaluate_every_fraction: float = Field(default=0.02, ge=0.0, le=1.0)
+    # Alerts and --stop-on dead act on a dead verdict only once it has held (uninterrupted) for
+    # max(confirm_dead_steps, confirm_dead_fraction x the step it turned dead at) steps: long enough that a
+    # run sitting at the prior (ln 2) for its first ~400 steps and then learning is never stopped.
+    confirm_dead_steps: int = Field(default=400, ge=0)
+    confirm_dead_fraction: float = Field(default=1.0, ge=0.0)
     thresholds: Thresholds = Thresholds()
 
 

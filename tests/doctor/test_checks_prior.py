@@ -167,11 +167,57 @@ def test_inferred_from_the_accuracy_plateau() -> None:
     assert out[0].evidence["confidence"] in ("high", "medium")
 
 
-def test_plateau_at_ln_k() -> None:
+def test_plateau_at_ln_k_needs_k_from_the_log() -> None:
+    # A loss at ln 10 alone is no evidence: above ~2.5 every value is near some ln K.
     h = build({"train/loss": math.log(10) + np.random.default_rng(0).normal(0, 0.003, 80)}, 80)
+    assert prior_baseline.check(h, CFG) == []
+    # A character-level LM plateauing at 2.60 (within 1.4% of ln 13) is not "uniform over 13 classes".
+    h = build({"train/loss": 2.60 + np.random.default_rng(1).normal(0, 0.01, 200)}, 200)
+    assert prior_baseline.check(h, CFG) == []
+
+
+def test_k_from_an_accuracy_at_one_over_k() -> None:
+    # Four epochs: loss at ln 4 and accuracy 24.9%: uniform over 4 classes, K from the accuracy.
+    h = History()
+    for e, (loss, acc) in enumerate([(1.3563, 0.312), (1.3864, 0.2495), (1.3864, 0.2512), (1.3864, 0.2486)]):
+        h.add_point("train/loss", e, loss, 4)
+        h.add_point("train/acc", e, acc, 4)
     out = prior_baseline.check(h, CFG)
-    assert out and "ln 10" in out[0].message
-    h = build({"train/loss": math.log(10) + 0.1 + np.random.default_rng(0).normal(0, 0.003, 80)}, 80)
+    assert out and out[0].severity == "critical"
+    assert "ln 4 = 1.3863" in out[0].message and "chance 1/4" in out[0].message
+    assert out[0].evidence["classes"] == 4
+    # Accuracy that doubles from chance is learning, whatever the loss does.
+    h = History()
+    for e, (loss, acc) in enumerate([(1.3863, 0.25), (1.3860, 0.31), (1.3861, 0.40), (1.3862, 0.52)]):
+        h.add_point("train/loss", e, loss, 4)
+        h.add_point("train/acc", e, acc, 4)
+    assert prior_baseline.check(h, CFG) == []
+
+
+def test_split_pairs_loss_with_its_own_accuracy() -> None:
+    # Validation at ln 4 with val accuracy at 1/4 while training learns: the validation split is at the prior.
+    h = History()
+    for e in range(5):
+        h.add_point("train/loss", e, 1.2 - 0.2 * e, 3)
+        h.add_point("train/acc", e, 0.4 + 0.1 * e, 3)
+        h.add_point("val/loss", e, 1.386, 3)
+        h.add_point("val/acc", e, 0.249, 3)
+    out = prior_baseline.check(h, CFG)
+    assert out and out[0].evidence["loss_series"] == "val/loss" and out[0].evidence["accuracy_series"] == "val/acc"
+    # A test split printing only accuracy borrows the training loss (no train accuracy printed).
+    h = History()
+    for i in range(5):
+        h.add_point("train/loss", i * 1000, 8.25 + 0.01 * (i % 2), 4)
+    h.add_point("test/acc", 0, 0.00028, 5)
+    h.add_point("test/acc", 4000, 0.00028, 5)
+    out = prior_baseline.check(h, CFG)
+    assert out and out[0].evidence["confidence"] == "medium" and "no test/loss printed" in out[0].message
+    # The same loss with an accuracy far from 1/K: no finding.
+    h = History()
+    for i in range(5):
+        h.add_point("train/loss", i * 1000, 8.25 + 0.01 * (i % 2), 4)
+    h.add_point("test/acc", 0, 0.01, 5)
+    h.add_point("test/acc", 4000, 0.01, 5)
     assert prior_baseline.check(h, CFG) == []
 
 

@@ -251,3 +251,62 @@ def first_run_start(mask: np.ndarray, length: int) -> int | None:
 def module_names(history: History, prefix: str) -> list[str]:
     """Per-module series under ``prefix`` (``grad/norm/`` ...), without ``total`` or rank copies."""
     return [n for n in history.names(prefix) if not n.endswith("/total") and "@rank" not in n]
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-only evidence: splits, few-point series, what a printed number can and cannot say.
+
+SPLITS = ("train", "val", "test")
+# Metrics where higher is better, as the log readers name them (``<split>/<metric>``).
+HIGHER_BETTER = frozenset(
+    {"acc", "auroc", "auprc", "map", "map50", "map50_95", "precision", "recall", "f1", "bleu", "iou", "miou"}
+)
+# Metrics where lower is better besides losses.
+LOWER_BETTER = frozenset({"wer", "cer", "ppl", "perplexity", "fpr95", "error", "err", "top1_err", "top5_err"})
+
+
+def split_series(history: History, metric: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{split: (steps, values)}`` for ``<split>/<metric>`` in train, val, test order (finite points)."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for split in SPLITS:
+        got = finite(history, f"{split}/{metric}")
+        if got is not None:
+            out[split] = got
+    return out
+
+
+def resolution(s: Series) -> float:
+    """The smallest change the series can show: one unit of its last printed digit, 0 for raw values."""
+    return 10.0 ** (-s.digits) if s.digits is not None else 0.0
+
+
+def improved(values: np.ndarray, higher_better: bool, tol: float) -> bool:
+    """Whether a short series (evaluations, epochs) got better than its first value by more than ``tol``."""
+    if len(values) < 2:
+        return False
+    best = float(values.max()) if higher_better else float(values.min())
+    return (best - float(values[0])) > tol if higher_better else (float(values[0]) - best) > tol
+
+
+def any_metric_improved(history: History, tol_rel: float = 0.05) -> str | None:
+    """A held-out metric that clearly improved over its first value (a sentence), else None.
+
+    Higher-better metrics must gain ``max(0.02, tol_rel x first)`` absolute; lower-better ones and
+    held-out losses must fall by ``tol_rel`` of their first value. Used as a veto: a run whose held-out
+    numbers improve has learned something, whatever its training loss shows.
+    """
+    for name in history.names():
+        split, _, metric = name.partition("/")
+        if split not in ("val", "test") or not metric:
+            continue
+        got = finite(history, name)
+        if got is None or len(got[1]) < 2:
+            continue
+        v = got[1]
+        if metric in HIGHER_BETTER:
+            if improved(v, True, max(0.02, tol_rel * abs(float(v[0])))):
+                return f"{name} rose {fmt(float(v[0]))} -> {fmt(float(v.max()))}"
+        elif metric == "loss" or metric in LOWER_BETTER:
+            if improved(v, False, tol_rel * abs(float(v[0]))):
+                return f"{name} fell {fmt(float(v[0]))} -> {fmt(float(v.min()))}"
+    return None

@@ -14,9 +14,12 @@ What it does:
     ``pb_auroc_tol``) when they were recorded. When a held-out AUROC is recorded it must confirm:
     3 evaluations whose median is at most 0.5 + ``pb_auroc_tol`` (a slow learner sits at the prior for
     a while too). A latest AUROC above 0.5 + 2 ``ms_auroc_tol``, or an accuracy clearly above the
-    majority rate, vetoes it: the model uses its input. Without labels (logs) the prior is inferred: a loss
-    plateau at the Bernoulli entropy H(1 - acc) of the accuracy plateau (0.325 with 90%: sure), or
-    a plateau at ln K for K classes (uniform prediction; surer when the accuracy is 1/K).
+    majority rate, vetoes it: the model uses its input. Without labels (logs) the prior is inferred
+    split by split from an accuracy that does not improve: above 0.5 it is a binary majority rate a
+    and the loss of predicting it is H(1 - a) (0.325 at 90%); at or below 0.5 it is chance over
+    K = 1/a classes and a uniform prediction scores ln K (1.386 at 25%). The loss of the same split
+    (or the training loss, when the split prints only accuracy) must sit within the band of that
+    baseline. K is never guessed from the loss alone: above ~2.5 every value is within 3% of some ln K.
 
 Why it matters:
     A model that predicts the prior reports a reasonable-looking loss and an accuracy equal to the
@@ -47,6 +50,7 @@ from muvo_doctor.checks._common import (
     make,
     median_se,
     short_p,
+    split_series,
 )
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
@@ -240,59 +244,91 @@ def _with_labels(history: History, t, prior) -> Finding | None:
 
 
 def _without_labels(history: History, t) -> Finding | None:
-    got = finite(history, LOSS)
-    if got is None or len(got[1]) < 2 * t.min_points:
+    """The prior inferred from the log, split by split: loss and accuracy of one split are paired.
+
+    A split that prints accuracy but no loss (a test line with accuracy only) borrows the training
+    loss when training prints no accuracy: a model at the prior sits at it on every split.
+    """
+    losses = split_series(history, "loss")
+    accs = split_series(history, "acc")
+    for split, acc in accs.items():
+        loss_split = split if split in losses else "train"
+        if loss_split not in losses or (loss_split != split and "train" in accs):
+            continue
+        f = _inferred(t, split, acc, loss_split, losses[loss_split], history)
+        if f is not None:
+            return f
+    return None
+
+
+def _inferred(
+    t, split: str, acc: tuple[np.ndarray, np.ndarray], loss_split: str, loss: tuple[np.ndarray, np.ndarray], history
+) -> Finding | None:
+    """Loss at the entropy of the prior that the accuracy plateau implies, with the accuracy not improving.
+
+    Two priors can be read off an accuracy ``a`` that does not improve: above 0.5, a binary majority rate
+    (the loss of predicting it is H(1 - a)); at or below 0.5, chance over K = 1/a classes (the loss of a
+    uniform prediction is ln K). The class count comes from the accuracy, never from the loss alone:
+    above a loss of ~2.5 every value lies within 3% of some ln K, so a plateau at "ln K" for a K the log
+    does not show is no evidence.
+    """
+    steps, v = loss
+    av = acc[1]
+    if len(v) < t.pb_log_min_points or len(av) < 2:
         return None
-    window = min(t.pb_window, len(got[1]) // 2)
-    pl = _plateau(history, t, window)
+    window = min(t.pb_window, max(2, len(v) // 2))
+    pl = _plateau(history, t, window, loss)
     if pl is None:
         return None
-    steps, v, med, se, drop = pl
-    acc = _recent_median(history, "train/acc", window) or _recent_median(history, "val/acc", t.ms_min_evals)
-    evidence: dict = {"loss": med, "loss_se": se, "inferred": True}
-    if acc is not None and 0.5 < acc[0] < 1.0:
-        p = 1.0 - acc[0]
+    _, _, med, se, drop = pl
+    a_recent = av[-max(1, len(av) // 2) :]
+    a = float(np.median(a_recent))
+    a_se = median_se(a_recent)
+    if not 0.0 < a < 1.0:
+        return None
+    binary = a > 0.5
+    # Not improving: the recent accuracy is no better than the first evaluation (within its noise, or a
+    # fifth of it below 0.5: chance over K classes is small, and doubling it would be learning).
+    tol = t.pb_acc_tol + 2 * a_se if binary else max(t.pb_acc_tol, 0.2 * float(av[0]))
+    if a - float(av[0]) > tol or float(av.max()) - float(av[0]) > 2 * tol:
+        return None
+    if binary:
+        p = 1.0 - a
         c = bernoulli_entropy(p)
-        band = _band(c, se, t)
-        if abs(med - c) <= band and drop <= band:
-            off = abs(med - c) / c
-            sure = "high" if off <= t.pb_rel_band / 3 else "medium"
-            evidence.update(
-                {
-                    "prior_p": p,
-                    "prior_entropy": c,
-                    "majority_rate": acc[0],
-                    "accuracy": acc[0],
-                    "confidence": sure,
-                }
-            )
-            msg = (
-                f"Loss {fmt(med)} ≈ prior entropy H({short_p(p)})={c:.3f} and accuracy {acc[0]:.2%} ≈ majority rate "
-                f"{acc[0]:.1%} (prior inferred from the accuracy plateau, {off:.1%} apart; confidence {sure}): "
-                f"the model predicts the label prior."
-            )
-            return make(ID, "critical", _onset(steps, v, c, band), msg, evidence, ADVICE)
-    if not (med > 0.5):
-        return None
-    k = int(round(math.exp(med)))
-    if k < 2 or k > t.pb_ln_k_max:
-        return None
-    c = math.log(k)
-    # A uniform prediction scores exactly ln K whatever the labels, and ln K values crowd together
-    # (ln 11 - ln 10 = 0.095), so this band is much tighter than the Bernoulli one.
-    band = max(min(t.pb_ln_k_rel_band * c, 0.05 / k), t.pb_noise_z * se)
+        what = f"prior entropy H({short_p(p)})={c:.3f}"
+        prior_of = f"a binary prior with majority rate {a:.1%}"
+        evidence: dict = {"prior_p": p, "majority_rate": a}
+    else:
+        k_est = 1.0 / a
+        k = round(k_est)
+        classes = k if k >= 2 and abs(k_est - k) <= 0.05 * k_est else None
+        c = math.log(classes if classes else k_est)
+        what = f"ln {classes} = {c:.4f}" if classes else f"ln(1/{a:.3g}) = {c:.3f}"
+        prior_of = f"a uniform prior over {classes if classes else f'~{k_est:.0f}'} classes (K from the accuracy {a:.3g} ≈ 1/K)"
+        evidence = {"classes": classes if classes else k_est, "chance_accuracy": a}
+    band = _band(c, se, t)
     if abs(med - c) > band or drop > band:
         return None
-    chance = acc is not None and abs(acc[0] - 1.0 / k) <= t.pb_acc_tol + 2 * acc[1]
-    sure = "high" if chance else "medium"
-    evidence.update({"classes": k, "prior_entropy": c, "confidence": sure})
-    acc_part = ""
-    if acc is not None:
-        evidence["accuracy"] = acc[0]
-        acc_part = f", accuracy {acc[0]:.1%}" + (f" ≈ chance 1/{k}" if chance else "")
+    off = abs(med - c) / c
+    sure = "high" if off <= t.pb_rel_band / 3 and loss_split == split else "medium"
+    evidence.update(
+        {
+            "prior_entropy": c,
+            "loss": med,
+            "loss_se": se,
+            "loss_series": f"{loss_split}/loss",
+            "accuracy_series": f"{split}/acc",
+            "accuracy": a,
+            "inferred": True,
+            "confidence": sure,
+        }
+    )
+    target = f"majority rate {a:.1%}" if binary else (f"chance 1/{classes}" if classes else f"chance 1/{k_est:.0f}")
+    borrowed = "" if loss_split == split else f", no {split}/loss printed"
     msg = (
-        f"Loss {fmt(med)} ≈ ln {k} = {c:.4f}{acc_part}: the loss sits where a model predicting a uniform prior over "
-        f"{k} classes sits (inferred from the plateau; confidence {sure})."
+        f"Loss {fmt(med)} ≈ {what} and accuracy {a:.2%} ≈ {target} ({loss_split}/loss and {split}/acc over "
+        f"{len(av)} records, accuracy not improving{borrowed}; prior inferred from the accuracy plateau: "
+        f"{prior_of}, {off:.1%} apart; confidence {sure}): the model predicts the label prior."
     )
     return make(ID, "critical", _onset(steps, v, c, band), msg, evidence, ADVICE)
 
