@@ -73,9 +73,25 @@ def test_flat_loss_relative_spread_threshold(rel_spread: float, found: bool) -> 
         assert "0.6931" in out[0].message and f"{T.flat_window}" in out[0].message
 
 
-def test_flat_loss_needs_a_full_window() -> None:
-    assert run(flat_loss, train__loss=np.full(T.flat_window - 1, 0.7)) == []
+def test_flat_loss_short_logs_need_exact_repeats_or_a_whole_log_without_movement() -> None:
+    noisy = 0.7 + np.random.default_rng(0).normal(0, 0.01, T.flat_window - 1)
+    assert run(flat_loss, train__loss=noisy) == []
     assert run(flat_loss, train__loss=np.full(T.flat_window, 0.7))[0].evidence["level"] == 0.7
+    # Exact repeats: from flat_min_repeats records on, a printed value repeated to its last digit.
+    moving = list(np.linspace(2.0, 0.9, 10))
+    n = T.flat_min_repeats
+    out = run(flat_loss, digits={"train/loss": 4}, train__loss=np.r_[moving, np.full(n, 0.6931)])
+    assert out and out[0].severity == "critical" and out[0].evidence["rule"] == "exact_repeats"
+    assert f"last {n} records" in out[0].message and "0.6931" in out[0].message
+    assert run(flat_loss, digits={"train/loss": 4}, train__loss=np.r_[moving, np.full(n - 1, 0.6931)]) == []
+    # A whole short log within flat_short_rel of its level (a Darknet excerpt at 6.91).
+    k = T.flat_short_min_points
+    level = 6.91 * (1 + T.flat_short_rel * 0.9 * np.tile([-0.5, 0.5], k)[:k])
+    out = run(flat_loss, train__loss=level)
+    assert out and out[0].evidence["rule"] == "short_log" and f"all {k} records" in out[0].message
+    wider = 6.91 * (1 + T.flat_short_rel * 1.2 * np.tile([-0.5, 0.5], k)[:k])
+    assert run(flat_loss, train__loss=wider) == []
+    assert run(flat_loss, train__loss=level[: k - 1] * np.linspace(1, 1.001, k - 1)) == []
 
 
 @pytest.mark.parametrize(
@@ -87,8 +103,8 @@ def test_flat_loss_needs_a_full_window() -> None:
         (np.full(60, 0.0012), 4, False),  # 12 units: display question, not flat
         (np.r_[np.linspace(0.5, 0.0, 20), np.zeros(60)], 4, False),  # collapsed to 0.0000 after a decline
         (np.zeros(80), None, True),  # the main loss identically zero from the start: nothing learns
-        (np.zeros(80), 4, True),  # ... or shown as 0.0000 for the whole run (the original bug)
-        (np.r_[np.linspace(0.5, 0.01, 10), np.full(60, 1e-25)], None, True),  # collapsed (saturated)
+        (np.zeros(80), 4, False),  # shown as 0.0000 for the whole run: display_precision, not flat_loss
+        (np.r_[np.linspace(0.5, 0.01, 10), np.full(60, 1e-25)], None, True),  # collapsed (saturated): warning
         (np.r_[np.linspace(0.5, 0.01, 10), np.geomspace(1e-4, 1e-6, 60)], None, False),  # small, moving
     ],
 )
