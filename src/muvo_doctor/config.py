@@ -32,6 +32,10 @@ class Thresholds(BaseModel):
     flat_abs_zero: float = 1e-12  # |loss| below this is exactly zero (an unused auxiliary loss), never flat
     flat_min_printed_units: int = 100  # a printed constant counts as flat only if it spans >= this many
     # units of its last digit (0.6931 is 6931 units; 0.0012 is 12 units: a display issue, not a flat line)
+    flat_min_repeats: int = 5  # logs: this many last records repeating one value exactly is flat (a learning
+    # loss never repeats itself to 4 significant digits 5 times in a row)
+    flat_short_min_points: int = 8  # logs shorter than flat_window: from this many records ...
+    flat_short_rel: float = 0.005  # ... all within 0.5% of their median is flat (minibatch noise is >= 1-2%)
     # -- loss_not_decreasing
     lnd_min_points: int = 100  # long window: fewer loss points and we cannot tell a trend from noise
     lnd_min_rel_drop: float = 0.02  # a learning loss drops at least 2% from its start (median vs median)
