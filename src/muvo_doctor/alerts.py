@@ -1,4 +1,9 @@
-"""Alerts for `muvo-doctor run`: a banner and bell, a webhook, a command; sent on the first critical finding.
+"""Alerts for `muvo-doctor run`: a banner and bell, a webhook, a command; sent once per confirmed verdict change.
+
+They fire when the run turns dead and that verdict has held for its confirmation window (see
+``doctor.confirm_window``), or when the run ends dead; and once more if a confirmed dead run
+recovers and that holds for the window too. A dead verdict whose findings resolve within the
+window never alerts. Warnings do not alert.
 
 Delivery never blocks or fails the training: webhooks and commands run on a daemon thread
 with a timeout and bounded retries, and every failure is reported once on stderr.
@@ -31,20 +36,25 @@ COMMAND_TIMEOUT_S = 30.0
 DISCORD_LIMIT = 2000
 
 
-def alert_message(finding: Finding, verdict: str, source: str) -> str:
-    """The one-line alert text: verdict, check, step, the finding's sentence and the command."""
+def alert_message(finding: Finding | None, verdict: str, source: str, held: str = "") -> str:
+    """The one-line alert text: verdict, how long it held, the headline finding's check, step and sentence, the command."""
+    how = f", {held}" if held else ""
+    if finding is None:
+        return f"muvo-doctor: training {verdict.upper()}{how} [{source}]"
     step = f" at step {finding.step}" if finding.step is not None else ""
-    return f"muvo-doctor: training {verdict.upper()} ({finding.check}{step}): {finding.message} [{source}]"
+    return (
+        f"muvo-doctor: training {verdict.upper()} ({finding.check}{step}{how}): {finding.message} [{source}]"
+    )
 
 
-def webhook_payload(finding: Finding, verdict: str, source: str) -> dict[str, Any]:
-    """The JSON body POSTed to ``--notify URL``."""
-    text = alert_message(finding, verdict, source)
+def webhook_payload(finding: Finding | None, verdict: str, source: str, held: str = "") -> dict[str, Any]:
+    """The JSON body POSTed to ``--notify URL`` (``finding``: the headline finding, or null on recovery)."""
+    text = alert_message(finding, verdict, source, held)
     return {
         "text": text,
         "content": text[:DISCORD_LIMIT],
         "verdict": verdict,
-        "finding": finding.model_dump(mode="json"),
+        "finding": finding.model_dump(mode="json") if finding is not None else None,
         "source": source,
     }
 
@@ -94,7 +104,7 @@ def post_json(
 
 
 class Alerts:
-    """Fires once, on the first critical finding: banner and bell, then webhook and command in the background.
+    """Fires once per confirmed change into or out of "dead": banner and bell, then webhook and command in the background.
 
     Args:
         source: the wrapped command line, named in every message.
@@ -118,7 +128,9 @@ class Alerts:
         self.notify_cmd = notify_cmd
         self.stream = stream
         self.banner = banner or self._stderr_banner
-        self.fired: Finding | None = None
+        self.fired: Finding | None = None  # the headline of the last dead alert
+        self.alerted: str | None = None  # the verdict last alerted ("dead", or what it recovered to)
+        self.sent: list[str] = []  # every alert text, in order
         self.errors: list[str] = []
         self._threads: list[threading.Thread] = []
         self._cancel = threading.Event()
@@ -139,23 +151,52 @@ class Alerts:
         except Exception:
             pass
 
-    def on_finding(self, finding: Finding, verdict: str) -> bool:
-        """Call with each new or escalated finding; returns True when this one fired the alerts."""
-        if self.fired is not None or finding.severity != "critical":
+    def update(
+        self,
+        verdict: str,
+        headline: Finding | None,
+        *,
+        confirmed: bool,
+        held: str = "",
+        final: bool = False,
+    ) -> bool:
+        """Call after each evaluation; returns True when this call fired an alert.
+
+        Args:
+            verdict: the current verdict.
+            headline: the finding the report leads with (the most causal one that holds).
+            confirmed: the verdict has held for its confirmation window.
+            held: how long it held, for the text ("dead for 520 steps (since step 60)").
+            final: the run is over: nothing can resolve any more, so the verdict counts as confirmed.
+        """
+        if not (confirmed or final):
             return False
-        self.fired = finding
-        text = alert_message(finding, verdict, self.source)
+        if verdict == "dead" and self.alerted != "dead":
+            self.alerted = "dead"
+            self.fired = headline
+            self._fire(headline, verdict, held, bell=True)
+            return True
+        if verdict != "dead" and self.alerted == "dead":
+            self.alerted = verdict
+            self._fire(None, verdict, held or "recovered", bell=False)
+            return True
+        return False
+
+    def _fire(self, finding: Finding | None, verdict: str, held: str, *, bell: bool) -> None:
+        text = alert_message(finding, verdict, self.source, held)
+        self.sent.append(text)
         rule = "!" * min(max(len(text), 20), 100)
+        advice = f"advice: {finding.advice}\n" if finding is not None else ""
         try:
-            self.banner(f"\a\n{rule}\n{text}\nadvice: {finding.advice}\n{rule}\n")
+            self.banner(f"{chr(7) if bell else ''}\n{rule}\n{text}\n{advice}{rule}\n")
         except Exception as exc:
             self._report(f"could not show the alert banner ({exc!r})")
         if self.notify_url:
-            payload = webhook_payload(finding, verdict, self.source)
+            payload = webhook_payload(finding, verdict, self.source, held)
             self._start(self._deliver_webhook, self.notify_url, payload)
         if self.notify_cmd:
-            self._start(self._run_command, self.notify_cmd, text, finding.check, verdict)
-        return True
+            check = finding.check if finding is not None else ""
+            self._start(self._run_command, self.notify_cmd, text, check, verdict)
 
     def _start(self, fn: Callable[..., None], *args: Any) -> None:
         t = threading.Thread(target=fn, args=args, name="muvo-doctor-alert", daemon=True)

@@ -126,9 +126,11 @@ class DoctorConfig(BaseModel):
     evaluate_every_fraction: float = Field(default=0.02, ge=0.0, le=1.0)
     # Alerts and --stop-on dead act on a dead verdict only once it has held (uninterrupted) for
     # max(confirm_dead_steps, confirm_dead_fraction x the step it turned dead at) steps: long enough that a
-    # run sitting at the prior (ln 2) for its first ~400 steps and then learning is never stopped.
-    confirm_dead_steps: int = Field(default=400, ge=0)
-    confirm_dead_fraction: float = Field(default=1.0, ge=0.0)
+    # run sitting at the prior (ln 2) for its first ~400 steps and then learning is never stopped (measured:
+    # a printed-only loss stuck at exactly 0.6931 is dead from step 25 and clears ~100 steps after it starts
+    # to fall, so a 500-step window left 25 steps of margin for a 400-step plateau; 600 leaves 125).
+    confirm_dead_steps: int = Field(default=600, ge=0)
+    confirm_dead_fraction: float = Field(default=0.5, ge=0.0)
     thresholds: Thresholds = Thresholds()
 
 

@@ -18,7 +18,13 @@ prints buffered child output and repaints the last built dashboard, at most 4 ti
 
 Plain mode (``plain=True``, stdout not a terminal, ``NO_COLOR`` set, or ``TERM=dumb``): the
 child's bytes go to stdout unchanged and each new finding is one greppable line on stderr:
-``muvo-doctor: CRITICAL prior_baseline step 120: <message>``.
+``muvo-doctor: CRITICAL prior_baseline step 120: <message>``; a resolved one gets
+``muvo-doctor: RESOLVED prior_baseline step 300 (was critical from step 120): <message>``.
+
+The header shows the current verdict, or "NO EVIDENCE YET" while the run is inconclusive (no
+finding holds and nothing shows learning yet); the line under it says what shows learning. The
+alert banner and bell come with the confirmed alert (``alert_banner``), not with the first
+critical finding.
 """
 
 from __future__ import annotations
@@ -43,8 +49,8 @@ from rich.table import Table
 from rich.text import Text
 
 from muvo_doctor.chart import line_chart
-from muvo_doctor.doctor import Doctor
-from muvo_doctor.finding import SEVERITY_RANK, Finding
+from muvo_doctor.doctor import Doctor, headline, order_findings
+from muvo_doctor.finding import Finding
 
 REFRESH_SECONDS = 0.25  # at most 4 dashboard refreshes a second
 SNAPSHOT_SUFFIXES = (".svg", ".html", ".htm")
@@ -53,7 +59,9 @@ VERDICT_STYLE = {
     "dead": "bold white on red",
     "warning": "bold black on yellow",
     "healthy": "bold black on green",
+    "inconclusive": "bold black on white",
 }
+NO_EVIDENCE = "no evidence yet"  # what the live header says while the verdict is inconclusive
 # Evidence keys of a prior_baseline finding that hold the prior's loss (checks/prior_baseline.py).
 _BASELINE_KEYS = ("baseline_loss", "prior_entropy")
 
@@ -65,6 +73,7 @@ class View(Protocol):
     def update(self) -> None: ...
     def child_output(self, data: bytes) -> None: ...
     def finding(self, f: Finding) -> None: ...
+    def alert_banner(self, text: str) -> None: ...
     def stop(self) -> None: ...
     def snapshot(self, path: str | Path) -> None: ...
 
@@ -251,15 +260,23 @@ def _chart(text: str) -> Text:
 def _findings_table(findings: list[Finding], rows: int) -> RenderableType:
     if not findings:
         return Text("no findings yet", style="dim")
-    fs = sorted(findings, key=lambda f: (-SEVERITY_RANK[f.severity], f.step if f.step is not None else 0))
+    fs = order_findings(findings)  # what holds first, cause before symptom, outcome before mechanism
     table = Table.grid(padding=(0, 1), expand=True)
     table.add_column(no_wrap=True)
     table.add_column(no_wrap=True)
     table.add_column(no_wrap=True, justify="right")
     table.add_column(ratio=1, overflow="ellipsis", no_wrap=True)
     for f in fs[:rows]:
-        style = SEVERITY_STYLE.get(f.severity, "")
         step = "" if f.step is None else f"step {f.step}"
+        if f.resolved_step is not None:
+            table.add_row(
+                Text("RESOLVED", style="dim"),
+                Text(f.check, style="dim"),
+                Text(f"{step}-{f.resolved_step}", style="dim"),
+                Text(f"(was {f.severity}) {f.message}", style="dim"),
+            )
+            continue
+        style = SEVERITY_STYLE.get(f.severity, "")
         table.add_row(Text(f.severity.upper(), style=style), Text(f.check, style="bold"), step, f.message)
     if len(fs) > rows:
         table.add_row("", Text(f"+{len(fs) - rows} more", style="dim"), "", "")
@@ -273,26 +290,32 @@ def render_dashboard(
     width: int,
     height: int,
     color: bool = True,
+    final: bool = False,
 ) -> RenderableType:
     """The dashboard as one rich renderable, laid out for a ``width`` x ``height`` area.
 
-    Reads only ``doctor.history``, ``doctor.findings`` and ``doctor.verdict``.
+    Reads only ``doctor.history``, ``doctor.findings``, ``doctor.verdict`` and ``doctor.evidence``.
+    ``final``: the run is over, so an inconclusive verdict is named as such, not "no evidence yet".
     """
     width = max(width, 40)
     height = max(height, 16)
     findings = doctor.findings
     verdict = doctor.verdict
+    evidence = getattr(doctor, "evidence", None)
     steps = max(doctor.history.last_step, 0)
     parts: list[RenderableType] = []
 
     head = Text()
     head.append(" muvo-doctor ", style="bold reverse")
     head.append(f" {title}  ·  step {steps}  ·  ")
-    head.append(f" {verdict.upper()} ", style=VERDICT_STYLE.get(verdict, "bold"))
+    shown = NO_EVIDENCE if verdict == "inconclusive" and not final else verdict
+    head.append(f" {shown.upper()} ", style=VERDICT_STYLE.get(verdict, "bold"))
+    if evidence:
+        head.append(f"  {evidence}", style="green")
     parts.append(head)
-    critical = [f for f in findings if f.severity == "critical"]
+    critical = [f for f in findings if f.severity == "critical" and f.resolved_step is None]
     if critical:
-        first = min(critical, key=lambda f: f.step if f.step is not None else 0)
+        first = headline(findings) or critical[0]
         parts.append(
             Panel(
                 Text(f"{first.check}: {first.message}", style="bold", no_wrap=True, overflow="ellipsis"),
@@ -373,7 +396,7 @@ def render_dashboard(
             _findings_table(findings, n_find - 2),
             title=f"findings ({len(findings)})",
             title_align="left",
-            border_style="red" if critical else "yellow" if findings else "green",
+            border_style="red" if critical else "yellow" if any(f.resolved_step is None for f in findings) else "green",
         )
     )
     return Group(*parts)
@@ -394,6 +417,11 @@ def export_snapshot(renderable: RenderableType, path: str | Path, *, width: int,
 def _finding_line(f: Finding) -> str:
     step = f" step {f.step}" if f.step is not None else ""
     msg = " ".join(f.message.split())
+    if f.resolved_step is not None:
+        return (
+            f"muvo-doctor: RESOLVED {f.check} step {f.resolved_step} "
+            f"(was {f.severity}{' from' + step if step else ''}): {msg}"
+        )
     return f"muvo-doctor: {f.severity.upper()} {f.check}{step}: {msg}"
 
 
@@ -410,7 +438,7 @@ class PlainView:
         self.title = title
         self._out = out
         self._err = err
-        self._seen: dict[str, str] = {}
+        self._seen: dict[str, tuple[str, bool]] = {}
         self._lock = threading.Lock()
 
     def _line(self, text: str) -> None:
@@ -443,19 +471,31 @@ class PlainView:
             _write_fd(sys.stdout.fileno(), data)  # unchanged bytes, whole even on a non-blocking fd
 
     def finding(self, f: Finding) -> None:
-        if self._seen.get(f.check) == f.severity:
-            return
-        self._seen[f.check] = f.severity
+        state = (f.severity, f.resolved_step is not None)
+        prev = self._seen.get(f.check)
+        if prev == state or (prev is None and f.resolved_step is not None):
+            return  # nothing new; or resolved before it ever got its line
+        self._seen[f.check] = state
         self._line(_finding_line(f))
+
+    def alert_banner(self, text: str) -> None:
+        """The confirmed alert's banner (Alerts calls it): on stderr, bell included."""
+        stream = self._err if self._err is not None else sys.stderr
+        with self._lock:
+            stream.write(text)
+            stream.flush()
 
     def stop(self) -> None:
         self.update()
         n = len(self.doctor.findings)
         steps = max(self.doctor.history.last_step + 1, 0)
         self._line(f"muvo-doctor: verdict {self.doctor.verdict} ({n} finding{'s' * (n != 1)}, {steps} steps)")
+        evidence = getattr(self.doctor, "evidence", None)
+        if evidence:
+            self._line(f"muvo-doctor: evidence of learning: {evidence}")
 
     def snapshot(self, path: str | Path) -> None:
-        r = render_dashboard(self.doctor, title=self.title, width=140, height=48)
+        r = render_dashboard(self.doctor, title=self.title, width=140, height=48, final=True)
         export_snapshot(r, path, width=140, title=f"muvo-doctor: {self.title}")
 
 
@@ -477,7 +517,7 @@ class LiveView:
         self._built_at = -math.inf
         self._drawn_state: tuple[object, ...] | None = None
         self._dirty = True
-        self._banner_done = False
+        self._final = False
         self._live: Live | None = None
         self._ticker: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -490,7 +530,13 @@ class LiveView:
 
     def _state(self) -> tuple[object, ...]:
         d = self.doctor
-        return (d.history.count, tuple((f.check, f.severity) for f in d.findings), self._size())
+        return (
+            d.history.count,
+            tuple((f.check, f.severity, f.resolved_step) for f in d.findings),
+            getattr(d, "evidence", None),
+            self._final and d.verdict == "inconclusive",  # the only thing "final" changes
+            self._size(),
+        )
 
     def _build(self) -> None:
         # Drawing costs tens of ms: skip it when nothing it shows has changed.
@@ -499,7 +545,9 @@ class LiveView:
             return
         self._drawn_state = state
         w, h = self._size()
-        r = render_dashboard(self.doctor, title=self.title, width=w, height=h, color=self.console.is_terminal)
+        r = render_dashboard(
+            self.doctor, title=self.title, width=w, height=h, color=self.console.is_terminal, final=self._final
+        )
         with self._lock:
             self._renderable = r
             self._built_at = time.monotonic()
@@ -547,17 +595,20 @@ class LiveView:
             self._flush()
 
     def finding(self, f: Finding) -> None:
-        if f.severity == "critical" and not self._banner_done:
-            self._banner_done = True
-            with self._lock:
-                self._pending.append(
-                    f"\x1b[1;41;97m muvo-doctor: DEAD RUN \x1b[0m \x1b[1;31m{_finding_line(f)}\x1b[0m"
-                )
-            self.console.bell()
         self._built_at = -math.inf  # show it at the next update, throttle aside
         self.update()
 
+    def alert_banner(self, text: str) -> None:
+        """The confirmed alert (Alerts calls it): scrolled above the dashboard in red, with the bell."""
+        lines = [line for line in text.replace("\a", "").splitlines() if line.strip()]
+        with self._lock:
+            self._pending.extend(f"\x1b[1;41;97m{line}\x1b[0m" for line in lines)
+            self._dirty = True
+        if "\a" in text:
+            self.console.bell()
+
     def stop(self) -> None:
+        self._final = True
         self._stopping.set()
         if self._ticker is not None:
             self._ticker.join(timeout=2)
@@ -576,7 +627,7 @@ class LiveView:
 
     def snapshot(self, path: str | Path) -> None:
         w = max(self.console.size.width, 100)
-        r = render_dashboard(self.doctor, title=self.title, width=w, height=48)
+        r = render_dashboard(self.doctor, title=self.title, width=w, height=48, final=True)
         export_snapshot(r, path, width=w, title=f"muvo-doctor: {self.title}")
 
     # -- painting (ticker thread and stop)

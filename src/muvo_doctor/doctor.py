@@ -1,29 +1,245 @@
-"""The Doctor: observations in, de-duplicated findings and a verdict out."""
+"""The Doctor: observations in; findings with a lifecycle, evidence of learning and a verdict out.
+
+Three rules make the verdict something to act on (CONTRACT.md, Verdicts):
+
+- **Steps, not seconds.** The checks run at a grid of recorded steps (every
+  ``evaluate_every_steps``, growing with the run, see :func:`next_grid_step`): an evaluation at grid
+  step G sees exactly the observations up to step G, run when the first observation past G arrives
+  (or at the end). The same observations in the same order give the same findings, first steps and
+  verdict, however the bytes were chunked or how fast the machine is.
+- **A lifecycle.** A finding holds from the step its check first returned it; while it holds, the
+  latest evaluation sets its severity, message and evidence. When an evaluation no longer returns
+  it, it is resolved (``resolved_step`` = that evaluation's step) and kept with the severity it had.
+  If it comes back it holds again: ``resolved_step`` is cleared and its first ``step`` is kept
+  (the report shows when the problem was first seen). This is the rule for every check; the old
+  ``RETRACTABLE`` attribute of a check module is ignored.
+- **Evidence before "healthy".** With no warning or critical finding holding, the verdict is
+  ``healthy`` only when :func:`evidence_for_health` finds a loss that fell beyond its noise or a
+  metric that rose beyond its noise; otherwise ``inconclusive``.
+
+Findings are ordered by :func:`order_findings` (cause before symptom, outcome before mechanism);
+the first one that holds is the headline. A check that crashes is reported once on stderr and
+skipped afterwards: the doctor fails open.
+"""
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from types import ModuleType
 
+import numpy as np
+
 from muvo_doctor.checks import ALL_CHECKS
+from muvo_doctor.checks._common import finite, fmt, label_prior, median_se, progress, step_noise
 from muvo_doctor.config import DoctorConfig
-from muvo_doctor.finding import SEVERITY_RANK, Finding, Report, verdict_of
+from muvo_doctor.finding import SEVERITY_RANK, Finding, Report, Verdict, verdict_of
 from muvo_doctor.history import History
 from muvo_doctor.observation import Observation
 
+# Outcome checks judge what the training achieves; the others judge a mechanism behind it.
+OUTCOME_CHECKS = frozenset(
+    {
+        "nan_inf",
+        "divergence",
+        "flat_loss",
+        "prior_baseline",
+        "loss_not_decreasing",
+        "metric_stuck",
+        "loss_spike",
+        "overfitting",
+    }
+)
+# Causes and the symptoms they produce: with lr = 0, frozen parameters or a detached loss nothing moves,
+# so the loss sits flat at the prior and the outputs stay constant. While a cause holds together with one
+# of its symptoms, the cause is the headline (the verdict is dead either way when the symptom is critical).
+CAUSES: dict[str, frozenset[str]] = {
+    "frozen_parameters": frozenset(
+        {"prior_baseline", "flat_loss", "constant_output", "loss_not_decreasing", "metric_stuck"}
+    ),
+}
+_ORDER = {m.ID: i for i, m in enumerate(ALL_CHECKS)}
+
+# Loss series that can show learning, and the metric names (last part of a signal name) where higher is better.
+_LOSSES = ("train/loss", "val/loss", "test/loss")
+_HIGHER_IS_BETTER = frozenset(
+    {
+        "acc",
+        "accuracy",
+        "top1",
+        "top5",
+        "auroc",
+        "auc",
+        "roc_auc",
+        "auprc",
+        "map",
+        "map50",
+        "ap",
+        "f1",
+        "precision",
+        "recall",
+        "iou",
+        "miou",
+        "dice",
+        "bleu",
+        "rouge",
+        "r2",
+    }
+)
+
+
+def next_grid_step(step: int, config: DoctorConfig) -> int:
+    """The grid step after ``step``: ``evaluate_every_steps`` apart, growing by whole multiples of it
+    once ``evaluate_every_fraction`` of the steps seen is larger (a long run costs ~50 evaluations
+    per doubling)."""
+    every = config.evaluate_every_steps
+    grow = int(step * config.evaluate_every_fraction) // every
+    return step + every * max(grow, 1)
+
+
+def order_findings(findings: Iterable[Finding]) -> list[Finding]:
+    """The report's order: what holds before what is resolved; among what holds, warnings and criticals
+    before info, a cause before the symptoms it produces (when both hold), outcome before mechanism,
+    then worst severity, then the check order of ``ALL_CHECKS``, then the first step."""
+    fs = list(findings)
+    holding = {f.check for f in fs if f.resolved_step is None and f.severity != "info"}
+
+    def key(f: Finding) -> tuple[int, int, int, int, int, int, int]:
+        resolved = f.resolved_step is not None
+        cause = not resolved and bool(CAUSES.get(f.check, frozenset()) & holding)
+        return (
+            int(resolved),
+            int(f.severity == "info"),
+            0 if cause else 1,
+            0 if f.check in OUTCOME_CHECKS else 1,
+            -SEVERITY_RANK[f.severity],
+            _ORDER.get(f.check, len(_ORDER)),
+            f.step if f.step is not None else -1,
+        )
+
+    return sorted(fs, key=key)
+
+
+def headline(findings: Iterable[Finding]) -> Finding | None:
+    """The most causal warning or critical finding that holds (see :func:`order_findings`), or None."""
+    for f in order_findings(findings):
+        if f.resolved_step is None and f.severity != "info":
+            return f
+    return None
+
+
+def confirm_window(dead_since: int, config: DoctorConfig) -> int:
+    """Steps a dead verdict must hold, from the step it turned dead, before alerts and ``--stop-on dead``."""
+    return max(config.confirm_dead_steps, math.ceil(config.confirm_dead_fraction * max(dead_since, 0)))
+
+
+def confirmed_dead(
+    verdict: str, since: int | None, step: int, config: DoctorConfig
+) -> tuple[bool, str]:
+    """Whether a dead verdict has held for its confirmation window, and a sentence saying how long.
+
+    A pure function of the verdict's history (Lightning's early-stopping style): the side effects
+    (alerts, SIGINT) live with the caller.
+    """
+    if verdict != "dead" or since is None:
+        return False, ""
+    held = step - since
+    window = confirm_window(since, config)
+    if held < window:
+        return False, f"dead for {held} steps (since step {since}); confirmed at {window}"
+    return True, f"dead for {held} steps (since step {since})"
+
+
+def _loss_evidence(history: History, config: DoctorConfig, name: str) -> tuple[float, str] | None:
+    """(strength, sentence) when the loss ``name`` fell beyond its noise and not just to the label prior."""
+    t = config.thresholds
+    p = progress(history, t, name)
+    got = finite(history, name)
+    if p is None or got is None or not p.improved:
+        return None
+    v = got[1]
+    k = max(len(v) // 3, 1)
+    first, last = v[:k], v[-k:]
+    se = math.hypot(median_se(first), median_se(last))
+    if p.drop <= t.lnd_noise_z * se:
+        return None
+    # Falling onto the prior's loss is learning the label frequencies, not the task.
+    prior = label_prior(history)
+    if prior is not None:
+        band_noise = t.pb_noise_z * median_se(last)
+        for c in (prior.entropy, prior.weighted):
+            if c is not None and c > 0 and abs(p.recent - c) <= t.pb_rel_band * c + band_noise:
+                return None
+    ratio = p.drop / se if se > 0 else math.inf
+    noise = "far beyond its noise" if not math.isfinite(ratio) or ratio >= 1000 else f"{ratio:.0f}x its noise"
+    span = p.last_step - p.first_step
+    return ratio, f"{name} fell {fmt(p.start)} -> {fmt(p.recent)} over {span} steps, {noise}"
+
+
+def _metric_evidence(history: History, config: DoctorConfig, name: str) -> tuple[float, str] | None:
+    """(strength, sentence) when a higher-is-better metric rose beyond its noise (and above chance or the prior)."""
+    t = config.thresholds
+    got = finite(history, name)
+    if got is None or len(got[1]) < 3:
+        return None
+    steps, v = got
+    n = len(v)
+    k = max(n // 3, 1)
+    start, recent = float(np.median(v[:k])), float(np.median(v[-k:]))
+    scale = 100.0 if float(np.max(np.abs(v))) > 1.5 else 1.0  # printed as a percentage
+    se = 1.2533 * step_noise(v) * math.sqrt(2.0 / k)
+    rise = recent - start
+    if rise <= max(t.lnd_noise_z * se, 0.01 * scale):
+        return None
+    metric = name.rsplit("/", 1)[-1]
+    if metric in ("auroc", "auc", "roc_auc") and recent / scale <= 0.5 + 2 * t.ms_auroc_tol:
+        return None  # still at chance
+    if metric in ("acc", "accuracy", "top1"):
+        prior = label_prior(history)
+        if prior is not None and recent / scale <= prior.majority + t.pb_acc_tol:
+            return None  # rose to the majority rate: the prior, not the task
+    ratio = rise / se if se > 0 else math.inf
+    noise = "far beyond its noise" if not math.isfinite(ratio) or ratio >= 1000 else f"{ratio:.0f}x its noise"
+    span = int(steps[-1] - steps[0])
+    return ratio, f"{name} rose {fmt(start)} -> {fmt(recent)} over {span} steps, {noise}"
+
+
+def evidence_for_health(history: History, config: DoctorConfig) -> str | None:
+    """A sentence with the numbers that show learning, or None when nothing does (yet).
+
+    Learning is a loss (``train/loss``, ``val/loss``, ``test/loss``) whose last third sits below its
+    first third by more than 2% and more than ``lnd_noise_z`` standard errors (``checks._common.progress``)
+    and not on the label prior's loss; or a higher-is-better metric (accuracy, AUROC, mAP, F1, ...)
+    whose last third rose above its first by more than its noise and one point, above chance for
+    AUROC and above the majority rate for accuracy when the labels are known. At most two are named,
+    losses first.
+    """
+    found: list[str] = []
+    for name in _LOSSES:
+        got = _loss_evidence(history, config, name)
+        if got is not None:
+            found.append(got[1])
+            break  # one loss is enough; a metric is the independent second witness
+    for name in history.names():
+        if name.startswith("printed/") or "@rank" in name or "/" not in name:
+            continue
+        if name.rsplit("/", 1)[-1] not in _HIGHER_IS_BETTER:
+            continue
+        got = _metric_evidence(history, config, name)
+        if got is not None:
+            found.append(got[1])
+            break
+    return "; ".join(found) if found else None
+
 
 class Doctor:
-    """Feeds observations into a bounded history and runs the checks over it.
+    """Feeds observations into a bounded history and runs the checks over it at a grid of steps.
 
-    One finding per check id is kept: the first step it held, the worst severity it reached,
-    and the latest message and evidence. Checks that set ``RETRACTABLE = True`` judge the whole
-    run so far (a trend, or a severity that depends on whether the run learns): for them the
-    latest evaluation rules, so a loss that sat at ln 2 for 250 steps and then learned is not
-    "dead" at the end; when such a check stops holding, its finding stays as info saying it no
-    longer holds. ``on_finding`` callbacks get each new or escalated finding (alerts, the
-    dashboard). A check that crashes is reported once on stderr and skipped afterwards: the
-    doctor fails open.
+    Feed it with :meth:`observe` (the grid is followed automatically: an observation past the next
+    grid step first evaluates the history up to that step) and call :meth:`evaluate` once at the end.
+    ``on_finding`` callbacks get each finding that is new, changed severity, resolved or holds again;
+    ``on_evaluated`` callbacks get the Doctor after each evaluation (alerts, ``--stop-on``, the view).
     """
 
     def __init__(
@@ -38,17 +254,74 @@ class Doctor:
         self.history = History(self.config.history_points)
         self._findings: dict[str, Finding] = {}
         self._broken: set[str] = set()
-        self._worst: dict[str, str] = {}  # worst severity each check ever reached (retracted ones say it)
+        self._owner: dict[str, str] = {}  # finding's check id -> the module that returned it
+        self._held: list[Observation] = []  # observations that may not count before a later grid step
+        self._cut: int | None = None  # the grid step being evaluated (None: everything seen)
+        self.next_grid = next_grid_step(0, self.config)
+        self.step: int | None = None  # step of the latest evaluation
+        self.evaluations = 0
+        self.evidence: str | None = None
+        self._verdict: Verdict = "inconclusive"
+        self.verdict_since: int | None = None  # step of the evaluation where the current verdict began
         self.on_finding: list[Callable[[Finding], None]] = []
+        self.on_evaluated: list[Callable[[Doctor, list[Finding]], None]] = []
 
-    def observe(self, obs: Observation) -> None:
-        self.history.add(obs)
+    # -- input ---------------------------------------------------------------------------------
+    def observe(self, obs: Observation, *, clock: bool = True) -> None:
+        """Add one observation.
+
+        Args:
+            obs: the observation.
+            clock: the observations arrive in step order, so one at step s says every step before s
+                is complete: grid steps before s are evaluated first. ``False`` for a source that may
+                run ahead of the others (printed lines of an instrumented run): it is held until the
+                grid passes its step and never triggers an evaluation.
+        """
+        if clock:
+            self.advance(obs.step - 1)
+            self.history.add(obs)
+        elif obs.step < self.next_grid:
+            self.history.add(obs)
+        else:
+            self._held.append(obs)
 
     def observe_many(self, observations: Iterable[Observation]) -> None:
-        self.history.extend(observations)
+        """Add observations given in step order (a recorder flush)."""
+        for obs in observations:
+            self.observe(obs)
 
+    def advance(self, step: int) -> None:
+        """Every step up to ``step`` is complete: evaluate the grid steps up to it."""
+        while step >= self.next_grid:
+            g = self.next_grid
+            self.next_grid = next_grid_step(g, self.config)
+            self._cut = g
+            try:
+                self.evaluate()
+            finally:
+                self._cut = None
+
+    def _admit(self, through: int | None) -> None:
+        if not self._held:
+            return
+        keep: list[Observation] = []
+        for obs in self._held:
+            if through is None or obs.step <= through:
+                self.history.add(obs)
+            else:
+                keep.append(obs)
+        self._held = keep
+
+    # -- judging -------------------------------------------------------------------------------
     def evaluate(self) -> list[Finding]:
-        """Run every check over the history; return the findings that are new or escalated."""
+        """Run every check over the history now; return the findings that changed.
+
+        Called by :meth:`advance` at each grid step, and by the caller once at the end (then it
+        first takes in everything held back). Changed: new, a different severity, resolved, or
+        holding again.
+        """
+        self._admit(self._cut)
+        step = self._cut if self._cut is not None else max(self.history.last_step, 0)
         changed: list[Finding] = []
         for mod in self.checks:
             if mod.ID in self._broken:
@@ -59,61 +332,77 @@ class Doctor:
                 self._broken.add(mod.ID)
                 print(f"muvo-doctor: check {mod.ID} failed and is disabled: {exc!r}", file=sys.stderr)
                 continue
-            retractable = bool(getattr(mod, "RETRACTABLE", False))
+            now: dict[str, Finding] = {}
             for f in found:
-                if self._merge(f, retractable):
+                best = now.get(f.check)
+                if best is None or SEVERITY_RANK[f.severity] > SEVERITY_RANK[best.severity]:
+                    now[f.check] = f
+            for f in now.values():
+                self._owner[f.check] = mod.ID
+                if self._hold(f):
                     changed.append(self._findings[f.check])
-            if retractable and not any(f.check == mod.ID for f in found):
-                self._retract(mod.ID)
+            for check, old in list(self._findings.items()):
+                if self._owner.get(check) == mod.ID and check not in now and old.resolved_step is None:
+                    self._findings[check] = old.model_copy(update={"resolved_step": step})
+                    changed.append(self._findings[check])
+        self.evidence = evidence_for_health(self.history, self.config)
+        verdict = verdict_of(self._findings.values(), self.evidence)
+        if verdict != self._verdict or self.verdict_since is None:
+            self._verdict = verdict
+            self.verdict_since = step
+        self.step = step
+        self.evaluations += 1
         for f in changed:
             for cb in self.on_finding:
                 try:
                     cb(f)
                 except Exception as exc:  # a broken alert sink must not stop the doctor
                     print(f"muvo-doctor: finding callback failed: {exc!r}", file=sys.stderr)
+        for ev in self.on_evaluated:
+            try:
+                ev(self, changed)
+            except Exception as exc:
+                print(f"muvo-doctor: evaluation callback failed: {exc!r}", file=sys.stderr)
         return changed
 
-    def _merge(self, f: Finding, retractable: bool = False) -> bool:
-        worst = self._worst.get(f.check, "info")
-        if SEVERITY_RANK[f.severity] >= SEVERITY_RANK[worst]:
-            self._worst[f.check] = f.severity
+    def _hold(self, f: Finding) -> bool:
+        """Merge a finding the latest evaluation returned; True when it is new or changed."""
         old = self._findings.get(f.check)
         if old is None:
-            self._findings[f.check] = f
+            self._findings[f.check] = f.model_copy(update={"resolved_step": None})
             return True
-        escalated = SEVERITY_RANK[f.severity] > SEVERITY_RANK[old.severity]
-        severity = f.severity if escalated or retractable else old.severity
         step = old.step if old.step is not None else f.step
-        self._findings[f.check] = f.model_copy(update={"severity": severity, "step": step})
-        return escalated
+        self._findings[f.check] = f.model_copy(update={"step": step, "resolved_step": None})
+        return old.resolved_step is not None or old.severity != f.severity
 
-    def _retract(self, check: str) -> None:
-        """A retractable check no longer holds: keep what it said, as info."""
-        old = self._findings.get(check)
-        if old is None or old.evidence.get("no_longer_holds") is True:
-            return
-        was = self._worst.get(check, old.severity)
-        self._findings[check] = old.model_copy(
-            update={
-                "severity": "info",
-                "message": f"No longer holds (was {was} from step {old.step}): {old.message}",
-                "evidence": {**old.evidence, "no_longer_holds": True, "was": was},
-            }
-        )
-
+    # -- what the views read ---------------------------------------------------------------------
     @property
     def findings(self) -> list[Finding]:
-        return list(self._findings.values())
+        """Every finding so far, holding and resolved, in report order (:func:`order_findings`)."""
+        return order_findings(self._findings.values())
 
     @property
-    def verdict(self) -> str:
-        return verdict_of(self._findings.values())
+    def holding(self) -> list[Finding]:
+        """The findings that still hold, in report order."""
+        return [f for f in self.findings if f.resolved_step is None]
+
+    @property
+    def headline(self) -> Finding | None:
+        """The most causal warning or critical finding that holds."""
+        return headline(self._findings.values())
+
+    @property
+    def verdict(self) -> Verdict:
+        """The verdict the findings that hold and the latest evidence give (``inconclusive`` before any)."""
+        return verdict_of(self._findings.values(), self.evidence)
 
     def report(self, source: str | None = None, steps: int | None = None) -> Report:
-        fs = sorted(self._findings.values(), key=lambda f: (-SEVERITY_RANK[f.severity], f.step or 0))
+        """The report of CONTRACT.md, as of the latest evaluation."""
+        fs = self.findings
         return Report(
             source=self.source if source is None else source,
-            verdict=verdict_of(fs),
+            verdict=verdict_of(fs, self.evidence),
             steps=max(self.history.last_step + 1, 0) if steps is None else steps,
+            evidence_for_health=self.evidence,
             findings=fs,
         )

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Severity = Literal["info", "warning", "critical"]
-Verdict = Literal["healthy", "warning", "dead"]
+Verdict = Literal["healthy", "warning", "dead", "inconclusive"]
 EvidenceValue = float | int | str | bool | None | list[float] | list[int] | list[str]
 
 SCHEMA = "muvo-doctor/report/v1"
@@ -26,6 +26,13 @@ class Finding(BaseModel):
     message: str
     evidence: dict[str, EvidenceValue] = Field(default_factory=dict)
     advice: str
+    # The step from which the evidence no longer held (the Doctor's evaluation there did not return
+    # it); None while it holds. A resolved finding keeps the severity it had, for the record.
+    resolved_step: int | None = None
+
+    @property
+    def holds(self) -> bool:
+        return self.resolved_step is None
 
 
 class Report(BaseModel):
@@ -37,13 +44,22 @@ class Report(BaseModel):
     source: str
     verdict: Verdict
     steps: int
+    evidence_for_health: str | None = None  # what shows learning; None when nothing does (yet)
     findings: list[Finding]
 
     def to_json(self, indent: int | None = 2) -> str:
         return self.model_dump_json(by_alias=True, indent=indent)
 
 
-def verdict_of(findings: Iterable[Finding]) -> Verdict:
-    """Fold findings into a verdict: any critical is dead, any warning is warning."""
-    worst = max((SEVERITY_RANK[f.severity] for f in findings), default=0)
-    return "dead" if worst == 2 else "warning" if worst == 1 else "healthy"
+def verdict_of(findings: Iterable[Finding], evidence_for_health: str | None = None) -> Verdict:
+    """Fold the findings that still hold into a verdict (CONTRACT.md, Verdicts).
+
+    Any critical is dead, any warning is warning; otherwise healthy only with positive evidence of
+    learning, else inconclusive. Resolved findings do not count.
+    """
+    worst = max((SEVERITY_RANK[f.severity] for f in findings if f.resolved_step is None), default=0)
+    if worst == 2:
+        return "dead"
+    if worst == 1:
+        return "warning"
+    return "healthy" if evidence_for_health else "inconclusive"

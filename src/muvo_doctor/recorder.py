@@ -465,6 +465,11 @@ class Recorder:
             except Exception as exc:
                 self._fail(exc)
             self.flush()
+            if self.doctor is not None:
+                try:
+                    self.doctor.evaluate()  # the final evaluation: the steps after the last grid step
+                except Exception as exc:
+                    self._fail(exc)
         self._closed = True
         self._remove_hooks()
         if self.is_global:
@@ -1122,8 +1127,9 @@ class Recorder:
             emit("nonfinite/loss", last_loss_step, float(nonfinite_loss))
         obs.sort(key=lambda o: o.step)
         if self.doctor is not None:
+            # The doctor evaluates at its grid of steps as these cross it (not once per flush: a flush
+            # follows the wall clock too); close() adds the final evaluation.
             self.doctor.observe_many(obs)
-            self.doctor.evaluate()
         if self.sink is not None and not self._sink_failed:
             try:
                 self.sink(obs)

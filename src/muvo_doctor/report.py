@@ -1,5 +1,6 @@
 """The text view of a Report: a chart of the main series (with any baseline a finding computed),
-the findings, and a summary line coloured by the worst severity.
+the findings (the headline first; resolved ones last, dimmed, with the step they resolved at), the
+evidence of learning, and a summary line coloured by the verdict.
 
 ``render_report`` returns a string, so commands, tests and snapshots all use the same code.
 ``use_color`` is the one place that decides colour (``--plain``, NO_COLOR, TERM=dumb, not a TTY).
@@ -14,7 +15,8 @@ from typing import TextIO
 
 from muvo_doctor.dashboard import SEVERITY_STYLE as _STYLE
 from muvo_doctor.dashboard import VERDICT_STYLE as _VERDICT_STYLE
-from muvo_doctor.finding import SEVERITY_RANK, Finding, Report
+from muvo_doctor.doctor import order_findings
+from muvo_doctor.finding import Finding, Report
 from muvo_doctor.history import History
 
 # Signals charted, in order of preference; the first present is the main one, its partner joins it.
@@ -83,11 +85,21 @@ def chart_text(report: Report, history: History, *, width: int, color: bool) -> 
 
 
 def summary_line(report: Report) -> str:
-    """``dead: 2 critical, 1 warning in 30 steps`` (the words the colour repeats)."""
-    counts = {s: sum(1 for f in report.findings if f.severity == s) for s in ("critical", "warning", "info")}
+    """``dead: 2 critical, 1 warning, 1 resolved in 30 steps`` (the words the colour repeats).
+
+    Counts are of the findings that hold; an inconclusive verdict says why in a few words.
+    """
+    holding = [f for f in report.findings if f.resolved_step is None]
+    counts = {s: sum(1 for f in holding if f.severity == s) for s in ("critical", "warning", "info")}
     parts = [f"{n} {s}" for s, n in counts.items() if n]
+    resolved = len(report.findings) - len(holding)
+    if resolved:
+        parts.append(f"{resolved} resolved")
     detail = ", ".join(parts) if parts else "no findings"
-    return f"{report.verdict}: {detail} in {report.steps} steps ({report.source})"
+    verdict = report.verdict
+    if verdict == "inconclusive":
+        verdict = "inconclusive (too little to judge: no sign of learning yet)"
+    return f"{verdict}: {detail} in {report.steps} steps ({report.source})"
 
 
 def _evidence_text(f: Finding, limit: int = 6) -> str:
@@ -141,17 +153,25 @@ def render_report(
         text = chart_text(report, history, width=width, color=color)
         if text:
             console.print(Text.from_ansi(text) if color else Text(text))
-    findings = sorted(report.findings, key=lambda f: (-SEVERITY_RANK[f.severity], f.step or 0))
-    for f in findings:
+    for f in order_findings(report.findings):
         line = Text()
-        line.append(f"{f.severity.upper():8s} ", style=_STYLE[f.severity])
-        line.append(f"{f.check}", style="bold")
-        line.append(f" (step {f.step})" if f.step is not None else "")
-        line.append(f": {f.message}")
+        if f.resolved_step is not None:
+            since = f" from step {f.step}" if f.step is not None else ""
+            line.append(f"{'RESOLVED':8s} ", style="dim")
+            line.append(f"{f.check}", style="bold dim")
+            line.append(f" (was {f.severity}{since}, resolved at step {f.resolved_step})", style="dim")
+            line.append(f": {f.message}", style="dim")
+        else:
+            line.append(f"{f.severity.upper():8s} ", style=_STYLE[f.severity])
+            line.append(f"{f.check}", style="bold")
+            line.append(f" (step {f.step})" if f.step is not None else "")
+            line.append(f": {f.message}")
         console.print(line)
         ev = _evidence_text(f)
         if ev:
             console.print(Text(f"         evidence: {ev}", style="dim"))
         console.print(Text(f"         what to do: {f.advice}", style="dim"))
+    if report.evidence_for_health:
+        console.print(Text(f"evidence of learning: {report.evidence_for_health}", style="green"))
     console.print(Text(summary_line(report), style=_VERDICT_STYLE[report.verdict]))
     return buf.getvalue()

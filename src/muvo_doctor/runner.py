@@ -3,7 +3,10 @@
 One thread, one ``select`` loop over: the child's output (a pseudo-terminal when our stdout is a
 terminal, else pipes), our stdin (forwarded in raw mode under a pseudo-terminal), the telemetry
 FIFO every Python process of the child writes to, and a wake-up pipe for signals. The Doctor is
-evaluated at most four times a second and once at the end.
+evaluated at its grid of recorded steps (``evaluate_every_steps``), as the observations cross it, and
+once at the end, never on a wall clock: the same output gives the same findings however it was
+chunked. The step clock is the telemetry of rank 0 when the child is instrumented (printed numbers
+are held until the telemetry passes their step), else the printed numbers themselves.
 
 Transparency: output bytes are written through unchanged; SIGINT/SIGTERM/SIGHUP are forwarded
 (a second Ctrl-C sends SIGTERM, and SIGKILL follows after a grace period); window size changes
@@ -46,7 +49,7 @@ if TYPE_CHECKING:
 # The doctor, the dashboard and pydantic are imported after the child is started (see Runner.run):
 # the child's own start-up hides most of ours.
 
-EVALUATE_EVERY_S = 0.25  # at most 4 evaluations a second
+SELECT_TIMEOUT_S = 0.25  # the loop wakes at least 4 times a second (timers, signals, the view)
 KILL_GRACE_S = 10.0  # SIGTERM -> SIGKILL (after a second Ctrl-C), SIGINT -> SIGTERM (--stop-on)
 MAX_LINE = 1 << 16  # a "line" with no newline is cut here for the parser (output is never cut)
 # CSI / OSC escape sequences and lone escapes: colours and cursor moves are not part of a number.
@@ -157,7 +160,6 @@ class Runner:
         self.view: Any = None
         self.alerts: Any = None
         self._dirty = False
-        self._last_eval = 0.0
         self._signals: list[int] = []
         self._interrupts = 0
         self._kill_at: float | None = None
@@ -185,13 +187,14 @@ class Runner:
 
         self.reader = LineReader()
         self.doctor = Doctor(self.opts.config or DoctorConfig(), source=self.source)
+        self.doctor.on_evaluated.append(self._on_evaluated)
         self.view = make_view(self.doctor, title=self.source, plain=self.opts.plain)
         self.alerts = Alerts(
             source=self.source,
             notify_url=self.opts.notify_url,
             notify_cmd=self.opts.notify_cmd,
-            # The live view draws its own banner and bell; in plain mode they go to stderr.
-            banner=self._banner if isinstance(self.view, PlainView) else (lambda text: None),
+            # The confirmed alert's banner and bell: above the live dashboard, or on stderr in plain mode.
+            banner=self._banner if isinstance(self.view, PlainView) else self.view.alert_banner,
         )
         self._open_record()
 
@@ -357,7 +360,7 @@ class Runner:
         exited_at: float | None = None
         while True:
             if exited_at is None:
-                timeout = EVALUATE_EVERY_S
+                timeout = SELECT_TIMEOUT_S
             else:
                 timeout = 0.05  # child gone: drain what is buffered, then stop
             got_output = False
@@ -382,8 +385,11 @@ class Runner:
             elif not got_output or not self._has_outputs() or time.monotonic() - exited_at > 5.0:
                 self._read_fifo()
                 break
-            if self._dirty and time.monotonic() - self._last_eval >= EVALUATE_EVERY_S:
-                self._evaluate()
+            if self._dirty:
+                # The Doctor evaluated (or not) as the observations crossed its grid; the view only redraws,
+                # throttled by itself.
+                self._dirty = False
+                self._safe(self.view.update, "view")
 
     def _passthrough_rest(self) -> None:
         """After an internal error: only copy bytes and forward signals until the child ends."""
@@ -497,7 +503,7 @@ class Runner:
                 return
             for msg in self.reader.feed(data):
                 if isinstance(msg, Observation):
-                    self._observe(msg)
+                    self._observe(msg, telemetry=True)
                     if not msg.rank and msg.step > self.telemetry_step:
                         self.telemetry_step = msg.step
                 elif isinstance(msg, StepBeat):
@@ -513,10 +519,13 @@ class Runner:
             if self.reader.errors:
                 self.say_once("stream", f"skipped bad telemetry lines ({self.reader.first_error})")
 
-    def _observe(self, obs: Observation) -> None:
+    def _observe(self, obs: Observation, telemetry: bool = False) -> None:
         from muvo_doctor.stream import encode_observation
 
-        self.doctor.observe(obs)
+        # The step clock: rank 0's telemetry when the child is instrumented (printed lines can run ahead of
+        # it), the printed numbers otherwise.
+        clock = (telemetry and not obs.rank) or not self.instrumented
+        self.doctor.observe(obs, clock=clock)
         self._dirty = True
         if self.record is not None:
             try:
@@ -585,32 +594,39 @@ class Runner:
             self._signal_child(signal.SIGTERM)
         elif self._stop_state == "term" and now >= self._stop_deadline:
             self._stop_state = "kill"
+        why = f"{f.check}, " if f is not None else ""
             self._signal_child(signal.SIGKILL)
 
-    def _stop_dead(self, f: Finding) -> None:
+    def _stop_dead(self, f: Finding | None, held: str) -> None:
         if self._stop_state is not None:
             return
         self.stopped_dead = f
         self._stop_state = "int"
         self._stop_deadline = time.monotonic() + self.opts.grace_s
         self.say_once(
-            "stop", f"--stop-on dead: the run is dead ({f.check}); sent SIGINT so it can save and stop"
+            "stop", f"--stop-on dead: the run is dead ({why}{held}); sent SIGINT so it can save and stop"
         )
         self._signal_child(signal.SIGINT)
 
     # -- the doctor ---------------------------------------------------------------------------
-    def _evaluate(self) -> None:
-        self._dirty = False
-        self._last_eval = time.monotonic()
-        changed = self.doctor.evaluate()
-        verdict = self.doctor.verdict
+    def _on_evaluated(self, doctor: Any, changed: list[Finding], final: bool = False) -> None:
+        """After each evaluation (a grid step, or the end): the view, then alerts and --stop-on dead,
+        which act on a dead verdict only once it has held for its confirmation window."""
+        from muvo_doctor.doctor import confirm_window
+
         for f in changed:
             self._safe(lambda f=f: self.view.finding(f), "view")
-            assert self.alerts is not None
-            self.alerts.on_finding(f, verdict)
-            if self.opts.stop_on == "dead" and f.severity == "critical":
-                self._stop_dead(f)
-        self._safe(self.view.update, "view")
+        verdict, since, step = doctor.verdict, doctor.verdict_since, doctor.step or 0
+        held_steps = step - since if since is not None else 0
+        confirmed = since is not None and held_steps >= confirm_window(since, doctor.config)
+        held = f"{verdict} for {held_steps} steps (since step {since})" if since is not None else ""
+        if final and held and not confirmed:
+            held += ", when the run ended"
+        if self.alerts is not None:
+            self.alerts.update(verdict, doctor.headline, confirmed=confirmed, held=held, final=final)
+        if self.opts.stop_on == "dead" and verdict == "dead" and confirmed and not final:
+            self._stop_dead(doctor.headline, held)
+        self._dirty = True
 
     def _banner(self, text: str) -> None:
         sys.stderr.write(text)
@@ -655,7 +671,9 @@ class Runner:
 
     def _judge_and_write(self) -> None:
         try:
-            self._evaluate()
+            self.doctor.on_evaluated.remove(self._on_evaluated)
+            changed = self.doctor.evaluate()  # the steps after the last grid step (and everything held back)
+            self._on_evaluated(self.doctor, changed, final=True)
         except Exception as exc:
             self.say_once("doctor", f"the final evaluation failed ({exc!r})")
         self._safe(self.view.stop, "view")
@@ -676,7 +694,7 @@ class Runner:
                 self.say_once("report", f"--report {self.opts.report}: cannot write ({exc.strerror})")
 
     def _exit_code(self) -> int:
-        verdict = self.doctor.verdict if self.doctor is not None else "healthy"
+        verdict = self.doctor.verdict if self.doctor is not None else "inconclusive"
         if self.opts.fail_on == "warning" and verdict in ("warning", "dead"):
             return 1
         if self.opts.fail_on == "dead" and verdict == "dead":

@@ -152,22 +152,52 @@ def test_notify_cmd_gets_the_message_in_its_environment(tmp_path):
     assert message.startswith("muvo-doctor: training DEAD") and check in message
 
 
-def test_fires_once_and_only_on_critical(hook):
+def test_fires_once_per_confirmed_verdict_change_and_never_on_warnings(hook):
     err = io.StringIO()
     banners: list[str] = []
     a = Alerts(source="train.py", notify_url=hook.url, banner=banners.append, stream=err)
-    assert a.on_finding(WARN, "warning") is False
-    assert a.on_finding(DEAD, "dead") is True
-    assert a.on_finding(DEAD.model_copy(update={"check": "nan_inf"}), "dead") is False
+    assert a.update("warning", WARN, confirmed=True, held="warning for 900 steps") is False
+    assert a.update("dead", DEAD, confirmed=False, held="dead for 100 steps (since step 25)") is False
+    assert a.update("dead", DEAD, confirmed=True, held="dead for 500 steps (since step 25)") is True
+    # Still dead, another headline: no second alert.
+    assert a.update("dead", DEAD.model_copy(update={"check": "nan_inf"}), confirmed=True) is False
+    # Recovered, not yet for its window: nothing; then confirmed: one alert saying so.
+    assert a.update("healthy", None, confirmed=False) is False
+    assert a.update("healthy", None, confirmed=True, held="healthy for 500 steps (since step 700)") is True
     a.close(timeout=5)
-    assert len(banners) == 1 and banners[0].startswith("\a") and "flat_loss" in banners[0]
-    assert [b["finding"]["check"] for b in hook.bodies] == ["flat_loss"]
+    assert len(banners) == 2 and banners[0].startswith("\a") and "flat_loss" in banners[0]
+    assert "dead for 500 steps (since step 25)" in banners[0]  # the banner says how long it held
+    assert not banners[1].startswith("\a") and "training HEALTHY" in banners[1]
+    assert [b["verdict"] for b in hook.bodies] == ["dead", "healthy"]
+    assert hook.bodies[0]["finding"]["check"] == "flat_loss" and hook.bodies[1]["finding"] is None
     assert err.getvalue() == ""
+
+
+def test_a_dead_verdict_resolved_within_its_window_never_alerts(hook):
+    banners: list[str] = []
+    a = Alerts(source="train.py", notify_url=hook.url, banner=banners.append, stream=io.StringIO())
+    for _ in range(5):
+        a.update("dead", DEAD, confirmed=False)
+    a.update("warning", WARN, confirmed=False)
+    a.update("healthy", None, confirmed=True)
+    a.update("healthy", None, confirmed=True, final=True)
+    a.close(timeout=5)
+    assert banners == [] and hook.bodies == []
+
+
+def test_a_run_that_ends_dead_alerts_at_the_end(hook):
+    banners: list[str] = []
+    a = Alerts(source="train.py", notify_url=hook.url, banner=banners.append, stream=io.StringIO())
+    assert a.update("dead", DEAD, confirmed=False) is False
+    assert a.update("dead", DEAD, confirmed=False, held="dead for 40 steps, when the run ended", final=True)
+    a.close(timeout=5)
+    assert len(banners) == 1 and "when the run ended" in banners[0]
+    assert [b["finding"]["check"] for b in hook.bodies] == ["flat_loss"]
 
 
 def test_a_failing_notify_cmd_is_reported_once():
     err = io.StringIO()
     a = Alerts(source="train.py", notify_cmd="exit 5", banner=lambda t: None, stream=err)
-    a.on_finding(DEAD, "dead")
+    a.update("dead", DEAD, confirmed=True)
     a.close(timeout=10)
     assert err.getvalue() == "muvo-doctor: --notify-cmd exited with 5\n"

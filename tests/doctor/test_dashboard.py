@@ -79,6 +79,8 @@ def test_live_dashboard_shows_charts_baseline_finding_and_verdict() -> None:
     view.update()
     _add(d, PRIOR)
     view.finding(PRIOR)
+    assert "\a" not in con.file.getvalue()  # an unconfirmed dead verdict rings no bell
+    view.alert_banner("\a\n!!!!\nmuvo-doctor: training DEAD (prior_baseline at step 120, dead for 500 steps)\n!!!!\n")
     view.stop()
     raw = con.file.getvalue()
     assert "\x1b[" in raw  # colours in a colour terminal
@@ -89,8 +91,32 @@ def test_live_dashboard_shows_charts_baseline_finding_and_verdict() -> None:
     assert "output spread and saturation" in last and "label balance" in last
     assert "CRITICAL" in last and "prior_baseline" in last and "step 120" in last
     assert "DEAD" in last
-    assert "\a" in raw  # the terminal bell on the first critical finding
-    assert "DEAD RUN" in text  # the banner
+    assert "\a" in raw  # the terminal bell comes with the confirmed alert
+    assert "DEAD RUN" in text  # the panel naming the headline finding
+    assert "training DEAD (prior_baseline at step 120, dead for 500 steps)" in text  # the alert, scrolled above
+
+
+def test_live_header_says_no_evidence_yet_until_there_is_some() -> None:
+    from muvo_doctor.dashboard import render_dashboard
+
+    def header(d: Doctor, final: bool = False) -> str:
+        con = Console(file=io.StringIO(), width=140, force_terminal=False)
+        con.print(render_dashboard(d, title="t", width=140, height=40, color=False, final=final))
+        return con.file.getvalue().splitlines()[0]
+
+    d = Doctor(checks=())
+    assert "NO EVIDENCE YET" in header(d)
+    for s in range(10):  # too few points to tell (fewer than min_points): still no evidence
+        d.observe(Observation(name="train/loss", step=s, value=2.3 - 0.05 * s))
+    d.evaluate()
+    assert d.verdict == "inconclusive" and "NO EVIDENCE YET" in header(d)
+    assert "INCONCLUSIVE" in header(d, final=True)  # at the end it is named for what it is
+    for s in range(10, 300):
+        d.observe(Observation(name="train/loss", step=s, value=2.3 * math.exp(-s / 100) + 0.1))
+    d.evaluate()
+    top = header(d)
+    assert d.verdict == "healthy" and "HEALTHY" in top and "NO EVIDENCE" not in top
+    assert "train/loss fell" in top  # the evidence, with its numbers
 
 
 def test_live_view_child_output_scrolls_above_with_progress_bars() -> None:
@@ -145,8 +171,10 @@ def test_nothing_new_nothing_redrawn(monkeypatch: pytest.MonkeyPatch) -> None:
     for _ in range(3):
         time.sleep(0.26)
         view.update()
-    view.stop()
     assert len(calls) == 1
+    view.stop()
+    # The final frame is drawn once more only because "no evidence yet" then reads "inconclusive".
+    assert view.doctor.verdict == "inconclusive" and len(calls) == 2
 
 
 def test_plain_view_one_line_per_finding_no_ansi(monkeypatch: pytest.MonkeyPatch) -> None:
