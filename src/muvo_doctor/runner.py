@@ -594,7 +594,6 @@ class Runner:
             self._signal_child(signal.SIGTERM)
         elif self._stop_state == "term" and now >= self._stop_deadline:
             self._stop_state = "kill"
-        why = f"{f.check}, " if f is not None else ""
             self._signal_child(signal.SIGKILL)
 
     def _stop_dead(self, f: Finding | None, held: str) -> None:
@@ -603,6 +602,7 @@ class Runner:
         self.stopped_dead = f
         self._stop_state = "int"
         self._stop_deadline = time.monotonic() + self.opts.grace_s
+        why = f"{f.check}, " if f is not None else ""
         self.say_once(
             "stop", f"--stop-on dead: the run is dead ({why}{held}); sent SIGINT so it can save and stop"
         )
