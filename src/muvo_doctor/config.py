@@ -44,6 +44,15 @@ class Thresholds(BaseModel):
     div_block: int = 5  # points per block median (robust to single spikes, which are loss_spike's)
     div_factor: float = 3.0  # blocked loss above best + 3x max(|best|, start-best): far above anything seen
     div_patience: int = 2  # consecutive blocks that must hold (a spike that comes back is not divergence)
+    div_abs: float = 1e6  # logs: a loss this large in each of its last records that does not fall ...
+    div_abs_points: int = 3  # ... over this many records has blown up
+    div_worse: float = 1.2  # training and held-out loss both end 1.2x above their first records: unlearned
+    div_heldout_factor: float = 10.0  # a held-out loss 10x its best in the last 2 evaluations blew up
+    div_rises: int = 4  # the training loss up at each of its last 4 records (epochs) ...
+    div_rise_rel: float = 0.02  # ... by 2% of its level in all
+    div_short_points: int = 60  # more records than this: rises are counted on block medians
+    div_rebound: float = 1.5  # a held-out loss 1.5x its best ...
+    div_rebound_evals: int = 3  # ... in each of the last 3 evaluations, with a training loss not falling
     # -- loss_spike
     spike_z: float = 12.0  # robust z of a step-to-step jump; heavy-tailed minibatch noise reaches ~6-8
     spike_min_rel: float = 0.5  # the jump must also be at least 50% of the loss level
@@ -51,6 +60,8 @@ class Thresholds(BaseModel):
     spike_setback: float = 1.0  # a spike warns only if the 10 points after it sit >= 100% above the 10
     # before (it undid progress); spikes that vanish at once (a hard batch, pos_weight) are info
     spike_setback_of_jump: float = 0.15  # ... and by >= 15% of the jump (healthy pos_weight runs: <= 8%)
+    spike_short_factor: float = 2.0  # logs shorter than min_points: a jump to 2x the previous record ...
+    spike_short_setback: float = 0.25  # ... after which no record comes back within 25% of the level before it
     # -- vanishing_gradients (AUTOTRAINER defaults: beta1=1e-3 ratio, beta2=1e-4 absolute)
     vg_ratio: float = 1e-3  # a module whose gradient norm is below 1e-3 x the largest module's is quiet
     vg_abs: float = 1e-4  # ... and below this absolute norm
@@ -100,12 +111,19 @@ class Thresholds(BaseModel):
     of_patience: int = 5  # validation points in a row above the best one
     of_min_rise: float = 0.05  # ... by at least 5% of the best validation loss
     of_metric_tol: float = 0.01  # val AUROC/acc/mAP within this of its best: the rise is calibration, info
+    of_big_rise: float = 0.2  # ... unless val loss rose 20%+: calibration that bad is a warning anyway
+    of_few_rises: int = 2  # logs: val loss up at each of the last 2 evaluations ...
+    of_few_min_rise: float = 0.1  # ... to 10% above its best while the training loss fell
+    of_few_evals: int = 3  # logs: a held-out score below its best in each of the last 3 evaluations ...
+    of_metric_drop: float = 0.03  # ... by 3 points (or 3% of a best below 1) while training improves
     # -- metric_stuck
     ms_min_evals: int = 5  # evaluations needed before judging a metric
     ms_auroc_tol: float = 0.05  # AUROC within 0.05 of 0.5 on every recent evaluation (and never above
     # 0.5 + 2x this): chance. A random scorer on a few hundred held-out frames lands within +-0.05 of 0.5
     ms_map_floor: float = 0.01  # mAP below this on every recent evaluation: nothing detected
     ms_acc_tol: float = 0.005  # accuracy within half a point of 1/K or of the majority rate
+    ms_zero_evals: int = 2  # logs: a held-out score exactly 0 in this many evaluations recognised nothing
+    ms_train_rel_drop: float = 0.1  # ... critical unless a training loss fell 10% (early detectors round to 0)
 
 
 class DoctorConfig(BaseModel):

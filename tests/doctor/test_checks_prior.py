@@ -203,7 +203,11 @@ def test_split_pairs_loss_with_its_own_accuracy() -> None:
         h.add_point("val/loss", e, 1.386, 3)
         h.add_point("val/acc", e, 0.249, 3)
     out = prior_baseline.check(h, CFG)
-    assert out and out[0].evidence["loss_series"] == "val/loss" and out[0].evidence["accuracy_series"] == "val/acc"
+    assert (
+        out
+        and out[0].evidence["loss_series"] == "val/loss"
+        and out[0].evidence["accuracy_series"] == "val/acc"
+    )
     # A test split printing only accuracy borrows the training loss (no train accuracy printed).
     h = History()
     for i in range(5):
@@ -285,7 +289,7 @@ def test_overfitting(rise: float, patience: int, found: bool) -> None:
 
 def test_val_loss_rise_with_a_holding_auroc_is_info() -> None:
     h = History()
-    val = np.r_[np.linspace(0.6, 0.3, 5), np.full(5, 0.45)]
+    val = np.r_[np.linspace(0.6, 0.3, 5), np.full(5, 0.3 * (1 + T.of_big_rise * 0.9))]
     for i, v in enumerate(val):
         h.add_point("val/loss", (i + 1) * 100, float(v))
         h.add_point("val/auroc", (i + 1) * 100, float(min(0.96, 0.8 + 0.04 * i)))
@@ -293,6 +297,27 @@ def test_val_loss_rise_with_a_holding_auroc_is_info() -> None:
         h.add_point("train/loss", s, float(0.7 * math.exp(-s / 300)))
     out = overfitting.check(h, CFG)
     assert [f.severity for f in out] == ["info"] and "val/auroc holds at 0.960" in out[0].message
+
+
+def test_a_big_val_loss_rise_warns_even_when_the_metric_holds() -> None:
+    # Three epochs: eval loss up 13% then 30% while accuracy still improves (over-confidence that misleads).
+    h = History()
+    rows = [(0.2548, 0.8925, 0.308), (0.2881, 0.9032, 0.201), (0.3752, 0.9084, 0.142)]
+    for i, (vl, acc, tl) in enumerate(rows):
+        h.add_point("val/loss", i, vl)
+        h.add_point("val/acc", i, acc)
+        h.add_point("train/loss", i, tl)
+    out = overfitting.check(h, CFG)
+    assert [f.severity for f in out] == ["warning"]
+    assert "+47%" in out[0].message and "val/acc holds" in out[0].message
+    # A rise below of_few_min_rise: nothing.
+    h = History()
+    for i, (vl, tl) in enumerate(
+        [(0.2548, 0.308), (0.2600, 0.201), (0.2548 * (1 + T.of_few_min_rise * 0.9), 0.142)]
+    ):
+        h.add_point("val/loss", i, vl)
+        h.add_point("train/loss", i, tl)
+    assert overfitting.check(h, CFG) == []
 
 
 def test_a_ranking_auroc_vetoes_the_prior() -> None:

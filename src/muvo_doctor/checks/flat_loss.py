@@ -140,7 +140,14 @@ def _short_log_flat(s, t) -> Finding | None:
         f"(steps {int(s.steps[0])}-{int(s.steps[-1])}, spread {rel:.2%} of its level, flat below "
         f"{t.flat_short_rel:.1%}): it never moved."
     )
-    ev = {"series": s.name, "level": level, "spread": spread, "relative_spread": rel, "points": len(v), "rule": "short_log"}
+    ev = {
+        "series": s.name,
+        "level": level,
+        "spread": spread,
+        "relative_spread": rel,
+        "points": len(v),
+        "rule": "short_log",
+    }
     return make(ID, "critical", int(s.steps[0]), msg, ev, ADVICE)
 
 

@@ -34,6 +34,33 @@ ID = "loss_spike"
 ADVICE = "Inspect the batches at the spiking steps for outliers; clip gradients; lower the learning rate or raise Adam's eps."
 
 
+def _short(v: np.ndarray, steps: np.ndarray, t) -> list[Finding]:
+    """Short logs (epochs, excerpts): the largest jump to ``spike_short_factor`` x, never recovered from."""
+    if len(v) < 4:
+        return []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(v[:-1] > 0, v[1:] / v[:-1], 0.0)
+    i = int(np.argmax(ratio))
+    if ratio[i] < t.spike_short_factor or i + 2 >= len(v):
+        return []
+    after = v[i + 2 :]
+    if float(after.min()) <= v[i] * (1 + t.spike_short_setback):
+        return []
+    msg = (
+        f"{LOSS} jumped from {fmt(float(v[i]))} to {fmt(float(v[i + 1]))} at step {int(steps[i + 1])} "
+        f"({ratio[i]:.1f}x) and never came back: its lowest value in the {len(after)} records after is "
+        f"{fmt(float(after.min()))}, still {float(after.min()) / v[i] - 1:.0%} above where it was."
+    )
+    ev = {
+        "series": LOSS,
+        "before": float(v[i]),
+        "peak": float(v[i + 1]),
+        "after_min": float(after.min()),
+        "rule": "short",
+    }
+    return [make(ID, "warning", int(steps[i + 1]), msg, ev, ADVICE)]
+
+
 def check(history: History, config: DoctorConfig) -> list[Finding]:
     t = config.thresholds
     s = series(history, LOSS)
@@ -43,7 +70,7 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
     v, steps = s.values[ok], s.steps[ok]
     n = len(v)
     if n < max(t.min_points, 3):
-        return []
+        return _short(v, steps, t)
     d = np.diff(v)
     med = float(np.median(d))
     mad = float(np.median(np.abs(d - med))) * 1.4826

@@ -9,6 +9,13 @@ What it does:
     rose above it, is chance or the prior. All critical. An accuracy that has not changed at all
     over ``ms_min_evals`` evaluations warns.
 
+    Logs with few evaluations: any held-out score where higher is better (accuracy, precision,
+    recall, mAP, F1 ...) that is exactly 0 at its printed precision in every one of
+    ``ms_zero_evals`` or more evaluations has recognised nothing; and one that repeats a single
+    value exactly over ``ms_min_evals`` evaluations is frozen. Both are critical when there are
+    ``ms_min_evals`` evaluations or no training loss has fallen by ``ms_train_rel_drop`` (nothing
+    else shows learning), else a warning: early in a detector's training mAP can round to 0.
+
 Why it matters:
     A metric at chance says what the loss may hide: the model's predictions do not depend on the
     input. AUROC 0.5 means the scores rank positives and negatives at random; accuracy at the
@@ -24,7 +31,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import LOSS, finite, label_prior, make, median_se
+from muvo_doctor.checks._common import (
+    HIGHER_BETTER,
+    LOSS,
+    finite,
+    fmt,
+    label_prior,
+    make,
+    median_se,
+    resolution,
+    series,
+)
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
@@ -45,8 +62,69 @@ def _recent(history: History, name: str, k: int) -> tuple[np.ndarray, np.ndarray
     return got[0], got[1], got[1][-k:]
 
 
+def _training_falls(history: History, rel: float) -> str | None:
+    """A training loss (the main one or a component) whose last value is ``rel`` below its first, as a clause."""
+    for name in history.names("train/"):
+        if "loss" not in name.rsplit("/", 1)[-1]:
+            continue
+        got = finite(history, name)
+        if got is None or len(got[1]) < 2:
+            continue
+        v = got[1]
+        head = float(np.median(v[: max(1, len(v) // 3)]))
+        tail = float(np.median(v[-max(1, len(v) // 3) :]))
+        if head > 0 and tail < (1 - rel) * head:
+            return f"{name} fell {fmt(head)} -> {fmt(tail)}"
+    return None
+
+
+def _degenerate(history: History, t) -> Finding | None:
+    """A held-out score at exactly 0, or frozen at one exact value (see the module docstring)."""
+    for name in history.names():
+        split, _, metric = name.partition("/")
+        if split not in ("val", "test") or metric not in HIGHER_BETTER:
+            continue
+        s = series(history, name)
+        if s is None or len(s) < t.ms_zero_evals or not np.isfinite(s.values).all():
+            continue
+        v = s.values
+        unit = resolution(s)
+        zero = bool(np.all(np.abs(v) <= 0.5 * unit)) if unit else bool(np.all(v == 0))
+        frozen = not zero and len(v) >= t.ms_min_evals and bool(np.all(v == v[-1]))
+        if not (zero or frozen):
+            continue
+        falls = _training_falls(history, t.ms_train_rel_drop)
+        if frozen and falls is None:
+            continue  # training stopped moving too (lr decayed to 0): a converged model repeats its score
+        critical = zero and (len(v) >= t.ms_min_evals or falls is None)
+        shown = f"{float(v[-1]):.{s.digits}f}" if s.digits is not None else fmt(float(v[-1]))
+        if frozen:
+            tail = f" while {falls}: the evaluation does not follow the training (a stale model or a constant score)"
+        elif critical:
+            tail = ": the model has recognised nothing" + (
+                "" if falls else " and no training loss shows learning"
+            )
+        else:
+            tail = (
+                f": the model has recognised nothing yet ({falls}; early in training a score can round to 0)"
+            )
+        msg = f"{name} is exactly {shown} in all {len(v)} evaluations (steps {int(s.steps[0])}-{int(s.steps[-1])}){tail}."
+        ev = {
+            "series": name,
+            "value": float(v[-1]),
+            "evals": len(v),
+            "digits": s.digits,
+            "training_falls": falls,
+        }
+        return make(ID, "critical" if critical else "warning", int(s.steps[0]), msg, ev, ADVICE)
+    return None
+
+
 def check(history: History, config: DoctorConfig) -> list[Finding]:
     t = config.thresholds
+    found = _degenerate(history, t)
+    if found is not None and found.severity == "critical":
+        return [found]
     k = t.ms_min_evals
     au = _recent(history, "val/auroc", k)
     if au is not None:
@@ -132,4 +210,4 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
                 )
             ]
         break  # judge val/acc when present; train/acc only without it
-    return []
+    return [found] if found is not None else []

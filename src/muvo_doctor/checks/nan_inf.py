@@ -4,7 +4,10 @@ What it does:
     Looks for non-finite values in every loss series, the gradient norms, the model outputs and the
     recorder's ``nonfinite/*`` counters. Critical when the loss is non-finite at the end of the run or
     when most recent points are non-finite; a few isolated non-finite gradients (an fp16 GradScaler
-    skipping a step) only warn.
+    skipping a step) only warn. A loss at a saturation constant counts as infinite:
+    -ln(FLT_MIN) = 87.3365 (float32) or -ln(DBL_MIN) = 708.396 (float64) is what a cross-entropy prints
+    when the probability of the true class underflowed to the smallest normal number (Caffe's
+    SoftmaxWithLoss clamps log(0) there); no finite model output gives exactly that value twice.
 
 Why it matters:
     One NaN poisons every weight it touches: after it, the run computes nothing. It usually means an
@@ -27,6 +30,20 @@ from muvo_doctor.history import History
 
 ID = "nan_inf"
 
+# -ln of the smallest normal float32 / float64: a log-probability that underflowed, clamped.
+SATURATION = {"-ln(FLT_MIN)": 87.33654475055310, "-ln(DBL_MIN)": 708.3964185322641}
+_SAT_TOL = 2e-4  # relative: printed with 4-6 significant decimals (87.3365, 87.3366)
+
+
+def _saturated(values: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """Mask of loss points at a saturation constant, and the constant's name."""
+    for label, c in SATURATION.items():
+        hit = np.abs(values - c) <= _SAT_TOL * c
+        if hit.any():
+            return hit, label
+    return np.zeros(len(values), dtype=bool), None
+
+
 ADVICE = (
     "Find the first bad step; lower the learning rate or clip gradients, guard logs/divisions with an "
     "epsilon, prefer bf16 over fp16, and localise it with torch.autograd.detect_anomaly()."
@@ -43,18 +60,24 @@ def _watched(history: History) -> list[str]:
 def check(history: History, config: DoctorConfig) -> list[Finding]:
     t = config.thresholds
     worst: tuple[int, str, int, int, bool] | None = None  # (first step, name, count, n, critical)
+    saturated: dict[str, str] = {}  # loss series that hit a saturation constant -> its name
     hits: list[str] = []
     for name in _watched(history):
         s = series(history, name)
         if s is None:
             continue
         bad = ~np.isfinite(s.values)
+        is_loss = "loss" in name
+        if is_loss:
+            sat, label = _saturated(s.values)
+            if label is not None:
+                bad = bad | sat
+                saturated[name] = label
         if not bad.any():
             continue
         count = int(bad.sum())
         first = int(s.steps[np.argmax(bad)])
         recent = bad[-t.min_points :]
-        is_loss = "loss" in name
         critical = bool(bad[-1] and is_loss) or recent.mean() >= t.nan_critical_fraction
         hits.append(name)
         if worst is None or (critical, -first) > (worst[4], -worst[0]):
@@ -78,8 +101,14 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
     first, name, count, n, critical = worst
     others = [h for h in hits if h != name]
     also = f" (also in {', '.join(others[:4])}{' ...' if len(others) > 4 else ''})" if others else ""
+    sat = saturated.get(name)
+    what = (
+        f"NaN/Inf (or {SATURATION[sat]:.4f} = {sat}, a log of an underflowed probability)"
+        if sat
+        else "NaN/Inf"
+    )
     msg = (
-        f"{name} became NaN/Inf at step {first}: {count} of {n} points are non-finite{also}"
+        f"{name} became {what} at step {first}: {count} of {n} points are non-finite{also}"
         + ("" if critical else "; the run recovered, so this looks like isolated overflow")
         + "."
     )
@@ -89,7 +118,14 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
             "critical" if critical else "warning",
             first,
             msg,
-            {"series": name, "first_step": first, "nonfinite_points": count, "points": n, "also": others},
+            {
+                "series": name,
+                "first_step": first,
+                "nonfinite_points": count,
+                "points": n,
+                "also": others,
+                "saturation": sat,
+            },
             ADVICE,
         )
     ]

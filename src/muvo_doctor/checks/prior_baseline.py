@@ -262,7 +262,12 @@ def _without_labels(history: History, t) -> Finding | None:
 
 
 def _inferred(
-    t, split: str, acc: tuple[np.ndarray, np.ndarray], loss_split: str, loss: tuple[np.ndarray, np.ndarray], history
+    t,
+    split: str,
+    acc: tuple[np.ndarray, np.ndarray],
+    loss_split: str,
+    loss: tuple[np.ndarray, np.ndarray],
+    history,
 ) -> Finding | None:
     """Loss at the entropy of the prior that the accuracy plateau implies, with the accuracy not improving.
 
@@ -323,7 +328,11 @@ def _inferred(
             "confidence": sure,
         }
     )
-    target = f"majority rate {a:.1%}" if binary else (f"chance 1/{classes}" if classes else f"chance 1/{k_est:.0f}")
+    target = (
+        f"majority rate {a:.1%}"
+        if binary
+        else (f"chance 1/{classes}" if classes else f"chance 1/{k_est:.0f}")
+    )
     borrowed = "" if loss_split == split else f", no {split}/loss printed"
     msg = (
         f"Loss {fmt(med)} ≈ {what} and accuracy {a:.2%} ≈ {target} ({loss_split}/loss and {split}/acc over "

@@ -1,0 +1,157 @@
+"""Log-only rules made for few points (epoch logs, excerpts): each just above and just below its threshold.
+
+The fixtures are written here, from the rule's statement; none is a copy of a real log.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from muvo_doctor.checks import divergence, loss_spike, metric_stuck, nan_inf, overfitting
+from muvo_doctor.config import DoctorConfig
+from muvo_doctor.history import History
+
+CFG = DoctorConfig()
+T = CFG.thresholds
+
+
+def hist(rows: dict[str, list[float]], digits: dict[str, int] | None = None, step: int = 1) -> History:
+    h = History()
+    for name, values in rows.items():
+        for i, v in enumerate(values):
+            h.add_point(name, i * step, float(v), (digits or {}).get(name))
+    return h
+
+
+# ---------------------------------------------------------------- nan_inf: saturation constants
+def test_a_loss_at_minus_ln_flt_min_counts_as_infinite() -> None:
+    h = hist({"train/loss": [21.4058, 21.4058, 87.3365, 87.3365, 87.3365]}, {"train/loss": 4})
+    out = nan_inf.check(h, CFG)
+    assert out and out[0].severity == "critical" and out[0].evidence["saturation"] == "-ln(FLT_MIN)"
+    assert "87.3365" in out[0].message
+    # Near it but not at it (a real loss of 87.2): nothing.
+    assert nan_inf.check(hist({"train/loss": [21.4, 87.2, 87.25, 87.2]}), CFG) == []
+    # Saturated once at the start, finite and far from it afterwards: a warning (it recovered).
+    out = nan_inf.check(hist({"train/loss": [87.3366] + [8.26] * 30}), CFG)
+    assert out and out[0].severity == "warning"
+
+
+# ---------------------------------------------------------------- metric_stuck: degenerate scores
+def test_a_held_out_score_at_exactly_zero() -> None:
+    flat = {"train/box_loss": [1.9, 1.88, 1.9], "val/map50": [0.0, 0.0, 0.0], "val/recall": [0.0, 0.0, 0.0]}
+    out = metric_stuck.check(hist(flat, {"val/map50": 3, "val/recall": 3}), CFG)
+    assert out and out[0].severity == "critical" and "exactly 0.000 in all 3 evaluations" in out[0].message
+    # Training that learns: early zeros are only a warning.
+    falling = {**flat, "train/box_loss": [1.9, 1.2, 0.8]}
+    out = metric_stuck.check(hist(falling, {"val/map50": 3, "val/recall": 3}), CFG)
+    assert out and out[0].severity == "warning" and "yet" in out[0].message
+    # ... but not after ms_min_evals evaluations.
+    n = T.ms_min_evals
+    many = {"train/box_loss": list(np.linspace(1.9, 0.5, n)), "val/recall": [0.0] * n}
+    assert metric_stuck.check(hist(many, {"val/recall": 3}), CFG)[0].severity == "critical"
+    # One evaluation at zero is not enough; a score at the printed unit is not zero.
+    assert metric_stuck.check(hist({"val/recall": [0.0]}, {"val/recall": 3}), CFG) == []
+    assert metric_stuck.check(hist({"val/recall": [0.001, 0.0, 0.0]}, {"val/recall": 3}), CFG) == []
+
+
+def test_a_frozen_score_while_the_loss_falls() -> None:
+    n = T.ms_min_evals
+    rows = {"train/loss": list(np.linspace(2.0, 0.5, n)), "val/f1": [0.4375] * n}
+    out = metric_stuck.check(hist(rows), CFG)
+    assert out and out[0].severity == "warning" and "does not follow the training" in out[0].message
+    # One evaluation fewer, or a score that moves once: nothing.
+    short = {"train/loss": list(np.linspace(2.0, 0.5, n - 1)), "val/f1": [0.4375] * (n - 1)}
+    assert metric_stuck.check(hist(short), CFG) == []
+    moved = {**rows, "val/f1": [0.4375] * (n - 1) + [0.4402]}
+    assert metric_stuck.check(hist(moved), CFG) == []
+    # Training stopped too (a decayed schedule): a converged score may repeat.
+    still = {"train/loss": [0.5] * n, "val/f1": [0.8125] * n}
+    assert metric_stuck.check(hist(still), CFG) == []
+
+
+# ---------------------------------------------------------------- overfitting with few evaluations
+def test_val_loss_rising_at_each_of_the_last_evaluations() -> None:
+    rows = {"train/loss": [0.320, 0.193, 0.121], "val/loss": [0.265, 0.278, 0.328]}
+    out = overfitting.check(hist(rows), CFG)
+    assert out and out[0].severity == "warning" and "up at each of the last 2 evaluations" in out[0].message
+    # The same rise while training loss rises too: not overfitting.
+    assert overfitting.check(hist({**rows, "train/loss": [0.12, 0.19, 0.32]}), CFG) == []
+    # Rising once only: nothing yet.
+    assert overfitting.check(hist({"train/loss": [0.3, 0.2, 0.1], "val/loss": [0.3, 0.25, 0.33]}), CFG) == []
+
+
+def test_held_out_accuracy_sliding_while_training_improves() -> None:
+    rows = {
+        "train/loss": [0.064, 0.058, 0.048, 0.050, 0.065, 0.041, 0.066, 0.038],
+        "val/acc": [0.5516, 0.5177, 0.5234, 0.4578, 0.4437, 0.4569, 0.4754, 0.4271],
+    }
+    out = overfitting.check(hist(rows), CFG)
+    assert out and out[0].severity == "warning" and "val/acc fell from its best 0.5516" in out[0].message
+    # A dip smaller than of_metric_drop: nothing.
+    small = {**rows, "val/acc": [0.5516, 0.54, 0.545, 0.54, 0.542, 0.541, 0.54, 0.545]}
+    assert overfitting.check(hist(small), CFG) == []
+
+
+def test_a_memorised_training_set() -> None:
+    k = T.of_few_evals
+    rows = {
+        "train/acc": [0.9667] + [1.0] * k,
+        "train/loss": [0.1026] + [5e-4] * k,
+        "val/loss": [0.1384] + [0.13] * k,
+        "val/acc": [0.9733] + [0.96] * k,
+    }
+    out = overfitting.check(hist(rows), CFG)
+    assert out and "memorised" in out[0].message and out[0].severity == "warning"
+    # Training accuracy just under 100%: nothing.
+    assert overfitting.check(hist({**rows, "train/acc": [0.9667] + [0.99] * k}), CFG) == []
+
+
+# ---------------------------------------------------------------- divergence on short logs
+def test_training_loss_rising_epoch_after_epoch() -> None:
+    k = T.div_rises
+    fall = [1.587, 1.3, 1.093]
+    rise = list(1.093 * (1 + 0.03 * np.arange(1, k + 1)))
+    out = divergence.check(hist({"train/loss": fall + rise}), CFG)
+    assert out and out[0].severity == "warning" and f"each of the last {k}" in out[0].message
+    assert divergence.check(hist({"train/loss": fall + rise[:-1]}), CFG) == []
+
+
+def test_a_loss_far_above_any_classification_loss_that_does_not_fall() -> None:
+    out = divergence.check(hist({"val/loss": [5.5e8, 5.2e8, 8.1e8, 8.4e8, 4.2e8]}), CFG)
+    assert out and out[0].severity == "critical" and "val/loss" in out[0].message
+    # Large but falling fast (an unnormalised regression target): not divergence.
+    assert divergence.check(hist({"train/loss": [5e8, 1e8, 2e7, 4e6, 8e5]}), CFG) == []
+
+
+def test_a_run_that_ends_worse_than_it_started() -> None:
+    rows = {
+        "train/loss": [1.5, 1.237, 1.6, 2.028, 2.157, 1.95, 1.787],
+        "val/loss": [2.553, 3.2, 3.9, 4.46, 4.1, 4.3, 4.2],
+    }
+    out = divergence.check(hist(rows), CFG)
+    assert out and out[0].severity == "critical" and "worse than it started" in out[0].message
+    # Train loss ending below its start: a setback, not an unusable run.
+    better = {
+        **rows,
+        "train/loss": [0.83, 0.12, 0.2, 0.31, 0.3, 0.31, 0.31],
+        "val/loss": [0.3, 0.22, 0.42, 0.43, 0.42, 0.44, 0.43],
+    }
+    got = divergence.check(hist(better), CFG)
+    assert not got or got[0].severity != "critical"
+
+
+def test_a_first_point_below_the_rest_is_not_divergence() -> None:
+    # Warm-up: the first logged loss (lr ~0) is lower than what follows, then the run learns.
+    v = [0.0736] + list(np.linspace(1.5, 0.5, 60))
+    assert divergence.check(hist({"train/loss": v}), CFG) == []
+
+
+# ---------------------------------------------------------------- loss_spike on short logs
+def test_a_jump_that_never_recovers() -> None:
+    v = [0.60, 0.45, 0.3925, 0.8816, 0.7743, 0.5779]
+    out = loss_spike.check(hist({"train/loss": v}), CFG)
+    assert out and out[0].severity == "warning" and "never came back" in out[0].message
+    # A jump that comes back below where it was: nothing on a short log.
+    assert loss_spike.check(hist({"train/loss": [0.6, 0.45, 0.39, 0.88, 0.40, 0.35]}), CFG) == []
+    # A jump of less than spike_short_factor: nothing.
+    assert loss_spike.check(hist({"train/loss": [0.6, 0.45, 0.3925, 0.70, 0.65, 0.55]}), CFG) == []
