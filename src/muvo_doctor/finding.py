@@ -35,6 +35,15 @@ class Finding(BaseModel):
         return self.resolved_step is None
 
 
+class SkippedRecords(BaseModel):
+    """Records a log reader skipped as impossible (a step of 1e30, a 400-digit number): how many, and why the first."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    count: int
+    first_reason: str
+
+
 class Report(BaseModel):
     """The final report: ``schema: muvo-doctor/report/v1``."""
 
@@ -45,6 +54,7 @@ class Report(BaseModel):
     verdict: Verdict
     steps: int
     evidence_for_health: str | None = None  # what shows learning; None when nothing does (yet)
+    skipped_records: SkippedRecords | None = None  # audit: bad records skipped by the reader
     findings: list[Finding]
 
     def to_json(self, indent: int | None = 2) -> str:
