@@ -76,6 +76,8 @@ class Thresholds(BaseModel):
     frozen_all_fraction: float = 0.99  # share treated as "everything is frozen"
     frozen_repeat_fraction: float = 0.8  # logs: share of losses equal to the one an epoch earlier
     frozen_repeat_min_distinct: int = 10  # ... among at least this many distinct values (not quantisation)
+    frozen_min_observed: int = 2  # zero lr / no gradient at every recorded step: over at least this many
+    # sampled steps spanning min_points steps (run's adaptive sampling records ~4 steps in a fast 200-step run)
     # -- stale_gradients
     stale_fraction: float = 0.5  # grad/stale mean over the window above this: zero_grad is missing
     stale_growth_ratio: float = 5.0  # grad norm grew this much ...
@@ -103,6 +105,7 @@ class Thresholds(BaseModel):
     pb_acc_tol: float = 0.01  # accuracy within 1 point of the majority rate
     pb_auroc_tol: float = 0.05  # AUROC within 0.05 of 0.5
     pb_log_min_points: int = 3  # logs: loss records (epochs, evaluations) before an inferred prior is judged
+    pb_window_for_noise: int = 10  # logs: fewer loss records than this give no noise estimate (relative band only)
     # Unused since K must come from the log (an accuracy at 1/K), not from a plateau near some ln K;
     # kept so that existing config files still load.
     pb_ln_k_max: int = 1000
