@@ -155,3 +155,24 @@ def test_a_jump_that_never_recovers() -> None:
     assert loss_spike.check(hist({"train/loss": [0.6, 0.45, 0.39, 0.88, 0.40, 0.35]}), CFG) == []
     # A jump of less than spike_short_factor: nothing.
     assert loss_spike.check(hist({"train/loss": [0.6, 0.45, 0.3925, 0.70, 0.65, 0.55]}), CFG) == []
+
+
+# ---------------------------------------------------------------- prior_baseline on few records
+def test_few_records_get_the_relative_band_only() -> None:
+    from muvo_doctor.checks import prior_baseline
+
+    # Two records in the window, far apart: their "standard error" must not widen the band to 30%.
+    rows = {"train/loss": [0.3925, 0.8816, 0.7743, 0.5779], "train/acc": [0.8709, 0.735, 0.7613, 0.8223]}
+    assert prior_baseline.check(hist(rows, {"train/loss": 4, "train/acc": 4}), CFG) == []
+
+
+def test_a_loss_above_the_majority_prior_with_accuracy_frozen_for_five_evaluations() -> None:
+    from muvo_doctor.checks import prior_baseline
+
+    n = T.ms_min_evals
+    rows = {"val/loss": list(np.linspace(0.7625, 0.7198, n)), "val/acc": [0.555, 0.555, 0.56, 0.56, 0.555][:n]}
+    out = prior_baseline.check(hist(rows), CFG)
+    assert out and "is above prior entropy" in out[0].message and out[0].evidence["confidence"] == "medium"
+    # One evaluation fewer: not enough to say the accuracy is frozen.
+    short = {k: v[: n - 1] for k, v in rows.items()}
+    assert prior_baseline.check(hist(short), CFG) == []

@@ -261,6 +261,11 @@ def _without_labels(history: History, t) -> Finding | None:
     return None
 
 
+def _unit(history: History, split: str) -> float:
+    s = history.series(f"{split}/loss")
+    return 10.0 ** (-s.digits) if s is not None and s.digits is not None else 0.0
+
+
 def _inferred(
     t,
     split: str,
@@ -311,11 +316,20 @@ def _inferred(
         what = f"ln {classes} = {c:.4f}" if classes else f"ln(1/{a:.3g}) = {c:.3f}"
         prior_of = f"a uniform prior over {classes if classes else f'~{k_est:.0f}'} classes (K from the accuracy {a:.3g} ≈ 1/K)"
         evidence = {"classes": classes if classes else k_est, "chance_accuracy": a}
-    band = _band(c, se, t)
-    if abs(med - c) > band or drop > band:
+    # A standard error from a handful of epoch records is no noise estimate: the band is then the
+    # relative one alone (plus what the printed digits cannot show).
+    if window >= t.pb_window_for_noise:
+        band = _band(c, se, t)
+    else:
+        band = t.pb_rel_band * c + 0.5 * _unit(history, loss_split)
+    # H(1 - a) is the least entropy any prior with majority rate a has (grouping the other classes only
+    # lowers it), so a loss above it, with an accuracy that has not moved over ms_min_evals records,
+    # has not beaten predicting the prior, whatever the number of classes.
+    above = binary and med > c + band and len(av) >= t.ms_min_evals
+    if not above and (abs(med - c) > band or drop > band):
         return None
     off = abs(med - c) / c
-    sure = "high" if off <= t.pb_rel_band / 3 and loss_split == split else "medium"
+    sure = "high" if off <= t.pb_rel_band / 3 and loss_split == split and not above else "medium"
     evidence.update(
         {
             "prior_entropy": c,
@@ -335,7 +349,7 @@ def _inferred(
     )
     borrowed = "" if loss_split == split else f", no {split}/loss printed"
     msg = (
-        f"Loss {fmt(med)} ≈ {what} and accuracy {a:.2%} ≈ {target} ({loss_split}/loss and {split}/acc over "
+        f"Loss {fmt(med)} {'is above' if above else '≈'} {what} and accuracy {a:.2%} ≈ {target} ({loss_split}/loss and {split}/acc over "
         f"{len(av)} records, accuracy not improving{borrowed}; prior inferred from the accuracy plateau: "
         f"{prior_of}, {off:.1%} apart; confidence {sure}): the model predicts the label prior."
     )
