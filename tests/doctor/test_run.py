@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import resource
 import select
 import signal
@@ -227,15 +228,24 @@ def test_fail_on_dead_exits_1_and_fail_on_warning_too():
     assert p.returncode == 0
 
 
-def test_stop_on_dead_interrupts_a_dead_run_early():
+def test_stop_on_dead_interrupts_a_dead_run_once_confirmed(tmp_path):
+    # A confirmation window of 100 steps (the default, 600, is tested with a slow learner in
+    # test_verdict_run.py): flat from step 0, dead at the grid step 25, confirmed at step 125.
+    cfg = tmp_path / "doctor.toml"
+    cfg.write_text("confirm_dead_steps = 100\n", encoding="utf-8")
     t0 = time.monotonic()
-    # 2000 lines at 10 ms would take 20+ s; the doctor stops it after the first evaluations.
-    p = wrap("--stop-on", "dead", "--", str(SCRIPTS / "flat_loss.sh"), "2000", "0.01")
+    # 2000 lines at 10 ms would take 20+ s; the doctor stops it once the dead verdict held 100 steps.
+    p = wrap("--stop-on", "dead", "--config", str(cfg), "--", str(SCRIPTS / "flat_loss.sh"), "2000", "0.01")
     elapsed = time.monotonic() - t0
     assert p.returncode == 128 + signal.SIGINT
     assert elapsed < 10
-    assert b"--stop-on dead" in p.stderr and b"sent SIGINT" in p.stderr
-    assert p.stdout.count(b"\n") < 2000
+    err = p.stderr.decode()
+    # The banner and the stop line say how long it held (the step it turned dead at is the checks' business).
+    stop = re.search(r"--stop-on dead: the run is dead \(flat_loss, dead for (\d+) steps \(since step (\d+)\)\); sent SIGINT", err)
+    assert stop is not None, err
+    held, since = int(stop.group(1)), int(stop.group(2))
+    assert held >= 100 and f"training DEAD (flat_loss at step 0, dead for {held} steps (since step {since}))" in err
+    assert since + 100 <= p.stdout.count(b"\n") < 2000
 
 
 def test_the_doctor_failing_does_not_stop_the_training():
