@@ -34,6 +34,7 @@ class Thresholds(BaseModel):
     # units of its last digit (0.6931 is 6931 units; 0.0012 is 12 units: a display issue, not a flat line)
     flat_min_repeats: int = 5  # logs: this many last records repeating one value exactly is flat (a learning
     # loss never repeats itself to 4 significant digits 5 times in a row)
+    flat_min_repeats_precise: int = 3  # ... or this many when the value shows >= 5 significant digits
     flat_short_min_points: int = 8  # logs shorter than flat_window: from this many records ...
     flat_short_rel: float = 0.005  # ... all within 0.5% of their median is flat (minibatch noise is >= 1-2%)
     # -- loss_not_decreasing

@@ -176,3 +176,15 @@ def test_a_loss_above_the_majority_prior_with_accuracy_frozen_for_five_evaluatio
     # One evaluation fewer: not enough to say the accuracy is frozen.
     short = {k: v[: n - 1] for k, v in rows.items()}
     assert prior_baseline.check(hist(short), CFG) == []
+
+
+def test_three_exact_repeats_suffice_at_five_significant_digits() -> None:
+    from muvo_doctor.checks import flat_loss
+
+    k = T.flat_min_repeats_precise
+    out = flat_loss.check(hist({"train/loss": [0.9] + [-6.43825e-20] * k}, {"train/loss": 25}), CFG)
+    assert out and out[0].severity == "critical" and f"last {k} records" in out[0].message
+    # Four significant digits need flat_min_repeats records.
+    assert flat_loss.check(hist({"train/loss": [0.9] + [0.6931] * k}, {"train/loss": 4}), CFG) == []
+    # One record fewer: nothing.
+    assert flat_loss.check(hist({"train/loss": [0.9] + [-6.43825e-20] * (k - 1)}, {"train/loss": 25}), CFG) == []

@@ -13,7 +13,8 @@ What it does:
     Short logs (epochs, excerpts) get two rules made for few points: the last ``flat_min_repeats``
     or more records of a loss repeat one value exactly (at the printed precision, spanning at least
     ``flat_min_printed_units`` units, or bit-equal raw floats): a loss that learns never repeats
-    itself to four significant digits five times in a row. And a log of ``flat_short_min_points``
+    itself to four significant digits five times in a row (three times when the value shows five or
+    more significant digits: ``flat_min_repeats_precise``). And a log of ``flat_short_min_points``
     to ``flat_window`` records whose every value lies within ``flat_short_rel`` of the median,
     from the first record to the last: the whole log shows no movement at all.
     A raw loss that collapsed to exactly zero after falling is a warning (nothing left to learn
@@ -94,7 +95,7 @@ def _exact_zero_after_decline(s) -> Finding:
 def _repeats(s, t) -> Finding | None:
     """The last records repeat one value exactly (see the module docstring), or None."""
     v = s.values
-    if len(v) < t.flat_min_repeats or not np.isfinite(v[-t.flat_min_repeats :]).all():
+    if len(v) < t.flat_min_repeats_precise or not np.isfinite(v[-t.flat_min_repeats_precise :]).all():
         return None
     last = float(v[-1])
     if s.digits is not None:
@@ -109,7 +110,11 @@ def _repeats(s, t) -> Finding | None:
     differ = np.flatnonzero(~same)
     start = int(differ[-1]) + 1 if len(differ) else 0
     run = len(v) - start
-    if run < t.flat_min_repeats:
+    # Significant digits shown: 0.6931 has 4, 66.5625 and -6.43825e-20 have 6. At 5 or more, three
+    # equal records already mean the loss moved less than 1e-5 of itself between them.
+    sig = (s.digits + int(np.floor(np.log10(abs(last)))) + 1) if s.digits is not None else 17
+    need = t.flat_min_repeats_precise if sig >= 5 else t.flat_min_repeats
+    if run < need:
         return None
     shown = f"{last:.{s.digits}f}" if s.digits is not None and s.digits <= 12 else repr(last)
     msg = (
