@@ -100,6 +100,19 @@ def test_judge_caught_missed_and_false_alarm() -> None:
     assert ok
 
 
+def test_judge_healthy_needs_evidence_and_resolved_findings_do_not_flag_it() -> None:
+    resolved = _f("loss_spike", "warning", 7).model_copy(update={"resolved_step": 50})
+    doc = SimpleNamespace(findings=[resolved], verdict="healthy", evidence="train/loss fell 0.69 -> 0.2")
+    ok, text = demo._judge("none", (), doc)
+    assert ok and text.startswith("demo: healthy run: verdict healthy (train/loss fell 0.69 -> 0.2)")
+    ok, text = demo._judge("none", (), SimpleNamespace(findings=[], verdict="inconclusive"))
+    assert not ok and "ended inconclusive" in text
+    # A fault caught and later resolved is still caught; the sentence says it resolved.
+    caught = _f("frozen_parameters").model_copy(update={"resolved_step": 300})
+    ok, text = demo._judge("zero-lr", ("frozen_parameters",), SimpleNamespace(findings=[caught], verdict="dead"))
+    assert ok and "frozen_parameters (critical, step 120, resolved at step 300)" in text
+
+
 def test_story_runs_three_acts_with_narrative_and_per_act_files(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -5,8 +5,8 @@ the same machinery as `muvo-doctor run` (zero-code instrumentation, pass-through
 dashboard): the demo shows exactly what a user gets on their own script.
 
 Exit codes: 0 when the doctor did what the demo promises (a fault is caught by one of the checks
-the fault names, a healthy run stays free of warnings), 1 when it did not, 2 on bad usage; a
-training that fails to run exits with its own code.
+the fault names, a healthy run stays free of warnings and ends healthy, with evidence of learning),
+1 when it did not, 2 on bad usage; a training that fails to run exits with its own code.
 """
 
 from __future__ import annotations
@@ -152,21 +152,38 @@ def _say(text: str, plain: bool) -> None:
 
 
 def _judge(fault: str, expected: tuple[str, ...], doctor: object) -> tuple[bool, str]:
-    """Whether the run went as the demo promises, and one sentence saying so."""
+    """Whether the run went as the demo promises, and one sentence saying so.
+
+    A healthy run must end with no warning or critical finding holding and with evidence of learning
+    (not inconclusive); a fault must be caught by one of the checks it names (a finding that was
+    raised and later resolved still counts as caught, and the sentence says so).
+    """
     findings = list(getattr(doctor, "findings", []))
     raised = [f for f in findings if f.severity in ("warning", "critical")]
+    holding = [f for f in raised if getattr(f, "resolved_step", None) is None]
+    verdict = getattr(doctor, "verdict", None)
     if fault == "none":
-        if not raised:
-            return True, f"demo: healthy run: verdict healthy ({len(findings)} info finding(s))."
-        names = ", ".join(f"{f.check} ({f.severity})" for f in raised)
-        return False, f"demo: the healthy run was flagged: {names}: a false alarm, please report it."
-    hits = [f for f in raised if f.check in expected]
+        if holding:
+            names = ", ".join(f"{f.check} ({f.severity})" for f in holding)
+            return False, f"demo: the healthy run was flagged: {names}: a false alarm, please report it."
+        if verdict == "inconclusive":
+            return False, "demo: the healthy run ended inconclusive: nothing showed learning; please report it."
+        evidence = getattr(doctor, "evidence", None)
+        said = f" ({evidence})" if evidence else ""
+        return True, f"demo: healthy run: verdict healthy{said}, {len(findings)} other finding(s)."
+    hits = sorted(
+        (f for f in raised if f.check in expected), key=lambda f: getattr(f, "resolved_step", None) is not None
+    )
     if hits:
-        names = ", ".join(
-            f"{f.check} ({f.severity}{'' if f.step is None else f', step {f.step}'})" for f in hits
-        )
-        verdict = getattr(doctor, "verdict", "?")
-        return True, f"demo: fault {fault} caught by {names}; verdict {verdict}."
+
+        def said(f: object) -> str:
+            step = "" if f.step is None else f", step {f.step}"  # type: ignore[attr-defined]
+            resolved = getattr(f, "resolved_step", None)
+            gone = "" if resolved is None else f", resolved at step {resolved}"
+            return f"{f.check} ({f.severity}{step}{gone})"  # type: ignore[attr-defined]
+
+        names = ", ".join(said(f) for f in hits)
+        return True, f"demo: fault {fault} caught by {names}; verdict {verdict or '?'}."
     got = ", ".join(f.check for f in raised) or "nothing"
     return False, (
         f"demo: fault {fault} was NOT caught: expected one of {', '.join(expected)}, the doctor raised {got}."
