@@ -101,6 +101,10 @@ class History:
         self._buffers: dict[str, _Buffer] = {}
         self.last_step: int = -1
         self.count: int = 0
+        # True once no more observations will come (a finished log, the end of a run). Rules made for
+        # short logs (a handful of epochs or an excerpt) judge a whole log; during a run a series is
+        # short because the run is young, and those rules wait for the end.
+        self.complete: bool = False
 
     def add(self, obs: Observation) -> None:
         """Add one observation (ranks other than 0 under ``name@rank<r>``)."""

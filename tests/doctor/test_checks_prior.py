@@ -179,6 +179,7 @@ def test_plateau_at_ln_k_needs_k_from_the_log() -> None:
 def test_k_from_an_accuracy_at_one_over_k() -> None:
     # Four epochs: loss at ln 4 and accuracy 24.9%: uniform over 4 classes, K from the accuracy.
     h = History()
+    h.complete = True  # a finished log
     for e, (loss, acc) in enumerate([(1.3563, 0.312), (1.3864, 0.2495), (1.3864, 0.2512), (1.3864, 0.2486)]):
         h.add_point("train/loss", e, loss, 4)
         h.add_point("train/acc", e, acc, 4)
@@ -188,6 +189,7 @@ def test_k_from_an_accuracy_at_one_over_k() -> None:
     assert out[0].evidence["classes"] == 4
     # Accuracy that doubles from chance is learning, whatever the loss does.
     h = History()
+    h.complete = True  # a finished log
     for e, (loss, acc) in enumerate([(1.3863, 0.25), (1.3860, 0.31), (1.3861, 0.40), (1.3862, 0.52)]):
         h.add_point("train/loss", e, loss, 4)
         h.add_point("train/acc", e, acc, 4)
@@ -197,6 +199,7 @@ def test_k_from_an_accuracy_at_one_over_k() -> None:
 def test_split_pairs_loss_with_its_own_accuracy() -> None:
     # Validation at ln 4 with val accuracy at 1/4 while training learns: the validation split is at the prior.
     h = History()
+    h.complete = True  # a finished log
     for e in range(5):
         h.add_point("train/loss", e, 1.2 - 0.2 * e, 3)
         h.add_point("train/acc", e, 0.4 + 0.1 * e, 3)
@@ -210,6 +213,7 @@ def test_split_pairs_loss_with_its_own_accuracy() -> None:
     )
     # A test split printing only accuracy borrows the training loss (no train accuracy printed).
     h = History()
+    h.complete = True  # a finished log
     for i in range(5):
         h.add_point("train/loss", i * 1000, 8.25 + 0.01 * (i % 2), 4)
     h.add_point("test/acc", 0, 0.00028, 5)
@@ -218,6 +222,7 @@ def test_split_pairs_loss_with_its_own_accuracy() -> None:
     assert out and out[0].evidence["confidence"] == "medium" and "no test/loss printed" in out[0].message
     # The same loss with an accuracy far from 1/K: no finding.
     h = History()
+    h.complete = True  # a finished log
     for i in range(5):
         h.add_point("train/loss", i * 1000, 8.25 + 0.01 * (i % 2), 4)
     h.add_point("test/acc", 0, 0.01, 5)
@@ -302,6 +307,7 @@ def test_val_loss_rise_with_a_holding_auroc_is_info() -> None:
 def test_a_big_val_loss_rise_warns_even_when_the_metric_holds() -> None:
     # Three epochs: eval loss up 13% then 30% while accuracy still improves (over-confidence that misleads).
     h = History()
+    h.complete = True  # a finished log
     rows = [(0.2548, 0.8925, 0.308), (0.2881, 0.9032, 0.201), (0.3752, 0.9084, 0.142)]
     for i, (vl, acc, tl) in enumerate(rows):
         h.add_point("val/loss", i, vl)
@@ -312,6 +318,7 @@ def test_a_big_val_loss_rise_warns_even_when_the_metric_holds() -> None:
     assert "+47%" in out[0].message and "val/acc holds" in out[0].message
     # A rise below of_few_min_rise: nothing.
     h = History()
+    h.complete = True  # a finished log
     for i, (vl, tl) in enumerate(
         [(0.2548, 0.308), (0.2600, 0.201), (0.2548 * (1 + T.of_few_min_rise * 0.9), 0.142)]
     ):

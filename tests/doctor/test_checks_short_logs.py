@@ -15,8 +15,12 @@ CFG = DoctorConfig()
 T = CFG.thresholds
 
 
-def hist(rows: dict[str, list[float]], digits: dict[str, int] | None = None, step: int = 1) -> History:
+def hist(
+    rows: dict[str, list[float]], digits: dict[str, int] | None = None, step: int = 1, complete: bool = True
+) -> History:
+    """A finished log (``complete``) unless said otherwise: the short-log rules judge whole logs."""
     h = History()
+    h.complete = complete
     for name, values in rows.items():
         for i, v in enumerate(values):
             h.add_point(name, i * step, float(v), (digits or {}).get(name))
@@ -170,7 +174,10 @@ def test_a_loss_above_the_majority_prior_with_accuracy_frozen_for_five_evaluatio
     from muvo_doctor.checks import prior_baseline
 
     n = T.ms_min_evals
-    rows = {"val/loss": list(np.linspace(0.7625, 0.7198, n)), "val/acc": [0.555, 0.555, 0.56, 0.56, 0.555][:n]}
+    rows = {
+        "val/loss": list(np.linspace(0.7625, 0.7198, n)),
+        "val/acc": [0.555, 0.555, 0.56, 0.56, 0.555][:n],
+    }
     out = prior_baseline.check(hist(rows), CFG)
     assert out and "is above prior entropy" in out[0].message and out[0].evidence["confidence"] == "medium"
     # One evaluation fewer: not enough to say the accuracy is frozen.
@@ -187,4 +194,27 @@ def test_three_exact_repeats_suffice_at_five_significant_digits() -> None:
     # Four significant digits need flat_min_repeats records.
     assert flat_loss.check(hist({"train/loss": [0.9] + [0.6931] * k}, {"train/loss": 4}), CFG) == []
     # One record fewer: nothing.
-    assert flat_loss.check(hist({"train/loss": [0.9] + [-6.43825e-20] * (k - 1)}, {"train/loss": 25}), CFG) == []
+    assert (
+        flat_loss.check(hist({"train/loss": [0.9] + [-6.43825e-20] * (k - 1)}, {"train/loss": 25}), CFG) == []
+    )
+
+
+def test_short_log_rules_wait_for_the_end_of_a_run() -> None:
+    """During a run a short series is a young run: none of the few-point rules may fire before the end."""
+    from muvo_doctor.checks import flat_loss, prior_baseline
+
+    cases = [
+        (flat_loss, {"train/loss": [0.9] + [0.6931] * 8}, {"train/loss": 4}),
+        (
+            prior_baseline,
+            {"train/loss": [1.3563, 1.3864, 1.3864, 1.3864], "train/acc": [0.312, 0.2495, 0.2512, 0.2486]},
+            None,
+        ),
+        (metric_stuck, {"train/box_loss": [1.9, 1.88, 1.9], "val/map50": [0.0, 0.0, 0.0]}, {"val/map50": 3}),
+        (overfitting, {"train/loss": [0.320, 0.193, 0.121], "val/loss": [0.265, 0.278, 0.328]}, None),
+        (divergence, {"train/loss": [1.587, 1.3, 1.093, 1.12, 1.15, 1.18, 1.21]}, None),
+        (loss_spike, {"train/loss": [0.60, 0.45, 0.3925, 0.8816, 0.7743, 0.5779]}, None),
+    ]
+    for check, rows, digits in cases:
+        assert check.check(hist(rows, digits), CFG), check.ID  # found in a finished log ...
+        assert check.check(hist(rows, digits, complete=False), CFG) == [], check.ID  # ... not mid-run

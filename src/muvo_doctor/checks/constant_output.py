@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from muvo_doctor.checks._common import fmt, make, outcome_failure, series
-from muvo_doctor.config import DoctorConfig
+from muvo_doctor.config import DoctorConfig, Thresholds
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
 
@@ -47,6 +47,16 @@ def _recent(
     if len(w) == 0:
         return None
     return float(np.median(w)), s.steps, s.values
+
+
+def flat_output(history: History, t: Thresholds) -> tuple[float, float] | None:
+    """(median output/std of the last ``window`` points, the limit) when the output ignores the input."""
+    std = _recent(history, "output/std", t.window, t.min_sampled_points)
+    if std is None:
+        return None
+    mean = _recent(history, "output/mean", t.window, t.min_sampled_points)
+    limit = max(t.co_abs_std, t.co_rel_std * (abs(mean[0]) if mean else 0.0))
+    return (std[0], limit) if std[0] < limit else None
 
 
 def check(history: History, config: DoctorConfig) -> list[Finding]:

@@ -264,7 +264,9 @@ def _rebound(history: History, t) -> Finding | None:
 
 def check(history: History, config: DoctorConfig) -> list[Finding]:
     t = config.thresholds
-    rules = (_blocks, _astronomical, _worse_than_start, _heldout_blowup, _rising, _rebound)
+    rules: tuple = (_blocks, _astronomical, _heldout_blowup)
+    if history.complete:  # judged over a whole log: during a run the end is not known yet
+        rules += (_worse_than_start, _rising, _rebound)
     found = [f for f in (rule(history, t) for rule in rules) if f is not None]
     found.sort(key=lambda f: f.severity != "critical")
     return found[:1]

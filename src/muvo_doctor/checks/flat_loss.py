@@ -166,6 +166,8 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
             continue
         main = name == LOSS or len(names) == 1
         if len(s) < t.flat_window:
+            if not history.complete:
+                continue  # short-log rules judge a whole log, not a young run
             short = _repeats(s, t) or _short_log_flat(s, t)
             if short is not None:
                 found.append(short if main else short.model_copy(update={"severity": "warning"}))

@@ -1,14 +1,21 @@
 """Parameters that never change: no gradient, not in the optimizer, zero learning rate.
 
 What it does:
-    Reads the recorder's fractions of trainable parameter elements that did not change over the
-    window (``param/frozen``), got no gradient (``param/no_grad``), are in no optimizer group
-    (``param/not_in_optimizer``) or have a zero learning rate (``param/zero_lr``), and ``optim/lr``
-    staying at exactly 0 for ``window`` points. A fraction of at least ``frozen_min_fraction`` warns;
-    critical when at least ``frozen_all_fraction`` is frozen and the loss is not improving.
-    From logs alone: per-step losses that repeat exactly one epoch later (``frozen_repeat_fraction``
-    of them, over at least ``frozen_repeat_min_distinct`` distinct values) mean the same batches
-    meet the same weights every epoch.
+    Reads, at each sampled step, the recorder's fractions of trainable parameter elements that did
+    not change over that step (``param/frozen``), got no gradient (``param/no_grad``), are in no
+    optimizer group (``param/not_in_optimizer``) or have a zero learning rate (``param/zero_lr``),
+    and the learning rate ``optim/lr``. These fractions are judged only over the steps where
+    something can move: gradients exist (``param/no_grad`` below ``frozen_all_fraction``) and the
+    learning rate is above 0. So Lightning's first step (its gradients are computed inside
+    ``optimizer.step(closure)``) and a warm-up that starts at lr 0 are not frozen parameters.
+    Over the last ``window`` such steps (at least ``frozen_min_observed`` of them), a median fraction
+    of ``frozen_min_fraction`` or more warns. Where no step qualifies the run itself is the finding: the
+    learning rate was 0 at every recorded step, or no parameter received a gradient at any step (a
+    detached loss), over at least ``frozen_min_observed`` recorded steps. Critical when (nearly) everything, ``frozen_all_fraction``, is frozen and the loss is not
+    improving; with nothing able to move, a held-out metric is the untrained model's and does not
+    veto. From logs alone: per-step losses that repeat exactly one epoch later
+    (``frozen_repeat_fraction`` of them, over at least ``frozen_repeat_min_distinct`` distinct values)
+    mean the same batches meet the same weights every epoch.
 
 Why it matters:
     Weights that never change cannot learn. It happens when a module is built after the optimizer,
@@ -25,8 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import LOSS, make, outcome_failure, series
-from muvo_doctor.config import DoctorConfig
+from muvo_doctor.checks._common import LOSS, fmt, make, outcome_failure, progress, series
+from muvo_doctor.config import DoctorConfig, Thresholds
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
 
@@ -36,16 +43,25 @@ ADVICE = (
     "Create the optimizer from model.parameters() after the model is built, check requires_grad of the "
     "reported modules, remove .detach()/.item()/no_grad from the loss path, and print each group's lr."
 )
+ADVICE_LR = (
+    "Set a learning rate above 0 (print optimizer.param_groups[i]['lr'] at the first steps); a scheduler "
+    "that starts at 0 must warm up, and one that multiplies by 0 must not."
+)
+ADVICE_DETACHED = (
+    "Compute the loss from the model's output tensors: remove .detach(), .item(), .numpy() or torch.no_grad() "
+    "from the path between the model and the loss, and check that loss.grad_fn is not None."
+)
 
 STATES = {
-    "param/frozen": "did not change over the window",
+    "param/frozen": "did not change",
     "param/no_grad": "received no gradient",
     "param/not_in_optimizer": "are in no optimizer parameter group",
     "param/zero_lr": "have a zero learning rate",
 }
+_SIGNALS = ("optim/lr", *STATES)
 
 
-def _repeating(history: History, t) -> tuple[int, float, int, int] | None:
+def _repeating(history: History, t: Thresholds) -> tuple[int, float, int, int] | None:
     """(period, share repeating, points, first repeat step) when the loss repeats epoch after epoch."""
     s = series(history, LOSS)
     if s is None:
@@ -80,17 +96,121 @@ def _repeating(history: History, t) -> tuple[int, float, int, int] | None:
     return period, share, n, int(steps[period])
 
 
-def check(history: History, config: DoctorConfig) -> list[Finding]:
-    t = config.thresholds
-    warm = history.last_step >= t.min_points
-    worst: tuple[float, str, str, int] | None = None  # (fraction, signal, description, first step)
+def _table(history: History) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """The sampled steps (sorted) and each signal's value at them (NaN where it was not recorded)."""
+    got = {n: series(history, n) for n in _SIGNALS}
+    present = [s for s in got.values() if s is not None and len(s)]
+    if not present:
+        return None
+    steps = np.unique(np.concatenate([s.steps for s in present]))
+    cols: dict[str, np.ndarray] = {}
+    for n, s in got.items():
+        col = np.full(len(steps), np.nan)
+        if s is not None and len(s):
+            col[np.searchsorted(steps, s.steps)] = s.values  # a repeated step keeps its last value
+        cols[n] = col
+    return steps, cols
+
+
+def _not_learning(history: History, t: Thresholds, nothing_moves: bool) -> str | None:
+    """The outcome clause that makes a frozen run critical, or None.
+
+    When nothing can move (every parameter frozen at every step that counts), a held-out AUROC or
+    accuracy is the untrained model's: it cannot veto, so only the loss's own progress decides.
+    """
+    failing = outcome_failure(history, t)
+    if failing is not None or not nothing_moves:
+        return failing
+    p = progress(history, t, min_points=t.lnd_min_points)
+    if p is None or p.improved or p.slow:
+        return None
+    return f"and the loss is not improving ({fmt(p.start)} -> {fmt(p.recent)} over {p.n} points)"
+
+
+def _whole_run(
+    history: History, t: Thresholds, steps: np.ndarray, cols: dict[str, np.ndarray]
+) -> Finding | None:
+    """No recorded step could move anything: lr 0 everywhere, or no gradient anywhere."""
+    n = len(steps)
+    if n < t.frozen_min_observed:
+        return None
+    lr, zero_lr, no_grad, frozen = (
+        cols[k] for k in ("optim/lr", "param/zero_lr", "param/no_grad", "param/frozen")
+    )
+    lr_zero = (lr == 0) | (zero_lr >= t.frozen_all_fraction)
+    grads_none = no_grad >= t.frozen_all_fraction
+    evidence: dict = {"recorded_steps": n, "first_step": int(steps[0]), "last_step": int(steps[-1])}
+    moved = frozen[np.isfinite(frozen)]
+    still = (
+        f"; {float(np.median(moved)):.0%} of trainable parameter elements did not change (param/frozen)"
+        if len(moved)
+        else ""
+    )
+    if len(moved):
+        evidence["frozen_fraction"] = float(np.median(moved))
+    if lr_zero.all():
+        lrs = lr[np.isfinite(lr)]
+        what = (
+            f"The learning rate is 0 at all {n} recorded steps ({int(steps[0])}-{int(steps[-1])}"
+            + (", optim/lr" if len(lrs) else ", param/zero_lr")
+            + "), so no parameter can change"
+            + still
+        )
+        evidence.update({"lr": 0.0, "signal": "optim/lr" if len(lrs) else "param/zero_lr", "fraction": 1.0})
+        advice = ADVICE_LR
+    elif (grads_none | lr_zero).all():
+        k = int(grads_none.sum())
+        where = (
+            f"any of the {n} recorded steps"
+            if k == n
+            else f"any of the {k} recorded steps with a learning rate above 0"
+        )
+        lrs = lr[np.isfinite(lr) & (lr > 0)]
+        lr_part = f"; the learning rate is {fmt(float(np.median(lrs)))}" if len(lrs) else ""
+        what = (
+            f"No trainable parameter received a gradient at {where} (param/no_grad = 100%{lr_part}): the "
+            f"loss does not reach the parameters (it is computed from detached tensors, or backward() is "
+            f"not called)" + still
+        )
+        evidence.update({"no_grad_steps": k, "signal": "param/no_grad", "fraction": 1.0})
+        advice = ADVICE_DETACHED
+    else:
+        return None
+    failing = _not_learning(history, t, nothing_moves=True)
+    msg = what + (f", {failing}." if failing else ".")
+    return make(ID, "critical" if failing else "warning", int(steps[0]), msg, evidence, advice)
+
+
+def _modules(history: History, steps: np.ndarray, t: Thresholds) -> list[str]:
+    """Modules frozen (per ``param/frozen/<module>``, recorded only when > 0) at most of ``steps``."""
+    out = []
+    for name in history.names("param/frozen/"):
+        if "@rank" in name:
+            continue
+        s = series(history, name)
+        if s is None:
+            continue
+        at = np.zeros(len(steps))
+        hit = np.isin(s.steps, steps)
+        at[np.searchsorted(steps, s.steps[hit])] = s.values[hit]
+        if float(np.median(at)) >= 0.5:
+            out.append(name[len("param/frozen/") :])
+    return out
+
+
+def _over_active(
+    history: History, t: Thresholds, steps: np.ndarray, cols: dict[str, np.ndarray], active: np.ndarray
+) -> Finding | None:
+    """Fractions over the recent steps where gradients exist and the learning rate is above 0."""
+    idx = np.flatnonzero(active)
+    if len(idx) < t.frozen_min_observed:
+        return None
+    recent = idx[-t.window :]
+    worst: tuple[float, str] | None = None
     parts: list[str] = []
     evidence: dict = {}
     for name, desc in STATES.items():
-        s = series(history, name)
-        if s is None or not warm:
-            continue
-        w = s.values[-t.window :]
+        w = cols[name][recent]
         w = w[np.isfinite(w)]
         if len(w) == 0:
             continue
@@ -98,47 +218,58 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
         evidence[name.split("/", 1)[1]] = frac
         if frac < t.frozen_min_fraction:
             continue
-        above = np.flatnonzero(~(s.values >= t.frozen_min_fraction))
-        first = int(s.steps[above[-1] + 1]) if len(above) and above[-1] + 1 < len(s) else int(s.steps[0])
         parts.append(f"{frac:.0%} of trainable parameter elements {desc} ({name})")
         if worst is None or frac > worst[0]:
-            worst = (frac, name, desc, first)
-    lr = series(history, "optim/lr")
-    if lr is not None and len(lr) >= t.min_points:
-        w = lr.values[-t.window :]
-        if np.isfinite(w).all() and np.all(w == 0):
-            nz = np.flatnonzero(lr.values != 0)
-            first = int(lr.steps[nz[-1] + 1]) if len(nz) else int(lr.steps[0])
-            parts.append(
-                f"the learning rate optim/lr has been 0 for {len(lr) - (nz[-1] + 1 if len(nz) else 0)} points"
-            )
-            evidence["lr"] = 0.0
-            if worst is None or worst[0] < 1.0:
-                worst = (1.0, "optim/lr", "have a zero learning rate", first)
-    rep = _repeating(history, t)
-    if rep is not None:
-        period, share, n, first = rep
-        parts.append(
-            f"{LOSS} repeats exactly every {period} points: {share:.0%} of {n} values equal the one an epoch "
-            f"earlier, so the weights did not change between epochs"
-        )
-        evidence.update({"repeat_period": period, "repeat_share": share})
-        if worst is None or worst[0] < 1.0:
-            worst = (1.0, LOSS, "repeat", first)
+            worst = (frac, name)
     if worst is None:
-        return []
-    frac, signal, _, first = worst
-    modules = [n for n in history.names("param/frozen/") if "@rank" not in n]
-    if modules:
-        mods = ", ".join(n[len("param/frozen/") :] for n in modules[:5]) + (
-            " ..." if len(modules) > 5 else ""
-        )
-        parts.append(f"modules affected: {mods}")
-        evidence["modules"] = [n[len("param/frozen/") :] for n in modules[:20]]
-    failing = outcome_failure(history, t)
-    critical = frac >= t.frozen_all_fraction and failing is not None
+        return None
+    frac, signal = worst
+    col = cols[signal]
+    below = [i for i in idx if not col[i] >= t.frozen_min_fraction]
+    first = int(steps[idx[0]]) if not below else int(steps[next((i for i in idx if i > below[-1]), idx[-1])])
+    everything = frac >= t.frozen_all_fraction
+    whole = everything and all(col[i] >= t.frozen_all_fraction for i in idx if np.isfinite(col[i]))
+    mods = _modules(history, steps[recent], t)
+    if mods and not everything:
+        parts.append("modules affected: " + ", ".join(mods[:5]) + (" ..." if len(mods) > 5 else ""))
+        evidence["modules"] = mods[:20]
+    parts[-1] += (
+        f" (medians over the {len(recent)} recorded steps {int(steps[recent[0]])}-{int(steps[recent[-1]])} "
+        f"where gradients exist and the learning rate is above 0)"
+    )
+    failing = _not_learning(history, t, nothing_moves=whole) if everything else None
     msg = "; ".join(parts)
-    msg = (msg if msg.startswith(LOSS) else msg[0].upper() + msg[1:]) + (f", {failing}." if failing else ".")
-    evidence["fraction"] = frac
-    evidence["signal"] = signal
-    return [make(ID, "critical" if critical else "warning", first, msg, evidence, ADVICE)]
+    msg = msg[0].upper() + msg[1:] + (f", {failing}." if failing else ".")
+    evidence.update({"fraction": frac, "signal": signal, "steps_judged": len(recent)})
+    return make(ID, "critical" if failing else "warning", first, msg, evidence, ADVICE)
+
+
+def check(history: History, config: DoctorConfig) -> list[Finding]:
+    t = config.thresholds
+    table = _table(history)
+    if table is not None:
+        steps, cols = table
+        lr = cols["optim/lr"]
+        # A step counts when something could move: lr above 0 (or unknown) and gradients present.
+        active = ~(lr == 0) & ~(cols["param/zero_lr"] >= t.frozen_all_fraction)
+        active &= ~(cols["param/no_grad"] >= t.frozen_all_fraction)
+        if not active.any():
+            f = _whole_run(history, t, steps, cols)
+            if f is not None:
+                return [f]
+        else:
+            f = _over_active(history, t, steps, cols, active)
+            if f is not None:
+                return [f]
+    rep = _repeating(history, t)
+    if rep is None:
+        return []
+    period, share, n, first = rep
+    msg = (
+        f"{LOSS} repeats exactly every {period} points: {share:.0%} of {n} values equal the one an epoch "
+        f"earlier, so the weights did not change between epochs"
+    )
+    failing = outcome_failure(history, t)
+    msg += f", {failing}." if failing else "."
+    evidence = {"repeat_period": period, "repeat_share": share, "fraction": 1.0, "signal": LOSS}
+    return [make(ID, "critical" if failing else "warning", first, msg, evidence, ADVICE)]

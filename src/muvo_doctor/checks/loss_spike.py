@@ -70,7 +70,7 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
     v, steps = s.values[ok], s.steps[ok]
     n = len(v)
     if n < max(t.min_points, 3):
-        return _short(v, steps, t)
+        return _short(v, steps, t) if history.complete else []
     d = np.diff(v)
     med = float(np.median(d))
     mad = float(np.median(np.abs(d - med))) * 1.4826

@@ -85,7 +85,9 @@ def _degenerate(history: History, t) -> Finding | None:
         if split not in ("val", "test") or metric not in HIGHER_BETTER:
             continue
         s = series(history, name)
-        if s is None or len(s) < t.ms_zero_evals or not np.isfinite(s.values).all():
+        # Under ms_min_evals evaluations, only a whole log is judged: early in a run a score can sit at 0.
+        need = t.ms_zero_evals if history.complete else t.ms_min_evals
+        if s is None or len(s) < need or not np.isfinite(s.values).all():
             continue
         v = s.values
         unit = resolution(s)

@@ -83,6 +83,8 @@ def _val_loss_rise(history: History, t) -> Finding | None:
         long_rule = False
     k = t.of_few_rises
     if not long_rule:
+        if not history.complete:
+            return None  # the few-evaluation rule judges a whole log
         # Few evaluations: a rise at each of the last k, to of_few_min_rise above the best before them.
         if len(vv) < k + 1 or not np.all(np.diff(vv[-(k + 1) :]) > 0):
             return None
@@ -208,6 +210,9 @@ def _memorised(history: History, t) -> Finding | None:
 
 def check(history: History, config: DoctorConfig) -> list[Finding]:
     t = config.thresholds
-    found = [f for f in (_val_loss_rise(history, t), _metric_falls(history, t), _memorised(history, t)) if f]
+    rules = [_val_loss_rise(history, t)]
+    if history.complete:  # few-evaluation rules judge a whole log, not a young run
+        rules += [_metric_falls(history, t), _memorised(history, t)]
+    found = [f for f in rules if f]
     found.sort(key=lambda f: f.severity != "warning")
     return found[:1]

@@ -284,7 +284,9 @@ def _inferred(
     """
     steps, v = loss
     av = acc[1]
-    if len(v) < t.pb_log_min_points or len(av) < 2:
+    # A whole log may be a handful of epochs; during a run, a short series is a young run.
+    need = t.pb_log_min_points if history.complete else 2 * t.min_points
+    if len(v) < need or len(av) < 2:
         return None
     window = min(t.pb_window, max(2, len(v) // 2))
     pl = _plateau(history, t, window, loss)

@@ -2,13 +2,21 @@
 
 What it does:
     Reads the per-module gradient norms ``grad/norm/<module>`` (or, without them, the update ratios
-    ``update/ratio/<module>``) over the last ``window`` points (after ``min_sampled_points``). Scale-free: a module is quiet when its
-    median norm is below ``vg_ratio`` times the loudest module's AND below ``vg_abs`` (AUTOTRAINER's
-    1e-3 / 1e-4). Absolute: a total gradient norm below ``vg_total_abs`` means nothing moves at all.
-    A warning when at least ``vg_quiet_fraction`` of the modules, or ``vg_quiet_count`` of them, are
-    quiet (or all gradients vanished), critical when the loss is also not improving (or the held-out AUROC is at chance).
-    Fewer quiet modules are info in a run that learns, a warning in one that does not: one quiet
-    layer is not what kills a run.
+    ``update/ratio/<module>``) over the last ``window`` points (after ``min_sampled_points``).
+    Relative to the module's kind: modules whose names differ only in their numbers (the layers of a
+    stack, ``encoder.layer.3.attention.self.query`` and ``encoder.layer.0...``, ``head.0`` and
+    ``head.6``, ``fc1`` and ``fc3``) are one kind, and a module is quiet when its median norm is below
+    ``vg_ratio`` times the loudest module of its kind AND below ``vg_abs`` (AUTOTRAINER's 1e-3 / 1e-4).
+    Modules of different kinds are not compared: an attention query/key gradient 1e-5 of a
+    classifier's, or a LayerNorm's far below a Linear's, is normal. Absolute: a total gradient norm
+    below ``vg_total_abs`` means nothing moves at all.
+    Outcome before mechanism: only info while the run learns. A warning when learning also stalls
+    (the loss's progress, ``checks._common.progress``: no drop of ``lnd_min_rel_drop`` between its
+    first and last thirds; or the output no longer depends on the input, as ``constant_output``
+    measures) and at least ``vg_quiet_fraction`` of the judged modules, or ``vg_quiet_count`` of them,
+    are quiet (or all gradients vanished); critical when the outcome fails (the loss is not improving
+    over the long window, or the held-out AUROC is at chance). Fewer quiet modules are a warning at
+    most, and only in a failing run: one quiet layer is not what kills a run.
 
 Why it matters:
     Layers whose gradients vanish keep their initial weights: a deep stack of saturating activations
@@ -23,20 +31,29 @@ What to do:
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
-from muvo_doctor.checks._common import fmt, make, module_names, outcome_failure, series
-from muvo_doctor.config import DoctorConfig
+from muvo_doctor.checks._common import fmt, make, module_names, outcome_failure, progress, series
+from muvo_doctor.checks.constant_output import flat_output
+from muvo_doctor.config import DoctorConfig, Thresholds
 from muvo_doctor.finding import Finding, Severity
 from muvo_doctor.history import History
 
 ID = "vanishing_gradients"
-RETRACTABLE = True  # judged over the run so far: the latest evaluation rules (see Doctor)
 
 ADVICE = (
     "Use non-saturating activations (ReLU/GELU) with Kaiming init, add normalisation or residual "
     "connections, and make sure no .detach() cuts the quiet modules off the loss."
 )
+
+_NUMBER = re.compile(r"\d+")
+
+
+def kind(module: str) -> str:
+    """The module's kind: its name with every number replaced by ``*`` (``enc.layer.*.query``, ``fc*``)."""
+    return _NUMBER.sub("*", module)
 
 
 def _medians(
@@ -51,9 +68,50 @@ def _medians(
         w = w[np.isfinite(w)]
         if len(w) == 0:
             continue
-        # Start of the final run of points at or below this window's median scale.
         out[n] = (float(np.median(w)), int(s.steps[max(0, len(s) - window)]))
     return out
+
+
+def stall(history: History, t: Thresholds) -> str | None:
+    """A clause saying learning stalls (the loss does not fall, or the output ignores the input), or None."""
+    p = progress(history, t)
+    if p is not None and not p.improved and not p.slow:
+        return f"and the loss is not improving ({fmt(p.start)} -> {fmt(p.recent)} over {p.n} points)"
+    flat = flat_output(history, t)
+    if flat is not None:
+        return (
+            f"and the model's output is the same for every input (output/std {fmt(flat[0])}, "
+            f"below {fmt(flat[1])})"
+        )
+    return None
+
+
+def _quiet(
+    med: dict[str, tuple[float, int]], prefix: str, t: Thresholds
+) -> tuple[list[str], int, dict[str, str]] | None:
+    """Quiet modules (each against the loudest of its kind), the number judged, and each quiet one's loudest peer."""
+    kinds: dict[str, list[str]] = {}
+    for n in med:
+        kinds.setdefault(kind(n[len(prefix) :]), []).append(n)
+    absolute = t.vg_abs if prefix == "grad/norm/" else float("inf")
+    quiet: list[str] = []
+    peer: dict[str, str] = {}
+    judged = 0
+    for members in kinds.values():
+        if len(members) < 2:
+            continue  # no peer of its kind: nothing says what is normal for it
+        judged += len(members)
+        loud_name = max(members, key=lambda n: med[n][0])
+        loud = med[loud_name][0]
+        if not loud > 0:
+            continue
+        for n in members:
+            if med[n][0] < t.vg_ratio * loud and med[n][0] < absolute:
+                quiet.append(n)
+                peer[n] = loud_name
+    if not judged:
+        return None
+    return sorted(quiet), judged, peer
 
 
 def check(history: History, config: DoctorConfig) -> list[Finding]:
@@ -74,45 +132,49 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
             f"the total gradient norm is {fmt(total[0])} (median of the last {t.window} points), "
             f"below {t.vg_total_abs:.0e}: no layer receives a gradient"
         )
-        fraction, step = 1.0, total[1]
+        many, step = True, total[1]
         evidence = {"total_norm": total[0], "quiet_modules": quiet[:20], "quiet_fraction": 1.0}
     else:
-        if len(med) < 2:
+        got = _quiet(med, prefix, t)
+        if got is None or not got[0]:
             return []
-        loud_name = max(med, key=lambda n: med[n][0])
-        loud = med[loud_name][0]
-        if not loud > 0:
-            return []
-        absolute = t.vg_abs if prefix == "grad/norm/" else float("inf")
-        quiet = sorted(n for n, (m, _) in med.items() if m < t.vg_ratio * loud and m < absolute)
-        if not quiet:
-            return []
-        fraction = len(quiet) / len(med)
-        q = min(quiet, key=lambda n: med[n][0])
+        quiet, judged, peer = got
+        fraction = len(quiet) / judged
+        many = fraction >= t.vg_quiet_fraction or len(quiet) >= t.vg_quiet_count
+        q = min(quiet, key=lambda n: med[n][0] / med[peer[n]][0])
+        loud_name, loud = peer[q], med[peer[q]][0]
         step = min(med[n][1] for n in quiet)
         names = ", ".join(n[len(prefix) :] for n in quiet[:5]) + (" ..." if len(quiet) > 5 else "")
         what = (
-            f"{len(quiet)} of {len(med)} modules ({names}) have {prefix.rstrip('/')} below "
-            f"{t.vg_ratio:.0e} x the largest: {q[len(prefix) :]} at {fmt(med[q][0])} vs "
-            f"{loud_name[len(prefix) :]} at {fmt(loud)} (ratio {med[q][0] / loud:.1e})"
+            f"{len(quiet)} of {judged} modules compared with others of their kind ({names}) have "
+            f"{prefix.rstrip('/')} below {t.vg_ratio:.0e} x the loudest of their kind: {q[len(prefix) :]} at "
+            f"{fmt(med[q][0])} vs {loud_name[len(prefix) :]} at {fmt(loud)} (ratio {med[q][0] / loud:.1e}, "
+            f"kind {kind(q[len(prefix) :])})"
         )
         evidence = {
             "signal": prefix.rstrip("/"),
             "quiet_modules": quiet[:20],
             "quiet_fraction": fraction,
+            "judged_modules": judged,
             "quietest": q,
             "quietest_norm": med[q][0],
             "loudest": loud_name,
             "loudest_norm": loud,
             "ratio": med[q][0] / loud,
+            "kind": kind(q[len(prefix) :]),
         }
     failing = outcome_failure(history, t)
+    stalled = failing or stall(history, t)
     severity: Severity
-    # A few quiet modules (an unused head, a layer norm) are not the mechanism of a failing run.
-    if fraction >= t.vg_quiet_fraction or len(quiet) >= t.vg_quiet_count:
-        severity = "critical" if failing else "warning"
-    else:
+    if many:
+        severity = "critical" if failing else "warning" if stalled else "info"
+    else:  # a few quiet modules (an unused head, one odd layer) are not the mechanism of a failing run
         severity = "warning" if failing else "info"
-    msg = what + (f", {failing}." if failing else ".")
+    if failing or (stalled and severity != "info"):
+        msg = f"{what}, {failing or stalled}."
+    else:
+        p = progress(history, t)
+        learns = p is not None and (p.improved or p.slow) and not stalled
+        msg = what + (f", while the loss falls ({fmt(p.start)} -> {fmt(p.recent)})." if learns and p else ".")
     msg = msg[0].upper() + msg[1:]
     return [make(ID, severity, step, msg, evidence, ADVICE)]
