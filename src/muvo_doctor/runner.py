@@ -450,40 +450,32 @@ class Runner:
         return True
 
     def _parse_lines(self, lines: list[str]) -> None:
-        from muvo_doctor.logs.base import classify
-        from muvo_doctor.logs.text import parse_line, signal_name
+        """The child's output lines through the one text reader (``logs.text.TextParser``, as
+        ``audit`` reads files): the same lines give the same series, steps, splits and digits."""
+        from muvo_doctor.logs.text import TextParser
         from muvo_doctor.observation import Observation
 
-        for line in lines:
-            pairs = parse_line(line)
-            if not pairs:
-                continue
-            self.printed_lines += 1
-            line_step = None
-            # Keys that number the steps ("step 120 loss=...", "eval step 120 val_auroc=..."), as the log readers see them.
-            steps = {key for key, _, _ in pairs if classify(key)[2]}
-            for key, value, digits in pairs:
-                if key in steps and digits == 0 and value >= 0:
-                    self.printed_step = line_step = int(value)
+        parser = getattr(self, "_text_parser", None)  # made on the first output, lives with the run
+        if parser is None:
+            parser = self._text_parser = TextParser(keep_rewrites=True)  # each \r rewrite is a line here
+        got = parser.lines(lines)
+        self.printed_lines = parser.st.records
+        for name, key, step, value, digits, own in zip(
+            got.names, got.keys, got.steps, got.values, got.digits, got.own_step, strict=True
+        ):
+            if own:
+                self.printed_step = step
             if self.instrumented:
                 # Telemetry arrives in batches (heartbeats at most 20 a second), so a fast loop's lines
                 # can run ahead of it: a step number printed on the line itself is the better clock.
-                step = self.telemetry_step if line_step is None else max(self.telemetry_step, line_step)
-            elif self.printed_step is not None:
-                step = self.printed_step
-            else:
-                step = self.printed_lines - 1
+                step = max(self.telemetry_step, step) if own else self.telemetry_step
             step = max(step, 0)
-            for key, value, digits in pairs:
-                self._observe(Observation(name=f"printed/{key}", step=step, value=value, digits=digits))
-                name = signal_name(key)
-                if name.startswith("printed/") or key in steps:
-                    continue
-                # Without tensors (not Python, or no torch) the printed numbers are the evidence,
-                # judged like a log. With tensors, the printed numbers still bring what the
-                # recorder cannot see (validation metrics); its own signals come from the tensors.
-                if not self.instrumented or name not in _RECORDER_SIGNALS:
-                    self._observe(Observation(name=name, step=step, value=value, digits=digits))
+            self._observe(Observation(name=f"printed/{key}", step=step, value=value, digits=digits))
+            # Without tensors (not Python, or no torch) the printed numbers are the evidence,
+            # judged like a log. With tensors, the printed numbers still bring what the
+            # recorder cannot see (validation metrics); its own signals come from the tensors.
+            if not self.instrumented or name not in _RECORDER_SIGNALS:
+                self._observe(Observation(name=name, step=step, value=value, digits=digits))
 
     def _read_fifo(self) -> None:
         from muvo_doctor.observation import Observation

@@ -142,7 +142,7 @@ def test_trainer_state_skips_the_run_summary():
 def test_jsonl_constant_zero_aux_loss_and_step_field():
     h, fmt = read(LOGS / "healthy_aux_zero.jsonl")
     assert fmt == "jsonl"
-    aux = h.series("aux_loss")
+    aux = h.series("train/aux_loss")
     assert aux.steps[-1] == 1990 and set(aux.values) == {0.0}
     assert h.series("train/loss").digits is None  # json.dumps writes the shortest repr, not a display format
 

@@ -1,8 +1,10 @@
 """`muvo-doctor audit [--json] [--report PATH] [--config TOML] [--plain] LOG...`: judge finished logs.
 
-Each log (a file, or the logs found in a run folder) is read into its own Doctor, the checks run
-once, and one report per log is shown (or printed as JSON). Exit codes (CONTRACT.md): 0 every log
-healthy, 1 any warning or critical finding, 2 an input could not be read or the usage is wrong.
+Each run (a log file, or the event files of one run folder; a folder of several runs gives one
+report per run) is read into its own Doctor, the checks run once, and one report per run is shown
+(or printed as JSON). Records a reader skipped as impossible are counted in the report
+(``skipped_records``). Exit codes (CONTRACT.md): 0 every log healthy, 1 any warning or critical
+finding, 2 an input could not be read or the usage is wrong, 3 the worst verdict is inconclusive.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from muvo_doctor.config import ConfigError, DoctorConfig, load_config
 from muvo_doctor.doctor import Doctor
-from muvo_doctor.finding import Report
+from muvo_doctor.finding import Report, SkippedRecords
 from muvo_doctor.logs import LogSource, NoRecords, ReadStats, find_sources, load
 
 HELP = "judge finished training logs (text, tqdm, Keras, CSV, JSON lines, trainer_state.json, TensorBoard)"
@@ -63,7 +65,22 @@ def audit_source(source: LogSource, config: DoctorConfig) -> Audited:
             doctor, fmt, stats = again, fmt2, stats2
     doctor.evaluate()
     steps = max(stats.last_step + 1, stats.records, 0)
-    return Audited(source, fmt, stats, doctor, doctor.report(source=source.label, steps=steps))
+    report = doctor.report(source=source.label, steps=steps)
+    if stats.skipped:
+        skipped = SkippedRecords(count=stats.skipped, first_reason=stats.first_reason or "unreadable record")
+        report = report.model_copy(update={"skipped_records": skipped})
+    return Audited(source, fmt, stats, doctor, report)
+
+
+def exit_code(reports: list[Report], unreadable: int) -> int:
+    """CONTRACT.md: 2 unreadable input, 1 any warning/dead verdict, 3 the worst is inconclusive, else 0."""
+    if unreadable:
+        return 2
+    if any(r.verdict in ("warning", "dead") for r in reports):
+        return 1
+    if any(r.verdict == "inconclusive" for r in reports):
+        return 3
+    return 0
 
 
 def _err(msg: str) -> None:
@@ -136,10 +153,10 @@ def main(args: argparse.Namespace) -> int:
             if i:
                 print()
             header = f"{a.source.label}  ({a.fmt}, {a.stats.records} records, {a.stats.points} values)"
+            if a.stats.skipped:
+                header += f"\n  skipped {a.stats.skipped} bad record(s), the first: {a.stats.first_reason}"
             sys.stdout.write(
                 render_report(a.report, a.doctor.history, color=color, width=width, header=header)
             )
         sys.stdout.flush()
-    if unreadable:
-        return 2
-    return 1 if any(r.verdict != "healthy" for r in reports) else 0
+    return exit_code(reports, unreadable)

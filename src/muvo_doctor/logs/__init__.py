@@ -1,19 +1,22 @@
 """Log readers for `muvo-doctor audit`: one module per format, all producing points
 ``add(signal name, step, value, digits)`` into a History.
 
-``find_sources(path)`` turns a command-line argument (a file or a run folder) into log sources;
-``sniff(path)`` names a file's format from its content; ``load(source, add)`` reads a source.
+``find_sources(path)`` turns a command-line argument (a file or a folder of runs) into log sources,
+one per run; ``sniff(path)`` names a file's format from its content; ``load(source, add)`` reads a
+source, falling back to the text reader when the sniffed reader finds nothing.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from muvo_doctor.logs.base import AddPoint, NoRecords, ReadStats
+from muvo_doctor.logs.columns import looks_like_results, read_results
 from muvo_doctor.logs.csvlog import looks_like_csv, read_csv
 from muvo_doctor.logs.hf import read_trainer_state
 from muvo_doctor.logs.jsonl import read_json_array, read_jsonl
@@ -34,6 +37,7 @@ def _read_text_source(path: str, add: AddPoint, keep_rewrites: bool = False) -> 
     st = read_text(path, add, keep_rewrites=keep_rewrites)
     out = ReadStats()
     out.records, out.points, out.last_step, out.rewrites = st.records, st.points, st.last_step, st.rewrites
+    out.skipped, out.first_reason = st.skipped, st.first_reason
     if not st.points:
         if st.traceback:
             out.note = "only a crash traceback, no 'key: number' lines (e.g. loss=0.42) before it"
@@ -53,6 +57,7 @@ FORMATS: dict[str, Callable[[str, AddPoint], ReadStats]] = {
     "trainer_state": read_trainer_state,
     "telemetry": read_telemetry,
     "tensorboard": read_events,
+    "results_txt": read_results,
 }
 
 
@@ -75,20 +80,30 @@ def sniff(path: Path) -> str:
         return "empty"
     first = lines[0].strip()
     if first.startswith("{"):
-        try:
-            obj = json.loads(first)
-        except ValueError:
-            obj = None
-        if isinstance(obj, dict):
-            if str(obj.get("schema", "")).startswith(SCHEMA_PREFIX) or is_observation(obj):
-                return "telemetry"
-            return "jsonl"
-        return "trainer_state" if '"log_history"' in text else "json"
+        return _sniff_brace(first, text)
     if first == "[" or first.startswith("[{"):
         return "json"
     if looks_like_csv(first, lines[1] if len(lines) > 1 else None):
         return "csv"
+    if looks_like_results(lines):
+        return "results_txt"
     return "text"
+
+
+def _sniff_brace(first: str, text: str) -> str:
+    """A file starting with ``{``: JSON lines, a one-line (compact) or pretty trainer_state.json,
+    our telemetry, or Python-dict lines printed by a trainer (``{'loss': 0.3}``: text)."""
+    try:
+        obj = json.loads(first)
+    except (ValueError, RecursionError):
+        obj = None
+    if isinstance(obj, dict):
+        if str(obj.get("schema", "")).startswith(SCHEMA_PREFIX) or is_observation(obj):
+            return "telemetry"
+        return "trainer_state" if "log_history" in obj else "jsonl"
+    if first.startswith("{'") or first.startswith("{ '"):
+        return "text"  # Python reprs: single quotes are not JSON
+    return "trainer_state" if '"log_history"' in text else "json"
 
 
 def _binary(head: bytes) -> bool:
@@ -109,14 +124,18 @@ class LogSource:
 
 
 def find_sources(arg: str) -> tuple[list[LogSource], list[str]]:
-    """Sources for one command-line argument, and notes about what a folder scan skipped.
+    """Sources for one command-line argument, one per run, and notes about what a folder scan skipped.
 
     A file is one source. In a folder (searched ``_MAX_DEPTH`` deep, hidden folders skipped), every
-    text/CSV/JSON log is a source, all TensorBoard event files under it form one source, and only
-    the largest ``trainer_state.json`` is kept (each HF checkpoint folder has a cumulative copy).
+    text/CSV/JSON log is a source; the TensorBoard event files of one run folder form one source
+    (a run folder: the event files' folder, or its parent when that folder is a split, ``train/``,
+    ``validation/``, as Keras writes them), so ``runs/exp1`` and ``runs/exp2`` give two reports; of
+    the ``trainer_state.json`` copies of one run (one per HF checkpoint folder, each cumulative)
+    only the largest is kept. Only regular files are opened: a FIFO, socket or device named
+    ``x.log`` is skipped (and noted), never read.
 
     Raises:
-        NoRecords: the path does not exist, or a folder holds no log.
+        NoRecords: the path does not exist, is not a regular file or folder, or a folder holds no log.
     """
     p = Path(arg)
     if not p.exists():
@@ -124,11 +143,14 @@ def find_sources(arg: str) -> tuple[list[LogSource], list[str]]:
     if p.is_file():
         return [LogSource(str(p), [p])], []
     if not p.is_dir():
-        raise NoRecords(f"{arg}: not a regular file or folder")
+        raise NoRecords(
+            f"{arg}: not a regular file or folder (a FIFO or a device?); pass the log file itself"
+        )
     logs: list[Path] = []
-    events: list[Path] = []
-    states: list[Path] = []
+    events: dict[Path, list[Path]] = {}
+    states: dict[Path, list[Path]] = {}
     notes: list[str] = []
+    special = 0
     base_depth = len(p.parts)
     for root, dirs, files in os.walk(p):
         depth = len(Path(root).parts) - base_depth
@@ -137,27 +159,59 @@ def find_sources(arg: str) -> tuple[list[LogSource], list[str]]:
         )
         for name in sorted(files):
             fp = Path(root) / name
+            wanted = (
+                "tfevents" in name
+                or name == "trainer_state.json"
+                or (fp.suffix.lower() in _LOG_SUFFIXES and not name.startswith("."))
+            )
+            if not wanted:
+                continue
+            if not _regular(fp):
+                special += 1
+                continue
             if "tfevents" in name:
-                events.append(fp)
+                events.setdefault(_run_of(fp), []).append(fp)
             elif name == "trainer_state.json":
-                states.append(fp)
-            elif fp.suffix.lower() in _LOG_SUFFIXES and not name.startswith("."):
+                states.setdefault(_run_of(fp), []).append(fp)
+            else:
                 if fp.suffix.lower() == ".json" and not _json_log(fp):
                     continue  # config.json, tokenizer.json ...
                 logs.append(fp)
-    if states:
-        logs.append(max(states, key=lambda s: s.stat().st_size))
+    if special:
+        notes.append(f"{arg}: skipped {special} file(s) that are not regular files (FIFOs, sockets, devices)")
+    for copies in states.values():
+        logs.append(max(copies, key=lambda s: s.stat().st_size))
     sources = [LogSource(str(f), [f]) for f in logs[:_MAX_FILES]]
     if len(logs) > _MAX_FILES:
         notes.append(f"{arg}: {len(logs)} log files, auditing the first {_MAX_FILES}")
-    if events:
-        sources.append(LogSource(f"{p} (TensorBoard, {len(events)} event files)", events))
+    for run, files in sorted(events.items()):
+        sources.append(LogSource(f"{run} (TensorBoard, {len(files)} event files)", files))
     if not sources:
         raise NoRecords(
             f"{arg}: no logs in this folder (looked for *.log, *.txt, *.csv, *.jsonl, trainer_state.json, "
             "events.out.tfevents.*); pass the log file itself"
         )
     return sources, notes
+
+
+_SPLIT_DIRS = {"train", "training", "validation", "val", "valid", "eval", "test"}
+
+
+def _run_of(fp: Path) -> Path:
+    """The run folder a log belongs to: its folder, less a split folder (``train/``, Keras) or an
+    HF ``checkpoint-N/`` folder (copies of the run's own state)."""
+    d = fp.parent
+    while d.name.lower() in _SPLIT_DIRS or d.name.startswith("checkpoint-"):
+        d = d.parent
+    return d
+
+
+def _regular(fp: Path) -> bool:
+    """A regular file (through symlinks): opening a FIFO would block, a device would never end."""
+    try:
+        return stat.S_ISREG(os.stat(fp).st_mode)
+    except OSError:
+        return False
 
 
 def _json_log(fp: Path) -> bool:
@@ -176,8 +230,10 @@ def _json_log(fp: Path) -> bool:
 def load(source: LogSource, add: AddPoint, *, keep_rewrites: bool = False) -> tuple[str, ReadStats]:
     """Read every file of ``source`` into ``add``; returns (format, counters).
 
-    ``keep_rewrites`` makes the text reader keep every carriage-return rewrite (for a log that is
-    one long progress bar: the default keeps what a terminal shows, which is then too little).
+    When the sniffed reader finds nothing (or fails on the content), the text reader tries the
+    file: a log whose first line fooled the sniffer is still read. ``keep_rewrites`` makes the text
+    reader keep every carriage-return rewrite (for a log that is one long progress bar: the default
+    keeps what a terminal shows, which is then too little).
 
     Raises:
         NoRecords: nothing in the source could be read as a metric (the message says why).
@@ -186,6 +242,9 @@ def load(source: LogSource, add: AddPoint, *, keep_rewrites: bool = False) -> tu
     formats: list[str] = []
     notes: list[str] = []
     for path in source.files:
+        if not _regular(path):
+            notes.append("not a regular file (a FIFO, socket or device)")
+            continue
         try:
             kind = sniff(path)
         except OSError as exc:
@@ -197,10 +256,7 @@ def load(source: LogSource, add: AddPoint, *, keep_rewrites: bool = False) -> tu
             notes.append("a binary file, not a log (a checkpoint or an archive?)")
             continue
         try:
-            if kind == "text":
-                st = _read_text_source(str(path), add, keep_rewrites)
-            else:
-                st = FORMATS[kind](str(path), add)
+            kind, st = _read_file(path, kind, add, keep_rewrites)
         except OSError as exc:
             raise NoRecords(f"{path}: cannot read ({exc.strerror or exc})") from None
         formats.append(kind)
@@ -208,9 +264,38 @@ def load(source: LogSource, add: AddPoint, *, keep_rewrites: bool = False) -> tu
         total.points += st.points
         total.last_step = max(total.last_step, st.last_step)
         total.rewrites += st.rewrites
+        if st.skipped:
+            total.skip(st.first_reason, st.skipped)
         if not st.points and st.note:
             notes.append(f"{st.note} ({kind})")
     if not total.points:
         why = "; ".join(dict.fromkeys(notes)) or "nothing readable"
         raise NoRecords(f"{source.label}: no records found: {why}")
     return (formats[0] if len(set(formats)) == 1 else "+".join(sorted(set(formats)))), total
+
+
+def _read_file(path: Path, kind: str, add: AddPoint, keep_rewrites: bool) -> tuple[str, ReadStats]:
+    """One file through its sniffed reader, then through the text reader if that found nothing."""
+    if kind == "text":
+        return kind, _read_text_source(str(path), add, keep_rewrites)
+    if kind == "tensorboard":
+        return kind, read_events(str(path), add)  # binary: the text reader has nothing to try
+    added = [0]
+
+    def counted(name: str, step: int, value: float, digits: int | None) -> None:
+        added[0] += 1
+        add(name, step, value, digits)
+
+    try:
+        st = FORMATS[kind](str(path), counted)
+    except (ValueError, UnicodeError, RecursionError, MemoryError) as exc:
+        st = ReadStats()
+        st.points = added[0]  # what it added before failing stays; the text reader would repeat it
+        st.note = f"the {kind} reader failed ({type(exc).__name__})"
+        st.unparsed = True
+    if st.points or not st.unparsed:
+        return kind, st
+    text = _read_text_source(str(path), add, keep_rewrites)
+    if text.points:
+        return "text", text
+    return kind, st

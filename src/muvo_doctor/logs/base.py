@@ -3,8 +3,25 @@
 from __future__ import annotations
 
 import json
-import re
+import math
 from collections.abc import Callable
+
+from muvo_doctor.logs.names import STEP_KEYS, classify, digits_of, kind_of
+
+__all__ = [
+    "STEP_KEYS",
+    "AddPoint",
+    "NoRecords",
+    "ReadStats",
+    "add_record",
+    "as_fraction",
+    "classify",
+    "digits_of",
+    "kind_of",
+    "MAX_STEP",
+    "load_json",
+    "sane_step",
+]
 
 # history.add_point(name, step, value, digits): the readers' only output.
 AddPoint = Callable[[str, int, float, "int | None"], None]
@@ -12,76 +29,6 @@ AddPoint = Callable[[str, int, float, "int | None"], None]
 
 class NoRecords(Exception):
     """A log that cannot be audited; the message is one line: what is wrong and what to do."""
-
-
-# Keys that are an axis (they set the step, they are not a signal).
-STEP_KEYS = frozenset(
-    {
-        "step",
-        "steps",
-        "global_step",
-        "iter",
-        "iters",
-        "iteration",
-        "_step",
-        # "eval step 120 val_auroc=0.91": the training step an evaluation line belongs to
-        "eval_step",
-        "train_step",
-        "val_step",
-        "trainer/global_step",
-        "num_updates",
-    }
-)
-EPOCH_KEYS = frozenset({"epoch", "epochs", "train epoch", "train_epoch"})
-# A bare split word as a key ("Train: 0 [100/1251]", timm) is a progress counter, not a signal.
-_SPLIT_WORDS = frozenset({"train", "training", "val", "valid", "validation", "eval", "test", "testing"})
-# Bookkeeping numbers that are not training signals (time, memory, throughput, sizes).
-_NOISE = re.compile(
-    r"(^|[/_ ])(time|data_time|eta|memory|mem|max_mem|gpu_mem|runtime|"
-    r"samples_per_second|steps_per_second|total_flos|flos|batch|batch_size|bs|it|seed|num_.*|"
-    r"n_.*|id|pid|rank|world_size|workers|year|day|hour|min|sec|seconds|ms|size|line|file|version|v_num|data|wps|ups|wpb|bsz|wall|train_wall|clip)$"
-    r"|\.(py|cpp|cc|c|h|hpp|cu)$|per_second$|_time$",
-)
-# Accuracy-like signals are fractions; a value printed in 0..100 without "%" is a percentage.
-_FRACTION = re.compile(r"(^|/)(acc|accuracy|auroc|auprc|map|fpr95|precision|recall|f1)$")
-
-_kinds: dict[str, tuple[str | None, bool, bool]] = {}
-
-
-def classify(key: str) -> tuple[str | None, bool, bool]:
-    """``(signal name or None for axis/bookkeeping keys, is a fraction, is the step axis)``, cached."""
-    got = _kinds.get(key)
-    if got is not None:
-        return got
-    from muvo_doctor.logs.text import key_of, signal_name  # text imports this module
-
-    k = key_of(key.strip().strip("'\""))
-    if k in STEP_KEYS:
-        got = (None, False, True)
-    elif k in EPOCH_KEYS or k in _SPLIT_WORDS or _NOISE.search(k):
-        got = (None, False, False)
-    else:
-        name = signal_name(key)
-        got = (name, bool(_FRACTION.search(name)), False)
-    if len(_kinds) < 10_000:
-        _kinds[key] = got
-    return got
-
-
-def digits_of(num: str) -> int | None:
-    """Decimal places a printed number shows: ``0.3331`` -> 4, ``5e-05`` -> 5, ``3`` -> 0, nan -> None."""
-    s = num.strip().lstrip("+-").lower()
-    if not s or s[0] in "ni":
-        return None
-    mant, _, exp = s.partition("e")
-    dot = mant.find(".")
-    d = len(mant) - dot - 1 if dot >= 0 else 0
-    if exp:
-        try:
-            d -= int(exp)
-        except ValueError:
-            return None
-    return max(d, 0)
 
 
 def as_fraction(value: float, digits: int | None) -> tuple[float, int | None]:
@@ -92,10 +39,16 @@ def as_fraction(value: float, digits: int | None) -> tuple[float, int | None]:
     return value, digits
 
 
-class ReadStats:
-    """What a reader saw: records that carried numbers, points added, the largest step."""
+MAX_STEP = 1 << 53  # a step at or above this is not a step (1e30, 2**63): its record is skipped
+_MAX_DEPTH = 8  # nesting kept when flattening a record (deeper parts are skipped)
 
-    __slots__ = ("records", "points", "last_step", "note", "rewrites")
+
+class ReadStats:
+    """What a reader saw: records that carried numbers, points added, the largest step, and the
+    records skipped as impossible (a step of 1e30, a 400-digit number, a 128 KB field) with the
+    first reason: one bad record is counted, never fatal."""
+
+    __slots__ = ("records", "points", "last_step", "note", "rewrites", "skipped", "first_reason", "unparsed")
 
     def __init__(self) -> None:
         self.rewrites = 0  # carriage-return rewrites dropped (text logs)
@@ -103,43 +56,89 @@ class ReadStats:
         self.points = 0
         self.last_step = -1
         self.note = ""  # why nothing was found, when nothing was
+        self.skipped = 0
+        self.first_reason = ""
+        # the content is not this format (JSON that does not parse, a "CSV" without a metric
+        # header): the text reader should try it. A well-formed file that holds no numbers is not.
+        self.unparsed = False
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` skipped records; the first reason is kept for the report."""
+        if n > 0:
+            self.skipped += n
+            if not self.first_reason:
+                self.first_reason = reason
+
+
+def sane_step(value: object) -> int | None:
+    """A step from a logged value, or None when it cannot be one (NaN, negative, >= 2**53, a bool)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, int):
+        return value if 0 <= value < MAX_STEP else None
+    if isinstance(value, float) and math.isfinite(value) and 0 <= value < MAX_STEP:
+        return int(value)
+    return None
+
+
+def _number(raw: object) -> float | None:
+    """A logged value as a float; None for what is not a number. Raises OverflowError for an
+    integer too large for a float (a 400-digit number is a bad record, not an infinite loss)."""
+    if isinstance(raw, bool) or raw is None:
+        return None
+    if isinstance(raw, int):
+        return float(raw)
+    if isinstance(raw, float):
+        return raw
+    if isinstance(raw, str) and len(raw) < 64:
+        try:
+            val = float(raw)
+        except ValueError:
+            return None
+        if math.isinf(val) and raw.strip().lstrip("+-")[:1].isdigit():
+            raise OverflowError("a number too large to be a training value")
+        return val
+    return None
 
 
 def add_record(record: dict[str, object], index: int, add: AddPoint, st: ReadStats, prefix: str = "") -> None:
     """Add one dict record (a JSON line, a log_history entry): numbers become points at its step.
 
     The step is the record's ``step``/``global_step``/``iteration`` field, else ``index``. Nested
-    dicts are flattened with ``/``. String values that parse as numbers count (``"nan"``, ``"0.5"``).
-    Digits are None: a JSON number's decimals are its shortest repr, not a display precision.
+    dicts are flattened with ``/``. String values that parse as numbers count (``"nan"``, ``"0.5"``,
+    transformers 5's ``{'loss': '0.3208'}``). Digits are None: a JSON number's decimals are its
+    shortest repr, not a display precision. A record whose step cannot be a step, or that holds a
+    number too large for a float, is skipped and counted in ``st``.
     """
     flat: list[tuple[str, object]] = []
-    _flatten(record, prefix, flat)
+    _flatten(record, prefix, flat, 0)
     step = index
     items: list[tuple[str, float, int | None, bool]] = []
     for key, raw in flat:
-        if isinstance(raw, bool) or raw is None:
-            continue
-        if isinstance(raw, int):
-            val, d = float(raw), 0
-        elif isinstance(raw, float):
-            val, d = raw, None
-        elif isinstance(raw, str):
-            try:
-                val = float(raw)
-            except ValueError:
-                continue
-            # JSON floats (read as str to keep them exact) are machine-written shortest reprs, so
-            # their decimals say nothing about display rounding: no digits.
-            d = None
-        else:
-            continue
         name, frac, is_step = classify(key)
         if is_step:
-            if val == val and abs(val) < 2**62:
-                step = int(val)
+            got = sane_step(raw)
+            if got is None:
+                if raw is not None:
+                    st.skip(f"a step that cannot be a step ({str(raw)[:20]}) in record {index}")
+                    return
+                continue
+            step = got
             continue
-        if name is not None:
-            items.append((name, val, d, frac))
+        if name is None:
+            continue
+        try:
+            val = _number(raw)
+        except OverflowError:
+            st.skip(f"a number too large to be a training value in record {index}")
+            return
+        if val is not None:
+            items.append((name, val, 0 if isinstance(raw, int) else None, frac))
     if not items:
         return
     for name, val, d, frac in items:
@@ -152,11 +151,12 @@ def add_record(record: dict[str, object], index: int, add: AddPoint, st: ReadSta
         st.last_step = step
 
 
-def _flatten(obj: dict[str, object], prefix: str, out: list[tuple[str, object]]) -> None:
+def _flatten(obj: dict[str, object], prefix: str, out: list[tuple[str, object]], depth: int) -> None:
     for k, v in obj.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            _flatten(v, key + "/", out)
+            if depth < _MAX_DEPTH:
+                _flatten(v, key + "/", out, depth + 1)
         else:
             out.append((key, v))
 
@@ -168,4 +168,8 @@ def load_json(path: str, st: ReadStats, what: str) -> object | None:
             return json.load(f, parse_float=str)
         except ValueError as exc:
             st.note = f"not valid JSON ({exc.args[0].split(':')[0]}); a truncated {what}?"
+            st.unparsed = True
+            return None
+        except RecursionError:
+            st.note = f"JSON nested too deeply to be a {what}"
             return None

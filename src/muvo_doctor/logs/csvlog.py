@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import itertools
+import math
 import re
+from collections.abc import Iterator
 
-from muvo_doctor.logs.base import AddPoint, ReadStats, as_fraction, classify, digits_of
+from muvo_doctor.logs.base import AddPoint, ReadStats, as_fraction, classify, digits_of, sane_step
 
 _STEP_COLUMNS = ("step", "global_step", "iteration", "iter", "trainer/global_step", "_step")
 _FIXED_PROBE = 20  # rows read to decide whether a column has a fixed number of decimals
@@ -24,7 +26,7 @@ def read_csv(path: str, add: AddPoint) -> ReadStats:
     """
     st = ReadStats()
     with open(path, encoding="utf-8", errors="replace", newline="") as f:
-        reader = csv.reader(f)
+        reader = _rows(csv.reader(f), st)
         header = next(reader, None)
         if not header:
             st.note = "empty CSV"
@@ -50,17 +52,24 @@ def read_csv(path: str, add: AddPoint) -> ReadStats:
                 parts.setdefault(f"{m.group(1)}/loss", []).append(i)
         if not plan:
             st.note = f"no metric columns in the header ({', '.join(cols[:8])})"
+            st.unparsed = True  # a log line with commas, not a CSV header
             return st
         # A column written with a fixed number of decimals (Ultralytics "%.5f", a "{:.4f}" logger) has
         # a display precision; one written as shortest reprs (Lightning, pandas) has not.
         head_rows = [row for _, row in zip(range(_FIXED_PROBE), reader, strict=False)]
         fixed = {i: _fixed_decimals(head_rows, i) for i, _, _ in plan}
         for index, row in enumerate(itertools.chain(head_rows, reader)):
-            step = index
-            if step_col is not None and step_col < len(row) and row[step_col].strip():
-                step = _int(row[step_col], index)
-            elif epoch_col is not None and epoch_col < len(row) and row[epoch_col].strip():
-                step = _int(row[epoch_col], index)
+            step: int | None = index
+            axis = (
+                step_col if step_col is not None and step_col < len(row) and row[step_col].strip() else None
+            )
+            if axis is None and epoch_col is not None and epoch_col < len(row) and row[epoch_col].strip():
+                axis = epoch_col
+            if axis is not None:
+                step = sane_step(row[axis].strip())
+                if step is None:
+                    st.skip(f"row {index + 2}: a step that cannot be a step ({row[axis].strip()[:20]})")
+                    continue
             n = 0
             for i, name, frac in plan:
                 if i >= len(row):
@@ -69,8 +78,11 @@ def read_csv(path: str, add: AddPoint) -> ReadStats:
                 if not cell:
                     continue
                 try:
-                    val = float(cell)
-                except ValueError:
+                    val = _cell_value(cell)
+                except OverflowError:
+                    st.skip(f"row {index + 2}: a number too large to be a training value")
+                    continue
+                if val is None:
                     continue
                 d = digits_of(cell) if fixed[i] else None
                 if frac:
@@ -102,11 +114,31 @@ def _fixed_decimals(rows: list[list[str]], i: int) -> bool:
     return len(ds) == 1 and None not in ds
 
 
-def _int(cell: str, default: int) -> int:
+def _rows(reader: Iterator[list[str]], st: ReadStats) -> Iterator[list[str]]:
+    """The rows of a CSV reader; a row the csv module rejects (a field over its 128 KB limit) is
+    skipped and counted, and reading goes on with the next line."""
+    errors = 0
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            errors += 1
+            st.skip(f"a row the CSV parser rejects ({exc})")
+            if errors > 10_000:
+                return
+
+
+def _cell_value(cell: str) -> float | None:
+    """A cell as a number; None for text. Raises OverflowError for a number too large for a float."""
     try:
-        return int(float(cell))
+        val = float(cell)
     except ValueError:
-        return default
+        return None
+    if math.isinf(val) and cell.lstrip("+-")[:1].isdigit():
+        raise OverflowError(cell[:20])
+    return val
 
 
 def looks_like_csv(first: str, second: str | None) -> bool:

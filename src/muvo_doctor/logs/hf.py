@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 from muvo_doctor.logs.base import AddPoint, ReadStats, add_record, load_json
+
+_HISTORY_RE = re.compile(r'"log_history"\s*:\s*\[')
 
 
 def read_trainer_state(path: str, add: AddPoint) -> ReadStats:
@@ -14,7 +19,10 @@ def read_trainer_state(path: str, add: AddPoint) -> ReadStats:
     st = ReadStats()
     doc = load_json(path, st, "trainer_state.json")
     if doc is None:
-        return st
+        history = _salvage(path, st)  # a truncated file (a run killed while saving) keeps its whole entries
+        if not history:
+            return st
+        doc = {"log_history": history}
     history = doc.get("log_history") if isinstance(doc, dict) else None
     if not isinstance(history, list):
         st.note = "no 'log_history' list in this trainer_state.json"
@@ -25,3 +33,26 @@ def read_trainer_state(path: str, add: AddPoint) -> ReadStats:
     if not st.records:
         st.note = "'log_history' is empty: the trainer logged nothing (logging_steps larger than the run?)"
     return st
+
+
+def _salvage(path: str, st: ReadStats) -> list[object]:
+    """The complete ``log_history`` entries of a truncated trainer_state.json, in order."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    m = _HISTORY_RE.search(text)
+    if m is None:
+        return []
+    dec = json.JSONDecoder(parse_float=str)
+    out: list[object] = []
+    i = m.end()
+    while True:
+        while i < len(text) and text[i] in " \t\r\n,":
+            i += 1
+        try:
+            obj, i = dec.raw_decode(text, i)
+        except (ValueError, RecursionError):
+            break
+        out.append(obj)
+    if out:
+        st.skip("the file ends inside 'log_history' (truncated): its complete entries are read")
+    return out

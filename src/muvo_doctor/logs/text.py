@@ -1,52 +1,125 @@
-"""Numbers printed in free text: ``loss=0.3331``, ``Loss: 0.3331``, ``acc 89.93%``, tqdm postfixes,
-Keras progress lines, dict lines, glog/Caffe, detectron2 and MMDetection console lines.
+"""The one reader of printed training text, for ``run`` (the child's output, line by line) and
+``audit`` (files, in chunks): the same text gives the same series either way.
 
-``parse_line`` is the one-line API (the ``run`` wrapper's printed-number parser uses it).
-``read_text`` streams a whole log: it works on multi-megabyte chunks with one compiled regex, so
-the per-line Python cost is paid only by lines that carry numbers.
+What it reads: ``loss=0.3331``, ``Loss: 0.3331``, ``acc 89.93%``, ``Accuracy: 9832/10000``, tqdm and
+Lightning postfixes, Keras progress lines, Python-dict lines (``{'loss': '0.32'}``, transformers),
+glog/Caffe, Darknet, fairseq, detectron2 and MMDetection console lines, Markdown/ASCII tables and
+whitespace tables whose header row names the columns (Ultralytics).
+
+Rules, each in one place:
+- split: a key's own split word (``val_loss``, ``test acc``), else the split word the line prints
+  before its first signal (``Test set: Average loss: 2.31`` -> ``test/loss``), else the metric's
+  default (``loss`` is ``train/loss``); names come from ``names.signal_name``.
+- step: the step printed on the line (``step``/``iter``/``Iteration``/``num_updates``, MMDetection's
+  ``Epoch [e][i/n]``, a progress counter ``i/n [`` counted across epochs), else the last such step,
+  else the epoch printed (``Epoch 3/10``) when the log never printed a step, else the record index.
+- digits: the decimals each value was printed with (``5e-05`` shows 5); a percentage becomes a
+  fraction with two more digits, a ratio ``980/10000`` a fraction shown to 1/10000.
+
+A line whose step cannot be a step (``step 1e30``) or a number that overflows (400 digits) is
+skipped and counted, never fatal. ``TextParser`` holds the state across chunks or line batches.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from operator import itemgetter
 
 import numpy as np
 
-from muvo_doctor.logs.base import AddPoint, classify
+from muvo_doctor.logs.base import AddPoint
+from muvo_doctor.logs.names import EPOCH, SIGNAL, SPLITS, STEP, key_of, kind_of, signal_name
+
+__all__ = [
+    "TextParser",
+    "TextStats",
+    "key_of",
+    "parse_line",
+    "read_text",
+    "signal_name",
+    "strip_ansi",
+]
 
 # One "key <sep> number" pair. Written for speed (no IGNORECASE, possessive quantifiers), since the
 # regex engine tries it at every character of a log: it is most of the reader's cost.
 # key: a word starting with a letter, optionally a second word ("Train Loss", "Avg Score"), quotes
-# allowed around it (dict lines); separator ":", "=" or blanks; a decimal, scientific, nan or inf
-# number, optionally "%" or "/<total>", that must end there: not "02:05" (times), "1.2.3" (versions), "1,000", "2000M".
+# allowed around it and around the value (dict lines, transformers 5 prints strings); separator
+# ":", "=" or blanks; a decimal, scientific, nan or inf number, optionally "%" or "/<total>", that
+# must end there: not "02:05" (times), "1.2.3" (versions), "1,000", "2000M", "1.71 GiB" (sizes).
 _KV = (
     # The pattern starts with a letter class so the engine can skip other characters quickly; the
     # lookbehind after it checks that the key starts a word.
     r"""(?P<k>[A-Za-z](?<![\w.\-/][A-Za-z])[\w./\-]*+(?:\ [A-Za-z]\w*+)?)['"]?"""
-    r"(?:[ \t]*+[:=]|[ \t])[ \t]*+"
+    r"""(?:[ \t]*+[:=]|[ \t])[ \t]*+(?P<q>['"])?"""
     # value; its decimals (f) and exponent (x) are captured so digits need no per-value Python
     r"(?P<v>(?=[-+]?\.?\d)[-+]?+\d*+(?:\.(?P<f>\d*+))?(?:[eE](?P<x>[-+]?\d++))?"
-    r"|[-+]?(?:[nN]a[nN]|NAN|[iI]nf(?:inity)?|INF))"
+    # nan/inf, possibly padded by a format's fill character ("{:x<6f}" prints "nanxxx", PaddleOCR)
+    r"|[-+]?(?:[nN]a[nN]|NAN|[iI]nf(?:inity)?|INF)x*+)"
     # "%", or a ratio "9832/10000" (its denominator d)
-    r"""(?:(?P<p>%)|/(?P<d>\d++))?(?![\w.:'"]|,\d)"""
+    r"""(?:(?P<p>%)|/(?P<d>\d++))?(?(q)['"])(?![\w.'"]|[:,]\d)"""
+    r"(?![ \t]?(?:[KMGT]i?B|[kMG]?bytes|iterations|images|samples|seconds|examples|tokens)\b)"
 )
 _KV_RE = re.compile(_KV)
-# Two-word keys ("Train Loss", "Learning Rate", "Anomaly Score") are joined with "_", unless the
-# first word is a log level or a filler word ("INFO step 200", "the loss 0.3"): then it is dropped.
-_DROP_FIRST = frozenset(
-    "info debug warning warn error critical trace the a an is at of on in to and for with by "
-    "current final new saved".split()
+_COLUMNS = tuple(itemgetter(i) for i in (0, 2, 3, 4, 5, 6))  # k, v, f, x, p, d (not q)
+_MAX_STEP = 1 << 53  # a step at or above this is not a step (1e30, 2**63): the line is skipped
+
+# Record boundaries: each newline is followed by a pair the key regex itself matches, so one
+# findall over a chunk yields pairs and line ends in order. Two more pseudo keys carry a progress
+# counter ("67/704 [") and a row that was rewritten from a table.
+_NL_KEY = "Zqnl"
+_NL_MARK = "\n" + _NL_KEY + "=0 "
+_CTR_KEY = "Zqctr"
+# tqdm's "{bar}| {n}/{total} [": batches done. (Keras' "1875/1875 [====" is not used: it counts
+# batches or samples depending on the version; its "Epoch 3/30" is the unambiguous axis.)
+_COUNTER_RE = re.compile(r"(?<=\| )(\d+)/(\d+)(?= \[)")
+_NEWLINE, _COUNTER = 4, 5  # axis kinds next to names.SIGNAL/STEP/EPOCH/NOISE
+_CHUNK = 2 << 20  # bytes per read: bounds the match list (~70k tuples for dense logs)
+_MAX_LINE = 1 << 20  # a "line" longer than this (no newline) is cut, so memory stays bounded
+_TRACEBACK_B = b"Traceback (most recent call last)"
+# Distinct signals kept per log: a log that prints a new key on every line ("sample_123 0.5")
+# must not grow the history without bound.
+_MAX_SIGNALS = 1000
+
+# CSI / OSC escape sequences and lone escapes: colours and cursor moves are not part of a number.
+ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+# Value wrappers printed around numbers: "loss: tensor(0.5123, device='cuda:0')", "np.float32(0.5)".
+_WRAP_RE = re.compile(r"\b(?:tensor|np\.float(?:16|32|64)|np\.int(?:32|64)|array)\(\[?")
+# Exception and traceback lines hold sizes, line numbers and ids, never training numbers.
+_ERROR_LINE_RE = re.compile(
+    r"^[^\n]*?(?:\b[A-Z]\w*(?:Error|Exception)\b|Traceback \(most recent)[^\n]*|^[ \t]+File \"[^\n]*",
+    re.MULTILINE,
 )
+_URL_RE = re.compile(r"\b[a-zA-Z][\w+.\-]*://[^\s\"'<>]*")
+# MMDetection/mmengine: "Epoch [1][50/7330]" or "Epoch(train) [1][  50/7330]": epoch, iteration, iterations per epoch.
+_MMDET_RE = re.compile(r"Epoch(?:\(\w+\))?[ \t]*\[(\d+)\][ \t]*\[[ \t]*(\d+)[ \t]*/[ \t]*(\d+)\]")
+# Darknet: "40245, 4.021: 6.907692, 6.910023 avg, 0.081346 rate, ..." (classifier: batch, epoch) and
+# "1000: 6.9, 6.9 avg loss, 0.001 rate, ..." (detector): batch, loss, its running mean, learning rate.
+_NUM = r"[-+]?(?:\d+\.?\d*(?:e[-+]?\d+)?|nan|inf|-nan)"
+_DARKNET_RE = re.compile(
+    rf"^[ \t]*(\d+)(?:,[ \t]*{_NUM})?:[ \t]*({_NUM}),[ \t]*({_NUM}) avg(?: loss)?,[ \t]*({_NUM}) rate[^\n]*",
+    re.MULTILINE,
+)
+# A split word printed on a line (not part of a key: "valid_loss" has its own split).
+_SPLIT_WORD_RE = re.compile(
+    r"(?<![\w/.\-])(?:[Tt]est(?:ing)?|TEST(?:ING)?|[Vv]al(?:id(?:ation)?)?|VAL(?:ID(?:ATION)?)?"
+    r"|[Ee]val(?:uation)?|EVAL)(?![\w/.\-])"
+)
+_SPLIT_PROBES = (b"est", b"EST", b"al", b"AL")
+# Tables. A header row names the columns; the rows under it hold one number per column.
+_PIPE_ROW_RE = re.compile(r"^[ \t]*\|[^\n]*\|[ \t]*$", re.MULTILINE)
+_RULE_CELL_RE = re.compile(r"^:?-{2,}:?$|^=+$")
+_HEADER_RE = re.compile(
+    r"^[ \t]*[A-Za-z][\w()@.\-%/]*(?:[ \t]+[A-Za-z][\w()@.\-%/]*){2,}[ \t]*(?::[ \t][^\n]*)?$", re.MULTILINE
+)
+_CELL_NUM_RE = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(%|/\d+|[KMG])?$")
+# Table column titles that are not keys by themselves.
+_COLUMN_ALIASES = {"p": "precision", "r": "recall", "box(p": "precision", "mask(p": "mask_precision"}
 
 
-def key_of(raw: str) -> str:
-    """The key as printed, lowercased; of two words, joined by ``_`` (a log level or filler word is dropped)."""
-    k = raw.lower()
-    if " " in k:
-        first, _, second = k.partition(" ")
-        return second if first in _DROP_FIRST else f"{first}_{second}"
-    return k
+def strip_ansi(text: str) -> str:
+    """Colour codes, cursor moves and OSC titles out of printed text."""
+    return ANSI_RE.sub("", text) if "\x1b" in text else text
 
 
 def _digits(num: str) -> int | None:
@@ -62,21 +135,8 @@ def _digits(num: str) -> int | None:
     return max(d, 0)
 
 
-def _value(num: str, pct: str) -> tuple[float, int | None]:
-    v = float(num)
-    d = _digits(num)
-    if pct:
-        d = None if d is None else d + 2
-        # round() so 89.93% is 0.8993, not 0.8993000000000001
-        v = v / 100.0 if d is None else round(v / 100.0, d)
-    return v, d
-
-
 def parse_line(line: str) -> list[tuple[str, float, int | None]]:
-    """Every ``key <sep> number`` pair printed on one line.
-
-    Args:
-        line: one line of program output (no trailing newline needed).
+    """Every ``key <sep> number`` pair printed on one line, as printed (no split or step logic).
 
     Returns:
         ``(key as printed, lowercased; value; decimal digits shown)`` per pair, in order.
@@ -87,192 +147,25 @@ def parse_line(line: str) -> list[tuple[str, float, int | None]]:
         return []
     line = _clean(line)
     out: list[tuple[str, float, int | None]] = []
-    for k, v, _f, _x, p, den in _KV_RE.findall(line):
-        val, d = _value(v, p)
-        if den and den.strip("0") and d is not None and classify(k)[0] is not None:  # not "step 200/1000"
+    for k, _q, v, _f, _x, p, den in _KV_RE.findall(line):
+        val, d = _float(v), _digits(v)
+        if p:
+            d = None if d is None else d + 2
+            val = val / 100.0 if d is None else round(val / 100.0, d)
+        if den and den.strip("0") and d is not None and kind_of(k)[2] == SIGNAL:  # not "step 200/1000"
             val, d = val / int(den), max(len(den) - 1, 0)  # "Accuracy: 9832/10000" -> 0.9832
         out.append((key_of(k), val, d))
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Signal names (PREAMBLE "Shared contracts").
-
-_SPLITS = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "eval": "val",
-    "dev": "val",
-    "test": "test",
-}
-# Canonical metric -> its split when the key names none ("loss" is train/loss, "auroc" val/auroc).
-_METRICS = {
-    "loss": "train",
-    "acc": "train",
-    "auroc": "val",
-    "auprc": "val",
-    "fpr95": "val",
-    "map": "val",
-}
-_ALIASES = {
-    "loss": "loss",
-    "total_loss": "loss",
-    "loss_total": "loss",
-    "objective": "loss",
-    "acc": "acc",
-    "accuracy": "acc",
-    "top1": "acc",
-    "acc1": "acc",
-    "acc_top1": "acc",
-    "top1_acc": "acc",
-    "categorical_accuracy": "acc",
-    "sparse_categorical_accuracy": "acc",
-    "binary_accuracy": "acc",
-    "auroc": "auroc",
-    "auc": "auroc",
-    "roc_auc": "auroc",
-    "auc_roc": "auroc",
-    "auprc": "auprc",
-    "ap": "auprc",
-    "average_precision": "auprc",
-    "pr_auc": "auprc",
-    "fpr95": "fpr95",
-    "fpr_95": "fpr95",
-    "fpr@95": "fpr95",
-    "fpr95tpr": "fpr95",
-    "map": "map",
-    "map50-95": "map",
-    "map50_95": "map",
-    "map_50_95": "map",
-    "bbox_map": "map",
-    "map50-95(b)": "map",
-}
-_LR = {"lr", "learning_rate", "learningrate", "lr/pg0", "lr_pg0", "lr-adam", "lr-sgd", "lr-adamw"}
-_MODIFIERS = ("avg_", "average_", "mean_", "running_", "epoch_", "batch_", "total_")
-_SEP_RE = re.compile(r"[\s_/:]+")
-_name_cache: dict[str, str] = {}
-
-
-def signal_name(key: str) -> str:
-    """Normalise a logged key to a signal name.
-
-    ``loss`` -> ``train/loss``, ``val_loss``/``eval_loss`` -> ``val/loss``, ``accuracy``/``acc`` ->
-    ``train/acc``, ``val_accuracy`` -> ``val/acc``, ``lr``/``learning_rate`` -> ``optim/lr``,
-    ``auroc``/``auc`` -> ``val/auroc``, ``grad_norm`` -> ``grad/norm/total``. Unknown keys keep
-    their normalised name (lowercase, ``/`` between a split word and the rest): ``avg_score`` ->
-    ``avg_score``, ``val_f1`` -> ``val/f1``.
-    """
-    cached = _name_cache.get(key)
-    if cached is not None:
-        return cached
-    k = key_of(key.strip().strip("'\""))
-    k = k.replace("metrics/", "").replace(" ", "_")
-    name = _normalise(k)
-    if len(_name_cache) < 10_000:
-        _name_cache[key] = name
-    return name
-
-
-def _canonical(metric: str) -> str | None:
-    if metric in _ALIASES:
-        return _ALIASES[metric]
-    for suffix in ("_step",):
-        if metric.endswith(suffix) and metric[: -len(suffix)] in _ALIASES:
-            return _ALIASES[metric[: -len(suffix)]]
-    for prefix in _MODIFIERS:
-        if metric.startswith(prefix) and metric[len(prefix) :] in _ALIASES:
-            return _ALIASES[metric[len(prefix) :]]
-    return None
-
-
-def _normalise(k: str) -> str:
-    if k in _LR or k.startswith("lr-") or k.startswith("lr/"):
-        return "optim/lr"
-    if k in ("grad_norm", "gradient_norm", "grad/norm", "grad_norm_total", "total_norm", "gnorm"):
-        return "grad/norm/total"
-    split: str | None = None
-    rest = k
-    m = re.match(r"(train|training|val|valid|validation|eval|dev|test)[_/.\-]", k)
-    if m:
-        split = _SPLITS[m.group(1)]
-        rest = k[m.end() :]
-    else:
-        m = re.search(r"[_/.\-](train|training|val|valid|validation|eval|dev|test)$", k)
-        if m:
-            split = _SPLITS[m.group(1)]
-            rest = k[: m.start()]
-    canon = _canonical(rest.replace("/", "_").replace(".", "_"))
-    if canon is None:
-        canon = _canonical(rest)
-    if canon == "lr" or rest in _LR:
-        return "optim/lr"
-    if canon is not None:
-        return f"{split or _METRICS[canon]}/{canon}"
-    rest = _SEP_RE.sub("_", rest).strip("_") or rest
-    return f"{split}/{rest}" if split else rest
-
-
-# ---------------------------------------------------------------------------------------------
-# The streaming reader.
-
-# MMDetection/mmengine: "Epoch [1][50/7330]" or "Epoch(train) [1][  50/7330]": epoch, iteration, iterations per epoch.
-_MMDET = r"Epoch(?:\(\w+\))?[ \t]*\[(\d+)\][ \t]*\[[ \t]*(\d+)[ \t]*/[ \t]*(\d+)\]"
-_MMDET_RE = re.compile(_MMDET)
-# Record boundaries: each newline is followed by a pair the key regex itself matches, so one
-# findall over a chunk yields pairs and line ends in order.
-_NL_KEY = "Zqnl"
-_NL_MARK = "\n" + _NL_KEY + "=0 "
-_CHUNK = 2 << 20  # bytes per read: bounds the match list (~70k tuples for dense logs)
-_MAX_LINE = 1 << 20  # a "line" longer than this (no newline) is cut, so memory stays bounded
-_TRACEBACK_B = b"Traceback (most recent call last)"
-_NO_KIND = (None, False, False)
-# Distinct signals kept per log: a log that prints a new key on every line ("sample_123 0.5")
-# must not grow the history without bound.
-_MAX_SIGNALS = 1000
-_COLUMNS = tuple(itemgetter(i) for i in range(6))
-
-
-# Colour codes (loguru, rich, Keras on a terminal) and value wrappers printed around numbers:
-# "loss: tensor(0.5123, device='cuda:0')", "loss: np.float32(0.5123)" (NumPy 2 repr).
-_ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-_WRAP_RE = re.compile(r"\b(?:tensor|np\.float(?:16|32|64)|np\.int(?:32|64)|array)\(\[?")
 
 
 def _clean(text: str) -> str:
     """Windows line ends, colour codes and tensor/NumPy wrappers out; each step only when present."""
     if "\r\n" in text:
         text = text.replace("\r\n", "\n")
-    if "\x1b" in text:
-        text = _ANSI_RE.sub("", text)
+    text = strip_ansi(text)
     if "tensor(" in text or "np." in text or "array(" in text:
         text = _WRAP_RE.sub("", text)
     return text
-
-
-# A line that starts with a split word ("Test set: Average loss: 0.0520, Accuracy: 9832/10000",
-# "Validation: loss 0.41"): its keys without a split of their own belong to that split.
-_SPLIT_LINE_RE = re.compile(
-    r"\n[ \t>|*\-\[\]]*+([Tt]est(?:ing)?|TEST|[Vv]al(?:id(?:ation)?)?|VAL(?:ID(?:ATION)?)?|[Ee]val(?:uation)?|EVAL)"
-    r"\b[^\n]*"
-)
-
-
-def _with_split(m: re.Match[str], split: str) -> str:
-    first = key_of(m.group("k")).partition("_")[0]
-    return m.group(0) if first in _SPLITS else f"{split}_{m.group(0)}"
-
-
-def _split_line(m: re.Match[str]) -> str:
-    split = "test" if m.group(1)[0] in "Tt" else "val"
-    return _KV_RE.sub(lambda k: _with_split(k, split), m.group(0))
-
-
-def _mmdet_step(m: re.Match[str]) -> str:
-    e, i, n = int(m.group(1)), int(m.group(2)), int(m.group(3))
-    return f"step={(e - 1) * n + i} "
 
 
 def _drop_rewrites(text: str) -> str:
@@ -300,10 +193,88 @@ def _drop_rewrites(text: str) -> str:
     return "\n".join(out)
 
 
-class TextStats:
-    """What a text read saw: records with numbers, points added, rewrites dropped, the largest step."""
+def _mmdet_step(m: re.Match[str]) -> str:
+    e, i, n = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    return f"step={(e - 1) * n + i} "
 
-    __slots__ = ("records", "points", "rewrites", "last_step", "lines", "traceback", "bytes", "last_explicit")
+
+def _darknet(m: re.Match[str]) -> str:
+    return f"step={m.group(1)} loss={m.group(2)} loss_avg={m.group(3)} lr={m.group(4)}"
+
+
+def _prefixed(m: re.Match[str], split: str) -> str:
+    """One key/value match with ``split`` put in front of a key that names no split itself."""
+    if kind_of(m.group("k"))[2] != SIGNAL:
+        return m.group(0)
+    key = key_of(m.group("k"))
+    if key.partition("_")[0] in SPLITS:
+        return m.group(0)
+    return f"{split}_{key}{m.group(0)[m.end('k') - m.start() :]}"
+
+
+def _split_of_line(line: str) -> tuple[str | None, int]:
+    """The split a line names before its first signal pair, and where that pair starts."""
+    first = None
+    for m in _KV_RE.finditer(line):
+        if kind_of(m.group("k"))[2] == SIGNAL:
+            first = m
+            break
+    if first is None:
+        return None, 0
+    w = _SPLIT_WORD_RE.search(line)
+    if w is None or w.start() > first.start("k"):
+        return None, 0
+    word = w.group(0).lower()
+    return ("test" if word.startswith("test") else "val"), first.start()
+
+
+def _row_tokens(line: str) -> list[str]:
+    """A table row's cells: the text before a progress bar (": 100%|...") split at blanks."""
+    return (line.split(": ", 1)[0] if ": " in line else line).split()
+
+
+def _row_fits(line: str, n: int) -> bool:
+    toks = _row_tokens(line)
+    return len(toks) == n and all(_CELL_NUM_RE.match(t) for t in toks[1:])
+
+
+def _next_line(text: str, pos: int) -> str | None:
+    """The next non-blank line after ``pos`` (the end of a line), or None at the end of the batch."""
+    while pos < len(text):
+        end = text.find("\n", pos + 1)
+        if end < 0:
+            return None
+        line = text[pos + 1 : end]
+        if line.strip():
+            return line
+        pos = end
+    return None
+
+
+def _cell_key(title: str) -> str:
+    t = title.strip().strip(":").strip()
+    if t.endswith(")") and "(" not in t:  # "mAP50-95):" closes Ultralytics' "Box(P ... mAP50-95)"
+        t = t[:-1]
+    low = t.lower().rstrip(")") if t.lower().startswith(("box(", "mask(")) else t.lower()
+    return _COLUMN_ALIASES.get(low, low).replace(" ", "_")
+
+
+class TextStats:
+    """What a text read saw: records with numbers, points added, rewrites dropped, the largest step,
+    and the records skipped as impossible (with the first reason)."""
+
+    __slots__ = (
+        "records",
+        "points",
+        "rewrites",
+        "last_step",
+        "lines",
+        "traceback",
+        "bytes",
+        "last_explicit",
+        "skipped",
+        "first_reason",
+    )
 
     def __init__(self) -> None:
         self.records = 0
@@ -314,21 +285,35 @@ class TextStats:
         self.traceback = False
         self.bytes = 0
         self.last_explicit = -1  # the last step printed on a line (step/iter/Iteration), -1 before any
+        self.skipped = 0
+        self.first_reason = ""
+
+    def skip(self, n: int, reason: str) -> None:
+        if n > 0:
+            self.skipped += n
+            if not self.first_reason:
+                self.first_reason = reason
 
 
 class _Kinds:
-    """Per-read cache: raw key -> (signal id or -1, is a fraction, is the step axis), and the names."""
+    """Per-read cache: raw key -> (signal id or -1, is a fraction, axis kind), and the names."""
 
     def __init__(self) -> None:
         self.code: dict[str, int] = {}
         self.sig: list[int] = []  # code -> signal id, -1 for axis/bookkeeping keys
         self.frac: list[bool] = []
-        self.step: list[bool] = []
+        self.axis: list[int] = []
+        self.keys: list[str] = []  # code -> the key as printed, lowercased (for printed/<key>)
         self.names: list[str] = []
         self.name_id: dict[str, int] = {}
 
     def add(self, key: str) -> None:
-        name, frac, step = _NO_KIND if key == _NL_KEY else classify(key)
+        if key == _NL_KEY:
+            name, frac, axis = None, False, _NEWLINE
+        elif key == _CTR_KEY:
+            name, frac, axis = None, False, _COUNTER
+        else:
+            name, frac, axis = kind_of(key)
         self.code[key] = len(self.sig)
         nid = -1 if name is None else self.name_id.get(name, -1)
         if name is not None and nid < 0 and len(self.names) < _MAX_SIGNALS:
@@ -336,97 +321,371 @@ class _Kinds:
             self.names.append(name)
         self.sig.append(nid)
         self.frac.append(frac)
-        self.step.append(step)
+        self.axis.append(axis)
+        self.keys.append(key_of(key.strip("'\"")).replace(" ", "_"))
 
 
-def _pairs_to_points(
-    pairs: list[tuple[str, str, str, str, str, str]], kinds: _Kinds, st: TextStats, add: AddPoint
-) -> None:
-    """Turn one chunk's (key, value, decimals, exponent, %, denominator) tuples into points, vectorised.
+@dataclass
+class Points:
+    """One batch of points, in order: signal name, the key as printed, step, value, digits, and
+    whether the step was printed on the record's own line (else carried or counted)."""
 
-    Lines are delimited by the newline marks; a line's step is the step printed on it, else the
-    last printed step, else the record index (lines that carry a signal, counted from the start).
+    names: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    digits: list[int | None] = field(default_factory=list)
+    own_step: list[bool] = field(default_factory=list)
+
+
+class TextParser:
+    """The stateful reader of printed text: feed it complete lines (a chunk of a file, or a batch of
+    a child's output lines) and it adds points. State carried across feeds: the last printed step
+    and epoch, the open table header, the record count, the signal names.
+
+    Args:
+        keep_rewrites: keep every carriage-return rewrite as a line (``run`` sees each rewrite as a
+            line; ``audit`` keeps by default what a terminal shows at the end).
     """
-    # Columns via itemgetter maps: zip(*pairs) over a million tuples costs ten times more.
-    ks, vs, fs, xs, ps, ds = (list(map(g, pairs)) for g in _COLUMNS)
-    n = len(ks)
-    for k in dict.fromkeys(ks):  # first-appearance order, so the signal cap keeps the earliest keys
-        if k not in kinds.code:
-            kinds.add(k)
-    code = np.fromiter(map(kinds.code.__getitem__, ks), np.int64, n)
-    vals = np.fromiter(map(float, vs), np.float64, n)
-    nl_code = kinds.code.get(_NL_KEY, -1)
-    line = np.cumsum(code == nl_code)  # line id within the chunk (0 before the first newline mark)
-    nlines = int(line[-1]) + 1
-    sig = np.asarray(kinds.sig, np.int64)[code]
-    is_sig = sig >= 0
-    finite = np.isfinite(vals)
-    decimals = np.fromiter(map(len, fs), np.int64, n)
-    is_step = np.asarray(kinds.step, bool)[code] & finite & (vals >= 0) & (vals == np.floor(vals))
-    is_step &= decimals == 0
-    # Step per line: printed on it, else carried forward from the last line that printed one.
-    printed = np.full(nlines, -1, np.int64)
-    printed[line[is_step]] = vals[is_step].astype(np.int64)
-    has_sig = np.zeros(nlines, bool)
-    has_sig[line[is_sig]] = True
-    last = np.where(printed >= 0, np.arange(nlines), -1)
+
+    def __init__(self, *, keep_rewrites: bool = False) -> None:
+        self.keep_rewrites = keep_rewrites
+        self.st = TextStats()
+        self.kinds = _Kinds()
+        self.epoch = -1  # the last epoch printed
+        self.epoch_base = -1  # the first epoch printed (0 or 1): counters count from it
+        self.pipe_cols: list[str] = []  # the open Markdown/ASCII table's column keys
+        self.pipe_groups: list[str] = []  # split words of a group-header row above it
+        self.ws_cols: list[str] = []  # the open whitespace table's column keys
+
+    # -- text -> "key=value" text -----------------------------------------------------------------
+    def prepare(self, text: str, probe: bytes) -> str:
+        """Complete lines in, the same lines with every reading rule applied as ``key=value`` text.
+
+        ``probe`` is the raw bytes (or an ASCII encoding of ``text``): "is it there?" tests run on
+        bytes, several times faster than on a str holding non-ASCII text (tqdm's block characters).
+        """
+        st = self.st
+        rewrites = probe.count(b"\r")
+        if rewrites:
+            if probe.count(b"\r\n") == rewrites:  # Windows line ends
+                text = text.replace("\r\n", "\n")
+            else:
+                text = text.replace("\r\n", "\n")
+                st.rewrites += text.count("\r")
+                text = text.replace("\r", "\n") if self.keep_rewrites else _drop_rewrites(text)
+        if b"\x1b" in probe:
+            text = ANSI_RE.sub("", text)
+        if b"(" in probe and (b"tensor(" in probe or b"np." in probe or b"array(" in probe):
+            text = _WRAP_RE.sub("", text)
+        if b"://" in probe:
+            text = _URL_RE.sub(" ", text)  # "discussions?p=0" in a URL is not a metric
+        if b"Error" in probe or b"Exception" in probe or b"Traceback" in probe or b'File "' in probe:
+            text = _ERROR_LINE_RE.sub("", text)
+        if b" avg" in probe and b" rate" in probe:
+            text = _DARKNET_RE.sub(_darknet, text)
+        if b"Epoch" in probe:
+            text = _MMDET_RE.sub(_mmdet_step, text)
+        if b"|" in probe and (self.pipe_cols or b"--" in probe or b"+=" in probe):
+            text = self._pipe_tables(text)
+        if self.ws_cols or _HEADER_RE.search(text):
+            text = self._ws_tables(text)
+        if any(p in probe for p in _SPLIT_PROBES) and _SPLIT_WORD_RE.search(text):
+            text = self._splits(text)
+        if b"| " in probe and b" [" in probe:
+            text = _COUNTER_RE.sub(_CTR_KEY + r"=\1/\2", text)
+        return text
+
+    def _splits(self, text: str) -> str:
+        """Lines that print a split word before their first signal: their keys take that split."""
+        out: list[str] = []
+        pos = 0
+        done = -1
+        for w in _SPLIT_WORD_RE.finditer(text):
+            start = text.rfind("\n", 0, w.start()) + 1
+            if start <= done:
+                continue
+            end = text.find("\n", w.end())
+            end = len(text) if end < 0 else end
+            done = end
+            line = text[start:end]
+            split, _ = _split_of_line(line)
+            if split is None:
+                continue
+            out.append(text[pos:start])
+            out.append(_KV_RE.sub(lambda m, s=split: _prefixed(m, s), line))
+            pos = end
+        if not out:
+            return text
+        out.append(text[pos:])
+        return "".join(out)
+
+    def _pipe_tables(self, text: str) -> str:
+        """Markdown and ASCII tables: a header row of titles (an optional group row of split words
+        above it: "| train | | validate |"), rule rows, then rows of numbers."""
+        out: list[str] = []
+        pos = 0
+        for m in _PIPE_ROW_RE.finditer(text):
+            cells = [c.strip() for c in m.group(0).strip().strip("|").split("|")]
+            new = self._pipe_row(cells)
+            if new is not None:
+                out.append(text[pos : m.start()])
+                out.append(new)
+                pos = m.end()
+        if not out:
+            return text
+        out.append(text[pos:])
+        return "".join(out)
+
+    def _pipe_row(self, cells: list[str]) -> str | None:
+        filled = [c for c in cells if c]
+        if not filled:
+            return None
+        if all(_RULE_CELL_RE.match(c) for c in filled):
+            return ""  # a rule row
+        nums = [bool(_CELL_NUM_RE.match(c)) for c in cells]
+        if not any(nums):
+            if any(re.search(r"[a-zA-Z]\w*[ \t]+[-+]?\d", c) for c in filled):
+                self.pipe_cols = []  # "| epoch 027 | loss 6.3 |" (fairseq): pairs, not a table
+                return None
+            words = [c.lower() for c in cells]
+            if all(not w or w in SPLITS for w in words):
+                self.pipe_groups, self.pipe_cols = words, []
+                return ""
+            self.pipe_cols = [_cell_key(c) for c in cells]
+            if len(self.pipe_groups) == len(cells):
+                split = ""
+                for i, g in enumerate(self.pipe_groups):
+                    split = SPLITS[g] if g else split
+                    if split and self.pipe_cols[i] and self.pipe_cols[i].partition("_")[0] not in SPLITS:
+                        self.pipe_cols[i] = f"{split}_{self.pipe_cols[i]}"
+            self.pipe_groups = []
+            return ""
+        if len(cells) != len(self.pipe_cols):
+            return None
+        pairs = [f"{k}={c}" for k, c, n in zip(self.pipe_cols, cells, nums, strict=True) if k and n]
+        return " ".join(pairs)
+
+    def _ws_tables(self, text: str) -> str:
+        """Whitespace tables whose header row names the columns (Ultralytics' "Epoch GPU_mem
+        box_loss ..." and "Class Images Instances Box(P R mAP50 mAP50-95)"): rows below it with one
+        number per column (a leading label like "all" allowed) become ``key=value`` pairs.
+
+        Work is proportional to the tables: only header candidates and the rows after them are split.
+        """
+        out: list[str] = []
+        pos = 0
+        if self.ws_cols:
+            pos = self._ws_rows(text, 0, out)
+        for m in _HEADER_RE.finditer(text):
+            if m.start() < pos:
+                continue
+            toks = _row_tokens(m.group(0))
+            if len(toks) < 3 or not all(t[:1].isalpha() for t in toks):
+                continue
+            nxt = _next_line(text, m.end())
+            if nxt is not None and not _row_fits(nxt, len(toks)):
+                continue
+            out.append(text[pos : m.start()])  # the header itself is dropped: titles, no numbers
+            self.ws_cols = [_cell_key(t) for t in toks]
+            pos = self._ws_rows(text, m.end(), out)
+        if not out:
+            return text
+        out.append(text[pos:])
+        return "".join(out)
+
+    def _ws_rows(self, text: str, pos: int, out: list[str]) -> int:
+        """Rewrite the rows of the open table from ``pos``; returns where they end (closing the table)."""
+        n = len(self.ws_cols)
+        while True:
+            end = text.find("\n", pos + 1) if pos < len(text) else -1
+            if end < 0:
+                return pos  # the batch ends inside the table: it stays open for the next batch
+            line = text[pos + 1 : end] if text[pos : pos + 1] == "\n" else text[pos:end]
+            if not line.strip():
+                out.append(text[pos:end])
+                pos = end
+                continue
+            toks = _row_tokens(line)
+            if len(toks) != n or not _row_fits(line, n):
+                self.ws_cols = []
+                return pos
+            if not _CELL_NUM_RE.match(toks[0]) and self.ws_cols[0] not in ("class", ""):
+                self.ws_cols = []
+                return pos
+            out.append(
+                "\n"
+                + " ".join(
+                    f"{k}={t}" for k, t in zip(self.ws_cols, toks, strict=True) if _CELL_NUM_RE.match(t)
+                )
+            )
+            pos = end
+
+    # -- "key=value" text -> points ---------------------------------------------------------------
+    def points(self, text: str) -> tuple[np.ndarray, ...] | None:
+        """The points of prepared text as arrays: (signal id, key code, step, value, digits, own step).
+
+        Digits are -1 for nan/inf. Lines are delimited by newline marks; see the module doc for the
+        step rule.
+        """
+        pairs = _KV_RE.findall(text.replace("\n", _NL_MARK))
+        if not pairs:
+            return None
+        st, kinds = self.st, self.kinds
+        ks, vs, fs, xs, ps, ds = (list(map(g, pairs)) for g in _COLUMNS)
+        n = len(ks)
+        for k in dict.fromkeys(ks):  # first-appearance order, so the signal cap keeps the earliest keys
+            if k not in kinds.code:
+                kinds.add(k)
+        code = np.fromiter(map(kinds.code.__getitem__, ks), np.int64, n)
+        vals = np.fromiter(map(_float, vs), np.float64, n)
+        axis = np.asarray(kinds.axis, np.int64)[code]
+        line = np.cumsum(axis == _NEWLINE)  # line id within the batch (0 before the first newline mark)
+        nlines = int(line[-1]) + 1
+        sig = np.asarray(kinds.sig, np.int64)[code]
+        finite = np.isfinite(vals)
+        decimals = np.fromiter(map(len, fs), np.int64, n)
+        # A number that overflowed (400 digits) is not an infinite loss: that record is skipped.
+        bad_line = np.zeros(nlines, bool)
+        overflow = ~finite & ~np.isnan(vals)
+        if overflow.any():
+            overflow &= np.fromiter((v[-1:].isdigit() or v[-1:] == "." for v in vs), bool, n)
+            bad_line[line[overflow]] = True
+            if overflow.any():
+                st.skip(int(np.unique(line[overflow]).size), "a number too large to be a training value")
+        # Step printed on the line; one that cannot be a step (1e30, a fraction) makes the line bad.
+        is_step = axis == STEP
+        ok_step = (
+            is_step & finite & (vals >= 0) & (vals < _MAX_STEP) & (vals == np.floor(vals)) & (decimals == 0)
+        )
+        wild = is_step & ~ok_step & (np.isnan(vals) | (decimals == 0) & (np.abs(vals) >= _MAX_STEP))
+        if wild.any():
+            bad_line[line[wild]] = True
+            st.skip(int(np.unique(line[wild]).size), "a step that cannot be a step (NaN, or >= 2**53)")
+        printed = np.full(nlines, -1, np.int64)
+        printed[line[ok_step]] = vals[ok_step].astype(np.int64)
+        # Epoch printed on the line, carried forward.
+        is_epoch = (axis == EPOCH) & finite & (vals >= 0) & (vals < _MAX_STEP)
+        epoch = np.full(nlines, -1, np.int64)
+        epoch[line[is_epoch]] = np.floor(vals[is_epoch]).astype(np.int64)
+        if self.epoch_base < 0 and is_epoch.any():
+            self.epoch_base = min(int(epoch[line[is_epoch]][0]), 1)
+        epoch_ff = _ffill(epoch, self.epoch)
+        # A progress counter "i/n [" counts steps: across epochs when an epoch is printed.
+        is_ctr = axis == _COUNTER
+        if is_ctr.any():
+            ci = np.flatnonzero(is_ctr)
+            tot = np.fromiter((int(ds[i]) for i in ci), np.int64, len(ci))
+            e = epoch_ff[line[ci]]
+            e_idx = np.where(e >= 0, np.maximum(e - max(self.epoch_base, 0), 0), 0)
+            ctr = vals[ci].astype(np.int64) + e_idx * tot
+            no_step = printed[line[ci]] < 0
+            printed[line[ci][no_step]] = ctr[no_step]
+        own = printed >= 0
+        carried = _ffill(printed, st.last_explicit)
+        is_sig = (sig >= 0) & ~bad_line[line]
+        has_sig = np.zeros(nlines, bool)
+        has_sig[line[is_sig]] = True
+        rec = st.records + np.cumsum(has_sig) - 1
+        step_of_line = np.where(carried >= 0, carried, np.where(epoch_ff >= 0, epoch_ff, rec))
+        if own.any():
+            st.last_explicit = int(printed[own][-1])
+        if (epoch >= 0).any():
+            self.epoch = int(epoch[epoch >= 0][-1])
+        nrec = int(has_sig.sum())
+        if not nrec:
+            return None
+        st.records += nrec
+        st.last_step = max(st.last_step, int(step_of_line[has_sig].max()))
+        idx = np.flatnonzero(is_sig)
+        st.points += len(idx)
+        steps = step_of_line[line[idx]]
+        v = vals[idx]
+        # Digits shown: decimals minus exponent ("5e-05" shows 5); nan/inf show none.
+        dig = decimals[idx]
+        if xs.count("") != n:
+            exp_of = {x: _int(x) for x in set(xs)}  # few distinct exponents: map, not a loop
+            exps = np.fromiter(map(exp_of.__getitem__, xs), np.int64, n)
+            dig = np.clip(dig - exps[idx], 0, 400)
+        pct = np.fromiter(map("%".__eq__, ps), bool, n)[idx] if "%" in ps else np.zeros(len(idx), bool)
+        frac_sig = np.asarray(kinds.frac, bool)[code[idx]]
+        # Accuracy-like values printed 0..100 without "%" are percentages too (MMDetection "acc: 90.0").
+        pct |= frac_sig & (v > 1.0) & (v <= 100.0)
+        if pct.any():
+            dig[pct] += 2
+            for d in np.unique(dig[pct]):
+                m = pct & (dig == d)
+                v[m] = np.round(v[m] / 100.0, int(d))  # 89.93% is 0.8993, not 0.8993000000000001
+        if ds.count("") != n:
+            # A ratio "9832/10000" is the fraction 0.9832, shown to about 1/10000.
+            den_of = {x: _int(x) for x in set(ds)}
+            den = np.fromiter(map(den_of.__getitem__, ds), np.int64, n)[idx]
+            r = den > 0
+            v[r] = v[r] / den[r]
+            dig[r] = np.maximum(np.fromiter(map(len, ds), np.int64, n)[idx][r] - 1, 0)
+        dig = np.where(np.isfinite(v), dig, -1)
+        return sig[idx], code[idx], steps, v, dig, own[line[idx]]
+
+    def feed(self, text: str, probe: bytes, add: AddPoint) -> None:
+        """Read complete lines of text into ``add`` (the audit path: one sink call per point)."""
+        arrays = self.points(self.prepare(text, probe))
+        if arrays is None:
+            return
+        sig, _code, steps, v, dig, _own = arrays
+        names = self.kinds.names
+        for nid in np.unique(sig):
+            sel = np.flatnonzero(sig == nid)
+            name = names[nid]
+            dd = dig[sel]
+            d = int(dd[dd >= 0].min()) if (dd >= 0).any() else None
+            ss, vv = steps[sel].tolist(), v[sel].tolist()
+            add(name, ss[0], vv[0], d)  # History keeps the fewest digits: once per batch is enough
+            for a, b in zip(ss[1:], vv[1:], strict=True):
+                add(name, a, b, None)
+
+    def lines(self, lines: list[str]) -> Points:
+        """Read a batch of output lines (the ``run`` path): every point in order, with its key."""
+        out = Points()
+        text = "\n".join(lines) + "\n"
+        arrays = self.points(self.prepare(text, text.encode("utf-8", "replace")))
+        if arrays is None:
+            return out
+        sig, code, steps, v, dig, own = arrays
+        names, keys = self.kinds.names, self.kinds.keys
+        out.names = [names[i] for i in sig.tolist()]
+        out.keys = [keys[c] for c in code.tolist()]
+        out.steps = steps.tolist()
+        out.values = v.tolist()
+        out.digits = [None if d < 0 else d for d in dig.tolist()]
+        out.own_step = own.tolist()
+        return out
+
+
+def _float(s: str) -> float:
+    try:
+        return float(s)
+    except ValueError:
+        return float(s.rstrip("x"))  # "nanxxx": nan padded by a format's fill character
+
+
+def _int(s: str) -> int:
+    if not s:
+        return 0
+    try:
+        return max(min(int(s), 10**6), -(10**6))
+    except ValueError:
+        return 0
+
+
+def _ffill(a: np.ndarray, start: int) -> np.ndarray:
+    """Each entry of ``a`` (-1 = none) replaced by the last entry >= 0 at or before it, else ``start``."""
+    last = np.where(a >= 0, np.arange(len(a)), -1)
     np.maximum.accumulate(last, out=last)
-    carried = np.where(last >= 0, printed[np.maximum(last, 0)], st.last_explicit)
-    rec = st.records + np.cumsum(has_sig) - 1
-    step_of_line = np.where(carried >= 0, carried, rec)
-    if (printed >= 0).any():
-        st.last_explicit = int(printed[printed >= 0][-1])
-    nrec = int(has_sig.sum())
-    if not nrec:
-        return
-    st.records += nrec
-    st.last_step = max(st.last_step, int(step_of_line[has_sig].max()))
-    idx = np.flatnonzero(is_sig)
-    st.points += len(idx)
-    steps = step_of_line[line[idx]]
-    v = vals[idx]
-    # Digits shown: decimals minus exponent ("5e-05" shows 5); nan/inf show none.
-    dig = decimals[idx]
-    if xs.count("") != n:
-        exp_of = {x: int(x) if x else 0 for x in set(xs)}  # few distinct exponents: map, not a loop
-        exps = np.fromiter(map(exp_of.__getitem__, xs), np.int64, n)
-        dig = np.maximum(dig - exps[idx], 0)
-    pct = np.fromiter(map("%".__eq__, ps), bool, n)[idx] if "%" in ps else np.zeros(len(idx), bool)
-    s_ = sig[idx]
-    frac_sig = np.asarray(kinds.frac, bool)[code[idx]]
-    # Accuracy-like values printed 0..100 without "%" are percentages too (MMDetection "acc: 90.0").
-    pct |= frac_sig & (v > 1.0) & (v <= 100.0)
-    if pct.any():
-        dig[pct] += 2
-        for d in np.unique(dig[pct]):
-            m = pct & (dig == d)
-            v[m] = np.round(v[m] / 100.0, int(d))  # 89.93% is 0.8993, not 0.8993000000000001
-    if ds.count("") != n:
-        # A ratio "9832/10000" is the fraction 0.9832, shown to about 1/10000.
-        den_of = {x: int(x) if x else 0 for x in set(ds)}
-        den = np.fromiter(map(den_of.__getitem__, ds), np.int64, n)[idx]
-        r = den > 0
-        v[r] = v[r] / den[r]
-        dig[r] = np.maximum(np.fromiter(map(len, ds), np.int64, n)[idx][r] - 1, 0)
-    ok = np.isfinite(v)
-    for nid in np.unique(s_):
-        sel = np.flatnonzero(s_ == nid)
-        name = kinds.names[nid]
-        good = ok[sel]
-        d = int(dig[sel][good].min()) if good.any() else None
-        ss, vv = steps[sel].tolist(), v[sel].tolist()
-        add(name, ss[0], vv[0], d)  # History keeps the fewest digits: once per chunk is enough
-        for a, b in zip(ss[1:], vv[1:], strict=True):
-            add(name, a, b, None)
+    return np.where(last >= 0, a[np.maximum(last, 0)], start)
 
 
 def read_text(path: str, add: AddPoint, *, keep_rewrites: bool = False) -> TextStats:
-    """Stream a console log into ``add(name, step, value, digits)``.
-
-    Each line that prints at least one known number is a record. Its step is the ``step``/``iter``/
-    ``Iteration`` number printed on it (MMDetection's ``Epoch [e][i/n]`` counts as ``(e-1)*n+i``),
-    else the last such step, else the record index. Carriage-return rewrites (tqdm) keep only what
-    a terminal shows at the end of each line plus each completed bar, unless ``keep_rewrites``.
+    """Stream a console log into ``add(name, step, value, digits)``, in chunks of whole lines.
 
     Args:
         path: the log file.
@@ -436,39 +695,14 @@ def read_text(path: str, add: AddPoint, *, keep_rewrites: bool = False) -> TextS
     Returns:
         Counters of what was read.
     """
-    st = TextStats()
-    kinds = _Kinds()
-    findall = _KV_RE.findall
+    parser = TextParser(keep_rewrites=keep_rewrites)
+    st = parser.st
 
     def process(raw: bytes) -> None:
-        # Every "is it there?" test runs on the bytes: a search in bytes is several times faster
-        # than in a str holding non-ASCII text (tqdm's block characters make it 2 bytes a char).
         if not st.points and not st.traceback and _TRACEBACK_B in raw:
             st.traceback = True  # only matters for the "no records" reason
-        rewrites = raw.count(b"\r")
-        if rewrites:
-            i = raw.find(b"\r")
-            if raw[i + 1 : i + 2] == b"\n" and raw.count(b"\r\n") == rewrites:  # Windows line ends
-                raw = raw.replace(b"\r\n", b"\n")
-                rewrites = 0
         st.lines += raw.count(b"\n")
-        text = raw.decode("utf-8", errors="replace")
-        if b"\x1b" in raw:
-            text = _ANSI_RE.sub("", text)
-        if b"(" in raw and (b"tensor(" in raw or b"np." in raw or b"array(" in raw):
-            text = _WRAP_RE.sub("", text)
-        if rewrites:
-            st.rewrites += rewrites
-            text = text.replace("\r", "\n") if keep_rewrites else _drop_rewrites(text)
-        if b"Epoch" in raw:
-            text = _MMDET_RE.sub(_mmdet_step, text)
-        text = "\n" + text  # so the chunk's first line can be a split line too
-        if _SPLIT_LINE_RE.search(text):  # cheap: the pattern starts with a newline
-            text = _SPLIT_LINE_RE.sub(_split_line, text)
-        text = text[1:]
-        pairs = findall(text.replace("\n", _NL_MARK))
-        if pairs:
-            _pairs_to_points(pairs, kinds, st, add)
+        parser.feed(raw.decode("utf-8", errors="replace"), raw, add)
 
     with open(path, "rb") as f:
         carry = b""
