@@ -14,7 +14,9 @@ examples:
   muvo-doctor run --report report.json --fail-on dead -- torchrun --nproc_per_node 2 train.py
   muvo-doctor run --notify https://hooks.slack.com/services/... --stop-on dead -- python train.py
 Python programs are instrumented without code changes once they import torch; any other
-command is judged by the numbers it prints (loss=0.6931, acc 89.9%%, ...).
+command is judged by the numbers it prints (loss=0.6931, acc 89.9%, ...). The verdict is
+healthy only with evidence of learning; without it (no steps, a crash before training) it is
+inconclusive.
 """
 
 
@@ -32,17 +34,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--snapshot", metavar="PATH", type=Path, help="save the final dashboard as PATH.svg or PATH.html"
     )
-    parser.add_argument("--notify", metavar="URL", help="POST the first critical finding as JSON to URL")
+    parser.add_argument(
+        "--notify",
+        metavar="URL",
+        help="POST JSON to URL when the run is confirmed dead (and if it recovers); see --stop-on for the window",
+    )
     parser.add_argument(
         "--notify-cmd",
         metavar="CMD",
-        help="run CMD (a shell command) on the first critical finding; "
+        help="run CMD (a shell command) when the run is confirmed dead (and if it recovers); "
         "env MUVO_DOCTOR_MESSAGE, MUVO_DOCTOR_CHECK, MUVO_DOCTOR_VERDICT",
     )
     parser.add_argument(
         "--stop-on",
         choices=["dead"],
-        help="stop a dead run early: SIGINT (the program may save a checkpoint), then SIGTERM",
+        help="stop a dead run early, once dead for max(600 steps, half the step it turned dead at) "
+        "(confirm_dead_steps, confirm_dead_fraction in --config): SIGINT (the program may save a "
+        "checkpoint), then SIGTERM",
     )
     parser.add_argument(
         "--fail-on",
