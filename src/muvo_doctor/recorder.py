@@ -187,6 +187,7 @@ class _OptState:
         self.n_opts = 0  # optimizers known when the inventory was built
         self.update_names: tuple[str, ...] = ()
         self.outside: list[torch.Tensor] = []  # model parameters in no optimizer (any requires_grad)
+        self.closure = False  # the step in progress was called with a closure (gradients come inside it)
 
     def current_signature(self) -> tuple[int, ...]:
         return tuple(len(g["params"]) for g in self.opt.param_groups)
@@ -714,6 +715,10 @@ class Recorder:
         st = self._attach(opt)
         if self._discovery_due:
             self._start_loss_discovery()
+        # optimizer.step(closure) (Lightning, LBFGS): the closure runs the forward, the loss and backward
+        # inside the step, after this hook; gradients, parameter states and the loss belong after it.
+        # (args[0] is the optimizer itself: torch's hook wrapper passes the step's full argument list.)
+        st.closure = callable(kwargs.get("closure", args[1] if len(args) > 1 else None))
         if st is self._primary:
             if self.is_global:
                 self._close_global_step()
@@ -734,17 +739,23 @@ class Recorder:
         if not st.params:
             return
         step = self.step if self.is_global else None
-        self._grad_stats(st, step)
-        self._param_states(st, step)
+        if not st.closure:  # with a closure: measured in the post-hook, once the closure made them
+            self._grad_stats(st, step)
+            self._param_states(st, step)
         # Pre-step copy for the update ratio: one grouped copy kernel over all tensors.
         st.before = torch._foreach_mul(self._heads(st), 1.0)
 
     def _on_post_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         st = self._attach(opt)
         step = self.step if self.is_global else None
+        if st.closure and self.is_global and st is self._primary:
+            self._close_loss_calls(st.count)  # the closure's loss calls are this step's, not the next one's
         if st.sampled and st.before is not None:
             t0 = time.perf_counter()
             with torch.no_grad():
+                if st.closure:
+                    self._grad_stats(st, step)
+                    self._param_states(st, step)
                 self._update_stats(st, step)
                 self._arm_probe(st)
             st.before = None

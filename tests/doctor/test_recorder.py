@@ -444,6 +444,42 @@ def test_global_mode_observe_loss_call_and_backward() -> None:
     assert "group0.param0" not in str(list(s))  # named through the module that ran
 
 
+@pytest.mark.parametrize("positional", [False, True])
+def test_global_mode_optimizer_step_with_a_closure(positional: bool) -> None:
+    # Lightning (and LBFGS) call optimizer.step(closure): forward, loss and backward run inside the
+    # step, after the pre-step hook. The gradients, which parameters got one, and the loss belong to
+    # that step: measured after the closure, not "no gradient" at step 0 and a loss filed one step late.
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    got: list[Observation] = []
+    losses: list[float] = []
+    norms: list[float] = []
+    rec = Recorder.install_global(sink=got.extend, sample_every=1)
+    try:
+        for step in range(3):
+            x, y = batch(step)
+
+            def closure() -> torch.Tensor:
+                opt.zero_grad(set_to_none=True)
+                loss = F.binary_cross_entropy_with_logits(model(x).squeeze(1), y)
+                rec.observe_loss_call("bce_with_logits", model(x).squeeze(1), y, loss)
+                loss.backward()
+                losses.append(loss.item())
+                norms.append(
+                    torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])).item()
+                )
+                return loss
+
+            opt.step(closure) if positional else opt.step(closure=closure)
+    finally:
+        rec.close()
+    s = series(got)
+    assert s["param/no_grad"] == {0: 0.0, 1: 0.0, 2: 0.0}
+    assert s["train/loss"] == pytest.approx(dict(enumerate(losses)))
+    assert s["grad/norm/total"] == pytest.approx(dict(enumerate(norms)), rel=1e-5)
+    assert s["param/frozen"] == {0: 0.0, 1: 0.0, 2: 0.0}
+
+
 def test_global_names_fall_back_to_group_and_index() -> None:
     w = nn.Parameter(torch.randn(3))
     opt = torch.optim.SGD([w], lr=0.1)
