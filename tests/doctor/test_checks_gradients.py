@@ -38,19 +38,19 @@ def test_vanishing_ratio_threshold(ratio: float, found: bool) -> None:
     loud = 0.05  # quiet module: 0.05 * ratio, well under vg_abs
     out = run(
         vanishing_gradients,
-        {"grad/norm/enc.0": loud * ratio, "grad/norm/enc.1": loud * ratio, "grad/norm/head.0": loud},
+        {"grad/norm/enc.0": loud * ratio, "grad/norm/enc.1": loud * ratio, "grad/norm/enc.2": loud},
         train__loss=STUCK,
     )
     assert bool(out) is found
     if found:
         f = out[0]
         assert f.severity == "critical"  # the loss is stuck too
-        assert f"{loud * ratio:.4g}" in f.message and "head.0" in f.message
+        assert f"{loud * ratio:.4g}" in f.message and "enc.2" in f.message and "kind enc.*" in f.message
 
 
 def test_vanishing_absolute_floor_keeps_large_quiet_layers_quiet() -> None:
     # ratio 1e-4, but the quiet module's norm (1e-3) is above vg_abs: not vanishing.
-    out = run(vanishing_gradients, train__loss=STUCK, grad__norm__a=1e-3, grad__norm__b=10.0)
+    out = run(vanishing_gradients, {"grad/norm/a.0": 1e-3, "grad/norm/a.1": 10.0}, train__loss=STUCK)
     assert out == []
 
 
@@ -63,11 +63,56 @@ def test_one_quiet_layer_in_a_learning_run_is_info_not_dead() -> None:
     assert [f.severity for f in out] == ["info"]
 
 
-def test_most_layers_quiet_in_a_learning_run_warns() -> None:
-    out = run(
-        vanishing_gradients, train__loss=LEARNING, grad__norm__a=1e-7, grad__norm__b=1e-7, grad__norm__c=0.2
-    )
+QUIET_STACK = {"grad/norm/fc1": 1e-7, "grad/norm/fc2": 1e-7, "grad/norm/fc3": 0.2}
+
+
+def test_most_layers_quiet_in_a_learning_run_is_info() -> None:
+    # Outcome before mechanism: quiet early layers of a run whose loss falls are not an alarm.
+    out = run(vanishing_gradients, QUIET_STACK, train__loss=LEARNING)
+    assert [f.severity for f in out] == ["info"]
+    assert "2 of 3 modules" in out[0].message and "while the loss falls" in out[0].message
+
+
+def test_most_layers_quiet_warns_when_learning_stalls() -> None:
+    # 60 loss points: progress() says it stalls; the long window (lnd_min_points) is not reached, so
+    # the outcome has not failed yet: a warning, not critical.
+    h = History()
+    for i in range(60):
+        h.add_point("train/loss", i, float(STUCK[i]))
+        for name, v in QUIET_STACK.items():
+            h.add_point(name, i, v)
+    out = vanishing_gradients.check(h, CFG)
     assert [f.severity for f in out] == ["warning"]
+    assert "the loss is not improving" in out[0].message
+
+
+def test_most_layers_quiet_warns_when_the_output_ignores_the_input() -> None:
+    # The loss falls (another head learns) but this output is the same for every input.
+    out = run(vanishing_gradients, QUIET_STACK, train__loss=LEARNING, output__std=1e-8, output__mean=0.3)
+    assert [f.severity for f in out] == ["warning"]
+    assert "output is the same for every input" in out[0].message
+
+
+def test_modules_of_different_kinds_are_not_compared() -> None:
+    # A healthy tiny BERT: attention query/key gradients ~1e-5 of the classifier's, alike in every
+    # layer. Normal for their kind: nothing is quiet, even while the loss is flat.
+    bert = {
+        "grad/norm/bert.encoder.layer.0.attention.self.query": 8e-6,
+        "grad/norm/bert.encoder.layer.1.attention.self.query": 5e-6,
+        "grad/norm/bert.encoder.layer.0.attention.self.key": 7e-6,
+        "grad/norm/bert.encoder.layer.1.attention.self.key": 6e-6,
+        "grad/norm/bert.encoder.layer.0.output.dense": 0.05,
+        "grad/norm/bert.encoder.layer.1.output.dense": 0.08,
+        "grad/norm/classifier": 0.23,
+    }
+    assert run(vanishing_gradients, bert, train__loss=LEARNING) == []
+    assert run(vanishing_gradients, bert, train__loss=STUCK) == []
+    # The same query norm in one layer only (the other layer's is 1000x larger) is quiet for its kind.
+    stack = bert | {"grad/norm/bert.encoder.layer.1.attention.self.query": 8e-6 / (T.vg_ratio * 0.9)}
+    out = run(vanishing_gradients, stack, train__loss=STUCK)
+    assert out and "layer.0.attention.self.query" in out[0].message
+    near = bert | {"grad/norm/bert.encoder.layer.1.attention.self.query": 8e-6 / (T.vg_ratio * 1.1)}
+    assert run(vanishing_gradients, near, train__loss=STUCK) == []
 
 
 def test_total_norm_vanished() -> None:
@@ -76,7 +121,7 @@ def test_total_norm_vanished() -> None:
 
 
 def test_update_ratio_fallback() -> None:
-    out = run(vanishing_gradients, train__loss=STUCK, update__ratio__a=1e-9, update__ratio__b=1e-3)
+    out = run(vanishing_gradients, {"update/ratio/a.0": 1e-9, "update/ratio/a.1": 1e-3}, train__loss=STUCK)
     assert out and "update/ratio" in out[0].message
 
 
@@ -118,6 +163,112 @@ def test_zero_learning_rate() -> None:
     assert run(frozen_parameters, train__loss=STUCK, optim__lr=0.0)[0].severity == "critical"
     # warm-up from 0 is normal
     assert run(frozen_parameters, train__loss=LEARNING, optim__lr=np.linspace(0, 1e-3, N)) == []
+
+
+def sampled(loss: np.ndarray, every: int = 10, upto: int | None = None, **signals) -> list[Finding]:
+    """A run whose loss is recorded every step and the parameter signals every ``every`` steps (as the
+    recorder samples them); ``signals`` map a name to a function of the step. Judged up to ``upto``."""
+    h = History()
+    for i in range(len(loss) if upto is None else upto + 1):
+        h.add_point("train/loss", i, float(loss[i]))
+        if i % every == 0:
+            for name, f in signals.items():
+                h.add_point(name.replace("__", "/"), i, float(f(i)))
+    return frozen_parameters.check(h, CFG)
+
+
+# What the recorder measured at step 0 of healthy framework runs: Lightning computes the gradients
+# inside optimizer.step(closure) (none exist before it); Hugging Face warms the learning rate up from 0.
+LIGHTNING_START = {
+    "param__no_grad": lambda i: 1.0 if i == 0 else 0.0,
+    "param__frozen": lambda i: 0.0,
+    "optim__lr": lambda i: 0.01,
+}
+HF_WARMUP = {
+    "optim__lr": lambda i: 2e-3 * min(1.0, i / 10),
+    "param__zero_lr": lambda i: 1.0 if i == 0 else 0.0,
+    "param__frozen": lambda i: 1.0 if i == 0 else 0.0,
+    "param__no_grad": lambda i: 0.0,
+}
+
+
+@pytest.mark.parametrize("start", [LIGHTNING_START, HF_WARMUP], ids=["lightning-closure", "hf-warmup"])
+@pytest.mark.parametrize("upto", [10, 20, 50, 119])
+def test_first_steps_without_gradients_or_lr_are_not_frozen_parameters(start: dict, upto: int) -> None:
+    assert sampled(LEARNING, upto=upto, **start) == []
+    assert sampled(STUCK, upto=upto, **start) == []
+
+
+def test_lr_zero_for_the_whole_run_is_the_critical_cause() -> None:
+    zero = {"optim__lr": lambda i: 0.0, "param__zero_lr": lambda i: 1.0, "param__frozen": lambda i: 1.0}
+    zero |= {"param__no_grad": lambda i: 0.0}
+    out = sampled(STUCK, **zero)
+    assert [f.severity for f in out] == ["critical"]
+    msg = out[0].message
+    assert msg.startswith("The learning rate is 0 at all 12 recorded steps (steps 0-110, optim/lr)")
+    assert "100% of trainable parameter elements did not change" in msg and "not improving" in msg
+    assert "gradient" not in msg and "pos_weight" not in msg  # only what is true of this run
+    assert out[0].evidence["lr"] == 0.0
+    # A held-out AUROC of the untrained model (unchanged at 0.69) does not veto: nothing can move.
+    h = History()
+    for i in range(N):
+        h.add_point("train/loss", i, float(STUCK[i]))
+        if i % 10 == 0:
+            for name, f in zero.items():
+                h.add_point(name.replace("__", "/"), i, f(i))
+        if i % 20 == 19:
+            h.add_point("val/auroc", i, 0.69)
+    assert [f.severity for f in frozen_parameters.check(h, CFG)] == ["critical"]
+    # lr 0 with a loss that still falls (something else moves it): a warning, never dead.
+    assert [f.severity for f in sampled(LEARNING, **zero)] == ["warning"]
+
+
+@pytest.mark.parametrize(
+    ("observed", "found"), [(T.frozen_min_observed, True), (T.frozen_min_observed - 1, False)]
+)
+def test_lr_zero_needs_frozen_min_observed_steps(observed: int, found: bool) -> None:
+    out = sampled(STUCK, every=100 // observed + 1, upto=99, optim__lr=lambda i: 0.0)
+    assert bool(out) is found
+
+
+def test_lr_decaying_to_zero_at_the_end_is_not_frozen() -> None:
+    assert (
+        sampled(
+            LEARNING,
+            optim__lr=lambda i: 1e-3 * max(0, 100 - i) / 100,
+            param__frozen=lambda i: float(i >= 100),
+        )
+        == []
+    )
+
+
+def test_no_gradient_at_any_step_is_a_detached_loss() -> None:
+    out = sampled(STUCK, optim__lr=lambda i: 1e-3, param__no_grad=lambda i: 1.0, param__frozen=lambda i: 1.0)
+    assert [f.severity for f in out] == ["critical"]
+    msg = out[0].message
+    assert "No trainable parameter received a gradient at any of the 12 recorded steps" in msg
+    assert "the learning rate is 0.001" in msg and "detached" in msg
+    assert "learning rate is 0 " not in msg
+
+
+def test_parameters_never_changing_with_gradients_and_lr() -> None:
+    out = sampled(STUCK, optim__lr=lambda i: 1e-3, param__no_grad=lambda i: 0.0, param__frozen=lambda i: 1.0)
+    assert [f.severity for f in out] == ["critical"]
+    assert out[0].message.startswith("100% of trainable parameter elements did not change (param/frozen)")
+    assert "where gradients exist and the learning rate is above 0" in out[0].message
+
+
+def test_part_of_the_model_not_in_the_optimizer_is_found_after_the_first_steps() -> None:
+    out = sampled(
+        LEARNING,
+        upto=20,
+        optim__lr=lambda i: 1e-3 * min(1.0, i / 10),
+        param__zero_lr=lambda i: float(i == 0),
+        param__not_in_optimizer=lambda i: 0.72,
+    )
+    assert [f.severity for f in out] == ["warning"]
+    assert "72% of trainable parameter elements are in no optimizer parameter group" in out[0].message
+    assert out[0].step == 10  # the first step where the learning rate was above 0
 
 
 def test_losses_repeating_every_epoch_mean_frozen_weights() -> None:

@@ -150,12 +150,12 @@ def _whole_run(
         evidence["frozen_fraction"] = float(np.median(moved))
     if lr_zero.all():
         lrs = lr[np.isfinite(lr)]
+        span = f"steps {int(steps[0])}-{int(steps[-1])}"
         what = (
-            f"The learning rate is 0 at all {n} recorded steps ({int(steps[0])}-{int(steps[-1])}"
-            + (", optim/lr" if len(lrs) else ", param/zero_lr")
-            + "), so no parameter can change"
-            + still
-        )
+            f"The learning rate is 0 at all {n} recorded steps ({span}, optim/lr)"
+            if len(lrs)
+            else f"Every trainable parameter has learning rate 0 at all {n} recorded steps ({span}, param/zero_lr = 100%)"
+        ) + f", so no parameter can change{still}"
         evidence.update({"lr": 0.0, "signal": "optim/lr" if len(lrs) else "param/zero_lr", "fraction": 1.0})
         advice = ADVICE_LR
     elif (grads_none | lr_zero).all():
