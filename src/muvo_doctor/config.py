@@ -77,8 +77,9 @@ class Thresholds(BaseModel):
     frozen_all_fraction: float = 0.99  # share treated as "everything is frozen"
     frozen_repeat_fraction: float = 0.8  # logs: share of losses equal to the one an epoch earlier
     frozen_repeat_min_distinct: int = 10  # ... among at least this many distinct values (not quantisation)
-    frozen_min_observed: int = 2  # zero lr / no gradient at every recorded step: over at least this many
-    # sampled steps spanning min_points steps (run's adaptive sampling records ~4 steps in a fast 200-step run)
+    frozen_min_observed: int = 2  # sampled steps needed before frozen_parameters judges (run's adaptive
+    # sampling records only 2-5 steps of a fast 200-step run); the first steps (Lightning's closure, lr warm-up
+    # from 0) are excluded by the check itself, and critical needs the loss flat over lnd_min_points
     # -- stale_gradients
     stale_fraction: float = 0.5  # grad/stale mean over the window above this: zero_grad is missing
     stale_growth_ratio: float = 5.0  # grad norm grew this much ...
@@ -92,7 +93,7 @@ class Thresholds(BaseModel):
     wli_logprob_tol: float = 1e-6  # NLL input max above this: not log-probabilities
     # -- display_precision
     dp_min_points: int = 5  # printed/real pairs (or log records) needed before judging
-    dp_mismatch_fraction: float = 0.8  # share of printed values off by more than one unit of the last digit
+    dp_mismatch_fraction: float = 0.8  # share of prints showing zero at their resolution while the real value is not
     dp_max_distinct: int = 3  # logs: at most this many distinct printed values over many records ...
     dp_min_records: int = 50  # ... of at least this many records
     # -- label_imbalance
