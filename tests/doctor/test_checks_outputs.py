@@ -81,6 +81,23 @@ def test_logits_into_nll(mx: float, found: bool) -> None:
     assert bool(out) is found
 
 
+def test_wrong_loss_input_holds_only_while_the_recent_points_show_it() -> None:
+    # Probabilities for 60 points, then the sigmoid is removed: logits leave [0, 1].
+    lo = np.r_[np.full(60, 0.02), np.full(40, -2.5)]
+    hi = np.r_[np.full(60, 0.97), np.full(40, 3.1)]
+    series = {"loss_input/logits/min": lo, "loss_input/logits/max": hi, "train/loss": LEARNING}
+    assert run(wrong_loss_input, series) == []
+    assert run(wrong_loss_input, {k: v[:60] for k, v in series.items()}, n=60)  # while it held, it was found
+    # The other way round: logits at first, probabilities for the last window (from step 40).
+    series = {"loss_input/logits/min": lo[::-1], "loss_input/logits/max": hi[::-1], "train/loss": LEARNING}
+    out = run(wrong_loss_input, series)
+    assert out and out[0].step == 40 and f"last {T.window} recorded steps" in out[0].message
+    # NLL fed logits for the first 20 points, log-probabilities after.
+    mx = np.r_[np.full(20, 2.0), np.full(80, -0.05)]
+    assert run(wrong_loss_input, {"loss_input/logprobs/max": mx, "train/loss": LEARNING}) == []
+    assert run(wrong_loss_input, {"loss_input/logprobs/max": mx[:30], "train/loss": LEARNING[:30]}, n=30)
+
+
 # ---------------------------------------------------------------- label_imbalance
 @pytest.mark.parametrize(
     ("p", "severity"),

@@ -3,10 +3,11 @@
 What it does:
     Reads the range of the input of with-logits losses (``loss_input/logits/min`` and ``/max``;
     BCEWithLogitsLoss, binary_cross_entropy_with_logits, CrossEntropyLoss): when every one of the
-    last ``wli_min_points`` or more points lies inside [0, 1], the loss is being fed probabilities
-    (a sigmoid or softmax applied twice). Reads ``loss_input/logprobs/max`` (the input of NLLLoss):
-    above ``wli_logprob_tol`` it cannot be log-probabilities, so raw logits are fed to NLL. A warning;
-    critical when the loss is not improving.
+    last ``window`` points (at least ``wli_min_points``) lies inside [0, 1], the loss is being fed
+    probabilities (a sigmoid or softmax applied twice). Reads ``loss_input/logprobs/max`` (the input
+    of NLLLoss): above ``wli_logprob_tol`` at any of the last ``window`` points, it cannot be
+    log-probabilities, so raw logits are fed to NLL. Only the recent window counts: once the input is
+    right again the finding no longer holds. A warning; critical when the loss is not improving.
 
 Why it matters:
     Probabilities in [0, 1] passed as logits squash every prediction to sigmoid(0..1) = 0.5..0.73:
@@ -35,50 +36,61 @@ ADVICE = (
 )
 
 
+def _trailing_start(steps: np.ndarray, ok: np.ndarray) -> int:
+    """The step where the final run of ``ok`` points begins."""
+    not_ok = np.flatnonzero(~ok)
+    return int(steps[not_ok[-1] + 1]) if len(not_ok) else int(steps[0])
+
+
 def check(history: History, config: DoctorConfig) -> list[Finding]:
     t = config.thresholds
+    # Judged over the recent window only: a finding holds while the current points show it, and a
+    # fixed loss (or logits that left [0, 1]) ends it.
+    window = max(t.window, t.wli_min_points)
     lo, hi = series(history, "loss_input/logits/min"), series(history, "loss_input/logits/max")
     if lo is not None and hi is not None:
         n = min(len(lo), len(hi))
-        if n >= t.wli_min_points:
-            a, b = lo.values[-n:], hi.values[-n:]
-            inside = np.isfinite(a) & np.isfinite(b) & (a >= 0) & (b <= 1)
-            if inside.all():
-                failing = outcome_failure(history, t)
-                msg = (
-                    f"The input of the with-logits loss stayed inside [0, 1] at all {n} recorded steps "
-                    f"(min {fmt(float(a.min()))}, max {fmt(float(b.max()))}): it receives probabilities, "
-                    f"not logits" + (f", {failing}." if failing else ".")
+        a_all, b_all = lo.values[-n:], hi.values[-n:]
+        ok = np.isfinite(a_all) & np.isfinite(b_all) & (a_all >= 0) & (b_all <= 1)
+        k = min(n, window)
+        if k >= t.wli_min_points and ok[-k:].all():
+            a, b = a_all[-k:], b_all[-k:]
+            failing = outcome_failure(history, t)
+            msg = (
+                f"The input of the with-logits loss stayed inside [0, 1] at all of the last {k} recorded steps "
+                f"(min {fmt(float(a.min()))}, max {fmt(float(b.max()))}): it receives probabilities, "
+                f"not logits" + (f", {failing}." if failing else ".")
+            )
+            return [
+                make(
+                    ID,
+                    "critical" if failing else "warning",
+                    _trailing_start(lo.steps[-n:], ok),
+                    msg,
+                    {"logits_min": float(a.min()), "logits_max": float(b.max()), "points": k},
+                    ADVICE,
                 )
-                return [
-                    make(
-                        ID,
-                        "critical" if failing else "warning",
-                        int(lo.steps[-n]),
-                        msg,
-                        {"logits_min": float(a.min()), "logits_max": float(b.max()), "points": n},
-                        ADVICE,
-                    )
-                ]
+            ]
     lp = series(history, "loss_input/logprobs/max")
     if lp is not None:
-        bad = np.isfinite(lp.values) & (lp.values > t.wli_logprob_tol)
+        v, st = lp.values[-window:], lp.steps[-window:]
+        bad = np.isfinite(v) & (v > t.wli_logprob_tol)
         if bad.any():
             failing = outcome_failure(history, t)
             i = int(np.argmax(bad))
-            peak = float(lp.values[bad].max())
+            peak = float(v[bad].max())
             msg = (
-                f"The input of NLLLoss reached {fmt(peak)} > 0 at {int(bad.sum())} of {len(lp)} steps (first at "
-                f"step {int(lp.steps[i])}): log-probabilities are never positive, so it receives logits"
+                f"The input of NLLLoss reached {fmt(peak)} > 0 at {int(bad.sum())} of the last {len(v)} recorded "
+                f"steps (first at step {int(st[i])}): log-probabilities are never positive, so it receives logits"
                 + (f", {failing}." if failing else ".")
             )
             return [
                 make(
                     ID,
                     "critical" if failing else "warning",
-                    int(lp.steps[i]),
+                    int(st[i]),
                     msg,
-                    {"logprobs_max": peak, "bad_points": int(bad.sum()), "points": len(lp)},
+                    {"logprobs_max": peak, "bad_points": int(bad.sum()), "points": len(v)},
                     ADVICE,
                 )
             ]
