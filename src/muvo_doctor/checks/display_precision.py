@@ -1,16 +1,22 @@
 """Printed or logged values hide the real ones.
 
 What it does:
-    In-process (``printed/<key>`` from the ``run`` wrapper's output parser): compares every printed
-    number with the real series it names (``printed/loss`` with ``train/loss``, ``printed/val_acc``
-    with ``val/acc`` ...). A printed value that lies more than one unit of its last digit outside the
-    range of the real values since the previous print is wrong; when at least
-    ``dp_mismatch_fraction`` of ``dp_min_points`` or more prints are, the display hides the real
-    value (a warning naming both numbers). From logs alone: the main loss shown as zero at its
-    precision for the whole run while other series move (a warning), a loss series that takes at most
-    ``dp_max_distinct`` distinct printed values over ``dp_min_records`` records (a warning), and a
-    loss that collapses to zero at its precision after a decline (info: a display issue, not a flat
-    line).
+    Every rule is stated in what any log shows: the decimals a number was printed with (``digits``),
+    the resolution ``10^-digits``, and the share of records that show exactly zero at that
+    resolution (``|value| < resolution / 2``).
+    Under ``run`` (``printed/<key>`` next to the tensor-recorded series it names: ``printed/loss``
+    with ``train/loss``, ``printed/val_acc`` with ``val/acc`` ...): at least ``dp_mismatch_fraction``
+    of ``dp_min_points`` or more prints show zero while the real value is not zero. Where the real
+    value rounds to that zero (below half a unit), rounding hides it; where it does not, the printed
+    number is another quantity (scaled, or not the value optimised) that sits at the resolution. Both
+    warn, with both numbers. A print that merely differs from one step's value (a running mean, a
+    window mean, a print filed a few steps off) is never a finding.
+    From logs alone: the main loss shown as zero at its precision in every record (a warning), a loss
+    series that takes at most ``dp_max_distinct`` distinct printed values over ``dp_min_records``
+    records (a warning).
+    Both: a loss that was shown at ``FALL_UNITS`` (5) units of its last digit or more and has shown
+    zero in its latest records (at least ``FALL_TAIL``) fell below the resolution: info, a display
+    limit of a converged loss, never a flat or dead run.
 
 Why it matters:
     People judge runs by what they see. A loss printed with 4 decimals that reads 0.0000 while the
@@ -26,13 +32,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import LOSS, fmt, make, series, step_noise
+from muvo_doctor.checks._common import LOSS, fmt, make, series
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History, Series
 from muvo_doctor.logs.base import classify
 
 ID = "display_precision"
+
+# A loss that "fell a long way" before showing zero: at least this many units of its last printed digit
+# (0.85 at 1 decimal is 8.5 units), and it has shown zero in at least FALL_TAIL of its latest records.
+FALL_UNITS = 5
+FALL_TAIL = 2
 
 ADVICE = "Print with significant digits (f'{loss:.6g}'), print the value you optimise, and keep a raw JSON-lines log."
 
@@ -103,98 +114,109 @@ def _windows(rs: np.ndarray, ps: np.ndarray, slack: int) -> tuple[np.ndarray, np
     return lo, hi
 
 
+def _zero(v: np.ndarray, unit: float) -> np.ndarray:
+    """Values shown as zero at the printed resolution (``0.0000`` for 4 decimals: below half a unit)."""
+    return np.abs(v) < 0.5 * unit
+
+
+def _shown(d: int) -> str:
+    return f"{0:.{d}f} ({d} decimal{'s' if d != 1 else ''})"
+
+
 def _compare(p: Series, r: Series, t) -> Finding | None:
+    """A printed series against the tensor-recorded one it names: does the display hide the real value?
+
+    Only prints that show zero at their resolution can hide a value this way. Where the real value
+    rounds to that zero (below half a unit), rounding hides it: a warning. A printed zero in (nearly)
+    every print while the real value is far from zero is a display that shows nothing: also a warning
+    (the loss printed scaled, or not the value optimised). A print that merely differs from one step's
+    value (a running mean, a window mean, a value filed a few steps off) is never judged here.
+    """
     ok = np.isfinite(r.values)
     rs, rv = r.steps[ok], r.values[ok]
     ps, pv = _per_step(p)
-    if len(rv) == 0:
+    if len(rv) == 0 or p.digits is None:
         return None
     # A print past the last real step is waiting for its telemetry (it crosses in batches): not judged yet.
     keep = ps <= rs[-1]
     ps, pv = ps[keep], pv[keep]
-    if p.digits is None or len(ps) < t.dp_min_points:
+    if len(ps) < t.dp_min_points:
         return None
     ps, pv = ps[-500:], pv[-500:]
-    unit = 10.0 ** (-p.digits)
-    gap = max(int(np.median(np.diff(ps))), 1)
+    d = p.digits
+    unit = 10.0 ** (-d)
+    gap = max(int(np.median(np.diff(ps))), 1) if len(ps) > 1 else 1
     lo, hi = _windows(rs, ps, 2 * gap)
-    region = rv[lo[0] : hi[-1]]
-    sigma = step_noise(region)
     n = len(pv)
-    # Ragged windows: a loop over at most 500 prints (numpy slices, a few ms).
-    rmin = np.fromiter((rv[a:b].min() for a, b in zip(lo, hi, strict=True)), float, n)
-    rmax = np.fromiter((rv[a:b].max() for a, b in zip(lo, hi, strict=True)), float, n)
-    k = (hi - lo).astype(float)
-    # Rounding, plus the noise of a mean over batches the recorder did not sample (2 sigma for a
-    # window with one real point; a well-sampled window's own range already holds the noise).
-    tol = 0.5 * unit * 1.01 + 2.0 * sigma / np.sqrt(k)
-    wrong = (pv < rmin - tol) | (pv > rmax + tol)
-    share = float(wrong.mean())
-    if share >= t.dp_mismatch_fraction:
-        i = int(np.argmax(wrong))
-        shown = float(np.median(pv[wrong]))
-        rmean = np.fromiter((rv[a:b].mean() for a, b in zip(lo, hi, strict=True)), float, n)
-        real = float(np.median(rmean[wrong]))
-        msg = (
-            f"{p.name} shows {shown:.{p.digits}f} ({p.digits} decimals) while {r.name} is {fmt(real)} "
-            f"(medians over {int(wrong.sum())} of {n} prints that disagree): the printed number hides the real one."
+    # What each print stands for: the mean of the real values since the previous print (or a running
+    # mean, or the last value; all round alike when they are below half a unit).
+    real = np.fromiter((rv[a:b].mean() for a, b in zip(lo, hi, strict=True)), float, n)
+    hidden = _zero(pv, unit) & (np.abs(real) > 0)
+    share = float(hidden.mean())
+    fell = _fell_to_zero(p, ps, pv, d, history_real=(r.name, real)) if hidden[-1] else None
+    if fell is not None or share < t.dp_mismatch_fraction:
+        return fell  # shown falling, then at the floor: a display limit (info), not a hidden run
+    shown_real = float(np.median(real[hidden]))
+    rounds = float(np.median(np.abs(real[hidden]))) < 0.5 * unit
+    k = int(hidden.sum())
+    if rounds:
+        why = f"rounding to {d} decimals hides it (the value is below {0.5 * unit:g}, the printed resolution)"
+    else:
+        why = (
+            "the printed number sits at the printed resolution and is not the value optimised "
+            "(printed scaled, or another quantity)"
         )
-        evidence = {
-            "printed": p.name,
-            "real": r.name,
-            "shown": shown,
-            "actual": real,
-            "digits": p.digits,
-            "mismatch_share": share,
-            "prints": n,
-        }
-        return make(ID, "warning", int(ps[i]), msg, evidence, ADVICE)
-    if len(np.unique(pv)) == 1:
-        return _constant_while_moving(p, r, ps, pv, rv, lo, hi, unit, t)
-    return None
-
-
-def _constant_while_moving(
-    p: Series,
-    r: Series,
-    ps: np.ndarray,
-    pv: np.ndarray,
-    rv: np.ndarray,
-    lo: np.ndarray,
-    hi: np.ndarray,
-    unit: float,
-    t,
-) -> Finding | None:
-    """Every print shows one value while the real series moves: the display cannot be right.
-
-    The real series moves when its per-print window means span more than two units of the shown
-    digit (10th to 90th percentile), or, below one unit, when it changes by half its level
-    (a tiny loss that keeps falling while the display shows 0.0000).
-    """
-    means = np.fromiter((rv[a:b].mean() for a, b in zip(lo, hi, strict=True)), float, len(ps))
-    q10, q90 = (float(x) for x in np.percentile(means, [10, 90]))
-    third = max(len(means) // 3, 1)
-    a, b = float(np.median(means[:third])), float(np.median(means[-third:]))
-    level = max(abs(a), abs(b))
-    moves = q90 - q10 > 2 * unit
-    tiny = 0 < level < unit and abs(a - b) >= 0.5 * level and len(rv[lo[0] : hi[-1]]) >= 3 * t.dp_min_points
-    if not (moves or tiny):
-        return None
-    shown = float(pv[0])
     msg = (
-        f"{p.name} shows {shown:.{p.digits}f} ({p.digits} decimals) in all {len(pv)} prints while {r.name} "
-        f"moves from {fmt(a)} to {fmt(b)}: the printed number hides the real one."
+        f"{p.name} shows {_shown(d)} in {k} of {n} prints while {r.name} is {fmt(shown_real)} "
+        f"(median over those prints): {why}."
     )
     evidence = {
         "printed": p.name,
         "real": r.name,
-        "shown": shown,
-        "start": a,
-        "end": b,
-        "digits": p.digits,
-        "prints": len(pv),
+        "shown": 0.0,
+        "actual": shown_real,
+        "digits": d,
+        "resolution": unit,
+        "zero_share": share,
+        "prints": n,
     }
-    return make(ID, "warning", int(ps[0]), msg, evidence, ADVICE)
+    first = int(ps[int(np.argmax(hidden))])
+    return make(ID, "warning", first, msg, evidence, ADVICE)
+
+
+def _fell_to_zero(
+    s: Series, steps: np.ndarray, v: np.ndarray, d: int, history_real: tuple[str, np.ndarray] | None = None
+) -> Finding | None:
+    """A loss that fell from at least ``FALL_UNITS`` units and now shows zero at its precision: info.
+
+    The display shows the fall and then the floor: a converged loss below the printed resolution, not a
+    flat or dead one.
+    """
+    if "loss" not in s.name:
+        return None
+    unit = 10.0 ** (-d)
+    zero = _zero(v, unit)
+    nz = np.flatnonzero(~zero)
+    if not len(nz) or nz[-1] + FALL_TAIL > len(v) or float(np.max(np.abs(v))) < FALL_UNITS * unit:
+        return None
+    i = nz[-1] + 1
+    first = int(steps[i])
+    real = ""
+    evidence = {"series": s.name, "digits": d, "resolution": unit, "start": float(v[0]), "since": first}
+    if history_real is not None:
+        name, rv = history_real
+        tail = rv[i:]
+        if len(tail) and float(np.median(np.abs(tail))) >= 0.5 * unit:
+            return None  # the real value did not fall: the zeros hide it (judged by _compare)
+        if len(tail) and np.any(tail != 0):
+            real = f" ({name} is {fmt(float(np.median(tail)))} there)"
+            evidence["actual"] = float(np.median(tail))
+    msg = (
+        f"{s.name} fell from {float(np.max(v)):.{d}f} to {_shown(d)} and has shown zero in its last {len(v) - i} "
+        f"records (since step {first}){real}: the loss went below the printed resolution {0.5 * unit:g}. "
+        f"A display limit, not a flat or dead run."
+    )
+    return make(ID, "info", first, msg, evidence, ADVICE)
 
 
 def _moving_others(history: History, skip: str) -> str | None:
@@ -211,37 +233,34 @@ def _moving_others(history: History, skip: str) -> str | None:
 
 
 def _log_only(s: Series, history: History, t) -> Finding | None:
+    """Rules for printed numbers alone, in terms of their decimals, the resolution 10^-digits and the
+    fraction of records at exactly zero at that resolution."""
     steps, v = _per_step(s)
     if s.digits is None or len(v) < t.dp_min_points:
         return None
     d = s.digits
     unit = 10.0 ** (-d)
-    zero = np.abs(v) < 0.5 * unit
+    zero = _zero(v, unit)
     main = s.name in (LOSS, "printed/loss")
     if main and zero.all():
         other = _moving_others(history, s.name)
         moving = f" while {other} moves" if other else ""
         msg = (
-            f"{s.name} shows {0:.{d}f} ({d} decimals) in all {len(v)} records{moving}: "
-            f"the printed precision hides the real loss (below {0.5 * unit:g}, or not the value optimised)."
+            f"{s.name} shows {_shown(d)} in all {len(v)} records{moving}: the value sits at the printed "
+            f"resolution (below {0.5 * unit:g}, or it is not the value optimised), so the display hides the loss."
         )
-        return make(
-            ID,
-            "warning",
-            int(steps[0]),
-            msg,
-            {"series": s.name, "digits": d, "records": len(v), "moving": other or ""},
-            ADVICE,
-        )
-    tail = zero[-t.dp_min_points :]
-    if "loss" in s.name and tail.all() and not zero.all() and np.max(np.abs(v)) >= 100 * unit:
-        nz = np.flatnonzero(~zero)
-        first = int(steps[nz[-1] + 1]) if nz[-1] + 1 < len(steps) else int(steps[-1])
-        msg = (
-            f"{s.name} declined from {fmt(float(v[0]))} and has shown {0:.{d}f} ({d} decimals) since step {first}: "
-            f"the value is below {0.5 * unit:g}, which the display rounds away (not a flat loss)."
-        )
-        return make(ID, "info", first, msg, {"series": s.name, "digits": d, "start": float(v[0])}, ADVICE)
+        evidence = {
+            "series": s.name,
+            "digits": d,
+            "resolution": unit,
+            "zero_share": 1.0,
+            "records": len(v),
+            "moving": other or "",
+        }
+        return make(ID, "warning", int(steps[0]), msg, evidence, ADVICE)
+    fell = _fell_to_zero(s, steps, v, d)
+    if fell is not None:
+        return fell
     # A redrawn progress bar repeats one value: consecutive repeats are one record here.
     changes = np.flatnonzero(np.r_[True, v[1:] != v[:-1]])
     if "loss" in s.name and len(changes) >= t.dp_min_records:
