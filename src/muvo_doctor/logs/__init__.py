@@ -76,11 +76,13 @@ def sniff(path: Path) -> str:
         return "binary"
     text = head.decode("utf-8", errors="replace").lstrip("\ufeff")
     lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(head) == _SNIFF_BYTES and len(lines) > 1:
+        lines.pop()  # cut by the sniff window: judging it would judge a fragment
     if not lines:
         return "empty"
     first = lines[0].strip()
     if first.startswith("{"):
-        return _sniff_brace(first, text)
+        return _sniff_brace(lines, text)
     if first == "[" or first.startswith("[{"):
         return "json"
     if looks_like_csv(first, lines[1] if len(lines) > 1 else None):
@@ -90,20 +92,28 @@ def sniff(path: Path) -> str:
     return "text"
 
 
-def _sniff_brace(first: str, text: str) -> str:
+def _sniff_brace(lines: list[str], text: str) -> str:
     """A file starting with ``{``: JSON lines, a one-line (compact) or pretty trainer_state.json,
-    our telemetry, or Python-dict lines printed by a trainer (``{'loss': 0.3}``: text)."""
-    try:
-        obj = json.loads(first)
-    except (ValueError, RecursionError):
-        obj = None
-    if isinstance(obj, dict):
-        if str(obj.get("schema", "")).startswith(SCHEMA_PREFIX) or is_observation(obj):
-            return "telemetry"
-        return "trainer_state" if "log_history" in obj else "jsonl"
+    our telemetry, or Python-dict lines printed by a trainer (``{'loss': 0.3}``: text). The first
+    line that parses decides: one bad line (truncated, nested too deep) does not."""
+    for line in lines[:5]:
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(obj, dict):
+            if str(obj.get("schema", "")).startswith(SCHEMA_PREFIX) or is_observation(obj):
+                return "telemetry"
+            return "trainer_state" if "log_history" in obj else "jsonl"
+        break
+    first = lines[0].strip()
     if first.startswith("{'") or first.startswith("{ '"):
         return "text"  # Python reprs: single quotes are not JSON
-    return "trainer_state" if '"log_history"' in text else "json"
+    if '"log_history"' in text:
+        return "trainer_state"
+    # '{"' but nothing parsed in the sniff window (lines too deep or too long): JSON lines, read
+    # line by line so one bad line is skipped; "{" alone opens one pretty-printed document.
+    return "jsonl" if first.startswith('{"') else "json"
 
 
 def _binary(head: bytes) -> bool:

@@ -108,10 +108,14 @@ _SPLIT_WORD_RE = re.compile(
 _SPLIT_PROBES = (b"est", b"EST", b"al", b"AL")
 # Tables. A header row names the columns; the rows under it hold one number per column.
 _PIPE_ROW_RE = re.compile(r"^[ \t]*\|[^\n]*\|[ \t]*$", re.MULTILINE)
+_PIPE_STARTS = (b"\n|", b"\n |", b"\n  |", b"\n   |", b"\n    |", b"\n\t|")
 _RULE_CELL_RE = re.compile(r"^:?-{2,}:?$|^=+$")
 _HEADER_RE = re.compile(
-    r"^[ \t]*[A-Za-z][\w()@.\-%/]*(?:[ \t]+[A-Za-z][\w()@.\-%/]*){2,}[ \t]*(?::[ \t][^\n]*)?$", re.MULTILINE
+    # titles, then nothing or a progress bar (Ultralytics prints its validation header with one)
+    r"^[ \t]*[A-Za-z][\w()@.\-%/]*(?:[ \t]+[A-Za-z][\w()@.\-%/]*){2,}[ \t]*(?::[ \t][^\n]*%\|[^\n]*)?$",
+    re.MULTILINE,
 )
+_NAN_RE = re.compile(r"^(?:nan|inf|infinity)$", re.IGNORECASE)
 _CELL_NUM_RE = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(%|/\d+|[KMG])?$")
 # Table column titles that are not keys by themselves.
 _COLUMN_ALIASES = {"p": "precision", "r": "recall", "box(p": "precision", "mask(p": "mask_precision"}
@@ -226,6 +230,12 @@ def _split_of_line(line: str) -> tuple[str | None, int]:
         return None, 0
     word = w.group(0).lower()
     return ("test" if word.startswith("test") else "val"), first.start()
+
+
+def _pipe_lines(probe: bytes) -> bool:
+    """Some line starts with "|" (a table row, or fairseq's "| epoch 001 | ..."); tqdm's mid-line
+    bars do not count. Substring tests only: this runs on every chunk that holds a "|"."""
+    return probe.lstrip(b" \t")[:1] == b"|" or any(p in probe for p in _PIPE_STARTS)
 
 
 def _row_tokens(line: str) -> list[str]:
@@ -386,7 +396,7 @@ class TextParser:
             text = _DARKNET_RE.sub(_darknet, text)
         if b"Epoch" in probe:
             text = _MMDET_RE.sub(_mmdet_step, text)
-        if b"|" in probe and (self.pipe_cols or b"--" in probe or b"+=" in probe):
+        if b"|" in probe and (self.pipe_cols or self.pipe_groups or _pipe_lines(probe)):
             text = self._pipe_tables(text)
         if self.ws_cols or _HEADER_RE.search(text):
             text = self._ws_tables(text)
@@ -481,7 +491,7 @@ class TextParser:
             if m.start() < pos:
                 continue
             toks = _row_tokens(m.group(0))
-            if len(toks) < 3 or not all(t[:1].isalpha() for t in toks):
+            if len(toks) < 3 or not all(t[:1].isalpha() and not _NAN_RE.match(t) for t in toks):
                 continue
             nxt = _next_line(text, m.end())
             if nxt is not None and not _row_fits(nxt, len(toks)):
