@@ -186,6 +186,8 @@ def _metric_evidence(history: History, config: DoctorConfig, name: str) -> tuple
     steps, v = got
     n = len(v)
     k = max(n // 3, 1)
+    if name.startswith("train/") and k < 3:
+        return None  # a per-batch metric scatters: at least 3 points per third before its medians mean anything
     start, recent = float(np.median(v[:k])), float(np.median(v[-k:]))
     scale = 100.0 if float(np.max(np.abs(v))) > 1.5 else 1.0  # printed as a percentage
     se = 1.2533 * step_noise(v) * math.sqrt(2.0 / k)
@@ -197,8 +199,11 @@ def _metric_evidence(history: History, config: DoctorConfig, name: str) -> tuple
         return None  # still at chance
     if metric in ("acc", "accuracy", "top1"):
         prior = label_prior(history)
-        if prior is not None and recent / scale <= prior.majority + t.pb_acc_tol:
-            return None  # rose to the majority rate: the prior, not the task
+        # Rising to the majority rate is learning the prior, not the task; a batch accuracy at the prior
+        # scatters around it by sqrt(p(1-p)/batch), so "above" means beyond the noise of the recent median.
+        margin = max(t.pb_acc_tol, t.pb_noise_z * median_se(v[-k:] / scale))
+        if prior is not None and recent / scale <= prior.majority + margin:
+            return None
     ratio = rise / se if se > 0 else math.inf
     noise = "far beyond its noise" if not math.isfinite(ratio) or ratio >= 1000 else f"{ratio:.0f}x its noise"
     span = int(steps[-1] - steps[0])
@@ -321,6 +326,8 @@ class Doctor:
         holding again.
         """
         self._admit(self._cut)
+        # Off the grid means the end (a finished log, the last evaluation of a run): whole-log rules apply.
+        self.history.complete = self._cut is None
         step = self._cut if self._cut is not None else max(self.history.last_step, 0)
         changed: list[Finding] = []
         for mod in self.checks:

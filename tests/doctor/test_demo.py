@@ -61,7 +61,10 @@ def test_steps_must_be_positive() -> None:
 def test_train_command_wraps_muvo_train_without_its_own_doctor() -> None:
     cmd = demo.train_command("random-labels", 50, ["data.image_size=16"])
     assert cmd[:4] == [sys.executable, "-m", "muvo_model.train", "--no-doctor"]
-    assert cmd[4:] == ["--fault", "random-labels", "--set", "train.steps=50", "--set", "data.image_size=16"]
+    assert cmd[4:] == [
+        *("--fault", "random-labels", "--set", "train.steps=50"),
+        *("--set", "train.eval_every=20", "--set", "data.image_size=16"),  # the user's --set comes last: it wins
+    ]
     assert "--fault" not in demo.train_command("none", None, [])
 
 

@@ -128,13 +128,23 @@ def _per_act(path: Path | None, act_index: int, fault: str, story: bool) -> Path
     return path.with_name(f"{path.stem}-{act_index}-{fault}{path.suffix}")
 
 
+# The demo evaluates on the held-out split every 20 steps (muvo-train's default: 40). prior_baseline waits
+# for 3 held-out AUROC evaluations at chance before it calls a run dead (a slow learner sits at the prior
+# for a while too): at 40 that is step 120, the end of a default demo run; at 20 it is step 60.
+DEMO_EVAL_EVERY = 20
+
+
 def train_command(fault: str, steps: int | None, overrides: list[str]) -> list[str]:
-    """The muvo-train command line one demo run wraps (the in-process doctor off: the wrapper is it)."""
+    """The muvo-train command line one demo run wraps (the in-process doctor off: the wrapper is it).
+
+    ``overrides`` come last, so ``--set train.eval_every=N`` replaces the demo's cadence.
+    """
     cmd = [sys.executable, "-m", "muvo_model.train", "--no-doctor"]
     if fault != "none":
         cmd += ["--fault", fault]
     if steps is not None:
         cmd += ["--set", f"train.steps={steps}"]
+    cmd += ["--set", f"train.eval_every={DEMO_EVAL_EVERY}"]
     for item in overrides:
         cmd += ["--set", item]
     return cmd
