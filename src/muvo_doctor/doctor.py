@@ -306,6 +306,32 @@ class Doctor:
             finally:
                 self._cut = None
 
+    def replay(self) -> list[Finding]:
+        """Judge a history that was filled directly (``history.add_point``, as the log readers do) the
+        way a live run would have: the points in step order through the grid, then the end.
+
+        The findings, first steps and resolutions are then those of ``run``/``watch`` on the same
+        series. Cost: every point is added once more, plus one evaluation per grid step (~50 per doubling
+        of the run's length). Per-point printed digits are not kept by the history: each series replays
+        with the fewest decimals it was ever shown with. Returns what the final evaluation changed.
+        """
+        full = self.history
+        names = full.names()
+        parts = [(i, full.series(n)) for i, n in enumerate(names)]
+        parts = [(i, s) for i, s in parts if s is not None]
+        self.history = History(full.max_points)
+        if parts:
+            steps = np.concatenate([s.steps for _, s in parts])
+            values = np.concatenate([s.values for _, s in parts])
+            which = np.concatenate([np.full(len(s), i, dtype=np.int64) for i, s in parts])
+            order = np.argsort(steps, kind="stable")  # within a step: series in name order, points in theirs
+            digits = {i: s.digits for i, s in parts}
+            add = self.history.add_point
+            for st, v, i in zip(steps[order].tolist(), values[order].tolist(), which[order].tolist(), strict=True):
+                self.advance(st - 1)
+                add(names[i], st, v, digits[i])
+        return self.evaluate()
+
     def _admit(self, through: int | None) -> None:
         if not self._held:
             return

@@ -285,3 +285,24 @@ def test_verdict_since_is_the_grid_step_where_the_verdict_began() -> None:
     d = Doctor(checks=[scripted("flat_loss", lambda last: last >= 100)])
     feed(d, range(0, 400))
     assert d.verdict == "dead" and d.verdict_since == 100 and d.step == 375
+
+
+def test_replay_of_a_directly_filled_history_equals_the_live_run() -> None:
+    # audit fills the history straight from a log; replay() judges it as run/watch would have live.
+    def loss(s: int) -> float:
+        return 0.6931 if s < 200 else 0.6931 - 0.3 * (1 - math.exp(-(s - 200) / 60)) + 0.01 * math.sin(s)
+
+    live = Doctor()
+    for s in range(600):
+        live.observe(Observation(name="train/loss", step=s, value=round(loss(s), 4), digits=4))
+        if s % 50 == 49:
+            live.observe(Observation(name="val/acc", step=s, value=0.5 + s / 2000, digits=3))
+    live.evaluate()
+    offline = Doctor()
+    for s in range(600):  # series by series, as a column reader would: not in step order
+        offline.history.add_point("train/loss", s, round(loss(s), 4), 4)
+    for s in range(49, 600, 50):
+        offline.history.add_point("val/acc", s, 0.5 + s / 2000, 3)
+    offline.replay()
+    assert live.findings, "the plateau should give findings that later resolve"
+    assert offline.report().to_json() == live.report().to_json()
