@@ -167,6 +167,8 @@ def render_report(
             line.append(f" (step {f.step})" if f.step is not None else "")
             line.append(f": {f.message}")
         console.print(line)
+        if f.resolved_step is not None:
+            continue  # no longer holds: what it said is enough, nothing to do now
         ev = _evidence_text(f)
         if ev:
             console.print(Text(f"         evidence: {ev}", style="dim"))
