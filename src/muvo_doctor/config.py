@@ -72,6 +72,7 @@ class Thresholds(BaseModel):
     # -- exploding_gradients
     eg_growth: float = 100.0  # recent gradient norm 100x its early level (healthy runs grow <10x)
     eg_abs: float = 1e4  # or an absolute total norm this large (BCE/CE models sit at 1e-2..1e1)
+    eg_scale_collapse: float = 1024.0  # fp16 loss scale 2^10 below its top: overflow at every step
     # -- frozen_parameters
     frozen_min_fraction: float = 0.05  # share of trainable elements frozen/no-grad/... that warns
     frozen_all_fraction: float = 0.99  # share treated as "everything is frozen"

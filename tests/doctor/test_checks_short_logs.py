@@ -218,3 +218,26 @@ def test_short_log_rules_wait_for_the_end_of_a_run() -> None:
     for check, rows, digits in cases:
         assert check.check(hist(rows, digits), CFG), check.ID  # found in a finished log ...
         assert check.check(hist(rows, digits, complete=False), CFG) == [], check.ID  # ... not mid-run
+
+
+# ---------------------------------------------------------------- exploding_gradients: fp16 loss scale
+def test_a_loss_scale_that_halves_ten_times_without_recovering() -> None:
+    from muvo_doctor.checks import exploding_gradients
+
+    scales = [0.5 / 2**i for i in range(11)]  # 0.5 -> 0.00049: ten halvings, 1024x
+    out = exploding_gradients.check(hist({"optim/loss_scale": scales}), CFG)
+    assert out and out[0].severity == "critical" and "10 overflow halvings" in out[0].message
+    # Nine halvings (512x): a rough patch an fp16 run can recover from.
+    assert exploding_gradients.check(hist({"optim/loss_scale": scales[:-1]}), CFG) == []
+    # Ten halvings, then the scale grows back: the steps succeed again.
+    assert exploding_gradients.check(hist({"optim/loss_scale": [*scales, scales[-1] * 4]}), CFG) == []
+
+
+def test_a_sliding_held_out_score_with_a_part_name() -> None:
+    """``val/acc/target`` is an accuracy (split/metric/part) like ``val/acc``."""
+    rows = {
+        "train/loss": [0.27, 0.31, 0.09, 0.29, 0.35, 0.24, 0.17, 0.15, 0.06],
+        "val/acc/target": [0.5516, 0.5177, 0.5234, 0.4578, 0.4437, 0.4569, 0.4754, 0.4631, 0.4271],
+    }
+    out = overfitting.check(hist(rows), CFG)
+    assert out and "val/acc/target fell from its best 0.5516" in out[0].message

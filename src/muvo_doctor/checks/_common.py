@@ -265,6 +265,12 @@ HIGHER_BETTER = frozenset(
 LOWER_BETTER = frozenset({"wer", "cer", "ppl", "perplexity", "fpr95", "error", "err", "top1_err", "top5_err"})
 
 
+def metric_of(name: str) -> str:
+    """The metric of ``split/metric[/part]``: ``val/acc/target`` -> ``acc``."""
+    parts = name.split("/")
+    return parts[1] if len(parts) > 1 else ""
+
+
 def split_series(history: History, metric: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{split: (steps, values)}`` for ``<split>/<metric>`` in train, val, test order (finite points)."""
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -296,7 +302,7 @@ def any_metric_improved(history: History, tol_rel: float = 0.05) -> str | None:
     numbers improve has learned something, whatever its training loss shows.
     """
     for name in history.names():
-        split, _, metric = name.partition("/")
+        split, metric = name.partition("/")[0], metric_of(name)
         if split not in ("val", "test") or not metric:
             continue
         got = finite(history, name)

@@ -6,6 +6,12 @@ What it does:
     more, or a recent median above ``eg_abs``, is exploding. Non-finite norms are ``nan_inf``'s. A
     warning; critical when the loss is also not improving.
 
+    Mixed precision: a dynamic loss scale (``optim/loss_scale``: fp16 GradScaler, fairseq, DeepSpeed,
+    Apex) halves at each step whose gradients overflowed, and that step is skipped. A scale that fell
+    ``eg_scale_collapse`` x (2^10: ten overflows with no successful step between them to grow it
+    back) below its highest value and sits there means the gradients overflow at every step and
+    nothing is being updated: critical.
+
 Why it matters:
     Exploding gradients make each step overshoot: the loss oscillates, spikes, then diverges to Inf
     or NaN. Typical causes are a learning rate that is too high, no normalisation in a deep or
@@ -52,7 +58,37 @@ def _norm_series(history: History) -> tuple[str, np.ndarray, np.ndarray] | None:
     return best[1].name, best[1].steps, best[1].values
 
 
+def _scale_collapse(history: History, t) -> Finding | None:
+    s = series(history, "optim/loss_scale")
+    if s is None:
+        return None
+    v = s.values[np.isfinite(s.values)]
+    if len(v) < 2 or float(v.max()) <= 0:
+        return None
+    top_i = int(np.argmax(v))
+    last = float(v[-1])
+    if last <= 0 or float(v[top_i]) / last < t.eg_scale_collapse or last > float(v[top_i:].min()) * 1.001:
+        return None
+    halvings = int(np.sum(np.diff(v[top_i:]) < 0))
+    msg = (
+        f"The fp16 loss scale fell from {fmt(float(v[top_i]))} to {fmt(last)} ({halvings} overflow halvings, "
+        f"{float(v[top_i]) / last:.0f}x) and did not recover: the gradients overflow at every step, so every "
+        f"update is skipped and nothing is learned."
+    )
+    ev = {
+        "series": "optim/loss_scale",
+        "top": float(v[top_i]),
+        "last": last,
+        "halvings": halvings,
+        "rule": "loss_scale",
+    }
+    return make(ID, "critical", int(s.steps[top_i]), msg, ev, ADVICE)
+
+
 def check(history: History, config: DoctorConfig) -> list[Finding]:
+    collapsed = _scale_collapse(history, config.thresholds)
+    if collapsed is not None:
+        return [collapsed]
     t = config.thresholds
     got = _norm_series(history)
     if got is None:

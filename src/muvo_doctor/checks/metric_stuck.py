@@ -39,6 +39,7 @@ from muvo_doctor.checks._common import (
     label_prior,
     make,
     median_se,
+    metric_of,
     resolution,
     series,
 )
@@ -81,7 +82,7 @@ def _training_falls(history: History, rel: float) -> str | None:
 def _degenerate(history: History, t) -> Finding | None:
     """A held-out score at exactly 0, or frozen at one exact value (see the module docstring)."""
     for name in history.names():
-        split, _, metric = name.partition("/")
+        split, metric = name.partition("/")[0], metric_of(name)
         if split not in ("val", "test") or metric not in HIGHER_BETTER:
             continue
         s = series(history, name)

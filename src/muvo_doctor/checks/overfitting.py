@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import HIGHER_BETTER, LOSS, finite, fmt, make
+from muvo_doctor.checks._common import HIGHER_BETTER, LOSS, finite, fmt, make, metric_of
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
@@ -150,7 +150,7 @@ def _metric_falls(history: History, t) -> Finding | None:
     """A held-out score below its best in each of the last ``of_few_evals`` evaluations while training improves."""
     k = t.of_few_evals
     for name in history.names("val/"):
-        if name.partition("/")[2] not in HIGHER_BETTER:
+        if metric_of(name) not in HIGHER_BETTER:
             continue
         got = finite(history, name)
         if got is None or len(got[1]) < k + 1:
@@ -183,7 +183,7 @@ def _memorised(history: History, t) -> Finding | None:
     if not np.all(acc[1][-k:] >= 0.999) or not np.all(loss[1][-k:] * 10 < vloss[1][-k:]):
         return None
     for name in history.names("val/"):
-        if name.partition("/")[2] not in HIGHER_BETTER:
+        if metric_of(name) not in HIGHER_BETTER:
             continue
         got = finite(history, name)
         if got is None or len(got[1]) < k + 1:
