@@ -292,7 +292,22 @@ def test_fairseq_legacy_lines(tmp_path):
     h, _ = read(tmp_path, "fairseq.log", text)
     assert steps(h, "train/loss") == [100, 200] and steps(h, "val/loss") == [100]
     assert values(h, "val/nll_loss") == [11.2]
-    assert not [n for n in h.names() if "scale" in n or "wps" in n or "best" in n]
+    assert values(h, "optim/loss_scale") == [0.25] and steps(h, "optim/loss_scale") == [100]
+    assert not [n for n in h.names() if "wps" in n or "best" in n]
+
+
+def test_fp16_loss_scale_messages():
+    got = TextParser().lines(
+        [
+            "Gradient overflow.  Skipping step, loss scaler 0 reducing loss scale to 16384.0",
+            " iteration        5/  250000 | loss scale: 1.0 | grad norm: 0.3 |",
+        ]
+    )
+    assert list(zip(got.names, got.values, strict=True)) == [
+        ("optim/loss_scale", 16384.0),
+        ("optim/loss_scale", 1.0),
+        ("grad/norm/total", 0.3),
+    ]
 
 
 def test_keras_progress_lines(tmp_path):

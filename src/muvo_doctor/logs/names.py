@@ -54,7 +54,7 @@ _NOISE = re.compile(
     # solver settings printed in a config dump (Caffe prototxt, argparse Namespace): not series
     r"weight|weights|weight_decay|mult|shape|stride|pad|kernel_size|num_output|display|snapshot|max_iter|"
     r"power|top_k|momentum|gamma|interval|dropout_ratio|mean_value|scale|patience|warmup|nbatches|"
-    r"samples|cost|ips|eta_seconds|total_steps|max_steps|percentage|progress)$"
+    r"samples|cost|ips|eta_seconds|scaler|total_steps|max_steps|percentage|progress)$"
     r"|\.(py|cpp|cc|c|h|hpp|cu)$|per_second$|_time$|\d\.\d|^https?\b",
 )
 # Accuracy-like signals are fractions; a value printed in 0..100 without "%" is a percentage.
@@ -225,6 +225,8 @@ def _normalise(k: str) -> str:
         return "optim/lr" if m.group(1) == "0" else f"optim/lr/pg{m.group(1)}"
     if k in ("grad_norm", "gradient_norm", "grad/norm", "grad_norm_total", "total_norm", "gnorm"):
         return "grad/norm/total"
+    if k in ("loss_scale", "scaler_scale", "grad_scale"):
+        return "optim/loss_scale"  # fp16 dynamic loss scale: halved at each overflow
     split, rest = split_of(k)
     canon = _canonical(rest.replace("/", "_").replace(".", "_"))
     if canon is None:
@@ -251,7 +253,9 @@ def kind_of(key: str) -> tuple[str | None, bool, int]:
     raw = key.strip().strip("'\"").lower()
     k = key_of(raw)
     split, rest = split_of(k)
-    if k in _DROP_FIRST or " " in raw and raw.partition(" ")[2] in _DROP_FIRST:
+    if k in ("loss_scale", "grad_scale"):
+        got = ("optim/loss_scale", False, SIGNAL)
+    elif k in _DROP_FIRST or " " in raw and raw.partition(" ")[2] in _DROP_FIRST:
         got = (None, False, NOISE)  # prose ("loss scale to: 0.25", "improved to 0.64"), not a key
     elif k in STEP_KEYS:
         got = (None, False, STEP)
