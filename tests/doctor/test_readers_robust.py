@@ -204,3 +204,25 @@ def test_exit_code_logic():
     assert exit_code([rep("inconclusive"), rep("warning")], 0) == 1
     assert exit_code([rep("dead")], 1) == 2
     assert math.isfinite(0.0)
+
+
+def test_telemetry_and_tensorboard_steps_that_cannot_be_steps(tmp_path):
+    import importlib.util
+
+    lines = [json.dumps({"name": "train/loss", "step": i, "value": 1 / (i + 1)}) for i in range(30)]
+    lines.insert(10, json.dumps({"name": "train/loss", "step": 2**63, "value": 0.5}))
+    p = tmp_path / "t.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    h, fmt, stats = _read(p)
+    assert fmt == "telemetry" and len(h.series("train/loss")) == 30 and stats.skipped == 1
+
+    spec = importlib.util.spec_from_file_location("make_fixtures", LOGS / "make_fixtures.py")
+    mf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mf)
+    data = mf._record(mf._version_event())
+    for step in (0, 1, 2**62, 3):
+        data += mf._record(mf._event(step, "loss", 0.5, tensor=False))
+    ev = tmp_path / "events.out.tfevents.1.host"
+    ev.write_bytes(data)
+    h, fmt, stats = _read(ev)
+    assert fmt == "tensorboard" and h.series("train/loss").steps.tolist() == [0, 1, 3] and stats.skipped == 1

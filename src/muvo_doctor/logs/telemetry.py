@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from muvo_doctor.logs.base import AddPoint, ReadStats
+from muvo_doctor.logs.base import MAX_STEP, AddPoint, ReadStats
 
 SCHEMA_PREFIX = "muvo-doctor/telemetry/"
 
@@ -37,6 +37,9 @@ def read_telemetry(path: str, add: AddPoint) -> ReadStats:
             name, step, value = obj["name"], obj["step"], obj["value"]
             if not isinstance(name, str) or not name or isinstance(step, bool) or not isinstance(step, int):
                 bad += 1
+                continue
+            if not 0 <= step < MAX_STEP:
+                st.skip(f"an observation at step {step} (not a step)")
                 continue
             if isinstance(value, str):  # NaN/Infinity written as strings by strict JSON writers
                 try:

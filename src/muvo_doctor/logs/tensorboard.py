@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from muvo_doctor.logs.base import AddPoint, ReadStats, as_fraction, classify
+from muvo_doctor.logs.base import MAX_STEP, AddPoint, ReadStats, as_fraction, classify
 
 _SPLIT_DIRS = {
     "train": "train",
@@ -145,6 +145,9 @@ def _event(
         elif field == 5 and wire == 2:
             summary = bytes(val)  # type: ignore[arg-type]
     if not summary:
+        return
+    if step >= MAX_STEP:  # a corrupt varint or a writer bug: not a step
+        st.skip(f"an event with step {step} (>= 2**53)")
         return
     for field, wire, val in _fields(summary):
         if field != 1 or wire != 2:
