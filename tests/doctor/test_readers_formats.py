@@ -373,3 +373,45 @@ def test_logs_without_training_numbers_have_no_records(tmp_path):
     p.write_text(text, encoding="utf-8")
     with pytest.raises(NoRecords):
         load(LogSource(str(p), [p]), History().add_point)
+
+
+def test_bracket_counters_count_samples_across_epochs(tmp_path):
+    # PyTorch's MNIST example: "Train Epoch: 2 [19200/60000 (32%)]"; the test line carries the step
+    lines = [
+        f"Train Epoch: {ep} [{b}/60000 ({100 * b // 60000}%)]\tLoss: {2.3 / (ep + b / 60000):.6f}"
+        for ep in (1, 2)
+        for b in (0, 19200, 38400)
+    ]
+    lines.insert(3, "Test set: Average loss: 0.3000, Accuracy: 9080/10000 (91%)")
+    h, _ = read(tmp_path, "mnist.log", "\n".join(lines) + "\n")
+    assert steps(h, "train/loss") == [0, 19200, 38400, 60000, 79200, 98400]
+    assert steps(h, "test/loss") == [38400]
+
+
+def test_timm_epoch_and_counter(tmp_path):
+    text = "".join(
+        f"Train: {e} [ {b:>4d}/1251 ({100 * b // 1251:>3d}%)]  Loss: {6.9 - e - b / 1e4:.3f} (6.93)  LR: 1.000e-04\n"
+        for e in (0, 1)
+        for b in (0, 100)
+    )
+    h, _ = read(tmp_path, "timm.log", text)
+    assert steps(h, "train/loss") == [0, 100, 1251, 1351]
+
+
+def test_epoch_only_logs_count_records_when_an_epoch_holds_several():
+    got = TextParser().lines(
+        [
+            "Epoch 1 loss 0.5",
+            "Epoch 1 loss 0.4",
+            "Epoch 2 loss 0.3",
+            "Epoch 2 val_loss 0.3",
+            "Epoch 2 loss 0.2",
+        ]
+    )
+    assert list(zip(got.names, got.steps, strict=True)) == [
+        ("train/loss", 1),
+        ("train/loss", 2),
+        ("train/loss", 3),
+        ("val/loss", 3),
+        ("train/loss", 4),
+    ]

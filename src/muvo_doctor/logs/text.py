@@ -73,7 +73,10 @@ _NL_MARK = "\n" + _NL_KEY + "=0 "
 _CTR_KEY = "Zqctr"
 # tqdm's "{bar}| {n}/{total} [": batches done. (Keras' "1875/1875 [====" is not used: it counts
 # batches or samples depending on the version; its "Epoch 3/30" is the unambiguous axis.)
-_COUNTER_RE = re.compile(r"(?<=\| )(\d+)/(\d+)(?= \[)")
+# Also "[6400/60000 (11%)]" (PyTorch examples, timm): samples or batches done in the epoch.
+_COUNTER_RE = re.compile(r"(?<=\| )\d+/\d+(?= \[)|(?<=\[)[ \t]*\d+/\d+(?=[ \t]*[(\]])")
+# timm prints the epoch as "Train: 3 [ 100/1251 ( 8%)]"
+_TIMM_EPOCH_RE = re.compile(r"\b(?:Train|TRAIN):[ \t]*(\d+)(?=[ \t]*\[)")
 _NEWLINE, _COUNTER = 4, 5  # axis kinds next to names.SIGNAL/STEP/EPOCH/NOISE
 _CHUNK = 2 << 20  # bytes per read: bounds the match list (~70k tuples for dense logs)
 _MAX_LINE = 1 << 20  # a "line" longer than this (no newline) is cut, so memory stays bounded
@@ -214,7 +217,7 @@ def _mmdet_step(m: re.Match[str]) -> str:
 
 
 def _counter(m: re.Match[str]) -> str:
-    return _CTR_KEY + "=" + m.group(0)  # a function: a template string is expanded in Python per match
+    return _CTR_KEY + "=" + m.group(0).lstrip(" \t")  # a function: templates are expanded in Python
 
 
 def _darknet(m: re.Match[str]) -> str:
@@ -382,6 +385,11 @@ class TextParser:
         self.pipe_cols: list[str] = []  # the open Markdown/ASCII table's column keys
         self.pipe_groups: list[str] = []  # split words of a group-header row above it
         self.ws_cols: list[str] = []  # the open whitespace table's column keys
+        # records of a log that prints epochs but no steps (see _epoch_steps)
+        self.ep_key = -1  # the epoch of the current record
+        self.ep_seen: set[int] = set()  # its signals
+        self.ep_step = -1  # its step
+        self.ep_counting = False  # an epoch held several records: steps count records
 
     # -- text -> "key=value" text -----------------------------------------------------------------
     def prepare(self, text: str, probe: bytes) -> str:
@@ -426,7 +434,9 @@ class TextParser:
         low = probe.lower()
         if b"est" in low or b"al" in low:
             text = self._splits(text)
-        if b"| " in probe and b" [" in probe:
+        if b"/" in probe and (b"| " in probe and b" [" in probe or b"[" in probe):
+            if b"Train:" in probe or b"TRAIN:" in probe:
+                text = _TIMM_EPOCH_RE.sub(r"epoch=\1", text)
             text = _COUNTER_RE.sub(_counter, text)
         return text
 
@@ -628,7 +638,11 @@ class TextParser:
         has_sig = np.zeros(nlines, bool)
         has_sig[line[is_sig]] = True
         rec = st.records + np.cumsum(has_sig) - 1
-        step_of_line = np.where(carried >= 0, carried, np.where(epoch_ff >= 0, epoch_ff, rec))
+        step_of_line = np.where(carried >= 0, carried, rec)
+        by_epoch = np.flatnonzero(has_sig & (carried < 0) & (epoch_ff >= 0))
+        if by_epoch.size:
+            sel = np.flatnonzero(is_sig & (carried[line] < 0) & (epoch_ff[line] >= 0))
+            step_of_line[by_epoch] = self._epoch_steps(line[sel].tolist(), sig[sel].tolist(), epoch_ff)
         if own.any():
             st.last_explicit = int(printed[own][-1])
         if (epoch >= 0).any():
@@ -666,6 +680,36 @@ class TextParser:
             dig[r] = np.maximum(np.fromiter(map(len, ds), np.int64, n)[idx][r] - 1, 0)
         dig = np.where(np.isfinite(v), dig, -1)
         return sig[idx], code[idx], steps, v, dig, own[line[idx]]
+
+    def _epoch_steps(self, lines: list[int], sigs: list[int], epoch_of: np.ndarray) -> list[int]:
+        """Steps of the lines of a log that prints epochs but no step (one entry per line in ``lines``,
+        which holds the line of each signal pair, in order).
+
+        A record is a run of lines that repeats no signal within one epoch (a multi-line summary,
+        "TRAIN EPOCH 0:" then "loss ...", "accuracy ..." lines, is one record). While every epoch
+        holds one record, the step is the epoch printed (Keras' "Epoch 12/100" is step 12); from the
+        first epoch that holds several (per-batch lines without a counter), records are counted on
+        from the last step, so steps never repeat or go back.
+        """
+        out: list[int] = []
+        i = 0
+        while i < len(lines):
+            li = lines[i]
+            ids = set()
+            while i < len(lines) and lines[i] == li:
+                ids.add(sigs[i])
+                i += 1
+            e = int(epoch_of[li])
+            new_epoch = e != self.ep_key
+            if new_epoch or ids & self.ep_seen:  # a new record
+                if not new_epoch:
+                    self.ep_counting = True  # several records in one epoch: count them
+                step = self.ep_step + 1 if self.ep_counting else e
+                self.ep_step = max(step, self.ep_step + 1) if self.ep_step >= 0 else step
+                self.ep_key, self.ep_seen = e, set()
+            self.ep_seen |= ids
+            out.append(self.ep_step)
+        return out
 
     def feed(self, text: str, probe: bytes, add: AddPoint) -> None:
         """Read complete lines of text into ``add`` (the audit path: one sink call per point)."""
