@@ -74,7 +74,8 @@ _CTR_KEY = "Zqctr"
 # tqdm's "{bar}| {n}/{total} [": batches done. (Keras' "1875/1875 [====" is not used: it counts
 # batches or samples depending on the version; its "Epoch 3/30" is the unambiguous axis.)
 # Also "[6400/60000 (11%)]" (PyTorch examples, timm): samples or batches done in the epoch.
-_COUNTER_RE = re.compile(r"(?<=\| )\d+/\d+(?= \[)|(?<=\[)[ \t]*\d+/\d+(?=[ \t]*[(\]])")
+# The pattern starts with its delimiter (a cheap first-character test, unlike a lookbehind).
+_COUNTER_RE = re.compile(r"[|\[][ \t]*\d+/\d+(?=[ \t]*[(\]]| \[)")
 # timm prints the epoch as "Train: 3 [ 100/1251 ( 8%)]"
 _TIMM_EPOCH_RE = re.compile(r"\b(?:Train|TRAIN):[ \t]*(\d+)(?=[ \t]*\[)")
 _NEWLINE, _COUNTER = 4, 5  # axis kinds next to names.SIGNAL/STEP/EPOCH/NOISE
@@ -217,7 +218,9 @@ def _mmdet_step(m: re.Match[str]) -> str:
 
 
 def _counter(m: re.Match[str]) -> str:
-    return _CTR_KEY + "=" + m.group(0).lstrip(" \t")  # a function: templates are expanded in Python
+    # a function, not a template string: a template is expanded in Python for every match
+    got = m.group(0)
+    return got[0] + " " + _CTR_KEY + "=" + got[1:].lstrip(" \t")
 
 
 def _darknet(m: re.Match[str]) -> str:
@@ -402,7 +405,8 @@ class TextParser:
         text = "\n" + text  # every line starts after a newline (the header pattern's anchor)
         rewrites = probe.count(b"\r")
         if rewrites:
-            crlf = probe.count(b"\r\n")
+            i = probe.find(b"\r")
+            crlf = probe.count(b"\r\n") if probe[i + 1 : i + 2] == b"\n" else 0  # count only if likely
             if crlf == rewrites:  # Windows line ends (a "\r\n" after a rewrite is left to the rules below)
                 text = text.replace("\r\n", "\n")
             else:
