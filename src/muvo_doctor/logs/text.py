@@ -11,8 +11,10 @@ Rules, each in one place:
   before its first signal (``Test set: Average loss: 2.31`` -> ``test/loss``), else the metric's
   default (``loss`` is ``train/loss``); names come from ``names.signal_name``.
 - step: the step printed on the line (``step``/``iter``/``Iteration``/``num_updates``, MMDetection's
-  ``Epoch [e][i/n]``, a progress counter ``i/n [`` counted across epochs), else the last such step,
-  else the epoch printed (``Epoch 3/10``) when the log never printed a step, else the record index.
+  ``Epoch [e][i/n]``, a progress counter, tqdm's ``| i/n [`` or ``[6400/60000 (11%)]``, counted
+  across the epochs printed), else the last such step; in a log that never printed one, the epoch
+  printed (``Epoch 3/10``) while each epoch holds one record, counted records after an epoch that
+  holds several; else the record index (a record: a line that holds a signal).
 - digits: the decimals each value was printed with (``5e-05`` shows 5); a percentage becomes a
   fraction with two more digits, a ratio ``980/10000`` a fraction shown to 1/10000.
 
@@ -66,8 +68,8 @@ _COLUMNS = tuple(itemgetter(i) for i in range(6))  # k, v, f, x, p, d
 _MAX_STEP = 1 << 53  # a step at or above this is not a step (1e30, 2**63): the line is skipped
 
 # Record boundaries: each newline is followed by a pair the key regex itself matches, so one
-# findall over a chunk yields pairs and line ends in order. Two more pseudo keys carry a progress
-# counter ("67/704 [") and a row that was rewritten from a table.
+# findall over a chunk yields pairs and line ends in order. Another pseudo key carries a progress
+# counter ("| 67/704 [" becomes "| Zqctr=67/704 [").
 _NL_KEY = "Zqnl"
 _NL_MARK = "\n" + _NL_KEY + "=0 "
 _CTR_KEY = "Zqctr"
