@@ -61,7 +61,8 @@ _KV = (
     # "%", or a ratio "9832/10000" (its denominator d)
     r"""(?:(?P<p>%)|/(?P<d>\d++))?['"]?(?![\w.'"]|[:,]\d)"""
     # not a size or a count of things ("1.71 GiB", "22 iterations"); the first-letter test keeps it cheap
-    r"(?![ \t]?(?=[KMGTkbiset])(?:[KMGT]i?B|[kMG]?bytes|iterations|images|samples|seconds|examples|tokens)\b)"
+    r"(?![ \t]?(?=[KMGTkbisetfpc])(?:[KMGT]i?B|[kMG]?bytes|iterations|iters|images|samples|seconds|examples"
+    r"|tokens|epochs|steps|batches|files|params|parameters|classes)\b)"
 )
 _KV_RE = re.compile(_KV)
 _COLUMNS = tuple(itemgetter(i) for i in range(6))  # k, v, f, x, p, d
