@@ -396,7 +396,11 @@ def render_dashboard(
             _findings_table(findings, n_find - 2),
             title=f"findings ({len(findings)})",
             title_align="left",
-            border_style="red" if critical else "yellow" if any(f.resolved_step is None for f in findings) else "green",
+            border_style="red"
+            if critical
+            else "yellow"
+            if any(f.resolved_step is None for f in findings)
+            else "green",
         )
     )
     return Group(*parts)
@@ -546,7 +550,12 @@ class LiveView:
         self._drawn_state = state
         w, h = self._size()
         r = render_dashboard(
-            self.doctor, title=self.title, width=w, height=h, color=self.console.is_terminal, final=self._final
+            self.doctor,
+            title=self.title,
+            width=w,
+            height=h,
+            color=self.console.is_terminal,
+            final=self._final,
         )
         with self._lock:
             self._renderable = r

@@ -134,9 +134,7 @@ def confirm_window(dead_since: int, config: DoctorConfig) -> int:
     return max(config.confirm_dead_steps, math.ceil(config.confirm_dead_fraction * max(dead_since, 0)))
 
 
-def confirmed_dead(
-    verdict: str, since: int | None, step: int, config: DoctorConfig
-) -> tuple[bool, str]:
+def confirmed_dead(verdict: str, since: int | None, step: int, config: DoctorConfig) -> tuple[bool, str]:
     """Whether a dead verdict has held for its confirmation window, and a sentence saying how long.
 
     A pure function of the verdict's history (Lightning's early-stopping style): the side effects
@@ -187,7 +185,8 @@ def _metric_evidence(history: History, config: DoctorConfig, name: str) -> tuple
     n = len(v)
     k = max(n // 3, 1)
     if name.startswith("train/") and k < 3:
-        return None  # a per-batch metric scatters: at least 3 points per third before its medians mean anything
+        # A per-batch metric scatters: at least 3 points per third before its medians mean anything.
+        return None
     start, recent = float(np.median(v[:k])), float(np.median(v[-k:]))
     scale = 100.0 if float(np.max(np.abs(v))) > 1.5 else 1.0  # printed as a percentage
     se = 1.2533 * step_noise(v) * math.sqrt(2.0 / k)
@@ -327,7 +326,9 @@ class Doctor:
             order = np.argsort(steps, kind="stable")  # within a step: series in name order, points in theirs
             digits = {i: s.digits for i, s in parts}
             add = self.history.add_point
-            for st, v, i in zip(steps[order].tolist(), values[order].tolist(), which[order].tolist(), strict=True):
+            for st, v, i in zip(
+                steps[order].tolist(), values[order].tolist(), which[order].tolist(), strict=True
+            ):
                 self.advance(st - 1)
                 add(names[i], st, v, digits[i])
         return self.evaluate()

@@ -80,7 +80,9 @@ def test_live_dashboard_shows_charts_baseline_finding_and_verdict() -> None:
     _add(d, PRIOR)
     view.finding(PRIOR)
     assert "\a" not in con.file.getvalue()  # an unconfirmed dead verdict rings no bell
-    view.alert_banner("\a\n!!!!\nmuvo-doctor: training DEAD (prior_baseline at step 120, dead for 500 steps)\n!!!!\n")
+    view.alert_banner(
+        "\a\n!!!!\nmuvo-doctor: training DEAD (prior_baseline at step 120, dead for 500 steps)\n!!!!\n"
+    )
     view.stop()
     raw = con.file.getvalue()
     assert "\x1b[" in raw  # colours in a colour terminal
@@ -93,7 +95,8 @@ def test_live_dashboard_shows_charts_baseline_finding_and_verdict() -> None:
     assert "DEAD" in last
     assert "\a" in raw  # the terminal bell comes with the confirmed alert
     assert "DEAD RUN" in text  # the panel naming the headline finding
-    assert "training DEAD (prior_baseline at step 120, dead for 500 steps)" in text  # the alert, scrolled above
+    # The alert, scrolled above the dashboard.
+    assert "training DEAD (prior_baseline at step 120, dead for 500 steps)" in text
 
 
 def test_live_header_says_no_evidence_yet_until_there_is_some() -> None:

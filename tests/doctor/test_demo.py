@@ -63,7 +63,12 @@ def test_train_command_wraps_muvo_train_without_its_own_doctor() -> None:
     assert cmd[:4] == [sys.executable, "-m", "muvo_model.train", "--no-doctor"]
     assert cmd[4:] == [
         *("--fault", "random-labels", "--set", "train.steps=50"),
-        *("--set", "train.eval_every=20", "--set", "data.image_size=16"),  # the user's --set comes last: it wins
+        *(
+            "--set",
+            "train.eval_every=20",
+            "--set",
+            "data.image_size=16",
+        ),  # the user's --set comes last: it wins
     ]
     assert "--fault" not in demo.train_command("none", None, [])
 
@@ -112,7 +117,9 @@ def test_judge_healthy_needs_evidence_and_resolved_findings_do_not_flag_it() -> 
     assert not ok and "ended inconclusive" in text
     # A fault caught and later resolved is still caught; the sentence says it resolved.
     caught = _f("frozen_parameters").model_copy(update={"resolved_step": 300})
-    ok, text = demo._judge("zero-lr", ("frozen_parameters",), SimpleNamespace(findings=[caught], verdict="dead"))
+    ok, text = demo._judge(
+        "zero-lr", ("frozen_parameters",), SimpleNamespace(findings=[caught], verdict="dead")
+    )
     assert ok and "frozen_parameters (critical, step 120, resolved at step 300)" in text
 
 

@@ -241,10 +241,16 @@ def test_stop_on_dead_interrupts_a_dead_run_once_confirmed(tmp_path):
     assert elapsed < 10
     err = p.stderr.decode()
     # The banner and the stop line say how long it held (the step it turned dead at is the checks' business).
-    stop = re.search(r"--stop-on dead: the run is dead \(flat_loss, dead for (\d+) steps \(since step (\d+)\)\); sent SIGINT", err)
+    stop = re.search(
+        r"--stop-on dead: the run is dead \(flat_loss, dead for (\d+) steps \(since step (\d+)\)\); sent SIGINT",
+        err,
+    )
     assert stop is not None, err
     held, since = int(stop.group(1)), int(stop.group(2))
-    assert held >= 100 and f"training DEAD (flat_loss at step 0, dead for {held} steps (since step {since}))" in err
+    assert (
+        held >= 100
+        and f"training DEAD (flat_loss at step 0, dead for {held} steps (since step {since}))" in err
+    )
     assert since + 100 <= p.stdout.count(b"\n") < 2000
 
 

@@ -24,7 +24,9 @@ from muvo_doctor.history import History
 from muvo_doctor.observation import Observation
 
 
-def scripted(check_id: str, holds: callable, severity: str = "critical", retractable: bool = False) -> ModuleType:
+def scripted(
+    check_id: str, holds: callable, severity: str = "critical", retractable: bool = False
+) -> ModuleType:
     """A check module whose finding holds whenever ``holds(last_step)`` is true."""
     mod = ModuleType(f"scripted_{check_id}")
     mod.ID = check_id
@@ -239,7 +241,9 @@ def test_an_auroc_that_stays_at_chance_is_no_evidence() -> None:
 
 
 def _f(check: str, severity: str, step: int = 10, resolved: int | None = None) -> Finding:
-    return Finding(check=check, severity=severity, step=step, message=check, advice="a", resolved_step=resolved)
+    return Finding(
+        check=check, severity=severity, step=step, message=check, advice="a", resolved_step=resolved
+    )
 
 
 def test_the_cause_is_the_headline_before_the_critical_symptom_it_produces() -> None:

@@ -8,14 +8,22 @@ from muvo_doctor.report import render_report, summary_line
 
 def _f(check: str, severity: str, step: int = 10, resolved: int | None = None) -> Finding:
     return Finding(
-        check=check, severity=severity, step=step, message=f"{check} says so", advice="do x", resolved_step=resolved
+        check=check,
+        severity=severity,
+        step=step,
+        message=f"{check} says so",
+        advice="do x",
+        resolved_step=resolved,
     )
 
 
 def test_inconclusive_says_so_without_a_healthy_word() -> None:
     rep = Report(source="sleep 1", verdict="inconclusive", steps=0, findings=[])
     text = render_report(rep, chart=False)
-    assert text.strip() == "inconclusive (too little to judge: no sign of learning yet): no findings in 0 steps (sleep 1)"
+    assert (
+        text.strip()
+        == "inconclusive (too little to judge: no sign of learning yet): no findings in 0 steps (sleep 1)"
+    )
     assert "healthy" not in text
 
 
@@ -34,7 +42,9 @@ def test_healthy_states_its_evidence_and_lists_resolved_findings_last() -> None:
         "RESOLVED flat_loss (was critical from step 0, resolved at step 450): flat_loss says so"
     )
     assert "what to do" not in lines[resolved + 1]  # nothing to do about what no longer holds
-    assert lines[-2] == "evidence of learning: train/loss fell 0.6931 -> 0.2707 over 999 steps, 294x its noise"
+    assert (
+        lines[-2] == "evidence of learning: train/loss fell 0.6931 -> 0.2707 over 999 steps, 294x its noise"
+    )
     assert lines[-1] == "healthy: 1 info, 1 resolved in 1000 steps (python train.py)"
 
 

@@ -58,7 +58,9 @@ for s in range(steps):
 
 
 @pytest.mark.parametrize("exact", ["exact", "noisy"])
-def test_a_slow_learner_at_ln2_for_400_steps_is_never_stopped_and_ends_healthy(tmp_path: Path, exact: str) -> None:
+def test_a_slow_learner_at_ln2_for_400_steps_is_never_stopped_and_ends_healthy(
+    tmp_path: Path, exact: str
+) -> None:
     # Printed-only (no torch): the loss sits at ln 2 (exactly 0.6931 at 4 decimals, or noisy) for 450
     # steps, then learns. Dead while it sits there, but never for the confirmation window.
     script = tmp_path / "slow.py"
@@ -113,6 +115,9 @@ def test_the_same_printed_output_gives_the_same_report_10_times_out_of_10(tmp_pa
     assert first["findings"], "the series should give findings whose first steps can differ"
     assert {f["check"] for f in first["findings"]} & {"flat_loss", "loss_not_decreasing"}
     assert all(r == reports[0] for r in reports), [
-        (json.loads(r)["verdict"], [(f["check"], f["step"], f["resolved_step"]) for f in json.loads(r)["findings"]])
+        (
+            json.loads(r)["verdict"],
+            [(f["check"], f["step"], f["resolved_step"]) for f in json.loads(r)["findings"]],
+        )
         for r in reports
     ]

@@ -177,12 +177,16 @@ def _judge(fault: str, expected: tuple[str, ...], doctor: object) -> tuple[bool,
             names = ", ".join(f"{f.check} ({f.severity})" for f in holding)
             return False, f"demo: the healthy run was flagged: {names}: a false alarm, please report it."
         if verdict == "inconclusive":
-            return False, "demo: the healthy run ended inconclusive: nothing showed learning; please report it."
+            return (
+                False,
+                "demo: the healthy run ended inconclusive: nothing showed learning; please report it.",
+            )
         evidence = getattr(doctor, "evidence", None)
         said = f" ({evidence})" if evidence else ""
         return True, f"demo: healthy run: verdict healthy{said}, {len(findings)} other finding(s)."
     hits = sorted(
-        (f for f in raised if f.check in expected), key=lambda f: getattr(f, "resolved_step", None) is not None
+        (f for f in raised if f.check in expected),
+        key=lambda f: getattr(f, "resolved_step", None) is not None,
     )
     if hits:
 
