@@ -199,7 +199,15 @@ class Alerts:
             self._start(self._run_command, self.notify_cmd, text, check, verdict)
 
     def _start(self, fn: Callable[..., None], *args: Any) -> None:
-        t = threading.Thread(target=fn, args=args, name="muvo-doctor-alert", daemon=True)
+        # One delivery after the other, in the order they fired: a recovery never overtakes its dead alert.
+        prev = self._threads[-1] if self._threads else None
+
+        def deliver() -> None:
+            if prev is not None:
+                prev.join()
+            fn(*args)
+
+        t = threading.Thread(target=deliver, name="muvo-doctor-alert", daemon=True)
         t.start()
         self._threads.append(t)
 
