@@ -216,8 +216,8 @@ def evidence_for_health(history: History, config: DoctorConfig) -> str | None:
     first third by more than 2% and more than ``lnd_noise_z`` standard errors (``checks._common.progress``)
     and not on the label prior's loss; or a higher-is-better metric (accuracy, AUROC, mAP, F1, ...)
     whose last third rose above its first by more than its noise and one point, above chance for
-    AUROC and above the majority rate for accuracy when the labels are known. At most two are named,
-    losses first.
+    AUROC and above the majority rate for accuracy when the labels are known. At most two are named:
+    a loss first, then a metric (held-out splits before the training split).
     """
     found: list[str] = []
     for name in _LOSSES:
@@ -225,7 +225,8 @@ def evidence_for_health(history: History, config: DoctorConfig) -> str | None:
         if got is not None:
             found.append(got[1])
             break  # one loss is enough; a metric is the independent second witness
-    for name in history.names():
+    # Held-out metrics first: they show learning that generalises; a training accuracy is the fallback.
+    for name in sorted(history.names(), key=lambda n: (n.startswith("train/"), n)):
         if name.startswith("printed/") or "@rank" in name or "/" not in name:
             continue
         if name.rsplit("/", 1)[-1] not in _HIGHER_IS_BETTER:

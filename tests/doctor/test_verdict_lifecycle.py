@@ -310,3 +310,18 @@ def test_replay_of_a_directly_filled_history_equals_the_live_run() -> None:
     offline.replay()
     assert live.findings, "the plateau should give findings that later resolve"
     assert offline.report().to_json() == live.report().to_json()
+
+
+def test_a_held_out_metric_is_named_before_a_training_one() -> None:
+    h = History()
+    for i, (tr, va) in enumerate(
+        zip(
+            [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.93, 0.95],
+            [0.6, 0.7, 0.75, 0.8, 0.82, 0.85, 0.86, 0.87, 0.88],
+            strict=True,
+        )
+    ):
+        h.add_point("train/acc", 10 * i, tr)
+        h.add_point("val/auroc", 10 * i, va)
+    text = evidence_for_health(h, DoctorConfig())
+    assert text is not None and text.startswith("val/auroc rose") and "train/acc" not in text
