@@ -226,3 +226,19 @@ def test_telemetry_and_tensorboard_steps_that_cannot_be_steps(tmp_path):
     ev.write_bytes(data)
     h, fmt, stats = _read(ev)
     assert fmt == "tensorboard" and h.series("train/loss").steps.tolist() == [0, 1, 3] and stats.skipped == 1
+
+
+@pytest.mark.parametrize("layout", ["trainer_state", "array"])
+def test_whole_json_documents_keep_their_other_entries(tmp_path, layout):
+    entries = [json.dumps({"loss": round(1 / (i + 1), 4), "step": i * 10}) for i in range(10)]
+    entries.insert(5, DEEP)
+    body = "[" + ",\n".join(entries) + "]"
+    if layout == "trainer_state":
+        p = tmp_path / "trainer_state.json"
+        p.write_text('{"global_step": 90, "log_history": ' + body + "}")
+    else:
+        p = tmp_path / "history.json"
+        p.write_text(body)
+    h, _, stats = _read(p)
+    assert h.series("train/loss").steps.tolist() == list(range(0, 100, 10))
+    assert stats.skipped == 1 and "nested too deeply" in stats.first_reason

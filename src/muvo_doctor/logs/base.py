@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 
 from muvo_doctor.logs.names import STEP_KEYS, classify, digits_of, kind_of
 
@@ -19,6 +20,7 @@ __all__ = [
     "digits_of",
     "kind_of",
     "MAX_STEP",
+    "json_elements",
     "load_json",
     "sane_step",
 ]
@@ -173,3 +175,38 @@ def load_json(path: str, st: ReadStats, what: str) -> object | None:
         except RecursionError:
             st.note = f"JSON nested too deeply to be a {what}"
             return None
+
+
+# JSON tokens that matter for finding element boundaries: strings (skipped whole) and brackets.
+_JSON_TOKEN_RE = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def json_elements(text: str, start: int, st: ReadStats) -> Iterator[object]:
+    """The elements of the JSON array that opens just before ``start``, each parsed on its own: an
+    element that does not parse (nested too deep, or cut off at the end of a truncated file) is
+    skipped and counted in ``st``, and the elements after it are still read. Brackets are matched
+    with a loop, not recursion, so depth costs nothing.
+    """
+    depth = 0
+    begin = -1
+    dec = json.JSONDecoder(parse_float=str)
+    for m in _JSON_TOKEN_RE.finditer(text, start):
+        tok = m.group(0)
+        if tok[0] == '"':
+            continue
+        if tok in "[{":
+            if depth == 0:
+                begin = m.start()
+            depth += 1
+            continue
+        if depth == 0:  # the array's own "]"
+            return
+        depth -= 1
+        if depth == 0:
+            try:
+                yield dec.decode(text[begin : m.end()])
+            except (ValueError, RecursionError) as exc:
+                why = "nested too deeply" if isinstance(exc, RecursionError) else "not valid JSON"
+                st.skip(f"an entry {why} (at character {begin})")
+    if depth:
+        st.skip("the file ends inside an entry (truncated): the entries before it are read")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import re
 
-from muvo_doctor.logs.base import AddPoint, ReadStats, add_record, load_json
+from muvo_doctor.logs.base import AddPoint, ReadStats, add_record, json_elements, load_json
 
 _HISTORY_RE = re.compile(r'"log_history"\s*:\s*\[')
 
@@ -19,7 +18,9 @@ def read_trainer_state(path: str, add: AddPoint) -> ReadStats:
     st = ReadStats()
     doc = load_json(path, st, "trainer_state.json")
     if doc is None:
-        history = _salvage(path, st)  # a truncated file (a run killed while saving) keeps its whole entries
+        # entry by entry: a truncated file (a run killed while saving) or one entry nested too deeply
+        # keeps the other entries
+        history = _salvage(path, st)
         if not history:
             return st
         doc = {"log_history": history}
@@ -36,23 +37,14 @@ def read_trainer_state(path: str, add: AddPoint) -> ReadStats:
 
 
 def _salvage(path: str, st: ReadStats) -> list[object]:
-    """The complete ``log_history`` entries of a truncated trainer_state.json, in order."""
+    """The ``log_history`` entries that parse, in order, of a file that does not parse whole."""
     with open(path, encoding="utf-8", errors="replace") as f:
         text = f.read()
     m = _HISTORY_RE.search(text)
     if m is None:
         return []
-    dec = json.JSONDecoder(parse_float=str)
-    out: list[object] = []
-    i = m.end()
-    while True:
-        while i < len(text) and text[i] in " \t\r\n,":
-            i += 1
-        try:
-            obj, i = dec.raw_decode(text, i)
-        except (ValueError, RecursionError):
-            break
-        out.append(obj)
+    out = list(json_elements(text, m.end(), st))
     if out:
-        st.skip("the file ends inside 'log_history' (truncated): its complete entries are read")
+        st.unparsed = False
+        st.note = ""
     return out

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import json
 
-from muvo_doctor.logs.base import AddPoint, ReadStats, add_record, classify, load_json, sane_step
+from muvo_doctor.logs.base import (
+    AddPoint,
+    ReadStats,
+    add_record,
+    classify,
+    json_elements,
+    load_json,
+    sane_step,
+)
 from muvo_doctor.logs.names import key_of, split_of
 
 _MAX_RECORD = 1 << 20  # a JSON line longer than this is not a metrics record: skipped, counted
@@ -87,7 +95,9 @@ def read_json_array(path: str, add: AddPoint) -> ReadStats:
     st = ReadStats()
     doc = load_json(path, st, "file")
     if doc is None:
-        return st
+        doc = _salvage(path, st)
+        if doc is None:
+            return st
     rows = doc if isinstance(doc, list) else _first_list_of_dicts(doc)
     for i, obj in enumerate(rows or []):
         if isinstance(obj, dict):
@@ -95,6 +105,21 @@ def read_json_array(path: str, add: AddPoint) -> ReadStats:
     if not st.records:
         st.note = "no list of records with numbers in this JSON document"
     return st
+
+
+def _salvage(path: str, st: ReadStats) -> list[object] | None:
+    """The elements that parse of a top-level JSON array that does not parse whole (truncated, or
+    one element nested too deeply)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    start = text.find("[")
+    if start < 0 or text[:start].strip():
+        return None
+    rows = [r for r in json_elements(text, start + 1, st) if isinstance(r, dict)]
+    if not rows:
+        return None
+    st.unparsed, st.note = False, ""
+    return rows
 
 
 def _first_list_of_dicts(doc: object) -> list[object] | None:
