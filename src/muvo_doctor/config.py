@@ -102,7 +102,9 @@ class Thresholds(BaseModel):
     # rare (0.9^16 per batch of 16 at p = 0.1 -> 1e-7 for ten in a row)
     li_min_fraction: float = 0.02  # mean positive fraction below this (or above 1 - this) warns: 1 in 50
     # -- prior_baseline
-    pb_window: int = 100  # points the loss must sit at the prior (one sampled step each)
+    pb_window: int = 100  # points the loss must sit at the prior (one sampled step each). Not shorter:
+    # with half the points seen (at least 50), bench/detection.py called a healthy 10%-prior run (rare10
+    # seed 1, AUROC 0.53 at the time) dead at the pos_weight prior before it learned (final AUROC 0.91)
     pb_rel_band: float = 0.03  # |loss - prior loss| within 3% of the prior loss (plus noise) ...
     pb_noise_z: float = 3.0  # ... or within this many standard errors of the window median
     pb_acc_tol: float = 0.01  # accuracy within 1 point of the majority rate
