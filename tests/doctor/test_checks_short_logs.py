@@ -241,3 +241,12 @@ def test_a_sliding_held_out_score_with_a_part_name() -> None:
     }
     out = overfitting.check(hist(rows), CFG)
     assert out and "val/acc/target fell from its best 0.5516" in out[0].message
+
+
+def test_a_val_loss_rising_above_the_prior_with_a_steady_accuracy_is_not_the_prior() -> None:
+    """Over-confidence: the accuracy holds at 85% while the val loss climbs past H(0.15) (overfitting)."""
+    from muvo_doctor.checks import prior_baseline
+
+    n = T.ms_min_evals + 1
+    rows = {"val/loss": list(np.linspace(0.35, 1.25, n)), "val/acc": [0.85] * n}
+    assert prior_baseline.check(hist(rows), CFG) == []

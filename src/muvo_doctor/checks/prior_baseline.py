@@ -327,7 +327,8 @@ def _inferred(
     # H(1 - a) is the least entropy any prior with majority rate a has (grouping the other classes only
     # lowers it), so a loss above it, with an accuracy that has not moved over ms_min_evals records,
     # has not beaten predicting the prior, whatever the number of classes.
-    above = binary and med > c + band and len(av) >= t.ms_min_evals
+    # ... approached from above or flat: a loss that rises above it is over-confidence (overfitting), not the prior.
+    above = binary and med > c + band and len(av) >= t.ms_min_evals and float(v[-1]) <= float(v[0])
     if not above and (abs(med - c) > band or drop > band):
         return None
     off = abs(med - c) / c
