@@ -308,7 +308,7 @@ def _inferred(
         p = 1.0 - a
         c = bernoulli_entropy(p)
         what = f"prior entropy H({short_p(p)})={c:.3f}"
-        prior_of = f"a binary prior with majority rate {a:.1%}"
+        prior_of = "the prior inferred from the accuracy plateau"
         evidence: dict = {"prior_p": p, "majority_rate": a}
     else:
         k_est = 1.0 / a
@@ -316,7 +316,8 @@ def _inferred(
         classes = k if k >= 2 and abs(k_est - k) <= 0.05 * k_est else None
         c = math.log(classes if classes else k_est)
         what = f"ln {classes} = {c:.4f}" if classes else f"ln(1/{a:.3g}) = {c:.3f}"
-        prior_of = f"a uniform prior over {classes if classes else f'~{k_est:.0f}'} classes (K from the accuracy {a:.3g} ≈ 1/K)"
+        k_shown = classes if classes else f"~{k_est:.0f}"
+        prior_of = f"a uniform prior over K = {k_shown} classes, K inferred from the accuracy ≈ 1/K"
         evidence = {"classes": classes if classes else k_est, "chance_accuracy": a}
     # A standard error from a handful of epoch records is no noise estimate: the band is then the
     # relative one alone (plus what the printed digits cannot show).
@@ -353,8 +354,8 @@ def _inferred(
     borrowed = "" if loss_split == split else f", no {split}/loss printed"
     msg = (
         f"Loss {fmt(med)} {'is above' if above else '≈'} {what} and accuracy {a:.2%} ≈ {target} ({loss_split}/loss and {split}/acc over "
-        f"{len(av)} records, accuracy not improving{borrowed}; prior inferred from the accuracy plateau: "
-        f"{prior_of}, {off:.1%} apart; confidence {sure}): the model predicts the label prior."
+        f"{len(av)} records, accuracy not improving{borrowed}; {prior_of}, {off:.1%} apart; confidence {sure}): "
+        f"the model predicts the label prior."
     )
     return make(ID, "critical", _onset(steps, v, c, band), msg, evidence, ADVICE)
 
