@@ -181,7 +181,7 @@ def _whole_run(
     return make(ID, "critical" if failing else "warning", int(steps[0]), msg, evidence, advice)
 
 
-def _modules(history: History, steps: np.ndarray, t: Thresholds) -> list[str]:
+def _modules(history: History, steps: np.ndarray) -> list[str]:
     """Modules frozen (per ``param/frozen/<module>``, recorded only when > 0) at most of ``steps``."""
     out = []
     for name in history.names("param/frozen/"):
@@ -229,14 +229,14 @@ def _over_active(
     first = int(steps[idx[0]]) if not below else int(steps[next((i for i in idx if i > below[-1]), idx[-1])])
     everything = frac >= t.frozen_all_fraction
     whole = everything and all(col[i] >= t.frozen_all_fraction for i in idx if np.isfinite(col[i]))
-    mods = _modules(history, steps[recent], t)
-    if mods and not everything:
-        parts.append("modules affected: " + ", ".join(mods[:5]) + (" ..." if len(mods) > 5 else ""))
-        evidence["modules"] = mods[:20]
     parts[-1] += (
         f" (medians over the {len(recent)} recorded steps {int(steps[recent[0]])}-{int(steps[recent[-1]])} "
         f"where gradients exist and the learning rate is above 0)"
     )
+    mods = _modules(history, steps[recent])
+    if mods and not everything:
+        parts.append("modules affected: " + ", ".join(mods[:5]) + (" ..." if len(mods) > 5 else ""))
+        evidence["modules"] = mods[:20]
     failing = _not_learning(history, t, nothing_moves=whole) if everything else None
     msg = "; ".join(parts)
     msg = msg[0].upper() + msg[1:] + (f", {failing}." if failing else ".")
