@@ -202,7 +202,14 @@ def _fell_to_zero(
     i = nz[-1] + 1
     first = int(steps[i])
     real = ""
-    evidence = {"series": s.name, "digits": d, "resolution": unit, "start": float(v[0]), "since": first}
+    evidence = {
+        "printed": s.name,  # every display_precision finding names the displayed series here
+        "series": s.name,
+        "digits": d,
+        "resolution": unit,
+        "start": float(v[0]),
+        "since": first,
+    }
     if history_real is not None:
         name, rv = history_real
         tail = rv[i:]
@@ -250,6 +257,7 @@ def _log_only(s: Series, history: History, t) -> Finding | None:
             f"resolution (below {0.5 * unit:g}, or it is not the value optimised), so the display hides the loss."
         )
         evidence = {
+            "printed": s.name,
             "series": s.name,
             "digits": d,
             "resolution": unit,
@@ -277,7 +285,7 @@ def _log_only(s: Series, history: History, t) -> Finding | None:
                 "warning",
                 int(steps[recent[0]]),
                 msg,
-                {"series": s.name, "digits": d, "distinct": len(distinct)},
+                {"printed": s.name, "series": s.name, "digits": d, "distinct": len(distinct)},
                 ADVICE,
             )
     return None
