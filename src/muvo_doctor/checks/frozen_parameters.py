@@ -9,11 +9,12 @@ What it does:
     learning rate is above 0. So Lightning's first step (its gradients are computed inside
     ``optimizer.step(closure)``) and a warm-up that starts at lr 0 are not frozen parameters.
     Over the last ``window`` such steps (at least ``frozen_min_observed`` of them), a median fraction
-    of ``frozen_min_fraction`` or more warns. Where no step qualifies the run itself is the finding: the
-    learning rate was 0 at every recorded step, or no parameter received a gradient at any step (a
-    detached loss), over at least ``frozen_min_observed`` recorded steps. Critical when (nearly) everything, ``frozen_all_fraction``, is frozen and the loss is not
-    improving; with nothing able to move, a held-out metric is the untrained model's and does not
-    veto. From logs alone: per-step losses that repeat exactly one epoch later
+    of ``frozen_min_fraction`` or more warns. Where no step qualifies, the run itself is the finding:
+    the learning rate was 0 at every recorded step, or no parameter received a gradient at any step
+    (a detached loss), over at least ``frozen_min_observed`` recorded steps; the message says which,
+    and nothing else. Critical when (nearly) everything, ``frozen_all_fraction``, is frozen and the
+    loss is not improving; with nothing able to move, a held-out metric is the untrained model's and
+    does not veto. From logs alone: per-step losses that repeat exactly one epoch later
     (``frozen_repeat_fraction`` of them, over at least ``frozen_repeat_min_distinct`` distinct values)
     mean the same batches meet the same weights every epoch.
 

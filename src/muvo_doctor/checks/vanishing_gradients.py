@@ -8,8 +8,9 @@ What it does:
     ``head.6``, ``fc1`` and ``fc3``) are one kind, and a module is quiet when its median norm is below
     ``vg_ratio`` times the loudest module of its kind AND below ``vg_abs`` (AUTOTRAINER's 1e-3 / 1e-4).
     Modules of different kinds are not compared: an attention query/key gradient 1e-5 of a
-    classifier's, or a LayerNorm's far below a Linear's, is normal. Absolute: a total gradient norm
-    below ``vg_total_abs`` means nothing moves at all.
+    classifier's, or a LayerNorm's far below a Linear's, is normal; a module with no other of its
+    kind is not judged by ratio. Absolute: a total gradient norm below ``vg_total_abs`` means nothing
+    moves at all.
     Outcome before mechanism: only info while the run learns. A warning when learning also stalls
     (the loss's progress, ``checks._common.progress``: no drop of ``lnd_min_rel_drop`` between its
     first and last thirds; or the output no longer depends on the input, as ``constant_output``
