@@ -132,8 +132,9 @@ def test_an_unreachable_webhook_does_not_slow_or_break_the_run(url):
     t_wrapped = time.monotonic() - t0
     assert p.returncode == 0
     assert p.stdout == direct.stdout
-    # The alert is tried in the background; at exit it gets at most 2 s before we give up.
-    assert t_wrapped - t_direct < 4.0
+    # The run ends dead before its confirmation window, so the alert fires at exit, in the background,
+    # and gets at most 2 s there before we give up: start-up (~0.5-1 s, more on a busy machine) + 2 s.
+    assert t_wrapped - t_direct < 5.0
     assert b"alert" in p.stderr and b"Traceback" not in p.stderr
 
 
