@@ -265,6 +265,7 @@ class Doctor:
         self.next_grid = next_grid_step(0, self.config)
         self.step: int | None = None  # step of the latest evaluation
         self.evaluations = 0
+        self._count_judged = -1  # history.count at the latest evaluation
         self.evidence: str | None = None
         self._verdict: Verdict = "inconclusive"
         self.verdict_since: int | None = None  # step of the evaluation where the current verdict began
@@ -300,6 +301,10 @@ class Doctor:
         while step >= self.next_grid:
             g = self.next_grid
             self.next_grid = next_grid_step(g, self.config)
+            if self.history.count == self._count_judged and not any(o.step <= g for o in self._held):
+                # Nothing new since the last evaluation: the checks (pure functions of the history) would
+                # say the same. A run that prints every 1,000 steps costs one evaluation per print, not 40.
+                continue
             self._cut = g
             try:
                 self.evaluate()
@@ -381,6 +386,7 @@ class Doctor:
                     self._findings[check] = old.model_copy(update={"resolved_step": step})
                     changed.append(self._findings[check])
         self.evidence = evidence_for_health(self.history, self.config)
+        self._count_judged = self.history.count
         verdict = verdict_of(self._findings.values(), self.evidence)
         if verdict != self._verdict or self.verdict_since is None:
             self._verdict = verdict

@@ -325,3 +325,12 @@ def test_a_held_out_metric_is_named_before_a_training_one() -> None:
         h.add_point("val/auroc", 10 * i, va)
     text = evidence_for_health(h, DoctorConfig())
     assert text is not None and text.startswith("val/auroc rose") and "train/acc" not in text
+
+
+def test_grid_steps_with_nothing_new_are_not_evaluated_again() -> None:
+    mod = scripted("flat_loss", lambda last: False)
+    d = Doctor(checks=[mod])
+    for s in range(0, 1001, 100):  # a run that prints every 100 steps
+        d.observe(Observation(name="train/loss", step=s, value=1.0 / (1 + s)))
+    # One evaluation per print (at the first grid step after it), not one per grid step.
+    assert mod.calls == [0, 100, 200, 300, 400, 500, 600, 700, 800, 900]
