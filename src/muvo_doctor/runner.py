@@ -514,9 +514,10 @@ class Runner:
     def _observe(self, obs: Observation, telemetry: bool = False) -> None:
         from muvo_doctor.stream import encode_observation
 
-        # The step clock: rank 0's telemetry when the child is instrumented (printed lines can run ahead of
-        # it), the printed numbers otherwise.
-        clock = (telemetry and not obs.rank) or not self.instrumented
+        # The step clock: rank 0's telemetry once it reports steps (printed lines can run ahead of it), the
+        # printed numbers otherwise: not Python, no torch, or torch imported but no optimizer step seen
+        # (a script that uses torch for data only would otherwise wait for the end to be judged).
+        clock = (telemetry and not obs.rank) or not self.instrumented or self.telemetry_step < 0
         self.doctor.observe(obs, clock=clock)
         self._dirty = True
         if self.record is not None:
