@@ -5,8 +5,8 @@ terminal, else pipes), our stdin (forwarded in raw mode under a pseudo-terminal)
 FIFO every Python process of the child writes to, and a wake-up pipe for signals. The Doctor is
 evaluated at its grid of recorded steps (``evaluate_every_steps``), as the observations cross it, and
 once at the end, never on a wall clock: the same output gives the same findings however it was
-chunked. The step clock is the telemetry of rank 0 when the child is instrumented (printed numbers
-are held until the telemetry passes their step), else the printed numbers themselves.
+chunked. The step clock is the telemetry of rank 0 once the instrumented child reports a step
+(printed numbers are held until the telemetry passes their step), else the printed numbers themselves.
 
 Transparency: output bytes are written through unchanged; SIGINT/SIGTERM/SIGHUP are forwarded
 (a second Ctrl-C sends SIGTERM, and SIGKILL follows after a grace period); window size changes
