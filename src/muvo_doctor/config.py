@@ -148,15 +148,15 @@ class DoctorConfig(BaseModel):
     # the same findings and first steps live, in `watch` and at the end. The grid step is
     # evaluate_every_steps until evaluate_every_fraction of the steps seen exceeds it, then grows in
     # multiples of it (25 up to step 2,500, 50 up to 5,000, ...): ~50 evaluations per doubling of a long run.
-    evaluate_every_steps: int = Field(default=25, ge=1)  # 25: detection latency <= 80 steps (bench/detection.py)
-    evaluate_every_fraction: float = Field(default=0.02, ge=0.0, le=1.0)
+    evaluate_every_steps: int = Field(default=25, ge=1)  # 25: median detection latency 76 (bench)
+    evaluate_every_fraction: float = Field(default=0.02, ge=0.0, le=1.0)  # long runs: the grid grows
     # Alerts and --stop-on dead act on a dead verdict only once it has held (uninterrupted) for
     # max(confirm_dead_steps, confirm_dead_fraction x the step it turned dead at) steps: long enough that a
     # run sitting at the prior (ln 2) for its first ~400 steps and then learning is never stopped (measured:
     # a printed-only loss stuck at exactly 0.6931 is dead from step 25 and clears ~100 steps after it starts
     # to fall, so a 500-step window left 25 steps of margin for a 400-step plateau; 600 leaves 125).
-    confirm_dead_steps: int = Field(default=600, ge=0)
-    confirm_dead_fraction: float = Field(default=0.5, ge=0.0)
+    confirm_dead_steps: int = Field(default=600, ge=0)  # the least a dead verdict must hold (steps)
+    confirm_dead_fraction: float = Field(default=0.5, ge=0.0)  # ... or this share of its start step
     thresholds: Thresholds = Thresholds()
 
 
