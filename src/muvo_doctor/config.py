@@ -111,10 +111,8 @@ class Thresholds(BaseModel):
     pb_auroc_tol: float = 0.05  # AUROC within 0.05 of 0.5
     pb_log_min_points: int = 3  # logs: loss records (epochs, evaluations) before an inferred prior is judged
     pb_window_for_noise: int = 10  # logs: fewer loss records than this give no noise estimate (relative band only)
-    # Unused since K must come from the log (an accuracy at 1/K), not from a plateau near some ln K;
-    # kept so that existing config files still load.
-    pb_ln_k_max: int = 1000
-    pb_ln_k_rel_band: float = 0.005
+    pb_ln_k_max: int = 1000  # unused: K comes from the log (accuracy at 1/K), never from a plateau near ln K;
+    pb_ln_k_rel_band: float = 0.005  # unused, like pb_ln_k_max: both kept so existing config files still load
     # -- overfitting
     of_patience: int = 5  # validation points in a row above the best one
     of_min_rise: float = 0.05  # ... by at least 5% of the best validation loss
