@@ -51,7 +51,7 @@ class Thresholds(BaseModel):
     div_heldout_factor: float = 10.0  # a held-out loss 10x its best in the last 2 evaluations blew up
     div_rises: int = 4  # the training loss up at each of its last 4 records (epochs) ...
     div_rise_rel: float = 0.02  # ... by 2% of its level in all
-    div_short_points: int = 60  # more records than this: rises are counted on block medians
+    div_short_points: int = 60  # the rising rule reads logs of at most this many records (epoch averages)
     div_rebound: float = 1.5  # a held-out loss 1.5x its best ...
     div_rebound_evals: int = 3  # ... in each of the last 3 evaluations, with a training loss not falling
     # -- loss_spike
@@ -117,7 +117,6 @@ class Thresholds(BaseModel):
     of_patience: int = 5  # validation points in a row above the best one
     of_min_rise: float = 0.05  # ... by at least 5% of the best validation loss
     of_metric_tol: float = 0.01  # val AUROC/acc/mAP within this of its best: the rise is calibration, info
-    of_big_rise: float = 0.2  # ... unless val loss rose 20%+: calibration that bad is a warning anyway
     of_few_rises: int = 2  # logs: val loss up at each of the last 2 evaluations ...
     of_few_min_rise: float = 0.1  # ... to 10% above its best while the training loss fell
     of_few_evals: int = 3  # logs: a held-out score below its best in each of the last 3 evaluations ...

@@ -250,3 +250,20 @@ def test_a_val_loss_rising_above_the_prior_with_a_steady_accuracy_is_not_the_pri
     n = T.ms_min_evals + 1
     rows = {"val/loss": list(np.linspace(0.35, 1.25, n)), "val/acc": [0.85] * n}
     assert prior_baseline.check(hist(rows), CFG) == []
+
+
+def test_four_rises_in_a_dense_per_step_log_are_noise() -> None:
+    rng = np.random.default_rng(0)
+    v = list(np.exp(-np.arange(300) / 150) + rng.normal(0, 0.05, 300)) + [0.6, 0.62, 0.64, 0.66, 0.68]
+    assert divergence.check(hist({"train/loss": v}), CFG) == []
+
+
+def test_a_held_out_loss_blow_up_with_a_score_at_its_best_is_calibration() -> None:
+    rows = {
+        "train/loss": [0.6, 0.3, 0.1, 0.05, 0.03],
+        "val/loss": [0.5, 0.1, 0.037, 0.5, 0.79],
+        "val/auroc": [0.8, 0.97, 0.998, 0.999, 0.999],
+    }
+    assert divergence.check(hist(rows), CFG) == []
+    collapsed = {**rows, "val/auroc": [0.8, 0.97, 0.998, 0.7, 0.6]}
+    assert divergence.check(hist(collapsed), CFG)[0].evidence["rule"] == "heldout_blowup"

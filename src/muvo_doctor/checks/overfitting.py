@@ -7,8 +7,8 @@ What it does:
     overfitting. A warning: the model learns, only too specifically. When a validation quality
     metric (``val/auroc``, ``val/acc``, ``val/map``) is still within ``of_metric_tol`` of its best,
     the rise is over-confidence (calibration) rather than lost accuracy, and it is reported as info,
-    unless the validation loss rose ``of_big_rise`` or more (then the probabilities are badly
-    calibrated whatever the accuracy says: a warning).
+    however large the rise (measured: healthy muvo_model runs end with val loss 10-20x its best at
+    val AUROC 0.999, a few confidently wrong frames).
 
     Epoch logs have few evaluations, so three rules are made for few points: the validation loss
     rose at each of the last ``of_few_rises`` evaluations to ``of_few_min_rise`` above its best while
@@ -101,7 +101,7 @@ def _val_loss_rise(history: History, t) -> Finding | None:
     rise = (now - best) / abs(best) if best else 0.0
     after = len(vv) - 1 - best_i
     holds = _holds(history, t, after)
-    info = bool(holds) and rise < t.of_big_rise
+    info = bool(holds)
     rule = (
         f"the last {t.of_patience} evaluations all higher"
         if long_rule
@@ -113,8 +113,6 @@ def _val_loss_rise(history: History, t) -> Finding | None:
         + (
             f"; {holds[0]}, so it is over-confident rather than worse."
             if info
-            else f": the model is overfitting ({holds[0]}, but probabilities this over-confident mislead)."
-            if holds
             else ": the model is overfitting."
         )
     )
