@@ -267,3 +267,14 @@ def test_a_held_out_loss_blow_up_with_a_score_at_its_best_is_calibration() -> No
     assert divergence.check(hist(rows), CFG) == []
     collapsed = {**rows, "val/auroc": [0.8, 0.97, 0.998, 0.7, 0.6]}
     assert divergence.check(hist(collapsed), CFG)[0].evidence["rule"] == "heldout_blowup"
+
+
+def test_with_two_evaluations_since_the_best_the_latest_score_decides_whether_it_holds() -> None:
+    rows = {
+        "train/loss": [0.320, 0.193, 0.121],
+        "val/loss": [0.265, 0.278, 0.328],
+        "val/acc": [0.90, 0.911, 0.896],
+    }
+    assert [f.severity for f in overfitting.check(hist(rows), CFG)] == ["warning"]
+    holding = {**rows, "val/acc": [0.90, 0.911, 0.905]}
+    assert [f.severity for f in overfitting.check(hist(holding), CFG)] == ["info"]
