@@ -459,10 +459,11 @@ def test_global_mode_optimizer_step_with_a_closure(positional: bool) -> None:
         for step in range(3):
             x, y = batch(step)
 
-            def closure() -> torch.Tensor:
+            def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
                 opt.zero_grad(set_to_none=True)
-                loss = F.binary_cross_entropy_with_logits(model(x).squeeze(1), y)
-                rec.observe_loss_call("bce_with_logits", model(x).squeeze(1), y, loss)
+                logits = model(x).squeeze(1)
+                loss = F.binary_cross_entropy_with_logits(logits, y)
+                rec.observe_loss_call("bce_with_logits", logits, y, loss)
                 loss.backward()
                 losses.append(loss.item())
                 norms.append(
