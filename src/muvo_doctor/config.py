@@ -62,13 +62,16 @@ class Thresholds(BaseModel):
     # before (it undid progress); spikes that vanish at once (a hard batch, pos_weight) are info
     spike_setback_of_jump: float = 0.15  # ... and by >= 15% of the jump (healthy pos_weight runs: <= 8%)
     spike_short_factor: float = 2.0  # logs shorter than min_points: a jump to 2x the previous record ...
-    spike_short_setback: float = 0.25  # ... after which no record comes back within 25% of the level before it
+    spike_short_setback: float = (
+        0.25  # ... after which no record comes back within 25% of the level before it
+    )
     # -- vanishing_gradients (AUTOTRAINER defaults: beta1=1e-3 ratio, beta2=1e-4 absolute)
     vg_ratio: float = 1e-3  # a module whose gradient norm is below 1e-3 x the largest module's is quiet
     vg_abs: float = 1e-4  # ... and below this absolute norm
     vg_total_abs: float = 1e-8  # total gradient norm below this: nothing moves (SageMaker: 1e-7 mean |g|)
     vg_quiet_fraction: float = 0.5  # quiet share of modules that warns; one quiet layer alone is only info
     vg_quiet_count: int = 3  # ... or this many quiet modules (a deep saturating stack, not one odd layer)
+    vg_log_min_records: int = 3  # logs: a printed total grad norm at zero in this many records (and all)
     # -- exploding_gradients
     eg_growth: float = 100.0  # recent gradient norm 100x its early level (healthy runs grow <10x)
     eg_abs: float = 1e4  # or an absolute total norm this large (BCE/CE models sit at 1e-2..1e1)
@@ -94,7 +97,9 @@ class Thresholds(BaseModel):
     wli_logprob_tol: float = 1e-6  # NLL input max above this: not log-probabilities
     # -- display_precision
     dp_min_points: int = 5  # printed/real pairs (or log records) needed before judging
-    dp_mismatch_fraction: float = 0.8  # share of prints showing zero at their resolution while the real value is not
+    dp_mismatch_fraction: float = (
+        0.8  # share of prints showing zero at their resolution while the real value is not
+    )
     dp_max_distinct: int = 3  # logs: at most this many distinct printed values over many records ...
     dp_min_records: int = 50  # ... of at least this many records
     # -- label_imbalance
@@ -110,7 +115,9 @@ class Thresholds(BaseModel):
     pb_acc_tol: float = 0.01  # accuracy within 1 point of the majority rate
     pb_auroc_tol: float = 0.05  # AUROC within 0.05 of 0.5
     pb_log_min_points: int = 3  # logs: loss records (epochs, evaluations) before an inferred prior is judged
-    pb_window_for_noise: int = 10  # logs: fewer loss records than this give no noise estimate (relative band only)
+    pb_window_for_noise: int = (
+        10  # logs: fewer loss records than this give no noise estimate (relative band only)
+    )
     pb_ln_k_max: int = 1000  # unused: K comes from the log (accuracy at 1/K), never from a plateau near ln K;
     pb_ln_k_rel_band: float = 0.005  # unused, like pb_ln_k_max: both kept so existing config files still load
     # -- overfitting
@@ -128,7 +135,9 @@ class Thresholds(BaseModel):
     ms_map_floor: float = 0.01  # mAP below this on every recent evaluation: nothing detected
     ms_acc_tol: float = 0.005  # accuracy within half a point of 1/K or of the majority rate
     ms_zero_evals: int = 2  # logs: a held-out score exactly 0 in this many evaluations recognised nothing
-    ms_train_rel_drop: float = 0.1  # ... critical unless a training loss fell 10% (early detectors round to 0)
+    ms_train_rel_drop: float = (
+        0.1  # ... critical unless a training loss fell 10% (early detectors round to 0)
+    )
 
 
 class DoctorConfig(BaseModel):

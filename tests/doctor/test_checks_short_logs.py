@@ -278,3 +278,25 @@ def test_with_two_evaluations_since_the_best_the_latest_score_decides_whether_it
     assert [f.severity for f in overfitting.check(hist(rows), CFG)] == ["warning"]
     holding = {**rows, "val/acc": [0.90, 0.911, 0.905]}
     assert [f.severity for f in overfitting.check(hist(holding), CFG)] == ["info"]
+
+
+def test_a_printed_gradient_norm_at_zero_in_every_record() -> None:
+    from muvo_doctor.checks import vanishing_gradients
+
+    k = T.vg_log_min_records
+    rows = {"grad/norm/total": [0.0] * k, "optim/lr": [0.0017] * k, "train/loss": [208.4, 208.5, 208.8][:k]}
+    out = vanishing_gradients.check(hist(rows, {"grad/norm/total": 4}), CFG)
+    assert out and out[0].severity == "critical" and "0.0000 in all 3 finite records" in out[0].message
+    # With a training loss that falls 10%+, some part still learns: a warning.
+    falling = {**rows, "train/loss": [2.0, 1.5, 1.0][:k]}
+    assert vanishing_gradients.check(hist(falling, {"grad/norm/total": 4}), CFG)[0].severity == "warning"
+    # One record fewer, a norm at one printed unit, or lr 0 (frozen_parameters' finding): nothing.
+    short = {name: v[: k - 1] for name, v in rows.items()}
+    assert vanishing_gradients.check(hist(short, {"grad/norm/total": 4}), CFG) == []
+    assert (
+        vanishing_gradients.check(
+            hist({**rows, "grad/norm/total": [0.0001] * k}, {"grad/norm/total": 4}), CFG
+        )
+        == []
+    )
+    assert vanishing_gradients.check(hist({**rows, "optim/lr": [0.0] * k}, {"grad/norm/total": 4}), CFG) == []

@@ -316,3 +316,19 @@ def any_metric_improved(history: History, tol_rel: float = 0.05) -> str | None:
             if improved(v, False, tol_rel * abs(float(v[0]))):
                 return f"{name} fell {fmt(float(v[0]))} -> {fmt(float(v.min()))}"
     return None
+
+
+def training_falls(history: History, rel: float) -> str | None:
+    """A training loss (the main one or a component) whose last value is ``rel`` below its first, as a clause."""
+    for name in history.names("train/"):
+        if "loss" not in name.rsplit("/", 1)[-1]:
+            continue
+        got = finite(history, name)
+        if got is None or len(got[1]) < 2:
+            continue
+        v = got[1]
+        head = float(np.median(v[: max(1, len(v) // 3)]))
+        tail = float(np.median(v[-max(1, len(v) // 3) :]))
+        if head > 0 and tail < (1 - rel) * head:
+            return f"{name} fell {fmt(head)} -> {fmt(tail)}"
+    return None

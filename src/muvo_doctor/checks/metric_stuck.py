@@ -42,6 +42,7 @@ from muvo_doctor.checks._common import (
     metric_of,
     resolution,
     series,
+    training_falls,
 )
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
@@ -63,22 +64,6 @@ def _recent(history: History, name: str, k: int) -> tuple[np.ndarray, np.ndarray
     return got[0], got[1], got[1][-k:]
 
 
-def _training_falls(history: History, rel: float) -> str | None:
-    """A training loss (the main one or a component) whose last value is ``rel`` below its first, as a clause."""
-    for name in history.names("train/"):
-        if "loss" not in name.rsplit("/", 1)[-1]:
-            continue
-        got = finite(history, name)
-        if got is None or len(got[1]) < 2:
-            continue
-        v = got[1]
-        head = float(np.median(v[: max(1, len(v) // 3)]))
-        tail = float(np.median(v[-max(1, len(v) // 3) :]))
-        if head > 0 and tail < (1 - rel) * head:
-            return f"{name} fell {fmt(head)} -> {fmt(tail)}"
-    return None
-
-
 def _degenerate(history: History, t) -> Finding | None:
     """A held-out score at exactly 0, or frozen at one exact value (see the module docstring)."""
     for name in history.names():
@@ -96,7 +81,7 @@ def _degenerate(history: History, t) -> Finding | None:
         frozen = not zero and len(v) >= t.ms_min_evals and bool(np.all(v == v[-1]))
         if not (zero or frozen):
             continue
-        falls = _training_falls(history, t.ms_train_rel_drop)
+        falls = training_falls(history, t.ms_train_rel_drop)
         if frozen and falls is None:
             continue  # training stopped moving too (lr decayed to 0): a converged model repeats its score
         critical = zero and (len(v) >= t.ms_min_evals or falls is None)

@@ -11,6 +11,10 @@ What it does:
     classifier's, or a LayerNorm's far below a Linear's, is normal; a module with no other of its
     kind is not judged by ratio. Absolute: a total gradient norm below ``vg_total_abs`` means nothing
     moves at all.
+    A finished log with a printed gradient norm (``grad_norm: 0.0000``): zero at its printed
+    precision in each of its finite records (``vg_log_min_records`` or more) while the learning rate
+    is above 0 means no layer received a gradient; critical when no training loss fell
+    ``ms_train_rel_drop`` over the log, else a warning.
     Outcome before mechanism: only info while the run learns. A warning when learning also stalls
     (the loss's progress, ``checks._common.progress``: no drop of ``lnd_min_rel_drop`` between its
     first and last thirds; or the output no longer depends on the input, as ``constant_output``
@@ -36,7 +40,15 @@ import re
 
 import numpy as np
 
-from muvo_doctor.checks._common import fmt, make, module_names, outcome_failure, progress, series
+from muvo_doctor.checks._common import (
+    fmt,
+    make,
+    module_names,
+    outcome_failure,
+    progress,
+    series,
+    training_falls,
+)
 from muvo_doctor.checks.constant_output import flat_output
 from muvo_doctor.config import DoctorConfig, Thresholds
 from muvo_doctor.finding import Finding, Severity
@@ -115,8 +127,44 @@ def _quiet(
     return sorted(quiet), judged, peer
 
 
+def _zero_logged_norm(history: History, t: Thresholds) -> Finding | None:
+    """A whole log whose printed total gradient norm is zero at its precision in every finite record."""
+    s = series(history, "grad/norm/total")
+    if s is None or s.digits is None:
+        return None  # raw norms: the window rules above judge them
+    ok = np.isfinite(s.values)
+    v = s.values[ok]
+    unit = 10.0 ** (-s.digits)
+    if len(v) < t.vg_log_min_records or not np.all(np.abs(v) < 0.5 * unit):
+        return None
+    lr = series(history, "optim/lr")
+    if lr is not None and not np.any(lr.values > 0):
+        return None  # lr 0 is frozen_parameters' finding
+    falls = training_falls(history, t.ms_train_rel_drop)
+    shown = f"{0:.{s.digits}f}"
+    msg = (
+        f"grad/norm/total shows {shown} in all {len(v)} finite records (steps {int(s.steps[0])}-{int(s.steps[-1])})"
+        + (f" while the learning rate is {fmt(float(np.median(lr.values)))}" if lr is not None else "")
+        + ": no layer receives a gradient (below "
+        + f"{0.5 * unit:g}), so nothing is updated"
+        + (f"; yet {falls}, so some part still learns." if falls else ", and no training loss falls.")
+    )
+    ev = {
+        "series": "grad/norm/total",
+        "records": len(v),
+        "digits": s.digits,
+        "training_falls": falls,
+        "rule": "log_zero",
+    }
+    return make(ID, "warning" if falls else "critical", int(s.steps[0]), msg, ev, ADVICE)
+
+
 def check(history: History, config: DoctorConfig) -> list[Finding]:
     t = config.thresholds
+    if history.complete:
+        logged = _zero_logged_norm(history, t)
+        if logged is not None:
+            return [logged]
     prefix = "grad/norm/"
     k = t.min_sampled_points
     med = _medians(history, module_names(history, prefix), t.window, k)
