@@ -100,8 +100,8 @@ def next_grid_step(step: int, config: DoctorConfig) -> int:
 
 def order_findings(findings: Iterable[Finding]) -> list[Finding]:
     """The report's order: what holds before what is resolved; among what holds, warnings and criticals
-    before info, a cause before the symptoms it produces (when both hold), outcome before mechanism,
-    then worst severity, then the check order of ``ALL_CHECKS``, then the first step."""
+    before info, a cause before the symptoms it produces (when both hold), worst severity, outcome
+    before mechanism, then the check order of ``ALL_CHECKS``, then the first step."""
     fs = list(findings)
     holding = {f.check for f in fs if f.resolved_step is None and f.severity != "info"}
 
@@ -112,8 +112,8 @@ def order_findings(findings: Iterable[Finding]) -> list[Finding]:
             int(resolved),
             int(f.severity == "info"),
             0 if cause else 1,
+            -SEVERITY_RANK[f.severity],  # the headline of a dead verdict is a critical finding
             0 if f.check in OUTCOME_CHECKS else 1,
-            -SEVERITY_RANK[f.severity],
             _ORDER.get(f.check, len(_ORDER)),
             f.step if f.step is not None else -1,
         )

@@ -334,3 +334,13 @@ def test_grid_steps_with_nothing_new_are_not_evaluated_again() -> None:
         d.observe(Observation(name="train/loss", step=s, value=1.0 / (1 + s)))
     # One evaluation per print (at the first grid step after it), not one per grid step.
     assert mod.calls == [0, 100, 200, 300, 400, 500, 600, 700, 800, 900]
+
+
+def test_the_headline_of_a_dead_verdict_is_critical() -> None:
+    """An outcome warning (one NaN gradient) must not head a report that a mechanism's critical made dead."""
+    from muvo_doctor.doctor import order_findings
+    from muvo_doctor.finding import Finding
+
+    warn = Finding(check="nan_inf", severity="warning", step=1, message="m", advice="a")
+    crit = Finding(check="vanishing_gradients", severity="critical", step=5, message="m", advice="a")
+    assert [f.check for f in order_findings([warn, crit])] == ["vanishing_gradients", "nan_inf"]
