@@ -113,6 +113,7 @@ class Thresholds(BaseModel):
     pb_rel_band: float = 0.03  # |loss - prior loss| within 3% of the prior loss (plus noise) ...
     pb_noise_z: float = 3.0  # ... or within this many standard errors of the window median
     pb_acc_tol: float = 0.01  # accuracy within 1 point of the majority rate
+    pb_acc_near: float = 0.05  # the message says accuracy ≈ majority rate only within 5 points of it
     pb_auroc_tol: float = 0.05  # AUROC within 0.05 of 0.5
     pb_log_min_points: int = 3  # logs: loss records (epochs, evaluations) before an inferred prior is judged
     pb_window_for_noise: int = (

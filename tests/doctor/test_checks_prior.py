@@ -375,3 +375,26 @@ def test_prior_baseline_ignores_a_held_out_accuracy_above_the_training_majority_
     found = prior_baseline.check(h, DoctorConfig())
     assert [f.severity for f in found] == ["critical"]
     assert f"{h_p:.3f}"[:4] in found[0].message
+
+
+def test_the_message_says_only_what_is_true_of_the_run() -> None:
+    # A noisy per-batch accuracy 20 points under the majority rate is not "≈" it.
+    n = 200
+    rng = np.random.default_rng(5)
+    h = build(
+        {
+            "label/positive_fraction": labels(n, 0.1),
+            "train/loss": H10 + rng.normal(0, 0.01, n),
+            "train/acc": np.clip(0.7 + rng.normal(0, 0.3, n), 0, 1),
+        },
+        n,
+    )
+    out = prior_baseline.check(h, CFG)
+    assert out and "vs majority rate" in out[0].message and "≈ majority rate" not in out[0].message
+    # A two-class prior from per-class label fractions names the majority class, not "p".
+    h = build({"label/fraction/0": 0.9, "label/fraction/1": 0.1, "train/loss": H10}, n)
+    out = prior_baseline.check(h, CFG)
+    assert (
+        out and "majority class 90.0% of 2 from the labels" in out[0].message and "p = " not in out[0].message
+    )
+    assert "prior entropy (2 classes)=0.325" in out[0].message

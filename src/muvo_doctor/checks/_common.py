@@ -233,7 +233,9 @@ def label_prior(history: History) -> Prior | None:
     f = f / f.sum()
     nz = f[f > 0]
     ent = float(-(nz * np.log(nz)).sum())
-    return Prior("multiclass", float(f.max()), ent, float(f.max()), len(names), "the prior's entropy", None)
+    return Prior(
+        "multiclass", float(f.max()), ent, float(f.max()), len(names), f"({len(names)} classes)", None
+    )
 
 
 def first_run_start(mask: np.ndarray, length: int) -> int | None:

@@ -230,7 +230,9 @@ def _with_labels(history: History, t, prior) -> Finding | None:
     elif LOSS in history or acc is None or not (acc_at and (auroc_at or auroc is None)):
         return None  # a loss still warming up decides later; without one, accuracy and AUROC must agree
     if acc is not None:
-        rel = "≈" if acc_at else "vs"
+        # "≈" only when the accuracy is near the majority rate in points too: a noisy per-batch accuracy
+        # can be "within its noise" of it while 20 points away, and the message must not say it is close.
+        rel = "≈" if acc_at and abs(acc[0] - prior.majority) <= t.pb_acc_near else "vs"
         parts.append(f"accuracy {acc[0]:.1%} {rel} majority rate {prior.majority:.1%}")
         evidence["accuracy"] = acc[0]
     if auroc is not None:
@@ -239,7 +241,12 @@ def _with_labels(history: History, t, prior) -> Finding | None:
     if step is None:
         got = finite(history, "train/acc") or finite(history, "val/acc")
         step = int(got[0][0]) if got else None
-    msg = ", ".join(parts) + f" (p = {prior.p:.3f} from the labels): the model predicts the label prior."
+    source = (
+        f"p = {prior.p:.3f} from the labels"
+        if prior.kind == "binary"
+        else f"majority class {prior.p:.1%} of {prior.classes} from the labels"
+    )
+    msg = ", ".join(parts) + f" ({source}): the model predicts the label prior."
     return make(ID, "critical", step, msg[0].upper() + msg[1:], evidence, ADVICE)
 
 
