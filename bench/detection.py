@@ -15,7 +15,9 @@ is emulated here.
 
 Healthy configurations: ``balanced`` (the default anomaly fraction, about 1/3 positive frames) and
 ``rare10`` (about 10% positive frames, with pos_weight, which still learns: val AUROC is printed).
-A false alarm is any warning or critical finding on a healthy run.
+A false alarm is any warning or critical finding on a healthy run, counted two ways: one that still
+holds at the end (the report's verdict is wrong), and one that held for a while and was resolved
+before the end (the live verdict was wrong for a while: a slow start that looked like a dead run).
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def run_one(fault: str, config: str, seed: int, steps: int, save: str | None) ->
         "seed": seed,
         "verdict": rep.verdict,
         "first": first,
-        "findings": [(f.check, f.severity, f.step, f.message) for f in rep.findings],
+        "findings": [(f.check, f.severity, f.step, f.message, f.resolved_step) for f in rep.findings],
         "val_auroc": result.metrics.get("val_auroc"),
         "prior": result.metrics.get("train_prior"),
         "wall_s": wall,
@@ -189,21 +191,32 @@ def print_table(results: list[dict[str, Any]], faults: dict[str, Any]) -> None:
         print(
             f"\nmedian detection latency: {statistics.median(latencies):.0f} steps after onset (n={len(latencies)})"
         )
-    print("\nhealthy runs (false alarm = any warning or critical finding)")
-    alarms = 0
+    print(
+        "\nhealthy runs (false alarm = any warning or critical finding; 'resolved' = held for a while, then cleared)"
+    )
+    alarms = transient = 0
     for r in results:
         if r["fault"] != "none":
             continue
-        bad = [(c, s, m) for c, s, _, m in r["findings"] if s != "info"]
-        alarms += bool(bad)
+        bad = [(c, s, m, res) for c, s, _, m, res in r["findings"] if s != "info"]
+        alarms += any(res is None for *_, res in bad)
+        transient += bool(bad) and all(res is not None for *_, res in bad)
         auroc = r["val_auroc"]
         print(
-            f"  {r['config']:8s} seed {r['seed']}: verdict {r['verdict']:7s} prior {r['prior']:.3f} "
+            f"  {r['config']:8s} seed {r['seed']}: verdict {r['verdict']:12s} prior {r['prior']:.3f} "
             f"val AUROC {auroc:.3f}  "
-            + ("; ".join(f"{s} {c}: {m[:120]}" for c, s, m in bad) or "no false alarm")
+            + (
+                "; ".join(
+                    f"{s} {c}{'' if res is None else f' (resolved at {res})'}: {m[:110]}"
+                    for c, s, m, res in bad
+                )
+                or "no false alarm"
+            )
         )
     n = sum(r["fault"] == "none" for r in results)
-    print(f"false alarms: {alarms} of {n} healthy runs")
+    print(
+        f"false alarms: {alarms} of {n} healthy runs at the end; {transient} more held for a while and were resolved"
+    )
 
 
 if __name__ == "__main__":

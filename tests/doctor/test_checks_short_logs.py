@@ -300,3 +300,20 @@ def test_a_printed_gradient_norm_at_zero_in_every_record() -> None:
         == []
     )
     assert vanishing_gradients.check(hist({**rows, "optim/lr": [0.0] * k}, {"grad/norm/total": 4}), CFG) == []
+
+
+def test_the_few_evaluation_rules_leave_longer_runs_to_the_long_rule() -> None:
+    # Six evaluations whose val loss rose only in the last two: not yet a trend (the long rule wants 5).
+    n = T.of_patience + 1
+    val = [0.5, 0.3, 0.2, 0.13, 0.18, 0.24][:n]
+    rows = {"train/loss": list(np.linspace(0.6, 0.05, n)), "val/loss": val}
+    assert overfitting.check(hist(rows), CFG) == []
+    # A memorised training set whose held-out score stays at its best (within of_metric_tol): nothing.
+    k = T.of_few_evals
+    rows = {
+        "train/acc": [0.98] + [1.0] * k,
+        "train/loss": [0.05] + [5e-4] * k,
+        "val/loss": [0.04] + [0.4] * k,
+        "val/auroc": [1.0] + [0.999] * k,
+    }
+    assert overfitting.check(hist(rows), CFG) == []

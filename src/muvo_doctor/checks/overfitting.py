@@ -10,13 +10,15 @@ What it does:
     however large the rise (measured: healthy muvo_model runs end with val loss 10-20x its best at
     val AUROC 0.999, a few confidently wrong frames).
 
-    Epoch logs have few evaluations, so three rules are made for few points: the validation loss
-    rose at each of the last ``of_few_rises`` evaluations to ``of_few_min_rise`` above its best while
-    the training loss fell; a held-out score (accuracy, mAP, F1 ...) sits ``of_metric_drop`` (absolute,
+    Epoch logs have few evaluations, so three rules are made for few points: in a log too short for
+    the rule above (fewer than ``of_patience`` + 1 evaluations), the validation loss rose at each of
+    the last ``of_few_rises`` evaluations to ``of_few_min_rise`` above its best while the training
+    loss fell; a held-out score (accuracy, mAP, F1 ...) sits ``of_metric_drop`` (absolute,
     or that fraction of the best if smaller than 1) below its best in each of the last
     ``of_few_evals`` evaluations while training improves; or the training set is memorised
     (training accuracy at 100% and training loss under a tenth of the validation loss in each of the
-    last ``of_few_evals`` evaluations) while the held-out score is below its best.
+    last ``of_few_evals`` evaluations) while the held-out score is more than ``of_metric_tol`` below
+    its best.
 
 Why it matters:
     From the best validation point on, every step makes the model worse on unseen data; the final
@@ -85,8 +87,10 @@ def _val_loss_rise(history: History, t) -> Finding | None:
         long_rule = False
     k = t.of_few_rises
     if not long_rule:
-        if not history.complete:
-            return None  # the few-evaluation rule judges a whole log
+        if not history.complete or len(vv) >= t.of_patience + 1:
+            # The few-evaluation rule judges a whole log, and only one too short for the long rule
+            # (a run with 6+ evaluations whose val loss rose in its last 2 has not shown a trend yet).
+            return None
         # Few evaluations: a rise at each of the last k, to of_few_min_rise above the best before them.
         if len(vv) < k + 1 or not np.all(np.diff(vv[-(k + 1) :]) > 0):
             return None
@@ -190,8 +194,8 @@ def _memorised(history: History, t) -> Finding | None:
             continue
         mv = got[1]
         best = float(mv.max())
-        if not np.all(mv[-k:] < best):
-            continue
+        if not np.all(mv[-k:] < best - t.of_metric_tol):
+            continue  # a score at its best (0.999 vs 1.0) is not hurt by the memorising
         msg = (
             f"The training set is memorised: train/acc is 100% and {LOSS} {fmt(float(loss[1][-1]))} is "
             f"{float(vloss[1][-1]) / max(float(loss[1][-1]), 1e-30):.0f}x below val/loss {fmt(float(vloss[1][-1]))} "
