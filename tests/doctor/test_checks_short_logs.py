@@ -317,3 +317,13 @@ def test_the_few_evaluation_rules_leave_longer_runs_to_the_long_rule() -> None:
         "val/auroc": [1.0] + [0.999] * k,
     }
     assert overfitting.check(hist(rows), CFG) == []
+
+
+def test_a_loss_logged_during_lr_warm_up_is_no_best() -> None:
+    # Iterations at lr ~0 log a small loss; training then starts at 1.4 and falls: no divergence.
+    n = 200
+    loss = [0.07, 0.09, 0.11, 0.12, 0.15] + list(np.linspace(1.4, 0.5, n - 5))
+    lr = list(np.linspace(4e-8, 0.004, 5)[:5] * 0.01) + [0.004] * (n - 5)
+    assert divergence.check(hist({"train/loss": loss, "optim/lr": lr}), CFG) == []
+    # Without the lr, the same series is read as a rise from its best (the rule cannot know).
+    assert divergence.check(hist({"train/loss": loss}), CFG)

@@ -57,14 +57,31 @@ ID = "divergence"
 ADVICE = "Lower the learning rate 3-10x or add warm-up, clip gradients (clip_grad_norm_ 1.0), check the loss's sign and scale."
 
 
+def _after_warmup(history: History, steps: np.ndarray) -> np.ndarray:
+    """Mask of the steps from which the learning rate first reached 10% of its peak.
+
+    A loss logged while the learning rate still warms up from ~0 (MMDetection logs iteration 1 at
+    lr 4e-8) was not produced by training yet: it is no best to return to.
+    """
+    lr = finite(history, "optim/lr")
+    if lr is None or not float(lr[1].max()) > 0:
+        return np.ones(len(steps), dtype=bool)
+    warm = int(lr[0][int(np.argmax(lr[1] >= 0.1 * float(lr[1].max())))])
+    return steps >= warm
+
+
 def _blocks(history: History, t) -> Finding | None:
-    s = series(history, LOSS)
+    s0 = series(history, LOSS)
     b = max(1, t.div_block)
-    if s is None or len(s) < max(t.min_points, b * (t.div_patience + 1)):
+    if s0 is None:
         return None
-    if not np.isfinite(s.values).any():
+    keep = _after_warmup(history, s0.steps)
+    steps, values = s0.steps[keep], s0.values[keep]
+    if len(values) < max(t.min_points, b * (t.div_patience + 1)):
         return None
-    v = np.where(np.isnan(s.values), np.inf, s.values)
+    if not np.isfinite(values).any():
+        return None
+    v = np.where(np.isnan(values), np.inf, values)
     nb = len(v) // b
     # Sort-based block median: np.median(axis=1) is 10x slower on many short rows.
     blocks = np.sort(v[: nb * b].reshape(nb, b), axis=1)[:, b // 2]
@@ -81,7 +98,7 @@ def _blocks(history: History, t) -> Finding | None:
     start = first_run_start(high, t.div_patience)
     if start is None:
         return None
-    step = int(s.steps[start * b])
+    step = int(steps[start * b])
     last = float(blocks[-1])
     peak = float(np.max(blocks[start:]))
     msg = (
