@@ -398,3 +398,17 @@ def test_the_message_says_only_what_is_true_of_the_run() -> None:
         out and "majority class 90.0% of 2 from the labels" in out[0].message and "p = " not in out[0].message
     )
     assert "prior entropy (2 classes)=0.325" in out[0].message
+
+
+def test_a_loss_matched_only_within_its_noise_says_how_wide_the_band_is() -> None:
+    n = 200
+    rng = np.random.default_rng(2)
+    h = build(
+        {"label/positive_fraction": labels(n, 0.1), "train/loss": H10 * 0.92 + rng.normal(0, 0.15, n)}, n
+    )
+    out = prior_baseline.check(h, CFG)
+    assert out and "(within ±" in out[0].message
+    # A loss that sits on the baseline needs no such note.
+    h = build({"label/positive_fraction": 0.1, "train/loss": H10 + rng.normal(0, 0.001, n)}, n)
+    out = prior_baseline.check(h, CFG)
+    assert out and "within ±" not in out[0].message

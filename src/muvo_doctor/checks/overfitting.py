@@ -132,7 +132,7 @@ def _val_loss_rise(history: History, t) -> Finding | None:
     return make(ID, "info" if info else "warning", int(vs[best_i + 1]), msg, ev, ADVICE)
 
 
-def _training_improves(history: History, since_step: int) -> str | None:
+def _training_improves(history: History, since_step: int, t) -> str | None:
     """The training side got better after ``since_step`` (loss fell or accuracy rose / sits at 100%)."""
     acc = finite(history, "train/acc")
     if (
@@ -145,7 +145,8 @@ def _training_improves(history: History, since_step: int) -> str | None:
     loss = finite(history, LOSS)
     if loss is not None:
         fell = _train_fell(loss, since_step, 1)
-        if fell is not None:
+        # A real fall: 0.6965 -> 0.6951 at the prior is not a training side that improves.
+        if fell is not None and fell[1] < (1 - t.lnd_min_rel_drop) * fell[0]:
             return f"{LOSS} fell from {fmt(fell[0])} to {fmt(fell[1])}"
     return None
 
@@ -162,10 +163,10 @@ def _metric_falls(history: History, t) -> Finding | None:
         ms, mv = got
         best_i = int(np.argmax(mv))
         best = float(mv[best_i])
-        drop = min(t.of_metric_drop, t.of_metric_drop * best) if best < 1 else t.of_metric_drop
+        drop = t.of_metric_drop
         if best_i >= len(mv) - k or not np.all(mv[-k:] <= best - drop):
             continue
-        why = _training_improves(history, int(ms[best_i]))
+        why = _training_improves(history, int(ms[best_i]), t)
         if why is None:
             continue
         now = float(mv[-1])

@@ -226,7 +226,16 @@ def _with_labels(history: History, t, prior) -> Finding | None:
         )
         step = _onset(steps, v, c, band)
         mix = " (each batch's label mix taken out)" if adjusted else ""
-        parts.append(f"loss {fmt(med)}{mix} ≈ {label}={c:.3f}")
+        # A band wider than the relative one comes from noise (the loss's, or p's estimated from few
+        # sampled batches): say so, or "0.314 ≈ 0.377" reads as false.
+        wide = band > t.pb_rel_band * abs(c) * 1.01
+        why = (
+            "the noise of the loss and of p estimated from sampled batches"
+            if se_c > 0
+            else "the loss's noise"
+        )
+        within = f" (within ±{band:.3f}, {why})" if wide else ""
+        parts.append(f"loss {fmt(med)}{mix} ≈ {label}={c:.3f}{within}")
     elif LOSS in history or acc is None or not (acc_at and (auroc_at or auroc is None)):
         return None  # a loss still warming up decides later; without one, accuracy and AUROC must agree
     if acc is not None:
