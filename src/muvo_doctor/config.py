@@ -62,9 +62,7 @@ class Thresholds(BaseModel):
     # before (it undid progress); spikes that vanish at once (a hard batch, pos_weight) are info
     spike_setback_of_jump: float = 0.15  # ... and by >= 15% of the jump (healthy pos_weight runs: <= 8%)
     spike_short_factor: float = 2.0  # logs shorter than min_points: a jump to 2x the previous record ...
-    spike_short_setback: float = (
-        0.25  # ... after which no record comes back within 25% of the level before it
-    )
+    spike_short_setback: float = 0.25  # ... and no later record back within 25% of the level before it
     # -- vanishing_gradients (AUTOTRAINER defaults: beta1=1e-3 ratio, beta2=1e-4 absolute)
     vg_ratio: float = 1e-3  # a module whose gradient norm is below 1e-3 x the largest module's is quiet
     vg_abs: float = 1e-4  # ... and below this absolute norm
@@ -97,9 +95,7 @@ class Thresholds(BaseModel):
     wli_logprob_tol: float = 1e-6  # NLL input max above this: not log-probabilities
     # -- display_precision
     dp_min_points: int = 5  # printed/real pairs (or log records) needed before judging
-    dp_mismatch_fraction: float = (
-        0.8  # share of prints showing zero at their resolution while the real value is not
-    )
+    dp_mismatch_fraction: float = 0.8  # share of prints showing zero at their resolution, real value not
     dp_max_distinct: int = 3  # logs: at most this many distinct printed values over many records ...
     dp_min_records: int = 50  # ... of at least this many records
     # -- label_imbalance

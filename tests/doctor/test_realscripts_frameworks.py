@@ -54,7 +54,6 @@ def alarms(report: dict) -> list[str]:
     ]
 
 
-
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
 def test_healthy_plain_torch_is_healthy_in_5_of_5_seeds(tmp_path: Path, seed: int) -> None:
