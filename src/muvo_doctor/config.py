@@ -112,9 +112,7 @@ class Thresholds(BaseModel):
     pb_acc_near: float = 0.05  # the message says accuracy ≈ majority rate only within 5 points of it
     pb_auroc_tol: float = 0.05  # AUROC within 0.05 of 0.5
     pb_log_min_points: int = 3  # logs: loss records (epochs, evaluations) before an inferred prior is judged
-    pb_window_for_noise: int = (
-        10  # logs: fewer loss records than this give no noise estimate (relative band only)
-    )
+    pb_window_for_noise: int = 10  # logs: fewer loss records give no noise estimate (relative band only)
     pb_ln_k_max: int = 1000  # unused: K comes from the log (accuracy at 1/K), never from a plateau near ln K;
     pb_ln_k_rel_band: float = 0.005  # unused, like pb_ln_k_max: both kept so existing config files still load
     # -- overfitting
@@ -124,9 +122,7 @@ class Thresholds(BaseModel):
     of_few_rises: int = 2  # logs: val loss up at each of the last 2 evaluations ...
     of_few_min_rise: float = 0.1  # ... to 10% above its best while the training loss fell
     of_few_evals: int = 3  # logs: a held-out score below its best in each of the last 3 evaluations ...
-    of_metric_drop: float = (
-        0.03  # ... by 3 points while training improves (AUPRC drifting 0.50 -> 0.47 at chance is not it)
-    )
+    of_metric_drop: float = 0.03  # ... by 3 points while training improves (not AUPRC 0.50 -> 0.47 at chance)
     # -- metric_stuck
     ms_min_evals: int = 5  # evaluations needed before judging a metric
     ms_auroc_tol: float = 0.05  # AUROC within 0.05 of 0.5 on every recent evaluation (and never above
@@ -134,9 +130,7 @@ class Thresholds(BaseModel):
     ms_map_floor: float = 0.01  # mAP below this on every recent evaluation: nothing detected
     ms_acc_tol: float = 0.005  # accuracy within half a point of 1/K or of the majority rate
     ms_zero_evals: int = 2  # logs: a held-out score exactly 0 in this many evaluations recognised nothing
-    ms_train_rel_drop: float = (
-        0.1  # ... critical unless a training loss fell 10% (early detectors round to 0)
-    )
+    ms_train_rel_drop: float = 0.1  # ... critical unless a training loss fell 10% (early mAP rounds to 0)
 
 
 class DoctorConfig(BaseModel):

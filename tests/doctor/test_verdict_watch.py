@@ -37,4 +37,5 @@ def test_flush_cadence_does_not_change_the_report() -> None:
     assert a == b
     rep = json.loads(a)
     assert rep["verdict"] == "dead"
-    assert rep["findings"][0]["check"] == "frozen_parameters"  # the cause heads the report, before its symptoms
+    # The cause heads the report, before its symptoms.
+    assert rep["findings"][0]["check"] == "frozen_parameters"
