@@ -166,3 +166,27 @@ def test_cli_subprocess_no_traceback_on_garbage(tmp_path):
     p.write_bytes(b"\x00\xff" * 5000)
     r = subprocess.run([sys.executable, "-m", "muvo_doctor", "audit", str(p)], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "binary file" in r.stderr
+
+
+@pytest.mark.slow
+def test_audit_of_a_run_record_gives_the_runs_findings_and_first_steps(tmp_path: Path) -> None:
+    """The record of `run --record` audited later: the same findings, first steps and resolutions."""
+    script = Path(__file__).parents[1] / "fixtures" / "scripts" / "tiny_torch.py"
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text("sample_every = 5\n", encoding="utf-8")
+    rec, live = tmp_path / "rec.jsonl", tmp_path / "live.json"
+    cmd = [sys.executable, "-m", "muvo_doctor", "run", "--plain", "--config", str(cfg), "--record", str(rec)]
+    cmd += ["--report", str(live), "--", sys.executable, str(script), "--mode", "random-labels"]
+    subprocess.run(cmd, capture_output=True, timeout=300, check=True)
+    got = subprocess.run(
+        [sys.executable, "-m", "muvo_doctor", "audit", "--config", str(cfg), "--json", str(rec)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    a, b = json.loads(live.read_text()), json.loads(got.stdout)
+
+    def key(r: dict) -> list:
+        return [(f["check"], f["severity"], f["step"], f["resolved_step"]) for f in r["findings"]]
+
+    assert (b["verdict"], key(b)) == (a["verdict"], key(a)) and a["verdict"] == "dead"

@@ -63,7 +63,12 @@ def audit_source(source: LogSource, config: DoctorConfig) -> Audited:
         fmt2, stats2 = load(source, again.history.add_point, keep_rewrites=True)
         if stats2.records > stats.records:
             doctor, fmt, stats = again, fmt2, stats2
-    doctor.evaluate()
+    if fmt == "telemetry":
+        # A record written by `run --record`: judged through the same grid of steps as the live run, so
+        # its findings, first steps and resolutions are the ones the run reported (CONTRACT.md).
+        doctor.replay()
+    else:
+        doctor.evaluate()
     steps = max(stats.last_step + 1, stats.records, 0)
     report = doctor.report(source=source.label, steps=steps)
     if stats.skipped:
