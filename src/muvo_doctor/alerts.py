@@ -9,7 +9,7 @@ Delivery never blocks or fails the training: webhooks and commands run on a daem
 with a timeout and bounded retries, and every failure is reported once on stderr.
 
 Webhook body (JSON, POST): ``text`` (Slack, Mattermost, Teams), ``content`` (Discord, at most
-2000 characters), ``verdict``, ``finding`` (the finding record of CONTRACT.md) and ``source``.
+2000 characters), ``verdict``, ``finding`` (the finding record of docs/contract.md) and ``source``.
 The command gets the message in ``MUVO_DOCTOR_MESSAGE``, the check id in ``MUVO_DOCTOR_CHECK``
 and the verdict in ``MUVO_DOCTOR_VERDICT``.
 """

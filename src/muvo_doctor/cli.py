@@ -1,7 +1,7 @@
 """`muvo-doctor`: one dispatcher; each command lives in muvo_doctor/commands/<name>.py.
 
 A command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
-``main(args) -> int`` (the exit code of CONTRACT.md). Commands are imported only when used,
+``main(args) -> int`` (the exit code of docs/contract.md). Commands are imported only when used,
 so `muvo-doctor explain` never pays for torch.
 """
 

@@ -1,6 +1,6 @@
 """The Doctor: observations in; findings with a lifecycle, evidence of learning and a verdict out.
 
-Three rules make the verdict something to act on (CONTRACT.md, Verdicts):
+Three rules make the verdict something to act on (docs/contract.md, Verdicts):
 
 - **Steps, not seconds.** The checks run at a grid of recorded steps (every
   ``evaluate_every_steps``, growing with the run, see :func:`next_grid_step`): an evaluation at grid
@@ -438,7 +438,7 @@ class Doctor:
         return verdict_of(self._findings.values(), self.evidence)
 
     def report(self, source: str | None = None, steps: int | None = None) -> Report:
-        """The report of CONTRACT.md, as of the latest evaluation."""
+        """The report of docs/contract.md, as of the latest evaluation."""
         fs = self.findings
         return Report(
             source=self.source if source is None else source,

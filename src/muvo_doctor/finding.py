@@ -1,4 +1,4 @@
-"""Findings, verdicts and the JSON report of CONTRACT.md."""
+"""Findings, verdicts and the JSON report of docs/contract.md."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ class Report(BaseModel):
 
 
 def verdict_of(findings: Iterable[Finding], evidence_for_health: str | None = None) -> Verdict:
-    """Fold the findings that still hold into a verdict (CONTRACT.md, Verdicts).
+    """Fold the findings that still hold into a verdict (docs/contract.md, Verdicts).
 
     Any critical is dead, any warning is warning; otherwise healthy only with positive evidence of
     learning, else inconclusive. Resolved findings do not count.

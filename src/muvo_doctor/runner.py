@@ -312,7 +312,7 @@ class Runner:
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
-        """Run the command to its end; returns the exit code of CONTRACT.md."""
+        """Run the command to its end; returns the exit code of docs/contract.md."""
         tmp = tempfile.mkdtemp(prefix="muvo-doctor-")
         fifo = os.path.join(tmp, "telemetry")
         os.mkfifo(fifo, 0o600)
@@ -697,5 +697,5 @@ class Runner:
 
 
 def run(opts: RunOptions) -> int:
-    """Run ``opts.command`` under the doctor and return the exit code (CONTRACT.md)."""
+    """Run ``opts.command`` under the doctor and return the exit code (docs/contract.md)."""
     return Runner(opts).run()

@@ -1,6 +1,6 @@
 """The checks: one module per check id, each a pure function of the history.
 
-A check module defines ``ID`` (a check id of CONTRACT.md), a docstring in three parts
+A check module defines ``ID`` (a check id of docs/contract.md), a docstring in three parts
 (What it does / Why it matters / What to do) that ``muvo-doctor explain`` prints, and
 ``check(history, config) -> list[Finding]``. A check never prints and never raises on bad
 training; it returns ``[]`` when its signal is absent or too short. A module may set

@@ -3,7 +3,7 @@
 Each run (a log file, or the event files of one run folder; a folder of several runs gives one
 report per run) is read into its own Doctor, the checks run once, and one report per run is shown
 (or printed as JSON). Records a reader skipped as impossible are counted in the report
-(``skipped_records``). Exit codes (CONTRACT.md): 0 every log healthy, 1 any warning or critical
+(``skipped_records``). Exit codes (docs/contract.md): 0 every log healthy, 1 any warning or critical
 finding, 2 an input could not be read or the usage is wrong, 3 the worst verdict is inconclusive.
 """
 
@@ -65,7 +65,7 @@ def audit_source(source: LogSource, config: DoctorConfig) -> Audited:
             doctor, fmt, stats = again, fmt2, stats2
     if fmt == "telemetry":
         # A record written by `run --record`: judged through the same grid of steps as the live run, so
-        # its findings, first steps and resolutions are the ones the run reported (CONTRACT.md).
+        # its findings, first steps and resolutions are the ones the run reported (docs/contract.md).
         doctor.replay()
     else:
         doctor.evaluate()
@@ -78,7 +78,7 @@ def audit_source(source: LogSource, config: DoctorConfig) -> Audited:
 
 
 def exit_code(reports: list[Report], unreadable: int) -> int:
-    """CONTRACT.md: 2 unreadable input, 1 any warning/dead verdict, 3 the worst is inconclusive, else 0."""
+    """docs/contract.md: 2 unreadable input, 1 any warning/dead verdict, 3 the worst is inconclusive, else 0."""
     if unreadable:
         return 2
     if any(r.verdict in ("warning", "dead") for r in reports):
