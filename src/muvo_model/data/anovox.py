@@ -4,7 +4,7 @@
     print(data.report.summary())
     train, val = data.train, data.val
 
-Layouts (see docs/anovox.md and ../shared/notes/anovox-and-muvo.md):
+Layouts (see docs/anovox.md):
 
 - primary: ``Scenario_*/`` with ``sensor_setup.json``, ``RGB-CAM(x, y, z)(r, p, y)_<hash>/..._<frame>.png``,
   ``LIDAR(...)_<hash>/..._<frame>.npy`` (N,4: x, y, z, intensity), ``SEMANTIC-LIDAR(...)_<hash>/..._<frame>.npy``

@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-# AnoVox semantic ids (see ../shared/notes/anovox-and-muvo.md): anomaly classes and ids to ignore.
+# AnoVox semantic ids (see docs/anovox.md): anomaly classes and ids to ignore.
 ANOMALY_IDS: tuple[int, ...] = (29, 30, 31, 32, 33, 34, 100)
 IGNORE_IDS: tuple[int, ...] = (112, 113, 114, 115, 116, 117, 118, 119, 214)
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from muvo_model.data.frames import Frames
 
-# AnoVox semantic ids (CARLA 0.9.14 Cityscapes-style tags, AnoVox Definitions.py; see shared/notes/anovox-and-muvo.md)
+# AnoVox semantic ids (CARLA 0.9.14 Cityscapes-style tags, AnoVox Definitions.py; see docs/anovox.md)
 ROAD, SIDEWALK, BUILDING, POLE, TRAFFIC_SIGN, TERRAIN, PEDESTRIAN, CAR, STATIC, ROAD_LINE = (
     1,
     2,
