@@ -273,6 +273,29 @@ def metric_of(name: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
+def scores(
+    history: History, min_points: int, splits: tuple[str, ...] = ("val", "test")
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(name, steps, values)`` of the higher-is-better scores of ``splits`` with ``min_points`` finite points."""
+    out = []
+    for name in history.names():
+        if name.partition("/")[0] in splits and metric_of(name) in HIGHER_BETTER:
+            got = finite(history, name)
+            if got is not None and len(got[1]) >= min_points:
+                out.append((name, got[0], got[1]))
+    return out
+
+
+def heldout_losses(history: History, min_points: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(name, steps, values)`` of ``val/loss`` and ``test/loss`` with ``min_points`` finite points."""
+    out = []
+    for split in ("val", "test"):
+        got = finite(history, f"{split}/loss")
+        if got is not None and len(got[1]) >= min_points:
+            out.append((f"{split}/loss", got[0], got[1]))
+    return out
+
+
 def split_series(history: History, metric: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{split: (steps, values)}`` for ``<split>/<metric>`` in train, val, test order (finite points)."""
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}

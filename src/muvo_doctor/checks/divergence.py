@@ -39,13 +39,13 @@ from __future__ import annotations
 import numpy as np
 
 from muvo_doctor.checks._common import (
-    HIGHER_BETTER,
     LOSS,
     finite,
     first_run_start,
     fmt,
+    heldout_losses,
     make,
-    metric_of,
+    scores,
     series,
 )
 from muvo_doctor.config import DoctorConfig
@@ -116,21 +116,12 @@ def _blocks(history: History, t) -> Finding | None:
     return make(ID, "critical" if bool(high[-1]) else "warning", step, msg, ev, ADVICE)
 
 
-def _losses(history: History) -> list[str]:
-    return [
-        n
-        for n in history.names()
-        if n.partition("/")[0] in ("train", "val", "test") and n.rsplit("/", 1)[-1] == "loss"
-    ]
-
-
 def _astronomical(history: History, t) -> Finding | None:
     k = t.div_abs_points
-    for name in _losses(history):
-        got = finite(history, name)
-        if got is None or len(got[1]) < k:
-            continue
-        w = got[1][-k:]
+    train = finite(history, LOSS)
+    losses = [(LOSS, train[0], train[1])] if train is not None and len(train[1]) >= k else []
+    for name, steps, v in losses + heldout_losses(history, k):
+        w = v[-k:]
         if float(w.min()) >= t.div_abs and float(w[-1]) > float(w[0]) / 10:
             msg = (
                 f"{name} is between {fmt(float(w.min()))} and {fmt(float(w.max()))} in its last {k} records and does "
@@ -144,7 +135,7 @@ def _astronomical(history: History, t) -> Finding | None:
                 "points": k,
                 "rule": "astronomical",
             }
-            return make(ID, "critical", int(got[0][-k]), msg, ev, ADVICE)
+            return make(ID, "critical", int(steps[-k]), msg, ev, ADVICE)
     return None
 
 
@@ -159,13 +150,7 @@ def _worse_than_start(history: History, t) -> Finding | None:
     tv = train[1]
     if not (float(tv[0]) > 0 and _third(tv) >= t.div_worse * float(tv[0])):
         return None
-    for name in _losses(history):
-        if name == LOSS:
-            continue
-        got = finite(history, name)
-        if got is None or len(got[1]) < 3:
-            continue
-        hv = got[1]
+    for name, _, hv in heldout_losses(history, 3):
         if float(hv[0]) > 0 and _third(hv) >= t.div_worse * float(hv[0]):
             msg = (
                 f"The run ends worse than it started: {LOSS} {fmt(float(tv[0]))} -> {fmt(_third(tv))} and {name} "
@@ -196,27 +181,11 @@ def _train_falls(history: History) -> bool:
 
 def _quality_holds(history: History, t) -> bool:
     """A held-out quality score (accuracy, AUROC, mAP ...) whose latest value is within ``of_metric_tol`` of its best."""
-    for name in history.names():
-        if name.partition("/")[0] not in ("val", "test") or metric_of(name) not in HIGHER_BETTER:
-            continue
-        got = finite(history, name)
-        if (
-            got is not None
-            and len(got[1]) >= 2
-            and float(got[1][-1]) >= float(got[1].max()) - t.of_metric_tol
-        ):
-            return True
-    return False
+    return any(float(v[-1]) >= float(v.max()) - t.of_metric_tol for _, _, v in scores(history, 2))
 
 
 def _heldout_blowup(history: History, t) -> Finding | None:
-    for name in _losses(history):
-        if name == LOSS:
-            continue
-        got = finite(history, name)
-        if got is None or len(got[1]) < 3:
-            continue
-        steps, v = got
+    for name, steps, v in heldout_losses(history, 3):
         best_i = int(np.argmin(v[:-2]))
         best = float(v[best_i])
         if best > 0 and np.all(v[-2:] >= t.div_heldout_factor * best):
@@ -269,13 +238,7 @@ def _rebound(history: History, t) -> Finding | None:
     train = finite(history, LOSS)
     if train is None:
         return None
-    for name in _losses(history):
-        if name == LOSS:
-            continue
-        got = finite(history, name)
-        if got is None or len(got[1]) < k + 1:
-            continue
-        steps, v = got
+    for name, steps, v in heldout_losses(history, k + 1):
         best_i = int(np.argmin(v[:-k]))
         best = float(v[best_i])
         if not (best > 0 and np.all(v[-k:] >= t.div_rebound * best)):

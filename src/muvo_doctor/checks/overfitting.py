@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import HIGHER_BETTER, LOSS, finite, fmt, make, metric_of
+from muvo_doctor.checks._common import LOSS, finite, fmt, make, scores
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
@@ -154,13 +154,7 @@ def _training_improves(history: History, since_step: int, t) -> str | None:
 def _metric_falls(history: History, t) -> Finding | None:
     """A held-out score below its best in each of the last ``of_few_evals`` evaluations while training improves."""
     k = t.of_few_evals
-    for name in history.names("val/"):
-        if metric_of(name) not in HIGHER_BETTER:
-            continue
-        got = finite(history, name)
-        if got is None or len(got[1]) < k + 1:
-            continue
-        ms, mv = got
+    for name, ms, mv in scores(history, k + 1, ("val",)):
         best_i = int(np.argmax(mv))
         best = float(mv[best_i])
         drop = t.of_metric_drop
@@ -187,13 +181,7 @@ def _memorised(history: History, t) -> Finding | None:
         return None
     if not np.all(acc[1][-k:] >= 0.999) or not np.all(loss[1][-k:] * 10 < vloss[1][-k:]):
         return None
-    for name in history.names("val/"):
-        if metric_of(name) not in HIGHER_BETTER:
-            continue
-        got = finite(history, name)
-        if got is None or len(got[1]) < k + 1:
-            continue
-        mv = got[1]
+    for name, ms, mv in scores(history, k + 1, ("val",)):
         best = float(mv.max())
         if not np.all(mv[-k:] < best - t.of_metric_tol):
             continue  # a score at its best (0.999 vs 1.0) is not hurt by the memorising
@@ -209,7 +197,7 @@ def _memorised(history: History, t) -> Finding | None:
             "train_loss": float(loss[1][-1]),
             "val_loss": float(vloss[1][-1]),
         }
-        return make(ID, "warning", int(got[0][-k]), msg, ev, ADVICE)
+        return make(ID, "warning", int(ms[-k]), msg, ev, ADVICE)
     return None
 
 
