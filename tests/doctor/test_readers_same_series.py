@@ -1,6 +1,6 @@
 """The same bytes through `run` (Runner._parse_lines, fed by the runner's LineSplitter in arbitrary
 chunks) and through `audit` (read_text over the file) give the same series: names, steps, values and
-digits. `run` sees every carriage-return rewrite as a line, so it is compared with the audit read
+digits, and so the same final verdict and findings. `run` sees every carriage-return rewrite as a line, so it is compared with the audit read
 that keeps rewrites (and, for logs without rewrites, with the default audit read)."""
 
 from __future__ import annotations
@@ -120,11 +120,26 @@ def audit_side(path: Path, keep_rewrites: bool) -> History:
     return h
 
 
+def _judged(h: History) -> tuple[str, list[tuple[str, str]]]:
+    """The verdict and the holding findings of a Doctor's final evaluation of ``h``."""
+    from muvo_doctor.doctor import Doctor
+
+    d = Doctor()
+    d.history = h
+    d.evaluate()
+    rep = d.report()
+    return rep.verdict, [(f.check, f.severity) for f in rep.findings if f.resolved_step is None]
+
+
 def _check_same(path: Path) -> None:
     data = path.read_bytes()
-    run = _series(run_side(data))
+    run_h = run_side(data)
+    run = _series(run_h)
     assert run, f"{path.name}: nothing read"
-    assert run == _series(audit_side(path, keep_rewrites=True))
+    audit_h = audit_side(path, keep_rewrites=True)
+    assert run == _series(audit_h)
+    # ... and so the same verdict and findings at the end.
+    assert _judged(run_side(data)) == _judged(audit_h)
     if b"\r" not in data.replace(b"\r\n", b""):
         assert run == _series(audit_side(path, keep_rewrites=False))
 
