@@ -3,9 +3,10 @@
 A check module defines ``ID`` (a check id of docs/contract.md), a docstring in three parts
 (What it does / Why it matters / What to do) that ``muvo-doctor explain`` prints, and
 ``check(history, config) -> list[Finding]``. A check never prints and never raises on bad
-training; it returns ``[]`` when its signal is absent or too short. A module may set
-``RETRACTABLE = True`` when its verdict is about the run so far (a trend, or a severity that
-depends on whether the run learns): the Doctor then keeps its latest result, not its worst.
+training; it returns ``[]`` when its signal is absent or too short, and returns a finding only
+while its evidence holds: the Doctor keeps the finding's first step and marks it resolved when a
+later evaluation no longer returns it. Rules made for whole logs with few points read
+``history.complete`` (the final evaluation) and stay silent before it.
 """
 
 from __future__ import annotations

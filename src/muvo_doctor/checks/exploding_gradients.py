@@ -32,7 +32,6 @@ from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
 
 ID = "exploding_gradients"
-RETRACTABLE = True  # judged over the run so far: the latest evaluation rules (see Doctor)
 
 ADVICE = "Lower the learning rate, clip gradients (clip_grad_norm_ 1.0), add normalisation, and call optimizer.zero_grad() every step."
 

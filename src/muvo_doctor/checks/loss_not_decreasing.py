@@ -29,7 +29,6 @@ from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
 
 ID = "loss_not_decreasing"
-RETRACTABLE = True  # judged over the run so far: the latest evaluation rules (see Doctor)
 
 ADVICE = (
     "Overfit one batch to separate wiring bugs from data problems; check the learning rate, the labels "

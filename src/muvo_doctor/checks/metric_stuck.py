@@ -49,7 +49,6 @@ from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
 
 ID = "metric_stuck"
-RETRACTABLE = True  # judged over the run so far: the latest evaluation rules (see Doctor)
 
 ADVICE = (
     "Check the evaluation uses the model's scores and that labels match inputs; see prior_baseline and "

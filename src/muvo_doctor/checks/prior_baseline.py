@@ -57,7 +57,6 @@ from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
 
 ID = "prior_baseline"
-RETRACTABLE = True  # judged over the run so far: the latest evaluation rules (see Doctor)
 
 ADVICE = (
     "Judge the run against the prior: AUROC/AUPRC instead of accuracy and a loss clearly below H(p). "
