@@ -537,7 +537,10 @@ def train(
         if doctor is not None:
             from muvo_doctor.observation import Observation
 
-            doctor.observe(Observation(name=name, step=step, value=value, digits=digits))
+            # Not a step clock: the recorder's flushes (buffered, time-based) carry the training steps, and
+            # a printed or evaluation value observed ahead of them must not trigger the Doctor's grid
+            # evaluation early, or the first step a check reports would depend on flush timing.
+            doctor.observe(Observation(name=name, step=step, value=value, digits=digits), clock=False)
 
     log = Log(dist.main, cfg.train.steps, start)
     if fault.name != "none":
