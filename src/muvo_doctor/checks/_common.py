@@ -357,3 +357,13 @@ def training_falls(history: History, rel: float) -> str | None:
         if head > 0 and tail < (1 - rel) * head:
             return f"{name} fell {fmt(head)} -> {fmt(tail)}"
     return None
+
+
+def around(series_: tuple[np.ndarray, np.ndarray], step: int, k: int = 1) -> tuple[float, float] | None:
+    """(median before, median after) of ``series_`` around ``step``: the points after it, and as many
+    (at least ``k``) just before it. None when either side is empty."""
+    st, v = series_
+    before, after = v[st <= step], v[st > step]
+    if len(before) == 0 or len(after) == 0:
+        return None
+    return float(np.median(before[-max(len(after), k, 1) :])), float(np.median(after))

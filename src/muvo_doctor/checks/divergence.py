@@ -40,6 +40,7 @@ import numpy as np
 
 from muvo_doctor.checks._common import (
     LOSS,
+    around,
     finite,
     first_run_start,
     fmt,
@@ -47,6 +48,7 @@ from muvo_doctor.checks._common import (
     make,
     scores,
     series,
+    training_falls,
 )
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
@@ -170,15 +172,6 @@ def _worse_than_start(history: History, t) -> Finding | None:
     return None
 
 
-def _train_falls(history: History) -> bool:
-    got = finite(history, LOSS)
-    return (
-        got is not None
-        and len(got[1]) >= 2
-        and _third(got[1]) < float(np.median(got[1][: max(1, len(got[1]) // 3)]))
-    )
-
-
 def _quality_holds(history: History, t) -> bool:
     """A held-out quality score (accuracy, AUROC, mAP ...) whose latest value is within ``of_metric_tol`` of its best."""
     return any(float(v[-1]) >= float(v.max()) - t.of_metric_tol for _, _, v in scores(history, 2))
@@ -191,7 +184,7 @@ def _heldout_blowup(history: History, t) -> Finding | None:
         if best > 0 and np.all(v[-2:] >= t.div_heldout_factor * best):
             if _quality_holds(history, t):
                 continue  # the held-out scores still rank/classify: calibration (overfitting's info), not a blow-up
-            learns = _train_falls(history)
+            learns = training_falls(history, t.lnd_min_rel_drop) is not None
             msg = (
                 f"{name} blew up from its best {fmt(best)} at step {int(steps[best_i])} to {fmt(float(v[-1]))} "
                 f"({float(v[-1]) / best:.0f}x, {t.div_heldout_factor:g}x or more in each of the last 2 evaluations)"
@@ -243,11 +236,10 @@ def _rebound(history: History, t) -> Finding | None:
         best = float(v[best_i])
         if not (best > 0 and np.all(v[-k:] >= t.div_rebound * best)):
             continue
-        ts, tv = train
-        before, after = tv[ts <= steps[best_i]], tv[ts > steps[best_i]]
-        if len(before) == 0 or len(after) == 0:
+        got = around(train, int(steps[best_i]))
+        if got is None:
             continue
-        tb, ta = float(np.median(before[-len(after) :])), float(np.median(after))
+        tb, ta = got
         if ta < tb:
             continue  # the training side still improves: overfitting's business
         msg = (

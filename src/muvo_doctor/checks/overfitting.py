@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import LOSS, finite, fmt, make, scores
+from muvo_doctor.checks._common import LOSS, around, finite, fmt, make, scores
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
@@ -62,12 +62,8 @@ def _holds(history: History, t, after: int) -> list[str]:
 
 def _train_fell(train: tuple[np.ndarray, np.ndarray], best_step: int, k: int) -> tuple[float, float] | None:
     """(median before, median after) of the training loss around ``best_step`` when it fell, else None."""
-    ts, tv = train
-    before, after = tv[ts <= best_step], tv[ts > best_step]
-    if len(before) == 0 or len(after) == 0:
-        return None
-    tb, ta = float(np.median(before[-max(len(after), k, 1) :])), float(np.median(after))
-    return (tb, ta) if ta < tb else None
+    got = around(train, best_step, k)
+    return got if got is not None and got[1] < got[0] else None
 
 
 def _val_loss_rise(history: History, t) -> Finding | None:
