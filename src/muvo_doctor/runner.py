@@ -72,6 +72,9 @@ class RunOptions:
     plain: bool = False
     notify_url: str | None = None
     notify_cmd: str | None = None
+    notify_format: str | None = None  # None: inferred from the --notify URL
+    redact: bool = True  # secrets in the command line are masked in every output
+    follow_symlinks: bool = False  # --report/--record through a symlink only when asked
     stop_on: Literal["dead"] | None = None
     fail_on: Literal["warning", "dead"] | None = None
     grace_s: float = KILL_GRACE_S

@@ -40,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="POST JSON to URL when the run is confirmed dead (and if it recovers); see --stop-on for the window",
     )
     parser.add_argument(
+        "--notify-format",
+        choices=["json", "slack", "discord", "teams", "ntfy"],
+        help="the body --notify sends (default: inferred from the URL's host, json otherwise)",
+    )
+    parser.add_argument(
         "--notify-cmd",
         metavar="CMD",
         help="run CMD (a shell command) when the run is confirmed dead (and if it recovers); "
@@ -56,6 +61,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fail-on",
         choices=["warning", "dead"],
         help="exit 1 when the verdict reaches this level (otherwise: the command's exit code)",
+    )
+    parser.add_argument(
+        "--no-redact",
+        action="store_true",
+        help="keep secrets (values of --api-key, TOKEN=..., user:pass@ in URLs, ...) in the command "
+        "line shown in reports, records and alerts (default: redacted)",
+    )
+    parser.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="write --report/--record through a symbolic link (default: refuse, so its target is safe)",
     )
     parser.add_argument("--config", metavar="TOML", help="thresholds and cadence (see the README)")
     parser.add_argument("rest", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
@@ -103,6 +119,9 @@ def main(args: argparse.Namespace) -> int:
         plain=args.plain,
         notify_url=args.notify,
         notify_cmd=args.notify_cmd,
+        notify_format=args.notify_format,
+        redact=not args.no_redact,
+        follow_symlinks=args.follow_symlinks,
         stop_on=args.stop_on,
         fail_on=args.fail_on,
     )
