@@ -110,6 +110,7 @@ class Alerts:
         source: the wrapped command line, named in every message.
         notify_url: ``--notify`` URL, or None.
         notify_cmd: ``--notify-cmd`` shell command, or None.
+        notify_format: ``--notify-format`` (json, slack, discord, teams, ntfy), or None to infer it.
         banner: writes the banner (the live view, or stderr); gets the full text incl. the bell.
         stream: where delivery failures are reported (stderr).
     """
@@ -120,12 +121,14 @@ class Alerts:
         source: str,
         notify_url: str | None = None,
         notify_cmd: str | None = None,
+        notify_format: str | None = None,
         banner: Callable[[str], None] | None = None,
         stream: TextIO | None = None,
     ) -> None:
         self.source = source
         self.notify_url = notify_url
         self.notify_cmd = notify_cmd
+        self.notify_format = notify_format  # None: inferred from notify_url's host
         self.stream = stream
         self.banner = banner or self._stderr_banner
         self.fired: Finding | None = None  # the headline of the last dead alert

@@ -196,6 +196,7 @@ class Runner:
             source=self.source,
             notify_url=self.opts.notify_url,
             notify_cmd=self.opts.notify_cmd,
+            notify_format=self.opts.notify_format,
             # The confirmed alert's banner and bell: above the live dashboard, or on stderr in plain mode.
             banner=self._banner if isinstance(self.view, PlainView) else self.view.alert_banner,
         )
