@@ -1,9 +1,16 @@
-"""Writing whole buffers to raw file descriptors (stdlib only: imported before the child starts)."""
+"""Writing whole buffers to raw file descriptors, and files that replace others atomically.
+
+Stdlib only: imported before the child starts.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import time
+from pathlib import Path
+from typing import BinaryIO
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -16,3 +23,84 @@ def write_all(fd: int, data: bytes) -> None:
             time.sleep(0.001)
             continue
         view = view[n:]
+
+
+class SymlinkRefused(OSError):
+    """The path to write is a symbolic link, and following it was not asked for."""
+
+
+def _target(path: str | os.PathLike[str], follow_symlinks: bool) -> Path:
+    p = Path(path)
+    if p.is_symlink():
+        if not follow_symlinks:
+            raise SymlinkRefused(
+                errno.ELOOP,
+                "is a symbolic link; refusing to write through it (its target is untouched)",
+                str(p),
+            )
+        return Path(os.path.realpath(p))
+    return p
+
+
+def _open_temp_beside(target: Path) -> tuple[BinaryIO, Path]:
+    # Same folder as the target: the rename stays on one file system, hence atomic. Mode 0o666 less
+    # the umask, as open() would give the file (mkstemp's 0o600 would change who can read a report).
+    for attempt in range(100):
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{time.monotonic_ns() + attempt}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue
+        return os.fdopen(fd, "wb"), tmp
+    raise OSError(errno.EEXIST, "cannot create a temporary file beside it", str(target))
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, *, follow_symlinks: bool = False) -> None:
+    """Replace the file at ``path`` with ``data``, all or nothing.
+
+    The bytes go to a temporary file in the same folder, are synced, and the temporary file is
+    renamed over ``path``: a reader sees the old file or the new one, never a part (a full disk
+    leaves the old file as it was). A symbolic link at ``path`` is refused unless
+    ``follow_symlinks``, then its target is replaced the same way.
+
+    Raises:
+        SymlinkRefused: ``path`` is a symbolic link and ``follow_symlinks`` is False.
+        OSError: the folder is not writable, the disk is full, ... (nothing was changed).
+    """
+    target = _target(path, follow_symlinks)
+    fh, tmp = _open_temp_beside(target)
+    try:
+        with fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def create_replacing(path: str | os.PathLike[str], head: bytes, *, follow_symlinks: bool = False) -> BinaryIO:
+    """A new file at ``path`` that starts with ``head``, open for appending (a stream written as it goes).
+
+    Made as :func:`write_atomic` makes its file (a temporary file renamed over ``path``), so a
+    symbolic link at ``path`` is replaced, not written through, unless ``follow_symlinks``. The
+    caller writes and flushes the rest; what was flushed stays if the process is killed.
+
+    Raises:
+        SymlinkRefused: ``path`` is a symbolic link and ``follow_symlinks`` is False.
+        OSError: the file cannot be created.
+    """
+    target = _target(path, follow_symlinks)
+    fh, tmp = _open_temp_beside(target)
+    try:
+        fh.write(head)
+        fh.flush()
+        os.replace(tmp, target)
+    except BaseException:
+        fh.close()
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return fh
