@@ -115,3 +115,36 @@ def test_reading_in_between_changes_nothing() -> None:
     np.testing.assert_array_equal(sa.steps, sb.steps)
     np.testing.assert_array_equal(sa.values, sb.values)
     assert sa.digits == sb.digits == 3
+
+
+def _same(a: History, b: History, name: str) -> None:
+    sa, sb = a.series(name), b.series(name)
+    np.testing.assert_array_equal(sa.steps, sb.steps)
+    np.testing.assert_array_equal(sa.values, sb.values)
+    assert sa.digits == sb.digits
+    assert (a.count, a.last_step) == (b.count, b.last_step)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_bulk_add_gives_the_history_of_one_add_per_point(seed: int) -> None:
+    # Slices of every size (1 point .. several compactions at once), mixed with single points and
+    # reads, over series short enough to compact many times: the same points at the same strides.
+    rng = np.random.default_rng(seed)
+    one, bulk = History(16 + seed), History(16 + seed)
+    step = 0
+    for _ in range(60):
+        n = int(rng.choice([1, 2, 7, 15, 16, 17, 40, 300]))
+        steps = np.arange(step, step + n)
+        values = rng.standard_normal(n)
+        digits = int(rng.integers(0, 6)) if rng.random() < 0.5 else None
+        for s, v in zip(steps.tolist(), values.tolist(), strict=True):
+            one.add_point("x", s, v, digits)
+        if rng.random() < 0.3:
+            for s, v in zip(steps.tolist(), values.tolist(), strict=True):
+                bulk.add_point("x", s, v, digits)
+        else:
+            bulk.add_points("x", steps, values, digits)
+        if rng.random() < 0.2:
+            bulk.series("x")
+        step += n
+    _same(one, bulk, "x")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from muvo_doctor.logs.base import AddPoint, NoRecords, ReadStats
+from muvo_doctor.logs.base import AddPoint, NoRecords, ReadStats, Sink, as_sink
 from muvo_doctor.logs.columns import looks_like_results, read_results
 from muvo_doctor.logs.csvlog import looks_like_csv, read_csv
 from muvo_doctor.logs.hf import read_trainer_state
@@ -33,7 +33,7 @@ _MAX_DEPTH = 4
 _MAX_FILES = 200
 
 
-def _read_text_source(path: str, add: AddPoint, keep_rewrites: bool = False) -> ReadStats:
+def _read_text_source(path: str, add: AddPoint | Sink, keep_rewrites: bool = False) -> ReadStats:
     st = read_text(path, add, keep_rewrites=keep_rewrites)
     out = ReadStats()
     out.records, out.points, out.last_step, out.rewrites = st.records, st.points, st.last_step, st.rewrites
@@ -49,7 +49,7 @@ def _read_text_source(path: str, add: AddPoint, keep_rewrites: bool = False) -> 
 
 
 # format name -> reader
-FORMATS: dict[str, Callable[[str, AddPoint], ReadStats]] = {
+FORMATS: dict[str, Callable[[str, AddPoint | Sink], ReadStats]] = {
     "text": _read_text_source,
     "jsonl": read_jsonl,
     "json": read_json_array,
@@ -237,7 +237,7 @@ def _json_log(fp: Path) -> bool:
     )
 
 
-def load(source: LogSource, add: AddPoint, *, keep_rewrites: bool = False) -> tuple[str, ReadStats]:
+def load(source: LogSource, add: AddPoint | Sink, *, keep_rewrites: bool = False) -> tuple[str, ReadStats]:
     """Read every file of ``source`` into ``add``; returns (format, counters).
 
     When the sniffed reader finds nothing (or fails on the content), the text reader tries the
@@ -284,23 +284,19 @@ def load(source: LogSource, add: AddPoint, *, keep_rewrites: bool = False) -> tu
     return (formats[0] if len(set(formats)) == 1 else "+".join(sorted(set(formats)))), total
 
 
-def _read_file(path: Path, kind: str, add: AddPoint, keep_rewrites: bool) -> tuple[str, ReadStats]:
+def _read_file(path: Path, kind: str, add: AddPoint | Sink, keep_rewrites: bool) -> tuple[str, ReadStats]:
     """One file through its sniffed reader, then through the text reader if that found nothing."""
     if kind == "text":
         return kind, _read_text_source(str(path), add, keep_rewrites)
     if kind == "tensorboard":
         return kind, read_events(str(path), add)  # binary: the text reader has nothing to try
-    added = [0]
-
-    def counted(name: str, step: int, value: float, digits: int | None) -> None:
-        added[0] += 1
-        add(name, step, value, digits)
-
+    sink = as_sink(add)
+    before = sink.count
     try:
-        st = FORMATS[kind](str(path), counted)
+        st = FORMATS[kind](str(path), sink)
     except (ValueError, UnicodeError, RecursionError, MemoryError) as exc:
         st = ReadStats()
-        st.points = added[0]  # what it added before failing stays; the text reader would repeat it
+        st.points = sink.count - before  # what it added before failing stays; the text reader would repeat it
         st.note = f"the {kind} reader failed ({type(exc).__name__})"
         st.unparsed = True
     if st.points or not st.unparsed:

@@ -7,12 +7,17 @@ import math
 import re
 from collections.abc import Callable, Iterator
 
+import numpy as np
+
+from muvo_doctor.history import History
 from muvo_doctor.logs.names import STEP_KEYS, classify, digits_of, kind_of
 
 __all__ = [
     "STEP_KEYS",
     "AddPoint",
     "NoRecords",
+    "Sink",
+    "as_sink",
     "ReadStats",
     "add_record",
     "as_fraction",
@@ -27,6 +32,49 @@ __all__ = [
 
 # history.add_point(name, step, value, digits): the readers' only output.
 AddPoint = Callable[[str, int, float, "int | None"], None]
+
+
+class Sink:
+    """Where a reader puts its points: one at a time (``add``) or a slice of one series at once
+    (``extend``). A History's ``add_point`` gets the History's bulk path (``History.add_points``),
+    any other callable one call per point. ``count`` is the points put so far.
+    """
+
+    __slots__ = ("_add", "_bulk", "count")
+
+    def __init__(self, add: AddPoint) -> None:
+        self._add = add
+        self.count = 0
+        owner = getattr(add, "__self__", None)
+        is_history = isinstance(owner, History) and getattr(add, "__func__", None) is History.add_point
+        self._bulk = owner.add_points if is_history else None
+
+    def add(self, name: str, step: int, value: float, digits: int | None) -> None:
+        """One point."""
+        self.count += 1
+        self._add(name, step, value, digits)
+
+    __call__ = add  # a Sink is an AddPoint too: readers that add one point at a time take either
+
+    def extend(self, name: str, steps: np.ndarray, values: np.ndarray, digits: int | None) -> None:
+        """Points of one series in order; ``digits`` the fewest any of them showed."""
+        n = len(values)
+        if not n:
+            return
+        self.count += n
+        if self._bulk is not None:
+            self._bulk(name, steps, values, digits)
+            return
+        add = self._add
+        st, vs = np.asarray(steps).tolist(), np.asarray(values).tolist()
+        add(name, st[0], vs[0], digits)
+        for a, b in zip(st[1:], vs[1:], strict=True):
+            add(name, a, b, None)
+
+
+def as_sink(add: AddPoint | Sink) -> Sink:
+    """The sink of a reader's ``add`` argument (a Sink is used as it is)."""
+    return add if isinstance(add, Sink) else Sink(add)
 
 
 class NoRecords(Exception):

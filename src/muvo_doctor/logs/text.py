@@ -30,7 +30,7 @@ from operator import itemgetter
 
 import numpy as np
 
-from muvo_doctor.logs.base import AddPoint
+from muvo_doctor.logs.base import AddPoint, Sink, as_sink
 from muvo_doctor.logs.names import EPOCH, NOISE, SIGNAL, SPLITS, STEP, key_of, kind_of, signal_name
 
 __all__ = [
@@ -718,8 +718,8 @@ class TextParser:
             out.append(self.ep_step)
         return out
 
-    def feed(self, text: str, probe: bytes, add: AddPoint) -> None:
-        """Read complete lines of text into ``add`` (the audit path: one sink call per point)."""
+    def feed(self, text: str, probe: bytes, sink: Sink) -> None:
+        """Read complete lines of text into ``sink`` (the audit path: one call per series and batch)."""
         arrays = self.points(self.prepare(text, probe))
         if arrays is None:
             return
@@ -727,13 +727,9 @@ class TextParser:
         names = self.kinds.names
         for nid in np.unique(sig):
             sel = np.flatnonzero(sig == nid)
-            name = names[nid]
             dd = dig[sel]
             d = int(dd[dd >= 0].min()) if (dd >= 0).any() else None
-            ss, vv = steps[sel].tolist(), v[sel].tolist()
-            add(name, ss[0], vv[0], d)  # History keeps the fewest digits: once per batch is enough
-            for a, b in zip(ss[1:], vv[1:], strict=True):
-                add(name, a, b, None)
+            sink.extend(names[nid], steps[sel], v[sel], d)  # History keeps the fewest digits
 
     def lines(self, lines: list[str]) -> Points:
         """Read a batch of output lines (the ``run`` path): every point in order, with its key."""
@@ -776,7 +772,7 @@ def _ffill(a: np.ndarray, start: int) -> np.ndarray:
     return np.where(last >= 0, a[np.maximum(last, 0)], start)
 
 
-def read_text(path: str, add: AddPoint, *, keep_rewrites: bool = False) -> TextStats:
+def read_text(path: str, add: AddPoint | Sink, *, keep_rewrites: bool = False) -> TextStats:
     """Stream a console log into ``add(name, step, value, digits)``, in chunks of whole lines.
 
     Args:
@@ -789,12 +785,13 @@ def read_text(path: str, add: AddPoint, *, keep_rewrites: bool = False) -> TextS
     """
     parser = TextParser(keep_rewrites=keep_rewrites)
     st = parser.st
+    sink = as_sink(add)
 
     def process(raw: bytes) -> None:
         if not st.points and not st.traceback and _TRACEBACK_B in raw:
             st.traceback = True  # only matters for the "no records" reason
         st.lines += raw.count(b"\n")
-        parser.feed(raw.decode("utf-8", errors="replace"), raw, add)
+        parser.feed(raw.decode("utf-8", errors="replace"), raw, sink)
 
     with open(path, "rb") as f:
         carry = b""
