@@ -17,6 +17,8 @@ import argparse
 import gc
 import math
 import os
+import pickle
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -45,6 +47,7 @@ class Dist:
     rank: int
     world: int
     device: torch.device
+    owns_group: bool = False  # this process started the process group, so it ends it after training
 
     @property
     def main(self) -> bool:
@@ -62,9 +65,10 @@ def setup_dist(device: str) -> Dist:
     if dev.type == "cuda":
         dev = torch.device("cuda", local if world > 1 else (dev.index or 0))
         torch.cuda.set_device(dev)
-    if world > 1 and not torch.distributed.is_initialized():
+    owns = world > 1 and not torch.distributed.is_initialized()
+    if owns:
         torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Dist(rank, world, dev)
+    return Dist(rank, world, dev, owns)
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -167,6 +171,8 @@ class LossSpec:
     pos_weight: torch.Tensor | None  # frame BCE: (1-p)/p from the training prior
     point_pos_weight: torch.Tensor | None  # point BCE: the same for anomaly points
     point_weight: float  # 0 disables the point loss
+    # DDP only: every output enters the loss, those without a term with weight 0 (see _zero_anchor).
+    anchor_outputs: bool = False
 
     def __post_init__(self) -> None:
         # A loss module, not the functional form: the doctor's loss-input hook sees module calls in-process.
@@ -190,7 +196,20 @@ def compute_loss(
         # Padded points contribute nothing, to the sum or the count (a device tensor: no sync).
         masked = torch.where(batch.point_mask, per_point, torch.zeros_like(per_point)).sum()
         loss = loss + spec.point_weight * masked / batch.point_mask.sum().clamp_min(1)
+    if spec.anchor_outputs:
+        loss = loss + _zero_anchor(out)
     return loss
+
+
+def _zero_anchor(out: dict[str, torch.Tensor | None]) -> torch.Tensor:
+    """0 x every output: a zero in value and gradient that still reaches every parameter.
+
+    DDP (without find_unused_parameters, which costs a graph walk per step) needs a gradient for every
+    parameter at every step; a fault that drops the point loss or detaches the logits leaves heads
+    without one ("parameters that were not used in producing loss"). nan_to_num keeps an Inf output
+    from turning the zero into NaN; its gradient is 0 there.
+    """
+    return sum(o.float().nan_to_num().sum() for o in out.values() if o is not None) * 0.0
 
 
 def make_step(
@@ -464,6 +483,8 @@ def train(
         pos_weight=_pos_weight(prior, device, 100.0) if fault.use_pos_weight else None,  # FAULT HOOK
         point_pos_weight=_pos_weight(point_prior, device, 50.0),
         point_weight=cfg.train.point_loss_weight,
+        # The healthy configuration uses every parameter, so only a fault or a disabled point loss pays.
+        anchor_outputs=dist.world > 1 and (fault.name != "none" or cfg.train.point_loss_weight == 0),
     )
 
     # Model and optimizer.
@@ -498,7 +519,7 @@ def train(
     start = 0
     ckpt_path = Path(cfg.train.checkpoint_dir) / "checkpoint.pt" if cfg.train.checkpoint_dir else None
     if cfg.train.resume and ckpt_path is not None and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ck = load_checkpoint(ckpt_path, device)
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
@@ -651,7 +672,8 @@ def train(
         del net, step_fn
         gc.collect()
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        if dist.owns_group:  # a caller that started the group trains again in it or ends it itself
+            torch.distributed.destroy_process_group()
     return result
 
 
@@ -665,7 +687,8 @@ def save_checkpoint(
     losses: list[float],
     cfg: RunConfig,
 ) -> None:
-    """Everything a resumed run needs to continue identically; written atomically (tmp + rename)."""
+    """Everything a resumed run needs to continue identically, as tensors and plain values only (so
+    load_checkpoint can refuse any other pickled object); written atomically (tmp + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "model": model.state_dict(),
@@ -676,11 +699,38 @@ def save_checkpoint(
         "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         "step": step,
         "losses": losses,
-        "config": cfg.model_dump(),
+        "config": cfg.model_dump(mode="json"),  # plain values: loadable with weights_only=True
     }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """A checkpoint written by save_checkpoint: tensors and plain values only (``weights_only=True``).
+
+    Raises:
+        ConfigError: the file holds other pickled objects (unpickling them could run any code) or is
+            not a checkpoint at all; one line naming the file and the fix.
+    """
+    fix = "delete it, or point train.checkpoint_dir at a folder of muvo-train checkpoints"
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        what = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        obj = f" ({what.group(1)})" if what else ""
+        raise ConfigError(
+            f"{path}: refused to resume: the checkpoint holds a pickled object{obj}, not only tensors and "
+            f"plain values, and loading it could run code; {fix}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0]}); {fix}") from None
+    if not isinstance(ck, dict) or not _CHECKPOINT_KEYS <= ck.keys():
+        raise ConfigError(f"{path}: not a muvo-train checkpoint (missing {sorted(_CHECKPOINT_KEYS)}); {fix}")
+    return ck
+
+
+_CHECKPOINT_KEYS = frozenset({"model", "optimizer", "scheduler", "sampler", "rng", "step"})
 
 
 def _check_ranks_agree(model: nn.Module, dist: Dist, log: Log) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
 
 from muvo_model.config import ConfigError, load_run_config
 from muvo_model.faults import FAULTS
@@ -85,3 +88,24 @@ def test_resume_from_midpoint_is_exact(tmp_path) -> None:
     resumed = train(load_run_config(None, [*common, ckdir, "train.resume=true"]))
     assert len(resumed.losses) == 8
     assert resumed.losses == straight.losses  # bit-identical continuation, not just close
+
+
+class _Trap:
+    """Unpickling it would create ``marker``: the code a hostile checkpoint could run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_refuses_a_checkpoint_holding_a_pickled_object(tmp_path, capsys) -> None:
+    marker = tmp_path / "code-ran"
+    torch.save({"model": _Trap(marker), "step": 3}, tmp_path / "checkpoint.pt")
+    sets = [*TINY, "train.steps=2", "doctor.enabled=false", f"train.checkpoint_dir={str(tmp_path)!r}"]
+    code = main([x for s in [*sets, "train.resume=true"] for x in ("--set", s)])
+    err = capsys.readouterr().err
+    assert code == 2 and not marker.exists()
+    assert len(err.strip().splitlines()) == 1, err
+    assert "checkpoint.pt: refused to resume" in err and "pickled object" in err and "delete it" in err
