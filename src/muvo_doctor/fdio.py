@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import time
 from pathlib import Path
 from typing import BinaryIO
@@ -42,6 +43,15 @@ def _target(path: str | os.PathLike[str], follow_symlinks: bool) -> Path:
     return p
 
 
+def _special(target: Path) -> bool:
+    """A device, FIFO or socket (``/dev/null``, ``/dev/full``): written in place, never replaced."""
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
 def _open_temp_beside(target: Path) -> tuple[BinaryIO, Path]:
     # Same folder as the target: the rename stays on one file system, hence atomic. Mode 0o666 less
     # the umask, as open() would give the file (mkstemp's 0o600 would change who can read a report).
@@ -61,13 +71,18 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, follow_symlinks: 
     The bytes go to a temporary file in the same folder, are synced, and the temporary file is
     renamed over ``path``: a reader sees the old file or the new one, never a part (a full disk
     leaves the old file as it was). A symbolic link at ``path`` is refused unless
-    ``follow_symlinks``, then its target is replaced the same way.
+    ``follow_symlinks``, then its target is replaced the same way. A device or FIFO
+    (``/dev/null``) is written in place: renaming over it would replace the device.
 
     Raises:
         SymlinkRefused: ``path`` is a symbolic link and ``follow_symlinks`` is False.
         OSError: the folder is not writable, the disk is full, ... (nothing was changed).
     """
     target = _target(path, follow_symlinks)
+    if _special(target):
+        with open(target, "wb") as f:
+            f.write(data)
+        return
     fh, tmp = _open_temp_beside(target)
     try:
         with fh:
@@ -86,13 +101,23 @@ def create_replacing(path: str | os.PathLike[str], head: bytes, *, follow_symlin
 
     Made as :func:`write_atomic` makes its file (a temporary file renamed over ``path``), so a
     symbolic link at ``path`` is replaced, not written through, unless ``follow_symlinks``. The
-    caller writes and flushes the rest; what was flushed stays if the process is killed.
+    caller writes and flushes the rest; what was flushed stays if the process is killed. A device
+    or FIFO is written in place.
 
     Raises:
         SymlinkRefused: ``path`` is a symbolic link and ``follow_symlinks`` is False.
         OSError: the file cannot be created.
     """
     target = _target(path, follow_symlinks)
+    if _special(target):
+        dev = open(target, "wb")  # noqa: SIM115 (the caller closes it)
+        try:
+            dev.write(head)
+            dev.flush()
+        except BaseException:
+            dev.close()
+            raise
+        return dev
     fh, tmp = _open_temp_beside(target)
     try:
         fh.write(head)

@@ -58,3 +58,10 @@ def test_create_replacing_replaces_a_symlink_only_when_asked(tmp_path):
         fh.flush()
         assert (tmp_path / "new.jsonl").read_bytes() == b"head\nline\n"
     assert target.read_text() == "keep me"
+
+
+def test_a_device_is_written_in_place_never_replaced():
+    # Renaming a temporary file over /dev/null would replace the device for everyone.
+    write_atomic("/dev/null", b"{}")
+    create_replacing("/dev/null", b"head\n").close()
+    assert not os.path.isfile("/dev/null") and os.path.exists("/dev/null")
