@@ -1,10 +1,13 @@
-"""Alerts: webhook JSON to a real HTTP server, unreachable URLs, --notify-cmd, fire-once."""
+"""Alerts: webhook bodies (json, Slack, Discord, Teams, ntfy) to a real HTTP server, redirects refused,
+HTTPS verified, unreachable URLs, --notify-cmd, fire-once."""
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from muvo_doctor.alerts import Alerts, post_json, webhook_payload
+from muvo_doctor.alerts import Alerts, infer_format, post, post_json, webhook_payload, webhook_request
 from muvo_doctor.finding import Finding
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "fixtures" / "scripts"
@@ -34,23 +37,40 @@ WARN = DEAD.model_copy(update={"check": "loss_spike", "severity": "warning"})
 class Hook:
     """An HTTP server on 127.0.0.1 recording POSTed JSON; answers `statuses` in turn, then 200."""
 
-    def __init__(self, statuses: tuple[int, ...] = ()) -> None:
-        self.bodies: list[dict] = []
+    def __init__(self, statuses: tuple[int, ...] = (), tls: ssl.SSLContext | None = None) -> None:
+        self.bodies: list[dict] = []  # JSON bodies, parsed
+        self.raw: list[bytes] = []  # every body as received
+        self.headers: list[dict[str, str]] = []
+        self.paths: list[str] = []
         self.statuses = list(statuses)
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 n = int(self.headers.get("Content-Length", 0))
-                hook.bodies.append(json.loads(self.rfile.read(n)))
-                self.send_response(hook.statuses.pop(0) if hook.statuses else 200)
+                raw = self.rfile.read(n)
+                hook.raw.append(raw)
+                hook.headers.append(dict(self.headers.items()))
+                hook.paths.append(self.path)
+                if self.headers.get("Content-Type", "").startswith("application/json"):
+                    hook.bodies.append(json.loads(raw))
+                status = hook.statuses.pop(0) if hook.statuses else 200
+                self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", f"http://elsewhere.example/{self.path}")
                 self.end_headers()
+
+            do_GET = do_POST  # noqa: N815 (a followed redirect would arrive as a GET)
 
             def log_message(self, *args: object) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        scheme = "http"
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
@@ -202,3 +222,217 @@ def test_a_failing_notify_cmd_is_reported_once():
     a.update("dead", DEAD, confirmed=True)
     a.close(timeout=10)
     assert err.getvalue() == "muvo-doctor: --notify-cmd exited with 5\n"
+
+
+# ------------------------------------------------------------------ formats the receiving chat understands
+
+PRIOR = Finding(
+    check="prior_baseline",
+    severity="critical",
+    step=120,
+    message="train/loss 0.3251 ≈ H(0.10)=0.3251: the model predicts the label prior <@everyone> & more",
+    evidence={"prior_entropy": 0.3251},
+    advice="judge against the prior: AUROC, a loss clearly below H(p)",
+)
+SOURCE = "python train.py --api-key ***"
+
+
+def deliver(fmt: str | None, finding: Finding | None = PRIOR, verdict: str = "dead") -> Hook:
+    """One alert of ``fmt`` (None: inferred) through Alerts to a loopback server; the server, closed."""
+    h = Hook()
+    try:
+        a = Alerts(
+            source=SOURCE, notify_url=h.url, notify_format=fmt, banner=lambda t: None, stream=io.StringIO()
+        )
+        a.update("dead", PRIOR, confirmed=True, held="dead for 600 steps (since step 120)")
+        if verdict != "dead":
+            a.update(verdict, finding, confirmed=True, held="healthy for 700 steps (since step 900)")
+        a.close(timeout=10)
+        assert a.errors == []
+    finally:
+        h.close()
+    return h
+
+
+def test_slack_gets_text_and_blocks_with_verdict_finding_step_advice_and_command():
+    h = deliver("slack")
+    (body,) = h.bodies
+    assert h.headers[0]["Content-Type"] == "application/json"
+    assert body["text"].startswith("muvo-doctor: training DEAD (prior_baseline at step 120")
+    kinds = [b["type"] for b in body["blocks"]]
+    assert kinds[0] == "header" and kinds[-1] == "context" and "section" in kinds
+    assert body["blocks"][0]["text"] == {
+        "type": "plain_text",
+        "text": "muvo-doctor: training DEAD (prior_baseline)",
+    }
+    mrkdwn = " ".join(
+        t["text"]
+        for b in body["blocks"]
+        for t in ([b["text"]] if "text" in b else b.get("fields", []))
+        if t["type"] == "mrkdwn"
+    )
+    assert "prior_baseline at step 120" in mrkdwn and "0.3251" in mrkdwn
+    assert "*Verdict*\ndead" in mrkdwn and "*Step*\n120" in mrkdwn
+    assert "What to do: judge against the prior" in mrkdwn
+    # Slack reads <...> as a link or mention and & as an entity: escaped, shown as written.
+    assert "&lt;@everyone&gt; &amp; more" in mrkdwn and "<@everyone>" not in mrkdwn
+    assert body["blocks"][-1]["elements"][0]["text"] == SOURCE
+    assert all(len(b["text"]["text"]) <= 150 for b in body["blocks"] if b["type"] == "header")
+
+
+def test_discord_gets_content_and_an_embed_that_pings_nobody():
+    h = deliver("discord")
+    (body,) = h.bodies
+    assert body["content"].startswith("muvo-doctor: training DEAD") and len(body["content"]) <= 2000
+    (embed,) = body["embeds"]
+    assert embed["title"] == "muvo-doctor: training DEAD (prior_baseline)"
+    assert embed["description"].startswith("prior_baseline at step 120 (dead for 600 steps")
+    fields = {f["name"]: f["value"] for f in embed["fields"]}
+    assert fields["Verdict"] == "dead" and fields["Step"] == "120"
+    assert fields["What to do"] == PRIOR.advice
+    assert embed["footer"]["text"] == SOURCE
+    assert embed["color"] == 0xD70000
+    assert body["allowed_mentions"] == {"parse": []}
+
+
+def test_teams_gets_a_message_card_with_facts():
+    h = deliver("teams")
+    (card,) = h.bodies
+    assert card["@type"] == "MessageCard" and card["@context"] == "https://schema.org/extensions"
+    assert card["summary"] == card["title"] == "muvo-doctor: training DEAD (prior_baseline)"
+    assert card["text"].startswith("prior_baseline at step 120")
+    assert len(card["themeColor"]) == 6
+    facts = {f["name"]: f["value"] for f in card["sections"][0]["facts"]}
+    assert facts == {"Verdict": "dead", "Step": "120", "What to do": PRIOR.advice, "Command": SOURCE}
+
+
+def test_ntfy_gets_a_plain_body_with_title_priority_and_tags_headers():
+    h = deliver("ntfy", None, "healthy")
+    assert h.bodies == []  # not JSON
+    dead, healthy = h.headers
+    assert dead["Title"] == "muvo-doctor: training DEAD (prior_baseline)"
+    assert (dead["Priority"], dead["Tags"]) == ("5", "skull")
+    assert (healthy["Title"], healthy["Priority"]) == ("muvo-doctor: training HEALTHY", "3")
+    assert dead["Content-Type"].startswith("text/plain")
+    text = h.raw[0].decode("utf-8")
+    assert text.startswith(
+        "prior_baseline at step 120 (dead for 600 steps (since step 120)): train/loss 0.3251"
+    )
+    assert f"What to do: {PRIOR.advice}" in text and f"Command: {SOURCE}" in text
+    assert h.raw[1].decode().startswith("The run recovered: healthy for 700 steps")
+
+
+def test_json_stays_the_default_for_unknown_hosts():
+    h = deliver(None)
+    (body,) = h.bodies  # 127.0.0.1: no service of its own
+    assert body["verdict"] == "dead" and body["finding"]["check"] == "prior_baseline"
+    assert body["source"] == SOURCE and body["text"] == body["content"]
+
+
+@pytest.mark.parametrize(
+    ("url", "fmt"),
+    [
+        ("https://hooks.slack.com/services/T0/B0/XYZ", "slack"),
+        ("https://discord.com/api/webhooks/1/abc", "discord"),
+        ("https://ptb.discord.com/api/webhooks/1/abc", "discord"),
+        ("https://discordapp.com/api/webhooks/1/abc", "discord"),
+        ("https://contoso.webhook.office.com/webhookb2/abc", "teams"),
+        ("https://outlook.office.com/webhook/abc", "teams"),
+        ("https://ntfy.sh/my-topic", "ntfy"),
+        ("https://example.com/hook", "json"),
+        ("https://hooks.slack.com.evil.example/services/x", "json"),
+        ("https://notdiscord.com/api/webhooks/1", "json"),
+    ],
+)
+def test_the_format_is_inferred_from_the_host(url, fmt):
+    assert infer_format(url) == fmt
+
+
+def test_every_format_names_the_recovery_without_a_finding():
+    for fmt in ("json", "slack", "discord", "teams", "ntfy"):
+        body, headers = webhook_request(fmt, None, "healthy", SOURCE, "healthy for 700 steps")
+        shown = body + json.dumps(headers).encode()  # ntfy's title is a header
+        assert b"HEALTHY" in shown and SOURCE.encode() in body and b"700 steps" in body, fmt
+
+
+def test_an_unknown_format_is_refused_at_construction():
+    with pytest.raises(ValueError, match="notify_format must be one of json, slack"):
+        Alerts(source="x", notify_url="http://127.0.0.1/", notify_format="teams2")
+
+
+# ------------------------------------------------------------------ delivery: redirects, TLS, secrets
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_is_not_followed_and_is_a_failed_delivery(status):
+    h = Hook(statuses=(status,))
+    try:
+        why = post(h.url, b"{}", {"Content-Type": "application/json"}, backoff=(0.0,))
+        assert why is not None and why.startswith(f"HTTP {status}")
+        assert "redirects are not followed" in why and "elsewhere.example" in why
+        assert h.paths == ["/hook"]  # one POST, no second request of any kind
+    finally:
+        h.close()
+
+
+def test_a_redirected_alert_is_reported_once_without_the_webhook_token():
+    h = Hook(statuses=(302,))
+    err = io.StringIO()
+    try:
+        url = h.url + "/T000/SECRET-TOKEN"
+        a = Alerts(source="train.py", notify_url=url, banner=lambda t: None, stream=err)
+        a.update("dead", DEAD, confirmed=True)
+        a.close(timeout=10)
+    finally:
+        h.close()
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 1 and "alert not delivered: HTTP 302" in lines[0]
+    assert "SECRET-TOKEN" not in err.getvalue() and "http://127.0.0.1/..." in lines[0]
+
+
+@pytest.fixture
+def self_signed(tmp_path):
+    """A server context with a fresh self-signed certificate for 127.0.0.1 (openssl CLI)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def test_an_https_webhook_with_an_untrusted_certificate_is_not_delivered(self_signed):
+    h = Hook(tls=self_signed)
+    try:
+        why = post(h.url, b"{}", {"Content-Type": "application/json"}, backoff=(0.0,))
+    finally:
+        h.close()
+    assert why is not None and why.startswith("HTTPS certificate not trusted")
+    assert h.raw == []  # nothing reached the server's handler
+
+
+def test_a_webhook_that_never_answers_gives_up_within_its_timeouts():
+    # A server that accepts the connection and never answers: each attempt ends at its timeout.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    try:
+        t0 = time.monotonic()
+        why = post(
+            f"http://127.0.0.1:{srv.getsockname()[1]}/hook",
+            b"{}",
+            {},
+            timeout=0.3,
+            attempts=2,
+            backoff=(0.0,),
+        )
+        took = time.monotonic() - t0
+    finally:
+        srv.close()
+    assert why is not None and "after 2 attempts" in why
+    assert took < 3.0
