@@ -8,11 +8,19 @@ once at the end, never on a wall clock: the same output gives the same findings 
 chunked. The step clock is the telemetry of rank 0 once the instrumented child reports a step
 (printed numbers are held until the telemetry passes their step), else the printed numbers themselves.
 
-Transparency: output bytes are written through unchanged; SIGINT/SIGTERM/SIGHUP are forwarded
+Transparency: output bytes are written through unchanged (the pseudo-terminal does no output
+processing of its own: the user's terminal does it once, as without us), first, before anything
+is parsed; the parser works on the side, in slices, and drops (and counts) what it cannot keep up
+with rather than slow the child. The doctor's own lines wait for the end of the child's current
+line (at most ``LINE_HOLD_S``). SIGINT/SIGTERM/SIGHUP are forwarded to the child's process group
 (a second Ctrl-C sends SIGTERM, and SIGKILL follows after a grace period); window size changes
 are copied to the pseudo-terminal; the exit code is the child's (128 + signal when it was
-killed), unless ``--fail-on`` is reached. Fail open: a failure of the doctor's own machinery
-(the record file, the view, the parser) is reported once and the training goes on.
+killed), unless ``--fail-on`` is reached. Output is drained until every process holding it
+(background grandchildren too) has closed it. If the wrapper itself is killed, a watchdog process
+hangs up the child's group, kills it after ``WATCHDOG_GRACE_S``, restores the terminal and removes
+the temporary folder. Fail open: a failure of the doctor's own machinery (the view, the parser) is
+reported once and the training goes on; a report or record that cannot be written makes the exit
+code 2 when nothing else failed.
 """
 
 from __future__ import annotations
@@ -24,7 +32,6 @@ import fcntl
 import os
 import re
 import selectors
-import shlex
 import shutil
 import signal
 import subprocess
@@ -33,13 +40,15 @@ import tempfile
 import termios
 import time
 import tty
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
-from muvo_doctor.fdio import write_all
+from muvo_doctor.fdio import SymlinkRefused, create_replacing, write_all, write_atomic
 from muvo_doctor.inject import PYTHONPATH_DIR
+from muvo_doctor.redact import command_line, redact_text
 
 if TYPE_CHECKING:
     from muvo_doctor.config import DoctorConfig
@@ -52,6 +61,13 @@ if TYPE_CHECKING:
 SELECT_TIMEOUT_S = 0.25  # the loop wakes at least 4 times a second (timers, signals, the view)
 KILL_GRACE_S = 10.0  # SIGTERM -> SIGKILL (after a second Ctrl-C), SIGINT -> SIGTERM (--stop-on)
 MAX_LINE = 1 << 16  # a "line" with no newline is cut here for the parser (output is never cut)
+READ_BURST = 1 << 20  # bytes read and passed through from one output before the others get a turn
+PARSE_SLICE = 32 << 10  # bytes parsed between two looks at the child's output
+PARSE_BACKLOG = 1 << 20  # output waiting for the parser beyond this is dropped (counted), never waited on
+RECORD_FLUSH_S = 0.5  # the --record file is flushed this often: a SIGKILL loses at most ~0.75 s of it
+LINE_HOLD_S = 1.0  # the doctor's lines wait at most this long for the child to end its line
+WATCHDOG_GRACE_S = 3.0  # wrapper killed: SIGHUP to the child's group, SIGKILL this much later
+TEMP_PREFIX = "muvo-doctor-"  # + the wrapper's pid: a folder whose wrapper died is removed next run
 # CSI / OSC escape sequences and lone escapes: colours and cursor moves are not part of a number.
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
 # The signals the recorder measures itself.
@@ -86,8 +102,21 @@ class LineSplitter:
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._partial = ""
+        self._resync = False
+
+    def gap(self) -> None:
+        """Bytes were skipped (not parsed): forget the line in progress and restart at the next line."""
+        self._decoder.reset()
+        self._partial = ""
+        self._resync = True
 
     def feed(self, data: bytes) -> list[str]:
+        if self._resync:
+            cut = max(data.find(b"\n"), data.find(b"\r"))
+            if cut < 0:
+                return []
+            self._resync = False
+            data = data[cut + 1 :]
         text = self._partial + self._decoder.decode(data)
         parts = re.split(r"\r\n|\r|\n", text)
         self._partial = parts.pop()
@@ -118,6 +147,93 @@ def _widen_pipe(fd: int) -> None:
         fcntl.fcntl(fd, setsz, size)
 
 
+def _same_file(a: int, b: int) -> bool:
+    try:
+        sa, sb = os.fstat(a), os.fstat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _remove_stale_temp_folders() -> None:
+    """Temporary folders of wrappers that were killed before they could remove them (and their
+    watchdog too): cheap, one listing of the temporary folder."""
+    root = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(TEMP_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(TEMP_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _start_watchdog(pgid: int, tmp: str, tty_saved: list[Any] | None) -> tuple[int, int]:
+    """Fork a small process that outlives a killed wrapper; returns (its pid, the pipe to tell it
+    the wrapper ended normally).
+
+    It blocks on the pipe. A clean exit of the wrapper writes to it first; EOF without that means
+    the wrapper died (SIGKILL, a crash): the watchdog hangs up the child's process group (a
+    terminal would do the same), kills it after ``WATCHDOG_GRACE_S``, restores the terminal
+    (modes, cursor) and removes the temporary folder. Its own session: a Ctrl-C or a signal to the
+    wrapper's group does not reach it.
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(r)
+        return pid, w
+    try:  # the watchdog: only os calls, and never back into the caller's code
+        signal.set_wakeup_fd(-1)
+        for s in (*_FORWARDED, signal.SIGWINCH, signal.SIGCHLD, signal.SIGPIPE):
+            signal.signal(s, signal.SIG_DFL)
+        os.setsid()
+        # Nothing of the wrapper's but the terminal: a pty master or pipe kept open here would keep
+        # the child from seeing its terminal hang up.
+        os.closerange(3, r)
+        os.closerange(r + 1, 1 << 16)
+        while True:
+            try:
+                said = os.read(r, 1)
+                break
+            except InterruptedError:
+                continue
+        if not said:
+            _end_group(pgid)
+            if tty_saved is not None:
+                with contextlib.suppress(termios.error, OSError):
+                    termios.tcsetattr(0, termios.TCSAFLUSH, tty_saved)
+            if _is_tty(1):
+                with contextlib.suppress(OSError):
+                    os.write(1, b"\x1b[?25h")  # the live view hides the cursor while it draws
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        os._exit(0)
+
+
+def _end_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGHUP)
+    except OSError:
+        return
+    deadline = time.monotonic() + WATCHDOG_GRACE_S
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        try:
+            os.killpg(pgid, 0)
+        except OSError:
+            return
+    with contextlib.suppress(OSError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def _is_tty(fd: int) -> bool:
     try:
         return os.isatty(fd)
@@ -144,7 +260,7 @@ class Runner:
 
     def __init__(self, opts: RunOptions) -> None:
         self.opts = opts
-        self.source = shlex.join(opts.command)
+        self.source = command_line(opts.command, redact=opts.redact)  # the only form any output shows
         self.doctor: Any = None  # made in _setup, after the child started
         self.use_pty = _is_tty(1)
         self.child: subprocess.Popen[bytes] | None = None
@@ -159,7 +275,21 @@ class Runner:
         self.ranks: set[int] = set()
         self.splitters: dict[int, LineSplitter] = {}
         self.reader: Any = None
-        self.record: IO[str] | None = None
+        self.record: IO[bytes] | None = None
+        self._record_flush_at = 0.0
+        self.file_failed = False  # --report or --record could not be written: exit 2 if all else is fine
+        # Parsing on the side: (fd, bytes) waiting for the parser, (fd, None) when that output closed.
+        self._parse_q: deque[tuple[int, bytes | None]] = deque()
+        self._parse_q_bytes = 0
+        self.unparsed_lines = 0
+        self.unparsed_bytes = 0
+        # The doctor's own lines wait while the child is in the middle of a line on the same file.
+        self._out_shares_err = _same_file(1, 2)
+        self._midline = {"out": False, "err": False}
+        self._midline_since = 0.0
+        self._held: list[Callable[[], None]] = []
+        self.helpers: dict[int, str | None] = {}  # pid -> command of descendants that are not ranks
+        self._watchdog: tuple[int, int] | None = None
         self.view: Any = None
         self.alerts: Any = None
         self._dirty = False
@@ -176,9 +306,31 @@ class Runner:
         if key in self._said:
             return
         self._said.add(key)
+        self._speak(lambda: self._say_now(msg))
+
+    def _say_now(self, msg: str) -> None:
         with contextlib.suppress(Exception):
             sys.stderr.write(f"muvo-doctor: {msg}\n")
             sys.stderr.flush()
+
+    # -- our lines between the child's lines -------------------------------------------------------
+    def _line_open(self) -> bool:
+        return self._midline["err"] or (self._out_shares_err and self._midline["out"])
+
+    def _may_speak(self) -> bool:
+        return not self._line_open() or time.monotonic() - self._midline_since >= LINE_HOLD_S
+
+    def _speak(self, fn: Callable[[], None]) -> None:
+        if self._held or not self._may_speak():
+            self._held.append(fn)
+        else:
+            fn()
+
+    def _release_held(self, force: bool = False) -> None:
+        if self._held and (force or self._may_speak()):
+            held, self._held = self._held, []
+            for fn in held:
+                self._safe(fn, "view")
 
     # -- set-up -------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -215,13 +367,19 @@ class Runner:
         from muvo_doctor.stream import Header, encode
 
         try:
-            self.record = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed in finish)
-            self.record.write(encode(Header(source=self.source)))
+            head = encode(Header(source=self.source)).encode("utf-8")
+            self.record = create_replacing(path, head, follow_symlinks=self.opts.follow_symlinks)
         except OSError as exc:
             self.record = None
-            self.say_once(
-                "record", f"--record {path}: cannot write ({exc.strerror}); the run goes on without it"
-            )
+            self._file_error("record", path, exc, "the run goes on without it")
+
+    def _file_error(self, flag: str, path: Path, exc: OSError, then: str) -> None:
+        self.file_failed = True
+        if isinstance(exc, SymlinkRefused):
+            why = "a symbolic link, left untouched; pass --follow-symlinks to write to its target"
+        else:
+            why = f"cannot write ({exc.strerror or exc})"
+        self.say_once(flag, f"--{flag} {path}: {why}; {then}")
 
     def _env(self, fifo: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -252,6 +410,12 @@ class Runner:
                 # (the \x03 we forward) and window-size signals reach the child as in a terminal.
                 os.setsid()
                 fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+            # No output processing on the child's side: our terminal does it once, as it would
+            # without us (with both, every \r\n the child wrote arrived as \r\r\n).
+            attrs = termios.tcgetattr(slave)
+            attrs[1] &= ~termios.OPOST
+            termios.tcsetattr(slave, termios.TCSANOW, attrs)
 
             self.child = subprocess.Popen(
                 cmd,
@@ -294,6 +458,8 @@ class Runner:
         # our writes fail with EAGAIN. The selector says when it is readable, so reads never block.
         if what != "stdin":
             os.set_blocking(fd, False)
+        if what in ("out", "err") and not _is_tty(fd):
+            _widen_pipe(fd)  # more room for the child to write while we parse
         self.sel.register(fd, selectors.EVENT_READ, what)
         if what in ("out", "err"):
             self.splitters[fd] = LineSplitter()
@@ -317,7 +483,8 @@ class Runner:
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
         """Run the command to its end; returns the exit code of docs/contract.md."""
-        tmp = tempfile.mkdtemp(prefix="muvo-doctor-")
+        _remove_stale_temp_folders()
+        tmp = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
         fifo = os.path.join(tmp, "telemetry")
         os.mkfifo(fifo, 0o600)
         # Our own write end keeps the FIFO from reading EOF between children's processes.
@@ -338,6 +505,13 @@ class Runner:
                 )
                 return 127 if exc.errno == errno.ENOENT else 126
             started = True
+            assert self.child is not None
+            try:
+                self._watchdog = _start_watchdog(self.child.pid, tmp, self._tty_saved)
+            except OSError as exc:
+                self.say_once(
+                    "watchdog", f"no watchdog ({exc.strerror}): if killed, the training may outlive us"
+                )
             try:
                 self._setup()
                 self._safe(self.view.start, "view")
@@ -357,21 +531,29 @@ class Runner:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             shutil.rmtree(tmp, ignore_errors=True)
+            self._stop_watchdog()
         return self._exit_code()
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is None:
+            return
+        pid, w = self._watchdog
+        self._watchdog = None
+        with contextlib.suppress(OSError):
+            os.write(w, b"x")  # a clean end: the watchdog leaves the child's group alone
+            os.close(w)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 
     def _loop(self) -> None:
         assert self.child is not None
-        exited_at: float | None = None
+        exited = False
         while True:
-            if exited_at is None:
-                timeout = SELECT_TIMEOUT_S
-            else:
-                timeout = 0.05  # child gone: drain what is buffered, then stop
-            got_output = False
-            for key, _ in self.sel.select(timeout):
+            # Parse work waiting: only look at the child's output (no wait), then parse a slice.
+            for key, _ in self.sel.select(0 if self._parse_q else SELECT_TIMEOUT_S):
                 what = key.data
                 if what in ("out", "err"):
-                    got_output |= self._read_output(key.fd, what)
+                    self._read_output(key.fd, what)
                 elif what == "fifo":
                     self._read_fifo()
                 elif what == "stdin":
@@ -381,15 +563,19 @@ class Runner:
                         os.read(key.fd, 512)
             self._handle_signals()
             self._timers()
-            if exited_at is None:
+            self._parse_some(PARSE_SLICE)
+            if not exited:
                 code = self.child.poll()
                 if code is not None:
-                    exited_at = time.monotonic()
+                    exited = True
                     self.returncode = code
-            elif not got_output or not self._has_outputs() or time.monotonic() - exited_at > 5.0:
+            if exited and not self._has_outputs():
+                # Every process that held the output (background grandchildren too) closed it.
+                self._parse_some(None)
                 self._read_fifo()
                 break
-            if self._dirty:
+            self._release_held()
+            if self._dirty and not self._held:
                 # The Doctor evaluated (or not) as the observations crossed its grid; the view only redraws,
                 # throttled by itself.
                 self._dirty = False
@@ -425,17 +611,25 @@ class Runner:
     def _has_outputs(self) -> bool:
         return any(k.data in ("out", "err") for k in self.sel.get_map().values())
 
-    def _read_output(self, fd: int, what: str) -> bool:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return False
-        except OSError:  # EIO: the pty's other side is closed
-            data = b""
-        if not data:
-            self.sel.unregister(fd)
-            self._parse_lines(self.splitters.pop(fd).close())
-            return False
+    def _read_output(self, fd: int, what: str) -> None:
+        """Read what the output holds (up to ``READ_BURST``), pass it through, queue it for the parser."""
+        got = 0
+        while got < READ_BURST:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:  # EIO: the pty's other side is closed
+                data = b""
+            if not data:
+                self.sel.unregister(fd)
+                self._parse_q.append((fd, None))
+                return
+            got += len(data)
+            self._pass_through(what, data)
+            self._queue_parse(fd, data)
+
+    def _pass_through(self, what: str, data: bytes) -> None:
         if what == "out":
             self._safe(
                 lambda: self.view.child_output(data), "view", fallback=lambda: self._stdout_bytes(data)
@@ -445,13 +639,50 @@ class Runner:
                 write_all(2, data)
             except OSError as exc:
                 self.say_once("stderr", f"cannot write the training's stderr ({exc.strerror}); it goes on")
-        try:
-            self._parse_lines(self.splitters[fd].feed(data))
-        except Exception as exc:
-            self.say_once(
-                "parser", f"the printed-number parser failed ({exc!r}); output still passes through"
-            )
-        return True
+        open_now = not data.endswith(b"\n")
+        if open_now and not self._line_open():
+            self._midline_since = time.monotonic()
+        self._midline[what] = open_now
+
+    def _queue_parse(self, fd: int, data: bytes) -> None:
+        for i in range(0, len(data), PARSE_SLICE):
+            piece = data[i : i + PARSE_SLICE]
+            self._parse_q.append((fd, piece))
+            self._parse_q_bytes += len(piece)
+        # The parser is behind: drop its oldest work rather than make the child wait for it.
+        while self._parse_q_bytes > PARSE_BACKLOG:
+            old_fd, old = self._parse_q.popleft()
+            if old is None:
+                self._close_splitter(old_fd)
+                continue
+            self._parse_q_bytes -= len(old)
+            self.unparsed_bytes += len(old)
+            self.unparsed_lines += old.count(b"\n")
+            splitter = self.splitters.get(old_fd)
+            if splitter is not None:
+                splitter.gap()
+
+    def _parse_some(self, budget: int | None) -> None:
+        """Parse queued output: about ``budget`` bytes, or all of it (None: the child is done)."""
+        while self._parse_q and (budget is None or budget > 0):
+            fd, data = self._parse_q.popleft()
+            if data is None:
+                self._close_splitter(fd)
+                continue
+            self._parse_q_bytes -= len(data)
+            if budget is not None:
+                budget -= len(data)
+            try:
+                self._parse_lines(self.splitters[fd].feed(data))
+            except Exception as exc:
+                self.say_once(
+                    "parser", f"the printed-number parser failed ({exc!r}); output still passes through"
+                )
+
+    def _close_splitter(self, fd: int) -> None:
+        splitter = self.splitters.pop(fd, None)
+        if splitter is not None:
+            self._parse_lines(splitter.close())
 
     def _parse_lines(self, lines: list[str]) -> None:
         """The child's output lines through the one text reader (``logs.text.TextParser``, as
@@ -503,9 +734,16 @@ class Runner:
                     if not msg.rank and msg.step > self.telemetry_step:
                         self.telemetry_step = msg.step
                 elif isinstance(msg, StepBeat):
-                    if not msg.rank and msg.step > self.telemetry_step:
+                    if msg.pid is not None:
+                        self._helper_trains(msg.pid)
+                    elif not msg.rank and msg.step > self.telemetry_step:
                         self.telemetry_step = msg.step
                 elif isinstance(msg, Hello):
+                    if msg.role == "helper":
+                        if msg.command is not None or msg.pid not in self.helpers:
+                            self.helpers[msg.pid] = msg.command
+                        continue
+                    self.helpers.pop(msg.pid, None)  # a spawn worker that became a rank
                     if msg.rank is not None:
                         self.ranks.add(msg.rank)
                     if msg.stage == "torch":
@@ -514,6 +752,15 @@ class Runner:
                     self.say_once(f"notice:{msg.message}", f"rank {msg.rank}: {msg.message}")
             if self.reader.errors:
                 self.say_once("stream", f"skipped bad telemetry lines ({self.reader.first_error})")
+
+    def _helper_trains(self, pid: int) -> None:
+        command = self.helpers.get(pid)
+        shown = (redact_text(command) if self.opts.redact else command) if command else "a helper process"
+        self.say_once(
+            f"helper:{pid}",
+            f"process {pid} ({shown}) steps an optimizer of its own; it is not a rank of this run, "
+            "so its numbers are not part of this verdict",
+        )
 
     def _observe(self, obs: Observation, telemetry: bool = False) -> None:
         from muvo_doctor.stream import encode_observation
@@ -525,13 +772,19 @@ class Runner:
         self.doctor.observe(obs, clock=clock)
         self._dirty = True
         if self.record is not None:
+            line = encode_observation(obs.name, obs.step, obs.value, obs.digits, obs.rank)
             try:
-                self.record.write(encode_observation(obs.name, obs.step, obs.value, obs.digits, obs.rank))
+                self.record.write(line.encode("utf-8"))
             except OSError as exc:
-                self.record = None
-                self.say_once(
-                    "record", f"--record: write failed ({exc.strerror}); the run goes on without it"
-                )
+                self._record_failed(exc)
+
+    def _record_failed(self, exc: OSError) -> None:
+        if self.record is not None:
+            with contextlib.suppress(OSError):
+                self.record.close()
+        self.record = None
+        assert self.opts.record is not None
+        self._file_error("record", self.opts.record, exc, "the run goes on without it")
 
     def _forward_stdin(self) -> None:
         try:
@@ -549,13 +802,14 @@ class Runner:
     # -- signals and stopping ------------------------------------------------------------------
     def _signal_child(self, sig: int) -> None:
         assert self.child is not None
-        if self.child.poll() is not None:
-            return
+        alive = self.child.poll() is None
         try:
+            # The whole group: a child that exited may have left processes still writing its output.
             os.killpg(self.child.pid, sig)
         except (ProcessLookupError, PermissionError):
-            with contextlib.suppress(ProcessLookupError):
-                self.child.send_signal(sig)
+            if alive:
+                with contextlib.suppress(ProcessLookupError):
+                    self.child.send_signal(sig)
 
     def _handle_signals(self) -> None:
         while self._signals:
@@ -579,6 +833,12 @@ class Runner:
 
     def _timers(self) -> None:
         now = time.monotonic()
+        if self.record is not None and now >= self._record_flush_at:
+            self._record_flush_at = now + RECORD_FLUSH_S
+            try:
+                self.record.flush()
+            except OSError as exc:
+                self._record_failed(exc)
         if self._kill_at is not None and now >= self._kill_at:
             self._kill_at = None
             self._signal_child(signal.SIGKILL)
@@ -612,7 +872,7 @@ class Runner:
         from muvo_doctor.doctor import confirm_window
 
         for f in changed:
-            self._safe(lambda f=f: self.view.finding(f), "view")
+            self._speak(lambda f=f: self.view.finding(f))
         verdict, since, step = doctor.verdict, doctor.verdict_since, doctor.step or 0
         held_steps = step - since if since is not None else 0
         confirmed = since is not None and held_steps >= confirm_window(since, doctor.config)
@@ -626,8 +886,11 @@ class Runner:
         self._dirty = True
 
     def _banner(self, text: str) -> None:
-        sys.stderr.write(text)
-        sys.stderr.flush()
+        def write() -> None:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+        self._speak(write)
 
     def _safe(self, fn: Callable[[], Any], key: str, fallback: Callable[[], Any] | None = None) -> None:
         try:
@@ -645,6 +908,8 @@ class Runner:
             self._tty_saved = None
 
     def _finish(self) -> None:
+        with contextlib.suppress(Exception):
+            self._parse_some(None)
         for fd, sp in list(self.splitters.items()):
             with contextlib.suppress(Exception):
                 self._parse_lines(sp.close())
@@ -667,12 +932,20 @@ class Runner:
                         s.close()
 
     def _judge_and_write(self) -> None:
+        self._release_held(force=True)
+        if self.unparsed_lines or self.unparsed_bytes:
+            self.say_once(
+                "unparsed",
+                f"{self.unparsed_lines} output lines ({self.unparsed_bytes / 1e6:.1f} MB) were not read "
+                "for numbers: they came faster than the parser (the output itself passed through whole)",
+            )
         try:
             self.doctor.on_evaluated.remove(self._on_evaluated)
             changed = self.doctor.evaluate()  # the steps after the last grid step (and everything held back)
             self._on_evaluated(self.doctor, changed, final=True)
         except Exception as exc:
             self.say_once("doctor", f"the final evaluation failed ({exc!r})")
+        self._release_held(force=True)
         self._safe(self.view.stop, "view")
         if self.opts.snapshot is not None:
             self._safe(lambda: self.view.snapshot(self.opts.snapshot), "snapshot")
@@ -682,13 +955,14 @@ class Runner:
             try:
                 self.record.close()
             except OSError as exc:
-                self.say_once("record", f"--record: could not finish the file ({exc.strerror})")
+                self._record_failed(exc)
         if self.opts.report is not None:
             try:
                 report = self.doctor.report(source=self.source)
-                Path(self.opts.report).write_text(report.to_json() + "\n", encoding="utf-8")
+                data = (report.to_json() + "\n").encode("utf-8")
+                write_atomic(self.opts.report, data, follow_symlinks=self.opts.follow_symlinks)
             except OSError as exc:
-                self.say_once("report", f"--report {self.opts.report}: cannot write ({exc.strerror})")
+                self._file_error("report", self.opts.report, exc, "the previous file, if any, is unchanged")
 
     def _exit_code(self) -> int:
         verdict = self.doctor.verdict if self.doctor is not None else "inconclusive"
@@ -697,7 +971,8 @@ class Runner:
         if self.opts.fail_on == "dead" and verdict == "dead":
             return 1
         code = self.returncode if self.returncode is not None else 1
-        return 128 - code if code < 0 else code
+        code = 128 - code if code < 0 else code
+        return 2 if code == 0 and self.file_failed else code
 
 
 def run(opts: RunOptions) -> int:

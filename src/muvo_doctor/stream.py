@@ -7,6 +7,9 @@ every other line is one of:
     {"name": "train/loss", "step": 12, "value": 0.6931, "digits": null, "rank": 0}   # an Observation
     {"event": "hello", "stage": "python" | "torch", "rank": 0, "pid": 4242}             # a process started
     {"event": "step", "step": 12, "rank": 0}                                            # heartbeat: current step
+
+A helper process (a descendant that is not a rank, docs/run.md) says ``"role": "helper"`` in its
+hello (with its ``command`` at the torch stage) and only sends step beats with its ``pid``.
     {"event": "notice", "message": "...", "rank": 0}                                    # a doctor failure, once
 
 Non-finite values are written as Python's json tokens ``NaN``, ``Infinity`` and ``-Infinity``
@@ -55,6 +58,8 @@ class Hello(BaseModel):
     stage: Literal["python", "torch"]
     rank: int | None = None
     pid: int
+    role: Literal["rank", "helper"] = "rank"
+    command: str | None = None  # a helper's command line (as the process saw it; redacted by the parent)
 
 
 class StepBeat(BaseModel):
@@ -65,6 +70,7 @@ class StepBeat(BaseModel):
     event: Literal["step"] = "step"
     step: int
     rank: int | None = None
+    pid: int | None = None  # a helper's beats only
 
 
 class Notice(BaseModel):
@@ -88,7 +94,7 @@ def encode(msg: Message) -> str:
     """One message as a JSON line (with the trailing newline)."""
     if isinstance(msg, Observation):
         return encode_observation(msg.name, msg.step, msg.value, msg.digits, msg.rank)
-    return json.dumps(msg.model_dump(by_alias=True), separators=(",", ":")) + "\n"
+    return json.dumps(msg.model_dump(by_alias=True, exclude_none=True), separators=(",", ":")) + "\n"
 
 
 def encode_observation(name: str, step: int, value: float, digits: int | None, rank: int | None) -> str:

@@ -254,10 +254,11 @@ def test_stop_on_dead_interrupts_a_dead_run_once_confirmed(tmp_path):
     assert since + 100 <= p.stdout.count(b"\n") < 2000
 
 
-def test_the_doctor_failing_does_not_stop_the_training():
-    # /dev/full: every write of the record fails with "no space left"; the run goes on.
+def test_a_record_that_cannot_be_written_does_not_stop_the_training_but_exits_2():
+    # /dev/full: every write of the record fails with "no space left"; the run goes on, and the
+    # lost record is an error (exit 2) since the command itself succeeded.
     p = wrap("--record", "/dev/full", "--", str(SCRIPTS / "flat_loss.sh"), "30")
-    assert p.returncode == 0
+    assert p.returncode == 2
     assert p.stdout.count(b"loss=0.6931") == 30
     assert p.stderr.count(b"--record") == 1
 

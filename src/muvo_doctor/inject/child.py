@@ -86,10 +86,11 @@ class _Channel:
             )
 
 
-def install(fd: int) -> Any:
-    """Install the recorder in this process and stream to ``fd``; returns the recorder."""
+def install(fd: int, r: int | None = None) -> Any:
+    """Install the recorder in this process and stream to ``fd`` as rank ``r`` (default: $RANK or
+    0); returns the recorder."""
     channel = _Channel(fd)
-    r = rank()
+    r = rank() if r is None else r
     channel.send_lines([encode(Hello(stage="torch", rank=r, pid=os.getpid()))])
 
     from muvo_doctor.recorder import Recorder
@@ -125,6 +126,55 @@ def install(fd: int) -> Any:
 
     atexit.register(_at_exit)
     return rec
+
+
+def install_on_spawn(fd: int) -> None:
+    """In a multiprocessing spawn worker: become rank ``i`` when ``torch.multiprocessing.spawn``
+    runs its function here (``_wrap(fn, i, ...)``); any other spawn worker (a DataLoader's) stays
+    a helper and sends nothing.
+
+    Why patch: the spawn index is only an argument of the worker's function; no hook names it.
+    Only the worker's module attribute is replaced: the parent pickles the original by name, and
+    the worker's unpickling finds ours.
+    """
+    import torch.multiprocessing.spawn  # noqa: F401 (loaded by torch already)
+
+    module = sys.modules["torch.multiprocessing.spawn"]
+    original = getattr(module, "_wrap", None)
+    if original is None or getattr(original, "__muvo_doctor__", False):
+        return
+
+    def _wrap(fn: Any, i: int, *args: Any, **kwargs: Any) -> Any:
+        try:
+            install(fd, r=i)
+        except Exception as exc:
+            say_once("spawn", f"instrumentation failed ({exc!r}); training continues unmonitored")
+        return original(fn, i, *args, **kwargs)
+
+    functools.update_wrapper(_wrap, original)
+    _wrap.__muvo_doctor__ = True  # type: ignore[attr-defined]
+    module._wrap = _wrap
+
+
+def install_helper(fd: int) -> None:
+    """In a helper process (not a rank of the run): no recorder, only a note to the parent, by pid
+    and command, when it steps an optimizer of its own, so the run can say it without merging its
+    numbers into rank 0's."""
+    channel = _Channel(fd)
+    command = " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]) if sys.argv else sys.executable
+    channel.send_lines(
+        [encode(Hello(stage="torch", rank=None, pid=os.getpid(), role="helper", command=command))]
+    )
+    count = [0]
+
+    def beat(optimizer: Any, args: Any, kwargs: Any) -> None:
+        count[0] += 1
+        if count[0] in (1, 100) or count[0] % 1000 == 0:  # a few notes, not a stream
+            channel.send_lines([encode(StepBeat(step=count[0], rank=None, pid=channel.pid))])
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    register_optimizer_step_post_hook(beat)
 
 
 def patch_functional_losses(rec: Any) -> None:

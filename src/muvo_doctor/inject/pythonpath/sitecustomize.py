@@ -5,13 +5,23 @@ already). A meta-path finder waits for ``import torch``; when torch has finished
 ``muvo_doctor.inject.child.install`` installs the recorder. Programs that never import torch
 pay nothing more. A ``sitecustomize`` the user already had is found further down ``sys.path``
 and run after ours. Any failure here prints one line and leaves the program alone (fail open).
+
+Only training processes stream telemetry (docs/run.md, "Which processes are watched"): the first
+process to import torch, a torchrun/Accelerate rank (a RANK its parent did not have) and a
+``torch.multiprocessing.spawn`` worker (its spawn index is its rank). Every other descendant (data
+workers, helper scripts, compilers) is a *helper*: it only says, by pid and command, that it runs
+an optimizer of its own. A process that outlives the wrapper (no FIFO, or no reader) stays quiet.
 """
 
+import errno
 import os
 import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _FIFO = os.environ.get("MUVO_DOCTOR_FIFO")
+# "pid:RANK" of the training process above this one (RANK as its environment had it, maybe empty);
+# set by a training process when it imports torch, inherited by everything it starts.
+_SCOPE = "MUVO_DOCTOR_SCOPE"
 
 
 def _rank():
@@ -21,12 +31,36 @@ def _rank():
         return 0
 
 
+def _role():
+    """ "rank" (a training process), "spawn" (a multiprocessing spawn worker: a rank only if
+    torch.multiprocessing.spawn runs its function in it) or "helper"."""
+    scope = os.environ.get(_SCOPE)
+    if scope is None:
+        return "rank"
+    env_rank = os.environ.get("RANK", "")
+    if env_rank and scope.partition(":")[2] != env_rank:
+        return "rank"  # torchrun / Accelerate started it with a rank of its own
+    if "--multiprocessing-fork" in sys.argv:
+        return "spawn"
+    return "helper"
+
+
+_ROLE = _role() if _FIFO else "rank"
+
+
 def _hello():
     # The parent learns that a Python process started (so it stops treating printed numbers
     # as the only evidence). O_NONBLOCK: never hang the program if the parent is gone.
     fd = os.open(_FIFO, os.O_WRONLY | os.O_NONBLOCK)
     os.set_inheritable(fd, False)
-    line = '{"event":"hello","stage":"python","rank":' + str(_rank()) + ',"pid":' + str(os.getpid()) + "}\n"
+    if _ROLE == "rank":
+        line = (
+            '{"event":"hello","stage":"python","rank":' + str(_rank()) + ',"pid":' + str(os.getpid()) + "}\n"
+        )
+    else:
+        line = (
+            '{"event":"hello","stage":"python","rank":null,"pid":' + str(os.getpid()) + ',"role":"helper"}\n'
+        )
     os.write(fd, line.encode())
     return fd
 
@@ -76,7 +110,13 @@ def _on_torch(fd):
     if child is None:
         return
     try:
-        child.install(fd)
+        if _ROLE == "rank":
+            os.environ[_SCOPE] = str(os.getpid()) + ":" + os.environ.get("RANK", "")
+            child.install(fd)
+        elif _ROLE == "spawn":
+            child.install_on_spawn(fd)
+        else:
+            child.install_helper(fd)
     except Exception as exc:
         _say(f"instrumentation failed ({exc!r}); training continues unmonitored")
 
@@ -127,7 +167,10 @@ def _boot():
         try:
             fd = _hello()
         except OSError as exc:
-            _say(f"telemetry channel unavailable ({exc.strerror}); training continues unmonitored")
+            # ENXIO: the FIFO has no reader, ENOENT: it is gone; the wrapper ended before this
+            # process (a daemon, a process it left behind): nothing to say to anyone.
+            if exc.errno not in (errno.ENXIO, errno.ENOENT):
+                _say(f"telemetry channel unavailable ({exc.strerror}); training continues unmonitored")
         else:
             if "torch" in sys.modules:
                 _on_torch(fd)
