@@ -71,3 +71,22 @@ def test_parse_line_nan_inf():
 )
 def test_signal_name(key, name):
     assert signal_name(key) == name
+
+
+def test_rewrites_keep_the_last_shown_segment_and_each_completed_bar(tmp_path):
+    from muvo_doctor.history import History
+    from muvo_doctor.logs.text import read_text
+
+    done = "Epoch 1: 100%|#| 10/10 [loss=0.5000]"
+    log = (
+        f"Epoch 1:  50%|#| 5/10 [loss=0.9000]\r{done}\r{done}\rEpoch 2:  50%|#| 5/10 [loss=0.4000]\r \r\n"
+        "step 30 loss=0.3000\r\u00a0\r\n"  # blank rewrites (a space, a no-break space) show nothing
+        " \r \r\n"  # a line of blank rewrites only
+        "step 40 loss=0.2000\n"
+    )
+    p = tmp_path / "bars.log"
+    p.write_bytes(log.encode("utf-8"))
+    h = History()
+    st = read_text(str(p), h.add_point)
+    assert h.series("train/loss").values.tolist() == [0.5, 0.4, 0.3, 0.2]
+    assert st.rewrites == 9

@@ -190,29 +190,57 @@ def _clean(text: str) -> str:
     return text
 
 
-def _drop_rewrites(text: str) -> str:
+def _drop_rewrites(raw: bytes) -> bytes:
     """What a terminal shows of carriage-return rewrites: per line the last non-blank segment,
-    plus each completed tqdm bar (``100%|``) that a later, different bar overwrote."""
-    out = []
-    for line in text.split("\n"):
-        if "\r" not in line:
-            out.append(line)
-            continue
-        segs = line.split("\r")
-        if "100%|" in line:  # per-segment work only for lines that complete a bar
-            segs = [s for s in segs if s.strip()]
-            for a, b in zip(segs, segs[1:], strict=False):
-                # tqdm's close() prints the final bar twice: keep a completed bar only before a new bar.
-                if "100%|" in a and "100%|" not in b:
-                    out.append(a)
-            if segs:
-                out.append(segs[-1])
-            continue
-        for seg in reversed(segs):
-            if seg.strip():
-                out.append(seg)
-                break
-    return "\n".join(out)
+    plus each completed tqdm bar (``100%|``) that a later, different bar overwrote (each its own
+    line); a line of blank segments only is gone. ``raw`` starts with a newline.
+
+    On bytes, before decoding: a tqdm log is mostly overwritten bars, and only what is kept is
+    decoded and parsed. Lines without a rewrite are copied in slices, never split.
+    """
+    out: list[bytes] = []
+    pos = 0  # the start of the text not yet copied: 0 or the newline that ends a rewritten line
+    find, rfind = raw.find, raw.rfind
+    while True:
+        cr = find(b"\r", pos)
+        if cr < 0:
+            out.append(raw[pos:])
+            return b"".join(out)
+        start = rfind(b"\n", pos, cr) + 1  # >= 1: raw starts with a newline
+        end = find(b"\n", cr)
+        if end < 0:
+            end = len(raw)
+        kept = _shown(raw[start:end])
+        if kept is None:
+            out.append(raw[pos : start - 1])  # the line goes, with the newline before it
+        else:
+            out.append(raw[pos:start])
+            out.append(kept)
+        pos = end
+
+
+def _blank(seg: bytes) -> bool:
+    # as str.strip() sees the decoded text: it also strips \x1c-\x1f and Unicode blanks
+    return not seg.strip() or not seg.decode("utf-8", "replace").strip()
+
+
+def _shown(line: bytes) -> bytes | None:
+    """The kept segments of one line holding rewrites, joined by newlines; None when all are blank."""
+    if b"100%|" in line:  # per-segment work only for lines that complete a bar
+        segs = [s for s in line.split(b"\r") if not _blank(s)]
+        if not segs:
+            return None
+        # tqdm's close() prints the final bar twice: keep a completed bar only before a new bar.
+        done = [a for a, b in zip(segs, segs[1:], strict=False) if b"100%|" in a and b"100%|" not in b]
+        return b"\n".join([*done, segs[-1]])
+    end = len(line)
+    while end >= 0:
+        cr = line.rfind(b"\r", 0, end)
+        seg = line[cr + 1 : end]
+        if not _blank(seg):
+            return seg
+        end = cr
+    return None
 
 
 def _mmdet_step(m: re.Match[str]) -> str:
@@ -398,28 +426,37 @@ class TextParser:
         self.ep_counting = False  # an epoch held several records: steps count records
 
     # -- text -> "key=value" text -----------------------------------------------------------------
-    def prepare(self, text: str, probe: bytes) -> str:
-        """Complete lines in, the same lines with every reading rule applied as ``key=value`` text.
+    def decoded(self, raw: bytes) -> tuple[str, bytes]:
+        """Complete lines of bytes in; out, the text after a newline (every line starts after one:
+        the header pattern's anchor) with carriage-return rewrites resolved, and its bytes (the
+        probe of ``prepare``).
 
-        ``probe`` is the raw bytes (or an ASCII encoding of ``text``): "is it there?" tests run on
-        bytes, several times faster than on a str holding non-ASCII text (tqdm's block characters).
+        Rewrites: Windows line ends become newlines; otherwise every rewrite is a line
+        (``keep_rewrites``) or only what a terminal shows is kept (``_drop_rewrites``).
         """
-        st = self.st
-        text = "\n" + text  # every line starts after a newline (the header pattern's anchor)
-        rewrites = probe.count(b"\r")
+        raw = b"\n" + raw
+        rewrites = raw.count(b"\r")
         if rewrites:
-            i = probe.find(b"\r")
-            crlf = probe.count(b"\r\n") if probe[i + 1 : i + 2] == b"\n" else 0  # count only if likely
+            i = raw.find(b"\r")
+            crlf = raw.count(b"\r\n") if raw[i + 1 : i + 2] == b"\n" else 0  # count only if likely
             if crlf == rewrites:  # Windows line ends (a "\r\n" after a rewrite is left to the rules below)
-                text = text.replace("\r\n", "\n")
+                raw = raw.replace(b"\r\n", b"\n")
             else:
-                st.rewrites += rewrites - crlf
-                if self.keep_rewrites:
-                    text = text.replace("\r", "\n")
-                else:
-                    text = _drop_rewrites(text)
-                    # what is left is a fraction of the bytes (tqdm): the tests below scan that
-                    probe = text.encode("utf-8", "replace")
+                self.st.rewrites += rewrites - crlf
+                if (
+                    self.keep_rewrites
+                ):  # (the probe keeps the "\r": a table row after one is not a line start)
+                    return raw.replace(b"\r", b"\n").decode("utf-8", errors="replace"), raw
+                raw = _drop_rewrites(raw)
+        return raw.decode("utf-8", errors="replace"), raw
+
+    def prepare(self, text: str, probe: bytes) -> str:
+        """Lines from ``decoded`` in, the same lines with every reading rule applied as ``key=value``
+        text.
+
+        ``probe`` is their bytes (or an encoding of ``text``): "is it there?" tests run on bytes,
+        several times faster than on a str holding non-ASCII text (tqdm's block characters).
+        """
         if b"\x1b" in probe:
             text = ANSI_RE.sub("", text)
         if b"(" in probe and (b"tensor(" in probe or b"np." in probe or b"array(" in probe):
@@ -718,9 +755,9 @@ class TextParser:
             out.append(self.ep_step)
         return out
 
-    def feed(self, text: str, probe: bytes, sink: Sink) -> None:
-        """Read complete lines of text into ``sink`` (the audit path: one call per series and batch)."""
-        arrays = self.points(self.prepare(text, probe))
+    def feed(self, raw: bytes, sink: Sink) -> None:
+        """Read complete lines of bytes into ``sink`` (the audit path: one call per series and batch)."""
+        arrays = self.points(self.prepare(*self.decoded(raw)))
         if arrays is None:
             return
         sig, _code, steps, v, dig, _own = arrays
@@ -735,7 +772,12 @@ class TextParser:
         """Read a batch of output lines (the ``run`` path): every point in order, with its key."""
         out = Points()
         text = "\n".join(lines) + "\n"
-        arrays = self.points(self.prepare(text, text.encode("utf-8", "replace")))
+        if "\r" in text:  # the runner splits lines at "\r": another caller's rewrites are resolved
+            text, probe = self.decoded(text.encode("utf-8", "replace"))
+        else:
+            text = "\n" + text
+            probe = text.encode("utf-8", "replace")
+        arrays = self.points(self.prepare(text, probe))
         if arrays is None:
             return out
         sig, code, steps, v, dig, own = arrays
@@ -791,7 +833,7 @@ def read_text(path: str, add: AddPoint | Sink, *, keep_rewrites: bool = False) -
         if not st.points and not st.traceback and _TRACEBACK_B in raw:
             st.traceback = True  # only matters for the "no records" reason
         st.lines += raw.count(b"\n")
-        parser.feed(raw.decode("utf-8", errors="replace"), raw, sink)
+        parser.feed(raw, sink)
 
     with open(path, "rb") as f:
         carry = b""
