@@ -1,37 +1,50 @@
-"""Overhead of the doctor on a training step: the same loop with and without it, alternated in one process.
+"""Overhead of the doctor on a training step: off, watch and global interleaved in short blocks, one process.
 
-    python bench/overhead.py --device cpu --arch original --batch 8
-    python bench/overhead.py --device cuda --arch original --batch 256
+    python bench/overhead.py --device cpu --arch mlp                       # tiny MLP, ~4 ms step, 1 thread
+    python bench/overhead.py --device cuda --arch original --image-size 224 --points 4096 --batch 8
+    python bench/overhead.py --device cuda --arch original --image-size 224 --points 4096 --batch 256 \
+        --json overhead_b256.json
 
-Modes: ``off`` (plain loop), ``watch`` (explicit ``muvo_doctor.watch`` + ``record()`` every step,
-the Doctor evaluating at each flush), ``global`` (``Recorder.install_global``, what ``run`` injects).
-Blocks of ``--steps`` timed steps run in a rotating order (off, watch, global, then watch, global,
-off, ...), ``--repeats`` times, each after ``--warmup`` untimed steps with a fresh recorder. The
-ratio is the median over repeats of a block's step time against the same repeat's ``off`` block,
-which cancels slow drifts of the machine. The flush at the end of a block is timed apart and
+Modes: ``off`` (plain loop), ``watch`` (``Recorder(model, opt)`` + ``record()`` every step, what
+``muvo_doctor.watch`` does), ``global`` (``Recorder.install_global`` and ``observe_backward`` before
+each ``backward()``: what ``run`` injects, its patched ``Tensor.backward`` included).
+
+Method: ``--repeats`` rounds; a round runs one block per mode in a random order (``--seed``). A
+block is a fresh recorder, ``--warmup`` untimed steps (loss-module discovery, the adaptive schedule
+settling), then ``--steps`` timed steps. Time is CUDA events around the block on a GPU (no host
+sync inside it), ``perf_counter_ns`` on a CPU (``--clock cpu``: this process's CPU time, for a
+machine others are loading). A mode's ratio in a round is its block against the same round's ``off``
+block, so slow drifts of the machine cancel; the summary is the median over rounds with a 95%
+bootstrap interval (rounds resampled), and the same for the absolute cost (ms per step).
+
+The recorder's flush (one host sync, observations built) is timed apart after each block and
 amortized over the steps a real run makes between flushes (``flush_every`` samples or
-``flush_seconds``, whichever comes first), so it is neither hidden nor charged every 100 steps.
-On CUDA, ``torch.cuda.synchronize`` runs only around timed blocks, never per step, and the clock is
-wall time; on CPU it is this process's CPU time with one torch thread (a shared CPU's load would
-swamp wall-clock differences).
+``flush_seconds``, whichever comes first); inside a block the recorder never flushes. The doctor's
+evaluations (watch only; at grid steps, 25 steps apart early in a run, 2% of the step count later)
+are timed apart too and printed on their own line: their cost depends on how long the run is.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.recorder import DEFAULT_SAMPLE_EVERY, Recorder
+
+MODES = ("off", "watch", "global")
+BOOTSTRAP = 10_000  # resamples of the rounds for the 95% interval
 
 
 class _OriginalCopy(nn.Module):
@@ -60,7 +73,14 @@ class _OriginalCopy(nn.Module):
         return {"frame_logit": self.anomaly_head(fused).squeeze(-1)}
 
 
+def tiny_mlp() -> nn.Module:
+    """128 -> 512 -> 512 -> 10 (333k parameters): ~4 ms a step at batch 64 on one CPU thread."""
+    return nn.Sequential(nn.Linear(128, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+
+
 def build(arch: str) -> tuple[nn.Module, str]:
+    if arch == "mlp":
+        return tiny_mlp(), "bench/overhead.py tiny MLP"
     try:
         from muvo_model.model import build_model
     except ImportError:
@@ -75,30 +95,75 @@ def build(arch: str) -> tuple[nn.Module, str]:
         raise SystemExit(f"--arch: {exc}") from None
 
 
+def bootstrap_median(values: list[float], rng: np.random.Generator) -> tuple[float, float, float]:
+    """Median of ``values`` and its 95% percentile-bootstrap interval."""
+    v = np.asarray(values, dtype=np.float64)
+    meds = np.median(v[rng.integers(0, len(v), size=(BOOTSTRAP, len(v)))], axis=1)
+    lo, hi = np.percentile(meds, [2.5, 97.5])
+    return float(np.median(v)), float(lo), float(hi)
+
+
+class _Timer:
+    """Block timer: CUDA events on a GPU (read after one sync per block), a host clock on a CPU."""
+
+    def __init__(self, dev: torch.device, clock: str) -> None:
+        self.cuda = dev.type == "cuda"
+        self.dev = dev
+        self.ns = time.perf_counter_ns if clock == "wall" else time.process_time_ns
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.dev)
+
+    def mark(self) -> Any:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return self.ns()
+
+    def ms(self, a: Any, b: Any) -> float:
+        """Milliseconds between two marks (call after ``sync``)."""
+        return a.elapsed_time(b) if self.cuda else (b - a) / 1e6
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--arch", default="original", help="original | fusion (muvo_model.model.build_model)")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=100, help="timed steps per block")
+    ap.add_argument(
+        "--arch", default="original", help="mlp (tiny MLP) | original | fusion (muvo_model.model.build_model)"
+    )
+    ap.add_argument("--batch", type=int, default=None, help="default: 64 for mlp, 8 otherwise")
+    ap.add_argument("--steps", type=int, default=40, help="timed steps per block")
     ap.add_argument("--warmup", type=int, default=20, help="untimed steps at the start of each block")
-    ap.add_argument("--repeats", type=int, default=20, help="blocks per mode")
-    ap.add_argument("--modes", default="off,watch,global")
+    ap.add_argument("--repeats", type=int, default=60, help="rounds (one block per mode each)")
+    ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--points", type=int, default=1024)
-    ap.add_argument("--sample-every", type=int, default=None, help=f"default: {DEFAULT_SAMPLE_EVERY}")
+    ap.add_argument(
+        "--sample-every", type=int, default=None, help=f"default: adaptive from {DEFAULT_SAMPLE_EVERY}"
+    )
     ap.add_argument(
         "--amp", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (auto: on CUDA)"
     )
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default on CPU: 1)")
-    ap.add_argument("--json", default=None, help="also write the results to this file")
+    ap.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall", help="CPU only: perf_counter or CPU time"
+    )
+    ap.add_argument("--seed", type=int, default=0, help="block order and bootstrap")
+    ap.add_argument(
+        "--json", default=None, help="also write the summary and the per-round numbers to this file"
+    )
     a = ap.parse_args(argv)
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
-    bad = [m for m in modes if m not in ("off", "watch", "global")]
-    if bad or "off" not in modes:
+    bad = [m for m in modes if m not in MODES]
+    if bad or "off" not in modes or len(set(modes)) != len(modes):
         ap.error(f"--modes: use a comma list of off, watch, global including off (got {a.modes!r})")
-    if min(a.batch, a.steps, a.repeats) < 1 or a.warmup < 0:
+    batch = a.batch if a.batch is not None else (64 if a.arch == "mlp" else 8)
+    if min(batch, a.steps, a.repeats) < 1 or a.warmup < 0:
         ap.error("--batch, --steps and --repeats must be >= 1, --warmup >= 0")
+    if a.repeats < 5:
+        ap.error("--repeats: at least 5 rounds for an interval")
     try:
         dev = torch.device(a.device)
         torch.empty(1, device=dev)
@@ -108,130 +173,195 @@ def main(argv: list[str] | None = None) -> int:
     amp = a.amp == "on" or (a.amp == "auto" and cuda)
     if a.threads or not cuda:
         torch.set_num_threads(a.threads or 1)
-    # On CPU the process's own CPU time: the shared CPU's load would swamp wall-clock differences.
-    clock = time.perf_counter if cuda else time.process_time
+    if a.json:
+        try:
+            open(a.json, "a", encoding="utf-8").close()
+        except OSError as exc:
+            ap.error(f"--json {a.json}: cannot write there ({exc.strerror})")
+    timer = _Timer(dev, "wall" if cuda else a.clock)
 
     torch.manual_seed(0)
     model, source = build(a.arch)
     model = model.to(dev)
-    if cuda:
+    if cuda and a.arch != "mlp":
         model = model.to(memory_format=torch.channels_last)
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    crit = nn.BCEWithLogitsLoss()
     g = torch.Generator(device="cpu").manual_seed(0)
-    batches = []
+    batches: list[tuple[torch.Tensor, ...]] = []
     for _ in range(4):  # cycled: data loading is not what is measured
-        img = torch.rand(a.batch, 3, a.image_size, a.image_size, generator=g)
-        pts = torch.randn(a.batch, a.points, 4, generator=g)
-        y = (torch.rand(a.batch, generator=g) < 0.1).float()
-        img = img.to(dev).contiguous(memory_format=torch.channels_last) if cuda else img
+        if a.arch == "mlp":
+            x = torch.randn(batch, 128, generator=g)
+            y = torch.randint(0, 10, (batch,), generator=g)
+            batches.append((x.to(dev), y.to(dev)))
+            continue
+        img = torch.rand(batch, 3, a.image_size, a.image_size, generator=g)
+        pts = torch.randn(batch, a.points, 4, generator=g)
+        y = (torch.rand(batch, generator=g) < 0.1).float()
+        img = img.to(dev).contiguous(memory_format=torch.channels_last) if cuda else img.to(dev)
         batches.append((img, pts.to(dev), y.to(dev)))
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(dev)
+    crit: nn.Module = nn.CrossEntropyLoss() if a.arch == "mlp" else nn.BCEWithLogitsLoss()
 
     def step_fn(i: int, rec: Recorder | None) -> None:
-        img, pts, y = batches[i % len(batches)]
+        *inputs, y = batches[i % len(batches)]
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(img, pts)["frame_logit"]
+            out = model(*inputs)
+        out = out if a.arch == "mlp" else out["frame_logit"]
         loss = crit(out.float(), y)
         opt.zero_grad(set_to_none=True)
+        if rec is not None and rec.is_global:
+            rec.observe_backward(loss)  # what run's patched Tensor.backward calls
         loss.backward()
         opt.step()
         if rec is not None and not rec.is_global:
             rec.record(i, loss=loss, outputs=out, labels=y)
 
-    cfg = DoctorConfig()  # the defaults a user gets
+    user = DoctorConfig()  # the defaults a user gets: amortization uses their flush schedule
+    # Inside a block the recorder never flushes (timed apart); sampling and judging as the user's.
+    cfg = user.model_copy(update={"flush_every": 1 << 30, "flush_seconds": 1e9})
+    eval_ms: list[float] = []
+
+    def timed_doctor(rec: Recorder) -> Recorder:
+        doc = rec.doctor
+        if doc is not None:
+            evaluate = doc.evaluate
+
+            def timed() -> Any:
+                t0 = time.perf_counter_ns()
+                try:
+                    return evaluate()
+                finally:
+                    eval_ms.append((time.perf_counter_ns() - t0) / 1e6)
+
+            doc.evaluate = timed  # type: ignore[method-assign]
+        return rec
+
     make: dict[str, Callable[[], Recorder | None]] = {
         "off": lambda: None,
-        "watch": lambda: Recorder(model, opt, config=cfg, sample_every=a.sample_every),
+        "watch": lambda: timed_doctor(Recorder(model, opt, config=cfg, sample_every=a.sample_every)),
         "global": lambda: Recorder.install_global(
             config=cfg, sink=lambda obs: None, sample_every=a.sample_every
         ),
     }
-    times: dict[str, list[float]] = {m: [] for m in modes}  # ms per step, one entry per repeat
-    flush_ms: dict[str, list[float]] = {m: [] for m in modes}
-    samples: dict[str, list[int]] = {m: [] for m in modes}  # sampled steps per block (adaptive schedule)
+    times: dict[str, list[float]] = {m: [] for m in modes}  # ms per step, one entry per round
+    flush_ms: dict[str, list[float]] = {m: [] for m in modes}  # recorder flush, doctor evaluations excluded
+    samples: dict[str, list[int]] = {m: [] for m in modes}  # sampled steps per block
+    order_rng = random.Random(a.seed)
     step = 0
-    for r in range(a.repeats):
-        order = modes[r % len(modes) :] + modes[: r % len(modes)]
+    for _ in range(a.warmup + 10):  # caches, allocator, first-call costs: before any timed block
+        step_fn(step, None)
+        step += 1
+    for _ in range(a.repeats):
+        order = modes[:]
+        order_rng.shuffle(order)
         for mode in order:
             rec = make[mode]()
             for _ in range(a.warmup):
                 step_fn(step, rec)
                 step += 1
-            sync()
             n0 = rec._n_samples if rec is not None else 0
-            t0 = clock()
+            timer.sync()
+            t0 = timer.mark()
             for _ in range(a.steps):
                 step_fn(step, rec)
                 step += 1
-            sync()
-            times[mode].append((clock() - t0) / a.steps * 1e3)
-            samples[mode].append(rec._n_samples - n0 if rec is not None else 0)
-            t0 = clock()
+            t1 = timer.mark()
+            n_eval = len(eval_ms)
             if rec is not None:
-                rec.flush()  # timed apart: a real run flushes far less often than once a block
-            sync()
-            flush_ms[mode].append((clock() - t0) * 1e3)
+                rec.flush()
+            t2 = timer.mark()
+            timer.sync()
+            times[mode].append(timer.ms(t0, t1) / a.steps)
+            flush_ms[mode].append(max(0.0, timer.ms(t1, t2) - sum(eval_ms[n_eval:])))
+            samples[mode].append(rec._n_samples - n0 if rec is not None else 0)
             if rec is not None:
                 if not rec.enabled:
                     print(f"muvo-doctor recorder disabled itself in mode {mode}", file=sys.stderr)
                     return 1
                 rec.close()
 
-    sample_every = a.sample_every or f"adaptive (from {DEFAULT_SAMPLE_EVERY})"
+    rng = np.random.default_rng(a.seed)
+    clock = "CUDA events" if cuda else ("perf_counter_ns" if a.clock == "wall" else "process CPU time")
     print(
         f"overhead: device={dev} ({torch.cuda.get_device_name(dev) if cuda else 'cpu'}), arch={a.arch} "
-        f"({n_params:,} params, {source}), batch={a.batch}, amp={'bf16' if amp else 'off'}, "
-        f"sample_every={sample_every}, {a.repeats} x {a.steps} steps per mode, torch {torch.__version__}, "
-        f"clock={'wall' if cuda else f'process CPU time, {torch.get_num_threads()} thread(s)'}"
+        f"({n_params:,} params, {source}), batch={batch}, amp={'bf16' if amp else 'off'}, "
+        f"sample_every={a.sample_every or f'adaptive from {DEFAULT_SAMPLE_EVERY}'}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU thread(s), clock={clock}"
     )
     print(
-        "ratio: median over repeats of (mode's ms/step + its flush amortized) / the same repeat's off ms/step;\n"
-        "a flush is amortized over min(flush_every x steps per sample, flush_seconds / step time) steps"
+        f"{a.repeats} rounds x {len(modes)} blocks of {a.steps} timed steps (+{a.warmup} warm-up), random "
+        "order; per round: mode / off (flush amortized); median and 95% bootstrap interval over rounds"
     )
-    head = f"{'mode':<8} {'ms/step':>8} {'flush ms':>9} {'steps/flush':>11} {'sampled':>8} {'ratio':>7} {'overhead':>9}"
-    print(head)
-    rows: list[dict[str, Any]] = []
+    print(
+        f"{'mode':<7} {'ms/step':>8} {'flush ms':>8} {'steps/flush':>11} {'sampled':>7} "
+        f"{'overhead [95% CI]':>26} {'ms/step added [95% CI]':>30}"
+    )
+    summary: dict[str, Any] = {}
     for mode in modes:
         med = statistics.median(times[mode])
         n_samp = sum(samples[mode]) / len(samples[mode])
         per_flush = 0.0
         if mode != "off":
             steps_per_sample = a.steps / n_samp if n_samp else float(a.steps)
-            per_flush = min(cfg.flush_every * steps_per_sample, cfg.flush_seconds * 1e3 / med)
-        fl = statistics.median(flush_ms[mode]) if mode != "off" else 0.0
-        ratios = [
-            (t + (f / per_flush if per_flush else 0.0)) / off
-            for t, f, off in zip(times[mode], flush_ms[mode], times["off"], strict=True)
+            per_flush = min(user.flush_every * steps_per_sample, user.flush_seconds * 1e3 / med)
+        cost = [
+            t + (f / per_flush if per_flush else 0.0)
+            for t, f in zip(times[mode], flush_ms[mode], strict=True)
         ]
-        ratio = statistics.median(ratios)
+        ratio = bootstrap_median([c / off for c, off in zip(cost, times["off"], strict=True)], rng)
+        added = bootstrap_median([c - off for c, off in zip(cost, times["off"], strict=True)], rng)
+        fl = statistics.median(flush_ms[mode]) if mode != "off" else 0.0
+        pct = f"{100 * (ratio[0] - 1):+.2f}% [{100 * (ratio[1] - 1):+.2f}, {100 * (ratio[2] - 1):+.2f}]"
+        ms = f"{added[0]:+.4f} [{added[1]:+.4f}, {added[2]:+.4f}]"
+        print(f"{mode:<7} {med:>8.3f} {fl:>8.2f} {per_flush:>11.0f} {n_samp:>7.1f} {pct:>26} {ms:>30}")
+        summary[mode] = {
+            "median_ms_per_step": med,
+            "ratio": ratio[0],
+            "ratio_ci95": [ratio[1], ratio[2]],
+            "added_ms_per_step": added[0],
+            "added_ms_ci95": [added[1], added[2]],
+            "flush_ms": fl,
+            "steps_per_flush": per_flush,
+            "sampled_per_block": n_samp,
+            "ms_per_step_rounds": times[mode],
+            "flush_ms_rounds": flush_ms[mode],
+        }
+    doctor: dict[str, Any] = {}
+    if eval_ms:
+        off_ms = statistics.median(times["off"])
+        ev = statistics.median(eval_ms)
+        at = {
+            s: max(user.evaluate_every_steps, int(s * user.evaluate_every_fraction)) for s in (1_000, 20_000)
+        }
+        doctor = {"evaluations": len(eval_ms), "median_ms": ev, "max_ms": max(eval_ms)}
         print(
-            f"{mode:<8} {med:>8.3f} {fl:>9.2f} {per_flush:>11.0f} {n_samp:>8.1f} {ratio:>7.4f} {100 * (ratio - 1):>+8.2f}%"
-        )
-        rows.append(
-            {
-                "mode": mode,
-                "ms_per_step": times[mode],
-                "flush_ms": flush_ms[mode],
-                "sampled": samples[mode],
-                "median_ms": med,
-                "ratio": ratio,
-            }
+            f"doctor (watch, in-process): {len(eval_ms)} evaluations, median {ev:.2f} ms (max {max(eval_ms):.2f}) "
+            f"on histories of <= {a.warmup + a.steps} steps, not in the ratios above; one every "
+            + ", ".join(
+                f"{g} steps at step {s:,} (+{ev / g:.4f} ms/step, {100 * ev / g / off_ms:.2f}%)"
+                for s, g in at.items()
+            )
         )
     if a.json:
         meta = {
             "device": str(dev),
+            "device_name": torch.cuda.get_device_name(dev) if cuda else "cpu",
             "arch": a.arch,
-            "batch": a.batch,
+            "params": n_params,
+            "batch": batch,
             "amp": amp,
-            "sample_every": sample_every,
+            "image_size": a.image_size,
+            "points": a.points,
+            "sample_every": a.sample_every,
+            "steps": a.steps,
+            "warmup": a.warmup,
+            "repeats": a.repeats,
+            "clock": clock,
+            "torch": torch.__version__,
+            "argv": sys.argv[1:] if argv is None else argv,
         }
         with open(a.json, "w", encoding="utf-8") as f:
-            json.dump({**meta, "rows": rows}, f, indent=1)
+            json.dump({**meta, "modes": summary, "doctor": doctor}, f, indent=1)
     return 0
 
 
