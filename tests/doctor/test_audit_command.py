@@ -190,3 +190,96 @@ def test_audit_of_a_run_record_gives_the_runs_findings_and_first_steps(tmp_path:
         return [(f["check"], f["severity"], f["step"], f["resolved_step"]) for f in r["findings"]]
 
     assert (b["verdict"], key(b)) == (a["verdict"], key(a)) and a["verdict"] == "dead"
+
+
+# -- TensorBoard files cut short or damaged: read up to the break, which is reported -------------
+
+
+def _fixture_writer():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_fixtures", LOGS / "make_fixtures.py")
+    mf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mf)
+    return mf
+
+
+def _healthy_events(steps=range(0, 300, 5), odd_step=None):
+    """Records (bytes each) of a SummaryWriter file whose loss falls with noise; ``odd_step`` adds
+    one more event at that step after the 10th."""
+    import math
+    import random
+
+    mf = _fixture_writer()
+    rng = random.Random(12)
+    recs = [mf._record(mf._version_event())]
+    for i, step in enumerate(steps):
+        loss = 0.9 * math.exp(-step / 200) + 0.3 + 0.01 * rng.gauss(0, 1)
+        recs.append(mf._record(mf._event(step, "Loss/train", loss, tensor=False)))
+        if i == 10 and odd_step is not None:
+            recs.append(mf._record(mf._event(odd_step, "Loss/train", 0.5, tensor=False)))
+    return recs
+
+
+def _break_of(report, path):
+    (found,) = [f for f in report["findings"] if f["check"] == "corrupt_log"]
+    assert found["severity"] == "warning" and str(path) in found["evidence"]["file"]
+    return found
+
+
+@pytest.mark.parametrize("damage", ["truncated", "50 corrupt bytes"])
+def test_damaged_event_file_is_judged_up_to_the_break_and_warned(tmp_path, capsys, damage):
+    recs = _healthy_events()
+    data = b"".join(recs)
+    k = 31  # the damage starts inside record k: records 0..k-1 (the version event and 30 scalars) are whole
+    start = sum(len(r) for r in recs[:k])
+    if damage == "truncated":
+        data = data[: start + 20]
+    else:
+        import random
+
+        rng = random.Random(5)
+        data = data[: start + 5] + bytes(rng.getrandbits(8) for _ in range(50)) + data[start + 55 :]
+    ev = tmp_path / "events.out.tfevents.1.host"
+    ev.write_bytes(data)
+    rc, out, err = run(["--json", str(ev)], capsys)
+    rep = json.loads(out)
+    found = _break_of(rep, ev)
+    assert rc == 1 and rep["verdict"] == "warning" and err == ""
+    assert found["evidence"]["records_read"] == k
+    assert found["evidence"]["bytes_skipped"] == len(data) - start
+    assert (
+        f"{k} records read" in found["message"] and f"{len(data) - start:,} bytes skipped" in found["message"]
+    )
+    # The part before the break is judged: its falling loss is the evidence, its 30 steps are counted.
+    assert rep["evidence_for_health"].startswith("train/loss fell") and rep["steps"] == 146
+
+
+def test_event_file_cut_at_a_record_boundary_reads_as_a_shorter_run(tmp_path, capsys):
+    ev = tmp_path / "events.out.tfevents.1.host"
+    ev.write_bytes(b"".join(_healthy_events()[:31]))
+    rc, out, _ = run(["--json", str(ev)], capsys)
+    assert rc == 0 and json.loads(out)["verdict"] == "healthy"
+
+
+def test_event_step_two_to_the_70_is_skipped_and_the_rest_judged(tmp_path, capsys):
+    ev = tmp_path / "events.out.tfevents.1.host"
+    ev.write_bytes(b"".join(_healthy_events(odd_step=2**70)))
+    rc, out, err = run(["--json", str(ev)], capsys)
+    rep = json.loads(out)
+    assert rc == 0 and err == "" and rep["verdict"] == "healthy" and rep["findings"] == []
+    assert rep["skipped_records"]["count"] == 1 and rep["steps"] == 296
+    rc, out, err = run(["--plain", str(ev)], capsys)
+    assert rc == 0 and "Traceback" not in out + err and "skipped 1 bad record" in out
+
+
+def test_report_is_not_written_through_a_symlink(tmp_path, capsys):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    link = tmp_path / "r.json"
+    link.symlink_to(target)
+    rc, _, err = run(["--json", "--report", str(link), DEAD], capsys)
+    assert rc == 2 and target.read_text() == "keep me\n" and link.is_symlink()
+    assert err.count("\n") == 1 and "--follow-symlinks" in err
+    rc, _, _ = run(["--json", "--report", str(link), "--follow-symlinks", DEAD], capsys)
+    assert rc == 1 and json.loads(target.read_text())["verdict"] == "dead"

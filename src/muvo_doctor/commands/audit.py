@@ -1,9 +1,11 @@
-"""`muvo-doctor audit [--json] [--report PATH] [--config TOML] [--plain] LOG...`: judge finished logs.
+"""`muvo-doctor audit [--json] [--report PATH [--follow-symlinks]] [--config TOML] [--plain] LOG...`: judge logs.
 
 Each run (a log file, or the event files of one run folder; a folder of several runs gives one
 report per run) is read into its own Doctor, the checks run once, and one report per run is shown
 (or printed as JSON). Records a reader skipped as impossible are counted in the report
-(``skipped_records``). Exit codes (docs/contract.md): 0 every log healthy, 1 any warning or critical
+(``skipped_records``); a file read only up to a break (a truncated or corrupt TensorBoard file) adds a
+``corrupt_log`` warning. ``--report`` is written atomically and never through a symbolic link unless
+``--follow-symlinks``. Exit codes (docs/contract.md): 0 every log healthy, 1 any warning or critical
 finding, 2 an input could not be read or the usage is wrong, 3 the worst verdict is inconclusive.
 """
 
@@ -18,7 +20,8 @@ from pathlib import Path
 
 from muvo_doctor.config import ConfigError, DoctorConfig, load_config
 from muvo_doctor.doctor import Doctor
-from muvo_doctor.finding import Report, SkippedRecords
+from muvo_doctor.fdio import SymlinkRefused, write_atomic
+from muvo_doctor.finding import Finding, Report, SkippedRecords, verdict_of
 from muvo_doctor.logs import LogSource, NoRecords, ReadStats, find_sources, load
 
 HELP = "judge finished training logs (text, tqdm, Keras, CSV, JSON lines, trainer_state.json, TensorBoard)"
@@ -34,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--report", metavar="PATH", help="also write the report(s) as JSON to PATH")
     parser.add_argument("--config", metavar="TOML", help="thresholds and settings (see the README)")
+    parser.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="write --report through a symbolic link (default: refuse, so its target is safe)",
+    )
     parser.add_argument(
         "--plain", action="store_true", help="plain text: no colour (also when stdout is not a TTY)"
     )
@@ -74,7 +82,43 @@ def audit_source(source: LogSource, config: DoctorConfig) -> Audited:
     if stats.skipped:
         skipped = SkippedRecords(count=stats.skipped, first_reason=stats.first_reason or "unreadable record")
         report = report.model_copy(update={"skipped_records": skipped})
+    if stats.breaks:
+        report = with_breaks(report, stats)
     return Audited(source, fmt, stats, doctor, report)
+
+
+def with_breaks(report: Report, stats: ReadStats) -> Report:
+    """The report with a ``corrupt_log`` warning per file read only up to a break: what followed the
+    break (maybe the run's end, where it died) was not judged, so the verdict cannot be healthy."""
+    step = stats.last_step if stats.last_step >= 0 else None
+    found = [
+        Finding(
+            check="corrupt_log",
+            severity="warning",
+            step=step,
+            message=(
+                f"{Path(b.path).name} is read only up to byte {b.offset:,}: {b.reason}; "
+                f"{b.records:,} records read, the last {b.bytes_skipped:,} bytes skipped and not judged"
+            ),
+            evidence={
+                "file": b.path,
+                "break_offset": b.offset,
+                "records_read": b.records,
+                "bytes_skipped": b.bytes_skipped,
+                "reason": b.reason,
+            },
+            advice=(
+                "Copy the file again from the machine that wrote it (an interrupted copy or sync, or a full "
+                "disk, cuts event files) and audit it again; a run still writing it ends in a partial record."
+            ),
+        )
+        for b in stats.breaks
+    ]
+    holding = [f for f in report.findings if f.holds]
+    findings = [*holding, *found, *(f for f in report.findings if not f.holds)]
+    return report.model_copy(
+        update={"findings": findings, "verdict": verdict_of(findings, report.evidence_for_health)}
+    )
 
 
 def exit_code(reports: list[Report], unreadable: int) -> int:
@@ -141,8 +185,15 @@ def main(args: argparse.Namespace) -> int:
         else [r.model_dump(by_alias=True) for r in reports]
     )
     if args.report and reports:
-        try:
-            Path(args.report).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        data = (json.dumps(payload, indent=2) + "\n").encode("utf-8")
+        try:  # all or nothing: a full disk leaves the previous report whole, never a part
+            write_atomic(args.report, data, follow_symlinks=args.follow_symlinks)
+        except SymlinkRefused:
+            _err(
+                f"--report {args.report}: a symbolic link; its target is left untouched. Pass "
+                "--follow-symlinks to write through it, or pick another path"
+            )
+            return 2
         except OSError as exc:
             _err(f"--report {args.report}: cannot write ({exc.strerror or exc}); pass a writable path")
             return 2

@@ -276,6 +276,7 @@ def load(source: LogSource, add: AddPoint | Sink, *, keep_rewrites: bool = False
         total.rewrites += st.rewrites
         if st.skipped:
             total.skip(st.first_reason, st.skipped)
+        total.breaks += st.breaks
         if not st.points and st.note:
             notes.append(f"{st.note} ({kind})")
     if not total.points:

@@ -6,6 +6,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -15,6 +16,7 @@ from muvo_doctor.logs.names import STEP_KEYS, classify, digits_of, kind_of
 __all__ = [
     "STEP_KEYS",
     "AddPoint",
+    "Break",
     "NoRecords",
     "Sink",
     "as_sink",
@@ -93,12 +95,25 @@ MAX_STEP = 1 << 53  # a step at or above this is not a step (1e30, 2**63): its r
 _MAX_DEPTH = 8  # nesting kept when flattening a record (deeper parts are skipped)
 
 
+class Break(NamedTuple):
+    """A file read only up to a break (a truncated record, or one that fails its checksum): what
+    follows it cannot be framed, so it is not read."""
+
+    path: str
+    offset: int  # byte where the first unreadable record starts
+    records: int  # records read before it
+    bytes_skipped: int  # from the break to the end of the file
+    reason: str  # e.g. "the last record is cut off (truncated)"
+
+
 class ReadStats:
     """What a reader saw: records that carried numbers, points added, the largest step, and the
     records skipped as impossible (a step of 1e30, a 400-digit number, a 128 KB field) with the
-    first reason: one bad record is counted, never fatal."""
+    first reason: one bad record is counted, never fatal. ``breaks``: files read only up to a break."""
 
-    __slots__ = ("records", "points", "last_step", "note", "rewrites", "skipped", "first_reason", "unparsed")
+    __slots__ = (
+        "records", "points", "last_step", "note", "rewrites", "skipped", "first_reason", "unparsed", "breaks",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.rewrites = 0  # carriage-return rewrites dropped (text logs)
@@ -111,6 +126,7 @@ class ReadStats:
         # the content is not this format (JSON that does not parse, a "CSV" without a metric
         # header): the text reader should try it. A well-formed file that holds no numbers is not.
         self.unparsed = False
+        self.breaks: list[Break] = []
 
     def skip(self, reason: str, n: int = 1) -> None:
         """Count ``n`` skipped records; the first reason is kept for the report."""
