@@ -15,12 +15,24 @@ from collections.abc import Sequence
 COMMANDS = ("run", "audit", "demo", "explain")
 
 
+def version() -> str:
+    """The installed package's version (pyproject.toml's), or "unknown" when run from a bare checkout."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("muvo-doctor")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``only``, just that command's module is imported (start-up cost)."""
     parser = argparse.ArgumentParser(
         prog="muvo-doctor",
         description="Training-health diagnostics for PyTorch: tells a dead run from a learning one.",
     )
+    parser.add_argument("--version", action="version", version=f"muvo-doctor {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS if only is None else (only,):
         mod = importlib.import_module(f"muvo_doctor.commands.{name}")

@@ -145,7 +145,8 @@ def render_report(
         color_system="standard" if color else None,
         highlight=False,
         emoji=False,
-        soft_wrap=False,
+        # Plain text (a pipe, a file, NO_COLOR) is never wrapped: a line cut at the width breaks grep.
+        soft_wrap=not color,
     )
     if header:
         console.print(Text(header, style="bold"))

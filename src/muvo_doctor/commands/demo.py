@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,12 +150,13 @@ def train_command(fault: str, steps: int | None, overrides: list[str]) -> list[s
 
 
 def _say(text: str, plain: bool) -> None:
-    """A narrative or summary paragraph between runs (stdout, wrapped)."""
+    """A narrative or summary paragraph between runs (stdout; wrapped on a terminal only)."""
     from rich.console import Console
 
     con = Console(highlight=False)
     if plain or not con.is_terminal or con.no_color:
-        print(textwrap.fill(text, width=min(con.width, 100)), flush=True)
+        # Whole lines: `demo --plain | grep "verdict dead"` must find the sentence (the terminal wraps).
+        print(text, flush=True)
     else:
         con.print(text, markup=False, width=min(con.width, 100))
 
