@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import http.server
+import json
 import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
 from muvo_doctor import fdio
 from muvo_doctor.fdio import SymlinkRefused, create_replacing, write_atomic
+from muvo_doctor.stream import StreamError, read_observations
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "fixtures" / "scripts"
+PY = sys.executable
 
 
 # -- files ----------------------------------------------------------------------------------------
@@ -65,3 +81,267 @@ def test_a_device_is_written_in_place_never_replaced():
     write_atomic("/dev/null", b"{}")
     create_replacing("/dev/null", b"head\n").close()
     assert not os.path.isfile("/dev/null") and os.path.exists("/dev/null")
+
+
+# -- through the CLI ------------------------------------------------------------------------------
+def wrap(*args: str, **kw) -> subprocess.CompletedProcess[bytes]:
+    """Run `muvo-doctor run ARGS` with pipes (plain mode)."""
+    kw.setdefault("capture_output", True)
+    return subprocess.run([PY, "-m", "muvo_doctor", "run", *args], timeout=120, **kw)
+
+
+def test_a_symlinked_report_or_record_target_is_left_untouched(tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    for flag in ("--report", "--record"):
+        link = tmp_path / f"link{flag}"
+        link.symlink_to(precious)
+        p = wrap(flag, str(link), "--", "sh", "-c", "echo loss=0.5")
+        assert p.returncode == 2 and b"--follow-symlinks" in p.stderr and b"Traceback" not in p.stderr
+        assert p.stdout == b""  # refused before the command ran
+        assert precious.read_text() == "keep me" and link.is_symlink()
+    p = wrap(
+        "--follow-symlinks", "--report", str(tmp_path / "link--report"), "--", "sh", "-c", "echo loss=0.5"
+    )
+    assert p.returncode == 0
+    assert json.loads(precious.read_text())["schema"] == "muvo-doctor/report/v1"
+
+
+def test_a_report_that_cannot_be_written_is_an_error_exit_2(tmp_path):
+    (tmp_path / "report.json").mkdir()  # a folder where the file should go
+    p = wrap("--report", str(tmp_path / "report.json"), "--", "sh", "-c", "echo loss=0.5")
+    assert p.returncode == 2
+    assert b"--report" in p.stderr and b"cannot write" in p.stderr and b"Traceback" not in p.stderr
+    # ... but the command's own failure comes first.
+    p = wrap("--report", str(tmp_path / "report.json"), "--", "sh", "-c", "exit 3")
+    assert p.returncode == 3
+
+
+SECRETS = ("s3cr3t-flag", "s3cr3t-env", "s3cr3t-url", "s3cr3t-joined")
+
+
+def _secret_command() -> list[str]:
+    # A dead run (the same loss 30 times) so every alert fires; each secret in another form.
+    script = 'i=0; while [ $i -lt 30 ]; do echo "iter $i loss=0.6931"; i=$((i+1)); done'
+    return [
+        "env", "HF_TOKEN=s3cr3t-env", "sh", "-c", script, "train",
+        "--api-key", "s3cr3t-flag", "--db", "https://bob:s3cr3t-url@db.example", "--auth-token=s3cr3t-joined",
+    ]  # fmt: skip
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    bodies: list[bytes] = []
+
+    def do_POST(self) -> None:
+        _Hook.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_secret_in_the_command_line_is_absent_from_every_output(tmp_path):
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/hook"
+    files = {name: tmp_path / name for name in ("report.json", "run.jsonl", "dash.svg", "env.txt")}
+    try:
+        p = wrap(
+            "--plain", "--report", str(files["report.json"]), "--record", str(files["run.jsonl"]),
+            "--snapshot", str(files["dash.svg"]), "--notify", url,
+            "--notify-cmd", f"env > {files['env.txt']}", "--", *_secret_command(),
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    assert p.returncode == 0, p.stderr
+    assert json.loads(files["report.json"].read_text())["verdict"] == "dead"  # the alerts fired
+    assert _Hook.bodies and "MUVO_DOCTOR_MESSAGE" in files["env.txt"].read_text()
+    outputs = {"stdout": p.stdout, "stderr": p.stderr, "webhook": b"".join(_Hook.bodies)}
+    outputs |= {name: path.read_bytes() for name, path in files.items()}
+    for name, data in outputs.items():
+        for secret in SECRETS:
+            assert secret.encode() not in data, f"{secret} in {name}"
+    source = json.loads(files["report.json"].read_text())["source"]
+    assert "--api-key REDACTED" in source and "HF_TOKEN=REDACTED" in source and "bob:REDACTED@" in source
+    # --no-redact: the user asked for the command as it was.
+    p = wrap("--no-redact", "--report", str(files["report.json"]), "--", *_secret_command())
+    assert all(s in json.loads(files["report.json"].read_text())["source"] for s in SECRETS)
+
+
+def test_a_background_grandchild_is_drained_until_it_closes_the_output():
+    p = wrap("--", "sh", "-c", "(for i in 1 2 3 4; do sleep 0.2; echo grandchild $i; done) & echo main done")
+    assert p.returncode == 0
+    assert p.stdout.count(b"grandchild") == 4, p.stdout
+
+
+def test_the_doctors_lines_never_split_a_childs_line():
+    # The child writes half a line, makes the doctor speak (a bad telemetry line), then ends its line.
+    script = "printf 'half '; echo garbage > \"$MUVO_DOCTOR_FIFO\"; sleep 0.5; echo line"
+    p = wrap("--", "sh", "-c", script, stderr=subprocess.STDOUT, stdout=subprocess.PIPE, capture_output=False)
+    assert b"half line\n" in p.stdout, p.stdout
+    assert b"muvo-doctor: skipped bad telemetry" in p.stdout
+
+
+def test_the_bootstrap_is_quiet_in_a_process_that_outlives_the_wrapper(tmp_path):
+    from muvo_doctor.inject import PYTHONPATH_DIR
+
+    fifo = tmp_path / "telemetry"
+    os.mkfifo(fifo)  # no reader: the wrapper is gone
+    for path in (fifo, tmp_path / "gone"):
+        env = dict(os.environ, PYTHONPATH=PYTHONPATH_DIR, MUVO_DOCTOR_FIFO=str(path))
+        p = subprocess.run([PY, "-c", "print('ok')"], capture_output=True, env=env, timeout=30)
+        assert (p.returncode, p.stdout, p.stderr) == (0, b"ok\n", b"")
+
+
+def _tmp_folders(root: Path) -> list[str]:
+    return [n for n in os.listdir(root) if n.startswith("muvo-doctor-")]
+
+
+def _wait_for(cond, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (reaped later by init) is gone for the user.
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_wrapper_ends_the_child_and_cleans_up(tmp_path):
+    pid_file, record = tmp_path / "child.pid", tmp_path / "run.jsonl"
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    wrapper = subprocess.Popen(
+        [PY, "-m", "muvo_doctor", "run", "--record", str(record), "--",
+         PY, str(SCRIPTS / "prints_then_waits.py"), str(pid_file), "20"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    assert _wait_for(pid_file.exists, 30)
+    child = int(pid_file.read_text())
+    assert _tmp_folders(tmp_path)
+
+    def recorded() -> int:
+        # A run that prints nothing more: only the record's periodic flush brings these to the file.
+        try:
+            return len({o.step for o in read_observations(record) if o.name == "printed/loss"})
+        except (OSError, StreamError):
+            return 0
+
+    assert _wait_for(lambda: recorded() == 20, 10.0), recorded()
+    wrapper.kill()
+    wrapper.wait()
+    assert _wait_for(lambda: not _alive(child), 5.0), "the child outlived its wrapper by 5 s"
+    assert _wait_for(lambda: not _tmp_folders(tmp_path), 2.0)
+    assert recorded() == 20
+
+
+@pytest.mark.slow
+def test_kill_9_under_a_terminal_restores_the_terminal_and_cursor(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM")} | {"TERM": "xterm-256color"}
+    wrapper = subprocess.Popen(
+        [PY, "-m", "muvo_doctor", "run", "--", PY, str(SCRIPTS / "prints_then_waits.py"), str(pid_file), "5"],
+        stdin=slave, stdout=slave, stderr=slave, env=env | {"TMPDIR": str(tmp_path)}, start_new_session=True,
+    )  # fmt: skip
+    os.close(slave)
+    out = b""
+    end = time.monotonic() + 30
+    while not pid_file.exists() and time.monotonic() < end:
+        out += _read_some(master, 0.1)
+    child = int(pid_file.read_text())
+    out += _read_some(master, 1.0)  # the live view draws (and hides the cursor)
+    assert termios.tcgetattr(master)[3] != before[3]  # raw mode, while the wrapper runs
+    wrapper.kill()
+    wrapper.wait()
+    assert _wait_for(lambda: not _alive(child), 5.0)
+    out += _read_some(master, 10.0)  # until the watchdog, the last holder of the terminal, exits
+    assert b"\x1b[?25l" in out and out.rindex(b"\x1b[?25h") > out.rindex(b"\x1b[?25l")
+    assert termios.tcgetattr(master)[3] == before[3]  # echo and line editing are back
+    assert _wait_for(lambda: not _tmp_folders(tmp_path), 2.0)
+    os.close(master)
+
+
+def _read_some(fd: int, seconds: float) -> bytes:
+    out = b""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        r, _, _ = select.select([fd], [], [], left)
+        if not r:
+            break
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def test_under_a_terminal_line_endings_arrive_as_without_the_wrapper():
+    code = (
+        "import sys; sys.stdout.buffer.write(b'crlf\\r\\nlf\\nbar 10%\\rbar 20%\\r\\n'); sys.stdout.flush()"
+    )
+
+    def through_a_terminal(*cmd: str) -> bytes:
+        master, slave = pty.openpty()
+        proc = subprocess.Popen(
+            cmd,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=dict(os.environ, NO_COLOR="1"),
+            start_new_session=True,
+        )
+        os.close(slave)
+        out = b""
+        while chunk := _read_some(master, 30):
+            out += chunk
+        proc.wait(timeout=30)
+        os.close(master)
+        return out
+
+    direct = through_a_terminal(PY, "-c", code)
+    wrapped = through_a_terminal(PY, "-m", "muvo_doctor", "run", "--", PY, "-c", code)
+    assert direct == b"crlf\r\r\nlf\r\nbar 10%\rbar 20%\r\r\n"
+    assert wrapped.startswith(direct), wrapped
+
+
+@pytest.mark.slow
+def test_a_helper_process_that_trains_with_lr_0_is_not_merged_into_the_verdict(tmp_path):
+    report, record = tmp_path / "report.json", tmp_path / "run.jsonl"
+    p = wrap(
+        "--report", str(report), "--record", str(record), "--", PY, str(SCRIPTS / "trains_with_a_helper.py")
+    )
+    assert p.returncode == 0, p.stderr
+    verdict = json.loads(report.read_text())
+    assert verdict["verdict"] != "dead", verdict["findings"]
+    assert "frozen_parameters" not in {f["check"] for f in verdict["findings"]}
+    losses = [o for o in read_observations(record) if o.name == "train/loss"]
+    assert len(losses) == 150  # the parent's 150 steps; none of the helper's 150
+    assert re.search(
+        rb"process \d+ \(\S*python\S* \S*functional_losses.py --lr 0 --steps 150\) steps an optimizer",
+        p.stderr,
+    )
+
+
+@pytest.mark.slow
+def test_mp_spawn_workers_without_rank_are_each_their_own_rank(tmp_path):
+    report, record = tmp_path / "report.json", tmp_path / "run.jsonl"
+    p = wrap("--report", str(report), "--record", str(record), "--", PY, str(SCRIPTS / "spawn_train.py"))
+    assert p.returncode == 0, p.stderr
+    losses = [o for o in read_observations(record) if o.name == "train/loss"]
+    assert sorted(o.rank for o in losses) == [0] * 30 + [1] * 30

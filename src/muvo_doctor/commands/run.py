@@ -97,6 +97,13 @@ def main(args: argparse.Namespace) -> int:
             return _usage(
                 f"{flag} {path}: folder {path.parent} does not exist; create it or pick another path"
             )
+    for flag, path in (("--report", args.report), ("--record", args.record)):
+        # Refused before the training starts (the writer refuses again, should one appear meanwhile).
+        if path is not None and path.is_symlink() and not args.follow_symlinks:
+            return _usage(
+                f"{flag} {path}: a symbolic link; its target is left untouched. Pass --follow-symlinks "
+                "to write through it, or pick another path"
+            )
 
     config = None
     if args.config is not None:  # pydantic is imported after the child started, unless needed here
