@@ -159,3 +159,41 @@ def test_the_findings_are_in_the_tensorboard_log_as_scalar_and_text(dead_run):
 def test_stop_on_accepts_only_dead():
     with pytest.raises(ValueError, match="stop_on must be 'dead' or None"):
         DoctorCallback(stop_on="warning")  # type: ignore[arg-type]
+
+
+def test_the_callback_works_in_a_pytorch_lightning_trainer(tmp_path):
+    # The standalone package (`import pytorch_lightning`) runs the same callback.
+    pl = pytest.importorskip("pytorch_lightning")
+
+    class Small(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 2)
+
+        def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self.lin(x), y)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    torch.manual_seed(0)
+    x = torch.randn(640, 4)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, (x[:, 0] > 0).long()), batch_size=32
+    )
+    cb = DoctorCallback(config=CONFIG, stream=io.StringIO())
+    trainer = pl.Trainer(
+        max_steps=20,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[cb],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Small(), loader)
+    assert cb.report is not None and cb.report.source == "lightning: Small"
+    assert cb.doctor.history.series("train/loss").steps.tolist()[:3] == [1, 2, 3]
