@@ -149,8 +149,14 @@ def confirmed_dead(verdict: str, since: int | None, step: int, config: DoctorCon
     return True, f"dead for {held} steps (since step {since})"
 
 
-def _loss_evidence(history: History, config: DoctorConfig, name: str) -> tuple[float, str] | None:
-    """(strength, sentence) when the loss ``name`` fell beyond its noise and not just to the label prior."""
+def _loss_evidence(
+    history: History, config: DoctorConfig, name: str, baselines: Sequence[float] = ()
+) -> tuple[float, str] | None:
+    """(strength, sentence) when the loss ``name`` fell beyond its noise and not just to the label prior.
+
+    ``baselines``: other prior losses (those of prior_baseline findings that hold, e.g. a prior a log's
+    accuracy plateau revealed); falling onto one of them is not evidence either.
+    """
     t = config.thresholds
     p = progress(history, t, name)
     got = finite(history, name)
@@ -164,11 +170,11 @@ def _loss_evidence(history: History, config: DoctorConfig, name: str) -> tuple[f
         return None
     # Falling onto the prior's loss is learning the label frequencies, not the task.
     prior = label_prior(history)
-    if prior is not None:
-        band_noise = t.pb_noise_z * median_se(last)
-        for c in (prior.entropy, prior.weighted):
-            if c is not None and c > 0 and abs(p.recent - c) <= t.pb_rel_band * c + band_noise:
-                return None
+    priors = [*((prior.entropy, prior.weighted) if prior is not None else ()), *baselines]
+    band_noise = t.pb_noise_z * median_se(last)
+    for c in priors:
+        if c is not None and c > 0 and abs(p.recent - c) <= t.pb_rel_band * c + band_noise:
+            return None
     ratio = p.drop / se if se > 0 else math.inf
     noise = "far beyond its noise" if not math.isfinite(ratio) or ratio >= 1000 else f"{ratio:.0f}x its noise"
     span = p.last_step - p.first_step
@@ -209,7 +215,9 @@ def _metric_evidence(history: History, config: DoctorConfig, name: str) -> tuple
     return ratio, f"{name} rose {fmt(start)} -> {fmt(recent)} over {span} steps, {noise}"
 
 
-def evidence_for_health(history: History, config: DoctorConfig) -> str | None:
+def evidence_for_health(
+    history: History, config: DoctorConfig, baselines: Sequence[float] = ()
+) -> str | None:
     """A sentence with the numbers that show learning, or None when nothing does (yet).
 
     Learning is a loss (``train/loss``, ``val/loss``, ``test/loss``) whose last third sits below its
@@ -217,11 +225,12 @@ def evidence_for_health(history: History, config: DoctorConfig) -> str | None:
     and not on the label prior's loss; or a higher-is-better metric (accuracy, AUROC, mAP, F1, ...)
     whose last third rose above its first by more than its noise and one point, above chance for
     AUROC and above the majority rate for accuracy when the labels are known. At most two are named:
-    a loss first, then a metric (held-out splits before the training split).
+    a loss first, then a metric (held-out splits before the training split). ``baselines``: prior
+    losses that holding findings name (see ``_loss_evidence``).
     """
     found: list[str] = []
     for name in _LOSSES:
-        got = _loss_evidence(history, config, name)
+        got = _loss_evidence(history, config, name, baselines)
         if got is not None:
             found.append(got[1])
             break  # one loss is enough; a metric is the independent second witness
@@ -385,7 +394,7 @@ class Doctor:
                 if self._owner.get(check) == mod.ID and check not in now and old.resolved_step is None:
                     self._findings[check] = old.model_copy(update={"resolved_step": step})
                     changed.append(self._findings[check])
-        self.evidence = evidence_for_health(self.history, self.config)
+        self.evidence = evidence_for_health(self.history, self.config, self._prior_losses())
         self._count_judged = self.history.count
         verdict = verdict_of(self._findings.values(), self.evidence)
         if verdict != self._verdict or self.verdict_since is None:
@@ -405,6 +414,17 @@ class Doctor:
             except Exception as exc:
                 print(f"muvo-doctor: evaluation callback failed: {exc!r}", file=sys.stderr)
         return changed
+
+    def _prior_losses(self) -> list[float]:
+        """The prior losses named by findings that hold: a loss resting on one shows no learning."""
+        out = []
+        for f in self._findings.values():
+            if f.resolved_step is None:
+                for key in ("baseline_loss", "prior_entropy"):
+                    v = f.evidence.get(key)
+                    if isinstance(v, (int, float)) and math.isfinite(v):
+                        out.append(float(v))
+        return out
 
     def _hold(self, f: Finding) -> bool:
         """Merge a finding the latest evaluation returned; True when it is new or changed."""

@@ -412,3 +412,32 @@ def test_a_loss_matched_only_within_its_noise_says_how_wide_the_band_is() -> Non
     h = build({"label/positive_fraction": 0.1, "train/loss": H10 + rng.normal(0, 0.001, n)}, n)
     out = prior_baseline.check(h, CFG)
     assert out and "within ±" not in out[0].message
+
+
+def test_a_log_that_falls_onto_an_inferred_prior_shows_no_evidence_of_learning() -> None:
+    # A loss falling from ln 2 to H(0.1) with accuracy at 90% throughout: the fall is the label prior,
+    # so the dead report must not also say "evidence of learning: train/loss fell ...".
+    n = 150
+    rng = np.random.default_rng(4)
+    fall = np.concatenate([np.linspace(0.69, H10, 10), np.full(n - 10, H10)]) + rng.normal(0, 0.005, n)
+    doc = Doctor(CFG)
+    for name, values in {"train/loss": fall, "train/acc": 0.9 + rng.normal(0, 0.005, n)}.items():
+        for j, v in enumerate(values):
+            doc.history.add_point(name, 20 * j, float(v))
+    doc.replay()
+    rep = doc.report()
+    assert rep.verdict == "dead" and [f.check for f in rep.findings] == ["prior_baseline"]
+    assert rep.evidence_for_health is None
+
+
+def test_a_loss_that_falls_below_an_inferred_prior_still_counts_as_learning() -> None:
+    n = 150
+    rng = np.random.default_rng(5)
+    fall = np.linspace(0.69, 0.05, n) + rng.normal(0, 0.005, n)
+    doc = Doctor(CFG)
+    for name, values in {"train/loss": fall, "train/acc": np.linspace(0.9, 0.99, n)}.items():
+        for j, v in enumerate(values):
+            doc.history.add_point(name, 20 * j, float(v))
+    doc.replay()
+    rep = doc.report()
+    assert rep.verdict == "healthy" and rep.evidence_for_health.startswith("train/loss fell")
