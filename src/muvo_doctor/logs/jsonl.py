@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
 
 from muvo_doctor.logs.base import (
+    MAX_STEP,
     AddPoint,
     ReadStats,
+    Sink,
     add_record,
+    as_fraction,
+    as_sink,
     classify,
     json_elements,
     load_json,
@@ -16,43 +25,237 @@ from muvo_doctor.logs.base import (
 from muvo_doctor.logs.names import key_of, split_of
 
 _MAX_RECORD = 1 << 20  # a JSON line longer than this is not a metrics record: skipped, counted
+_CHUNK = 2 << 20  # bytes per read
+_MAX_LINE = 8 << 20  # bytes without a newline after which a line is skipped unread (> _MAX_RECORD chars)
+
+# The fast path: runs of lines that are flat objects of plain numbers with the same keys
+# ({"step": 3, "loss": 0.25}, the records of a dense log) are read a run at a time: one regex match
+# per run checks every line's shape, the keys are cut out with str.replace and numpy parses what is
+# left, instead of json.loads and Python work per line. What json.loads gives for such a line is
+# known exactly: keys without escapes or JSON punctuation, each once; numbers in JSON's grammar,
+# short enough that an integer fits an int64 and no float overflows. Every other line (NaN, strings,
+# nesting, a bad record) goes through json.loads, so what is read is the same either way.
+# (possessive: a number is followed by "," or "}", never by a digit it could give back)
+_NUM = r"-?+(?:0|[1-9]\d{0,17}+)(?:\.\d{1,30}+)?+(?:[eE][-+]?+\d{1,2}+)?+"
+_VALUE_RE = re.compile(rf":[ \t]*{_NUM}(?=[ \t]*[,}}])")
+_MARK = "\x00"  # where a value was, in a line's skeleton (a raw NUL makes the chunk take the per-line path)
+_KEY = r'"[^"\\\x00-\x1f{},:]*"'
+_PLAIN_RE = re.compile(
+    rf"[ \t]*\{{[ \t]*{_KEY}[ \t]*:{_MARK}[ \t]*(?:,[ \t]*{_KEY}[ \t]*:{_MARK}[ \t]*)*\}}[ \t]*\r?"
+)
+_KEYS_RE = re.compile(_KEY)
+_NEG_ZERO_RE = re.compile(r"-0(?=[ \t\r\n]*,)")  # the integer -0: json.loads gives 0, numpy -0.0
+_MAX_SKELETON = 10_000  # a skeleton this short cannot be a line over _MAX_RECORD characters
+_MIN_RUN = 4  # shorter runs are cheaper line by line
+_MAX_PLANS = 1000  # line shapes remembered (a log with a new key on every line reads line by line)
 
 
-def read_jsonl(path: str, add: AddPoint) -> ReadStats:
+def read_jsonl(path: str, add: AddPoint | Sink) -> ReadStats:
     """Stream a JSON-lines file; each dict line is a record. Lines that are not JSON are counted;
     a line that is JSON but cannot be a record (too long, too deep) is skipped and counted.
 
-    Floats are parsed as strings first so the digits they were written with are kept.
+    Floats are parsed as strings first so the digits they were written with are kept. Read in
+    chunks of whole lines (memory bounded for any file size); runs of flat numeric lines with the
+    same keys are read in bulk, every other line with json.loads.
     """
-    st = ReadStats()
-    bad = 0
-    index = 0
-    ctx = _Splits()
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            if len(line) > _MAX_RECORD:
-                st.skip(f"a {len(line) >> 10} KB line (line {index + bad + 1})")
-                continue
-            try:
-                obj = json.loads(line, parse_float=str)
-            except ValueError:
-                bad += 1
-                continue
-            except RecursionError:
-                st.skip(f"JSON nested too deeply (line {index + bad + 1})")
-                continue
-            if isinstance(obj, dict):
-                add_record(ctx.place(obj), index, add, st)
-                index += 1
+    reader = _JsonLines(as_sink(add))
+    for text in _chunks(path, reader):
+        reader.feed(text)
+    st = reader.st
     if not st.records:
-        st.unparsed = bad > index  # mostly not JSON: Python dicts, or text that starts with "{"
+        st.unparsed = reader.bad > reader.index  # mostly not JSON: Python dicts, or text that starts with "{"
         st.note = (
-            f"no JSON line held a number ({bad} lines were not JSON)" if bad else "no JSON line held a number"
+            f"no JSON line held a number ({reader.bad} lines were not JSON)"
+            if reader.bad
+            else "no JSON line held a number"
         )
     return st
+
+
+def _chunks(path: str, reader: _JsonLines) -> Iterator[str]:
+    """The file as text chunks of whole lines. A line of more than ``_MAX_LINE`` bytes is skipped
+    as it streams past (never held whole) and counted as too long."""
+    with open(path, "rb") as f:
+        carry = b""
+        skipping = 0  # bytes of an over-long line skipped so far
+        while True:
+            raw = f.read(_CHUNK)
+            if not raw:
+                if skipping:
+                    reader.too_long(skipping + len(carry))
+                elif carry:
+                    yield carry.decode("utf-8", errors="replace")
+                return
+            buf = carry + raw if carry else raw
+            cut = buf.rfind(b"\n")
+            if skipping:
+                end = buf.find(b"\n")
+                if end < 0:
+                    skipping += len(buf)
+                    carry = b""
+                    continue
+                reader.too_long(skipping + end)
+                skipping = 0
+                buf = buf[end + 1 :]
+                cut = buf.rfind(b"\n")
+            if cut < 0:
+                if len(buf) > _MAX_LINE:
+                    skipping, carry = len(buf), b""
+                else:
+                    carry = buf
+                continue
+            carry = buf[cut + 1 :]
+            yield buf[: cut + 1].decode("utf-8", errors="replace")
+            if len(carry) > _MAX_LINE:
+                skipping, carry = len(carry), b""
+
+
+class _JsonLines:
+    """The state of one JSON-lines read: counters, the split context, and the plans of the line
+    shapes seen (skeleton -> keys and what each key is)."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.st = ReadStats()
+        self.ctx = _Splits()
+        self.index = 0  # dict lines so far (a record's step when it prints none)
+        self.bad = 0  # lines that are not JSON
+        self.plans: dict[str, _Plan | None] = {}
+
+    def too_long(self, nbytes: int) -> None:
+        self.st.skip(f"a {nbytes >> 10} KB line (line {self.index + self.bad + 1})")
+
+    def feed(self, text: str) -> None:
+        """Whole lines of a chunk, in order."""
+        if _MARK in text:
+            for line in text.split("\n"):
+                self.line(line)
+            return
+        pos, size = 0, len(text)
+        while pos < size:
+            eol = text.find("\n", pos)
+            if eol < 0:
+                eol = size
+            plan = self._plan(text[pos:eol])
+            # _Splits.place changes only evaluation records after a training step: those go line by line
+            m = None
+            if plan is not None and (plan.training or self.ctx.train_step < 0 or not plan.signals):
+                m = plan.run_re.match(text, pos)
+            if m is None:
+                self.line(text[pos:eol])
+                pos = eol + 1
+                continue
+            run = text[pos : m.end()]
+            n = run.count("\n") + (not run.endswith("\n"))
+            if n < _MIN_RUN or not self._run(plan, run, n):
+                for line in run.split("\n")[:n]:
+                    self.line(line)
+            pos = m.end()
+
+    def _plan(self, line: str) -> _Plan | None:
+        skel = _VALUE_RE.sub(":" + _MARK, line)
+        plan = self.plans.get(skel, False)
+        if plan is False:
+            plan = _Plan.of(skel) if len(self.plans) < _MAX_PLANS else None
+            self.plans[skel] = plan
+        return plan
+
+    def _run(self, plan: _Plan, run: str, n: int) -> bool:
+        """``n`` lines of one plain shape, read in bulk; a line whose step cannot be a step goes
+        through ``line`` (which skips and counts it). False when the run needs the per-line path."""
+        c = len(plan.keys)
+        num = run.replace(plan.pieces[0], "")
+        for piece in plan.pieces[1:-1]:
+            num = num.replace(piece, ",")
+        num = num.replace(plan.pieces[-1], ",").rstrip()  # "v, v, v,\n v, ..., v,"
+        if _NEG_ZERO_RE.search(num):
+            return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # numpy warns instead of failing on text it cannot read
+            try:
+                vals = np.fromstring(num, sep=",")
+            except (ValueError, DeprecationWarning):
+                return False
+        if len(vals) != n * c:
+            return False
+        vals = vals.reshape(n, c)
+        is_int = _integers(num, n * c).reshape(n, c) if plan.signals else None
+        bad = np.zeros(n, bool)
+        for j in plan.step_cols:
+            s = vals[:, j]
+            bad |= ~((s >= 0) & (s < MAX_STEP))
+        done = 0
+        lines = run.split("\n") if bad.any() else []
+        for b in np.flatnonzero(bad).tolist():
+            self._bulk(plan, vals[done:b], None if is_int is None else is_int[done:b])
+            self.line(lines[b])
+            done = b + 1
+        self._bulk(plan, vals[done:], None if is_int is None else is_int[done:])
+        return True
+
+    def _bulk(self, plan: _Plan, vals: np.ndarray, is_int: np.ndarray | None) -> None:
+        """Lines of one plain shape whose steps are all sane: what add_record would add, per series."""
+        n = len(vals)
+        if not n:
+            return
+        if plan.step_cols:
+            steps = vals[:, plan.step_cols[-1]].astype(np.int64)  # every step sane: the last one wins
+        else:
+            steps = np.arange(self.index, self.index + n, dtype=np.int64)
+        self.index += n
+        if plan.training:  # _Splits.place: the last training step and epoch
+            if plan.ctx_step is not None:
+                self.ctx.train_step = int(vals[-1, plan.ctx_step])
+            if plan.epoch_col is not None:
+                e = vals[:, plan.epoch_col]
+                ok = np.flatnonzero((e >= 0) & (e < MAX_STEP))
+                if ok.size:
+                    self.ctx.epoch = int(e[ok[-1]])
+        if not plan.signals:
+            return
+        for name, cols in plan.signals.items():
+            parts = []
+            digits: int | None = None
+            for j, frac in cols:
+                v, d = _column(vals[:, j], None if is_int is None else is_int[:, j], frac)
+                parts.append(v)
+                if d is not None and (digits is None or d < digits):
+                    digits = d
+            if len(parts) == 1:
+                self.sink.extend(name, steps, parts[0], digits)
+            else:  # two keys of one signal ("loss", "total_loss"): in line order, as add_record adds them
+                self.sink.extend(name, np.repeat(steps, len(parts)), np.stack(parts, 1).ravel(), digits)
+        st = self.st
+        st.records += n
+        st.points += n * plan.npoints
+        top = int(steps.max())
+        if top > st.last_step:
+            st.last_step = top
+
+    def line(self, line: str) -> None:
+        """One line (the ``\\n``-split text; universal newlines also end a line at a lone ``\\r``)."""
+        for piece in line.split("\r") if "\r" in line else (line,):
+            self._one(piece)
+
+    def _one(self, line: str) -> None:
+        st = self.st
+        line = line.strip()
+        if not line:
+            return
+        if len(line) > _MAX_RECORD:
+            st.skip(f"a {len(line) >> 10} KB line (line {self.index + self.bad + 1})")
+            return
+        try:
+            obj = json.loads(line, parse_float=str)
+        except ValueError:
+            self.bad += 1
+            return
+        except RecursionError:
+            st.skip(f"JSON nested too deeply (line {self.index + self.bad + 1})")
+            return
+        if isinstance(obj, dict):
+            add_record(self.ctx.place(obj), self.index, self.sink, st)
+            self.index += 1
 
 
 class _Splits:
@@ -128,3 +331,80 @@ def _first_list_of_dicts(doc: object) -> list[object] | None:
             if isinstance(v, list) and v and isinstance(v[0], dict):
                 return v
     return None
+
+
+class _Plan:
+    """What the keys of one line shape are: signals (name -> columns, each with its fraction flag),
+    step columns, and what the split context reads of it."""
+
+    __slots__ = (
+        "keys",
+        "pieces",
+        "run_re",
+        "signals",
+        "step_cols",
+        "npoints",
+        "training",
+        "ctx_step",
+        "epoch_col",
+    )
+
+    @staticmethod
+    def of(skel: str) -> _Plan | None:
+        if len(skel) >= _MAX_SKELETON or not _PLAIN_RE.fullmatch(skel):
+            return None
+        keys = [k[1:-1] for k in _KEYS_RE.findall(skel)]
+        if len(set(keys)) != len(keys):
+            return None  # a repeated key: json keeps the last value at the first place
+        plan = _Plan()
+        plan.keys = keys
+        # The text between values ('{"step":', ', "loss":', ... '}'), and the run of lines that have it.
+        between = skel.split(_MARK)
+        plan.pieces = between
+        line = re.escape(between[0]) + "".join(rf"[ \t]*{_NUM}{re.escape(p)}" for p in between[1:])
+        plan.run_re = re.compile(rf"(?:{line}(?:\n|\Z))+")
+        plan.signals = {}
+        plan.step_cols = []
+        names = []
+        for j, k in enumerate(keys):
+            name, frac, is_step = classify(k)
+            names.append(name)
+            if is_step:
+                plan.step_cols.append(j)
+            elif name is not None:
+                plan.signals.setdefault(name, []).append((j, frac))
+        plan.npoints = sum(len(c) for c in plan.signals.values())
+        plan.training = any(n is not None and (n.startswith("train/loss") or n == "optim/lr") for n in names)
+        plan.ctx_step = (
+            keys.index("step") if "step" in keys else keys.index("iter") if "iter" in keys else None
+        )
+        plan.epoch_col = keys.index("epoch") if "epoch" in keys else None
+        return plan
+
+
+def _integers(num: str, count: int) -> np.ndarray:
+    """Which of the ``count`` comma-separated numbers in ``num`` are integers (no ".", "e", "E")."""
+    b = np.frombuffer(num.encode("ascii"), np.uint8)
+    seps = np.flatnonzero(b == 44)  # ","
+    marks = np.flatnonzero((b == 46) | (b == 101) | (b == 69))  # ".", "e", "E"
+    is_int = np.ones(count, bool)
+    is_int[np.searchsorted(seps, marks)] = False  # a mark before the k-th comma belongs to number k
+    return is_int
+
+
+def _column(v: np.ndarray, is_int: np.ndarray | None, frac: bool) -> tuple[np.ndarray, int | None]:
+    """One key's values as add_record adds them, and the fewest digits they show: a JSON integer
+    shows 0 (2 once a percentage 0..100 becomes a fraction, ``as_fraction``), a float none."""
+    if is_int is not None and not is_int.any():
+        is_int = None
+    if not frac:
+        return v, None if is_int is None else 0
+    v = v.copy()
+    pct = (v > 1.0) & (v <= 100.0)
+    if is_int is None:
+        v[pct] /= 100.0
+        return v, None
+    v[pct & ~is_int] /= 100.0
+    for i in np.flatnonzero(pct & is_int).tolist():
+        v[i] = as_fraction(float(v[i]), 0)[0]  # Python's round, as add_record does
+    return v, 0 if (is_int & ~pct).any() else 2

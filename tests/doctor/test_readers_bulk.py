@@ -1,0 +1,71 @@
+"""Dense logs are read in bulk (runs of same-shaped records at once); what is read must be what the
+record-by-record rules give: the same series, steps, values and digits, and the same skipped count."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from muvo_doctor.history import History
+from muvo_doctor.logs.jsonl import read_json_array, read_jsonl
+
+
+def _records(seed: int, n: int) -> list[dict[str, object]]:
+    """Training records in runs of one shape, broken by other shapes and by impossible records."""
+    rng = random.Random(seed)
+    out: list[dict[str, object]] = []
+    shape = 0
+    for i in range(n):
+        if rng.random() < 0.02:
+            shape = rng.randrange(5)
+        loss = 0.3 + math.exp(-i / 300) + rng.gauss(0, 0.02)
+        rec: dict[str, object] = {"step": i, "loss": round(loss, 4), "lr": 1e-3 * 0.999**i}
+        if shape == 1:
+            rec = {"iter": i, "loss": loss, "acc": round(rng.uniform(0, 100), 2), "epoch": i // 100}
+        elif shape == 2:
+            rec = {
+                "global_step": i,
+                "loss": rng.choice([1, 0, -0.0, 2.5e-07]),
+                "acc": rng.choice([0, 1, 57, 99.5]),
+            }
+        elif shape == 3:
+            rec = {"loss": round(loss, 3), "total_loss": round(loss * 2, 3), "grad_norm": rng.randint(0, 9)}
+        elif shape == 4:
+            rec = {"step": i, "val_loss": loss, "val_accuracy": rng.randint(1, 100)}
+        r = rng.random()
+        if r < 0.01:
+            rec["step"] = rng.choice([1e30, -1, float("nan"), 2**53])  # a step that cannot be one
+        elif r < 0.02:
+            rec["loss"] = rng.choice([float("nan"), float("inf"), "0.5", 10**400, True])
+        out.append(rec)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_json_lines_read_in_bulk_match_the_same_records_one_by_one(tmp_path: Path, seed: int) -> None:
+    records = _records(seed, 3000)
+    lines = tmp_path / "log.jsonl"
+    lines.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    array = tmp_path / "log.json"  # a JSON array is read record by record (json.load, add_record)
+    array.write_text(json.dumps(records), encoding="utf-8")
+    a, b = History(64), History(64)
+    sa, sb = read_jsonl(str(lines), a.add_point), read_json_array(str(array), b.add_point)
+    assert a.names() == b.names() and len(a.names()) >= 6
+    for name in a.names():
+        x, y = a.series(name), b.series(name)
+        np.testing.assert_array_equal(x.steps, y.steps, err_msg=name)
+        np.testing.assert_array_equal(x.values, y.values, err_msg=name)
+        assert np.array_equal(np.signbit(x.values), np.signbit(y.values)), name
+        assert x.digits == y.digits, name
+    assert (sa.records, sa.points, sa.last_step, sa.skipped) == (
+        sb.records,
+        sb.points,
+        sb.last_step,
+        sb.skipped,
+    )
+    assert sa.skipped > 0
