@@ -57,7 +57,9 @@ class Tokens(torch.utils.data.Dataset):
         }
 
 
-def train(tmp_path: Path, random_labels: bool, tensorboard: bool = False, **callback: object):
+def train(
+    tmp_path: Path, random_labels: bool, tensorboard: bool = False, evaluate: bool = False, **callback: object
+):
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = BertForSequenceClassification(
@@ -82,6 +84,9 @@ def train(tmp_path: Path, random_labels: bool, tensorboard: bool = False, **call
         save_strategy="steps",
         save_steps=100_000,
         report_to=["tensorboard"] if tensorboard else "none",
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=100,
+        per_device_eval_batch_size=64,
         use_cpu=True,
         seed=0,
         dataloader_num_workers=0,
@@ -90,7 +95,11 @@ def train(tmp_path: Path, random_labels: bool, tensorboard: bool = False, **call
     out = io.StringIO()
     cb = DoctorCallback(config=CONFIG, stream=out, **callback)  # type: ignore[arg-type]
     trainer = Trainer(
-        model=model, args=args, train_dataset=Tokens(STEPS * BATCH, random_labels), callbacks=[cb]
+        model=model,
+        args=args,
+        train_dataset=Tokens(STEPS * BATCH, random_labels),
+        eval_dataset=Tokens(256, random_labels) if evaluate else None,
+        callbacks=[cb],
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -99,12 +108,14 @@ def train(tmp_path: Path, random_labels: bool, tensorboard: bool = False, **call
 
 
 def test_a_learning_run_ends_healthy(tmp_path):
-    cb, trainer, printed = train(tmp_path, random_labels=False)
+    cb, trainer, printed = train(tmp_path, random_labels=False, evaluate=True)
     alarms = [f"{f.check} {f.severity}" for f in cb.report.findings if f.severity != "info"]
     assert cb.report.verdict == "healthy", alarms
     assert alarms == [] and cb.report.evidence_for_health
     assert trainer.state.global_step == STEPS
     assert "healthy:" in printed and "transformers: BertForSequenceClassification" in printed
+    # The Trainer's evaluations (eval_loss at steps 100, 200, 300) reach the doctor as val/loss.
+    assert cb.doctor.history.series("val/loss").steps.tolist() == [100, 200, 300]
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +174,26 @@ def test_the_findings_are_in_the_trainers_tensorboard_log(dead_run):
     tags = [t for t in acc.Tags()["tensors"] if "doctor/prior_baseline" in t]
     texts = [make_ndarray(e.tensor_proto).item().decode() for t in tags for e in acc.Tensors(t)]
     assert any(t.startswith("CRITICAL at step") and "prior" in t for t in texts)
+
+
+@pytest.mark.parametrize(
+    ("module", "blocked", "extra"),
+    [("hf", ("transformers",), "hf"), ("lightning", ("lightning", "pytorch_lightning"), "lightning")],
+)
+def test_without_the_framework_the_import_error_says_what_to_install(module, blocked, extra):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "import muvo_doctor.integrations\n"
+        f"assert not any(sys.modules.get(m) for m in {blocked!r})\n"
+        "try:\n"
+        f"    import muvo_doctor.integrations.{module}\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().endswith(f"pip install 'muvo-doctor[{extra}]'")

@@ -47,6 +47,10 @@ class Tiny(L.LightningModule):
         self.log("train_acc", (logits.argmax(1) == y).float().mean())
         return loss
 
+    def validation_step(self, batch: tuple, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.cross_entropy(self.net(x), y))
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=0.01)
 
@@ -63,6 +67,7 @@ def fit(tmp_path: Path, random_labels: bool, **callback: object) -> tuple[Doctor
     else:
         y = (x @ w > 1.28 * w.norm()).long()  # 10% of N(0, I) lie beyond 1.28 sigma
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=True)
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:256], y[:256]), batch_size=BATCH)
     out = io.StringIO()
     cb = DoctorCallback(config=CONFIG, stream=out, **callback)  # type: ignore[arg-type]
     loggers = [CSVLogger(tmp_path, name="csv")]
@@ -82,11 +87,12 @@ def fit(tmp_path: Path, random_labels: bool, **callback: object) -> tuple[Doctor
         enable_model_summary=False,
         enable_progress_bar=False,
         log_every_n_steps=10,
+        val_check_interval=100,
         callbacks=[cb],
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lightning's advice on dataloader workers
-        trainer.fit(Tiny(), loader)
+        trainer.fit(Tiny(), loader, val)
     return cb, trainer, out.getvalue()
 
 
@@ -98,6 +104,9 @@ def test_a_learning_run_ends_healthy(tmp_path):
     assert alarms == [] and cb.report.evidence_for_health
     assert trainer.global_step == STEPS
     assert "healthy:" in printed and "lightning: Tiny" in printed  # the report, printed at the end
+    # What the module logged with self.log reaches the doctor at each validation (every 100 steps).
+    assert cb.doctor.history.series("val/loss").steps.tolist() == [100, 200, 300]
+    assert cb.doctor.history.series("train/acc").steps.tolist() == [100, 200, 300]
 
 
 @pytest.fixture(scope="module")

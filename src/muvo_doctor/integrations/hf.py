@@ -107,9 +107,6 @@ class DoctorCallback(TrainerCallback):
             loss, logits, labels = self._batch
             self._batch = None
             self.session.record(step, loss, logits, labels)
-        if step >= state.max_steps or control.should_training_stop:
-            self._finish()  # before the Trainer's last log, so the final findings reach the loggers
-            return
         why = self.session.should_stop()
         if why is not None:
             control.should_training_stop = True
@@ -121,8 +118,12 @@ class DoctorCallback(TrainerCallback):
         if not self.session.started or not isinstance(logs, dict):
             return
         step = int(state.global_step)
-        if "train_runtime" not in logs:  # the summary at the end: means over the run, not points
-            if not self._forward_loss and isinstance(logs.get("loss"), int | float) and not self._finished:
+        if "train_runtime" in logs:
+            # The Trainer's last log (means over the run, not points), after its last evaluation: the
+            # final evaluation goes into it, so the final findings reach the loggers.
+            self._finish()
+        elif not self._finished:
+            if not self._forward_loss and isinstance(logs.get("loss"), int | float):
                 self.session.record(step, float(logs["loss"]))  # a model that does not return its loss
             self.session.metrics(step, logs)
         scalars, texts = self.session.updates()

@@ -7,8 +7,9 @@
 What it records, per optimizer step (after it): the loss that ``training_step`` returned (a tensor,
 or the ``"loss"`` of a dict), the model outputs when the dict carries ``"logits"`` (or
 ``"outputs"``), and the labels: the dict's ``"labels"``/``"y"``, else the batch's (see
-:func:`muvo_doctor.integrations.labels_of`). Metrics logged with ``self.log`` join once Lightning
-has logged them (then they are host numbers). What it writes to the trainer's loggers and how
+:func:`muvo_doctor.integrations.labels_of`). The metrics logged with ``self.log`` join at the end of
+each validation (``trainer.callback_metrics``: one host sync there, as Lightning's own checkpoint and
+early-stopping callbacks make; never one per step). What it writes to the trainer's loggers and how
 ``stop_on`` works: :mod:`muvo_doctor.integrations`. The package itself pulls in no Lightning: install
 ``muvo-doctor[lightning]``.
 """
@@ -77,9 +78,6 @@ class DoctorCallback(pl.Callback):
             stop_on=stop_on, config=config, source="lightning", print_report=print_report, stream=stream
         )
         self._last_step = -1
-        # Logged metric -> the value object last fed: Lightning stores a new float at each logging, and
-        # holding the old one keeps its identity from being reused.
-        self._seen: dict[str, float] = {}
 
     @property
     def doctor(self) -> Any:
@@ -112,7 +110,6 @@ class DoctorCallback(pl.Callback):
         if loss is None:
             return  # training_step skipped this batch (returned None)
         self.session.record(step, loss, out, labels if labels is not None else labels_of(batch))
-        self._take_logged(trainer, step)
         self._log(trainer, step)
         why = self.session.should_stop()
         if why is not None:
@@ -120,8 +117,15 @@ class DoctorCallback(pl.Callback):
             pl.utilities.rank_zero_info(why)
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.session.started and not trainer.sanity_checking:
-            self._take_logged(trainer, int(trainer.global_step))
+        if not self.session.started or trainer.sanity_checking:
+            return
+        values = {}
+        for key, v in trainer.callback_metrics.items():
+            if isinstance(v, torch.Tensor) and v.numel() == 1:
+                values[key] = float(v)  # a host sync, once per validation
+            elif isinstance(v, int | float):
+                values[key] = v
+        self.session.metrics(int(trainer.global_step), values)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if not self.session.started:
@@ -132,16 +136,6 @@ class DoctorCallback(pl.Callback):
             self.session.show()
 
     # -- helpers -----------------------------------------------------------------------------------
-    def _take_logged(self, trainer: Any, step: int) -> None:
-        """Metrics Lightning logged since the last call: after logging, its values are host floats."""
-        fresh = {}
-        for key, v in trainer.logged_metrics.items():
-            if isinstance(v, float) and self._seen.get(key) is not v:
-                self._seen[key] = v
-                fresh[key] = v
-        if fresh:
-            self.session.metrics(step, fresh)
-
     def _log(self, trainer: Any, step: int, final: bool = False) -> None:
         scalars, texts = self.session.updates()
         if not scalars:
