@@ -41,7 +41,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, cast
 from urllib.parse import urlsplit
 
 from muvo_doctor.finding import Finding
@@ -400,8 +400,12 @@ class Alerts:
         except Exception as exc:
             self._report(f"could not show the alert banner ({exc!r})")
         if self.notify_url:
-            fmt = self.notify_format or infer_format(self.notify_url)
-            body, headers = webhook_request(fmt, finding, verdict, self.source, held)  # type: ignore[arg-type]
+            fmt = (
+                cast(NotifyFormat, self.notify_format)
+                if self.notify_format
+                else infer_format(self.notify_url)
+            )
+            body, headers = webhook_request(fmt, finding, verdict, self.source, held)
             self._start(self._deliver_webhook, self.notify_url, body, headers)
         if self.notify_cmd:
             check = finding.check if finding is not None else ""
