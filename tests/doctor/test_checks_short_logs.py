@@ -287,9 +287,12 @@ def test_a_printed_gradient_norm_at_zero_in_every_record() -> None:
     rows = {"grad/norm/total": [0.0] * k, "optim/lr": [0.0017] * k, "train/loss": [208.4, 208.5, 208.8][:k]}
     out = vanishing_gradients.check(hist(rows, {"grad/norm/total": 4}), CFG)
     assert out and out[0].severity == "critical" and "0.0000 in all 3 finite records" in out[0].message
-    # With a training loss that falls 10%+, some part still learns: a warning.
+    # With a training loss that falls 10%+, the model was updated: the printed norm is not the gradient
+    # that trains it (below its resolution under Adam, or a logging artefact). Said, not alarmed.
     falling = {**rows, "train/loss": [2.0, 1.5, 1.0][:k]}
-    assert vanishing_gradients.check(hist(falling, {"grad/norm/total": 4}), CFG)[0].severity == "warning"
+    (info,) = vanishing_gradients.check(hist(falling, {"grad/norm/total": 4}), CFG)
+    assert info.severity == "info" and "nothing is updated" not in info.message
+    assert "not the norm of the gradients that train the model" in info.message
     # One record fewer, a norm at one printed unit, or lr 0 (frozen_parameters' finding): nothing.
     short = {name: v[: k - 1] for name, v in rows.items()}
     assert vanishing_gradients.check(hist(short, {"grad/norm/total": 4}), CFG) == []

@@ -142,13 +142,18 @@ def _zero_logged_norm(history: History, t: Thresholds) -> Finding | None:
         return None  # lr 0 is frozen_parameters' finding
     falls = training_falls(history, t.ms_train_rel_drop)
     shown = f"{0:.{s.digits}f}"
-    msg = (
-        f"grad/norm/total shows {shown} in all {len(v)} finite records (steps {int(s.steps[0])}-{int(s.steps[-1])})"
-        + (f" while the learning rate is {fmt(float(np.median(lr.values)))}" if lr is not None else "")
-        + ": no layer receives a gradient (below "
-        + f"{0.5 * unit:g}), so nothing is updated"
-        + (f"; yet {falls}, so some part still learns." if falls else ", and no training loss falls.")
-    )
+    where = f"grad/norm/total shows {shown} in all {len(v)} finite records (steps {int(s.steps[0])}-{int(s.steps[-1])})"
+    lr_text = f" while the learning rate is {fmt(float(np.median(lr.values)))}" if lr is not None else ""
+    if falls:
+        # A loss that falls was updated: the printed norm is not what trains the model (a norm below the
+        # printed resolution still moves Adam-style optimizers by about the learning rate, or the logger
+        # reports something else). Worth knowing, not a fault of the run.
+        msg = (
+            f"{where}{lr_text}, yet {falls}: the printed gradient norm is below its resolution "
+            f"({0.5 * unit:g}) or is not the norm of the gradients that train the model."
+        )
+    else:
+        msg = f"{where}{lr_text}: no layer receives a gradient (below {0.5 * unit:g}), so nothing is updated, and no training loss falls."
     ev = {
         "series": "grad/norm/total",
         "records": len(v),
@@ -156,7 +161,13 @@ def _zero_logged_norm(history: History, t: Thresholds) -> Finding | None:
         "training_falls": falls,
         "rule": "log_zero",
     }
-    return make(ID, "warning" if falls else "critical", int(s.steps[0]), msg, ev, ADVICE)
+    if falls:
+        advice = (
+            "Nothing to fix in the training; to read the gradient norm, print it in scientific notation "
+            "(e.g. {:.3e}) and check which norm the logger reports (before or after clipping and unscaling)."
+        )
+        return make(ID, "info", int(s.steps[0]), msg, ev, advice)
+    return make(ID, "critical", int(s.steps[0]), msg, ev, ADVICE)
 
 
 def check(history: History, config: DoctorConfig) -> list[Finding]:
