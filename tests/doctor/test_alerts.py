@@ -436,3 +436,16 @@ def test_a_webhook_that_never_answers_gives_up_within_its_timeouts():
         srv.close()
     assert why is not None and "after 2 attempts" in why
     assert took < 3.0
+
+
+def test_run_sends_the_format_named_by_notify_format(hook):
+    p = subprocess.run(
+        [PY, "-m", "muvo_doctor", "run", "--notify", hook.url, "--notify-format", "ntfy", "--",
+         str(SCRIPTS / "flat_loss.sh"), "60"],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    (headers,) = hook.headers
+    assert headers["Title"].startswith("muvo-doctor: training DEAD (") and headers["Priority"] == "5"
+    text = hook.raw[0].decode()
+    assert "What to do: " in text and text.rstrip().endswith("flat_loss.sh 60")
