@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import sys
@@ -103,6 +104,36 @@ def bootstrap_median(values: list[float], rng: np.random.Generator) -> tuple[flo
     return float(np.median(v)), float(lo), float(hi)
 
 
+class _HookTimed(Recorder):
+    """A recorder that adds the host time spent inside each of its entry points to ``spent_ns``.
+
+    Every hook it registers goes through ``_guard``; ``record`` and ``observe_backward`` are called
+    by the training loop. Torch's own cost of calling a hook is not included.
+    """
+
+    spent_ns = 0
+
+    def _guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        hook = super()._guard(fn)
+
+        def timed(*args: Any, **kwargs: Any) -> None:
+            t0 = time.perf_counter_ns()
+            hook(*args, **kwargs)
+            _HookTimed.spent_ns += time.perf_counter_ns() - t0
+
+        return timed
+
+    def record(self, step: int, **kwargs: Any) -> None:
+        t0 = time.perf_counter_ns()
+        super().record(step, **kwargs)
+        _HookTimed.spent_ns += time.perf_counter_ns() - t0
+
+    def observe_backward(self, loss: torch.Tensor) -> None:
+        t0 = time.perf_counter_ns()
+        super().observe_backward(loss)
+        _HookTimed.spent_ns += time.perf_counter_ns() - t0
+
+
 class _Timer:
     """Block timer: CUDA events on a GPU (read after one sync per block), a host clock on a CPU."""
 
@@ -134,9 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         "--arch", default="original", help="mlp (tiny MLP) | original | fusion (muvo_model.model.build_model)"
     )
     ap.add_argument("--batch", type=int, default=None, help="default: 64 for mlp, 8 otherwise")
-    ap.add_argument("--steps", type=int, default=40, help="timed steps per block")
+    ap.add_argument(
+        "--steps", type=int, default=None, help="timed steps per block (default: 200 on CPU, 50 on CUDA)"
+    )
     ap.add_argument("--warmup", type=int, default=20, help="untimed steps at the start of each block")
-    ap.add_argument("--repeats", type=int, default=60, help="rounds (one block per mode each)")
+    ap.add_argument("--repeats", type=int, default=40, help="rounds (one block per mode each)")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--points", type=int, default=1024)
@@ -160,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad or "off" not in modes or len(set(modes)) != len(modes):
         ap.error(f"--modes: use a comma list of off, watch, global including off (got {a.modes!r})")
     batch = a.batch if a.batch is not None else (64 if a.arch == "mlp" else 8)
+    if a.steps is None:  # a block spans several samples of the adaptive schedule (~80 steps apart on CPU)
+        a.steps = 50 if a.device.startswith("cuda") else 200
     if min(batch, a.steps, a.repeats) < 1 or a.warmup < 0:
         ap.error("--batch, --steps and --repeats must be >= 1, --warmup >= 0")
     if a.repeats < 5:
@@ -280,6 +315,37 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
                 rec.close()
 
+    # Host time inside the recorder per step, one extra block per mode (instrumented, so not timed above):
+    # medians per step, robust to the machine's other load, sampled and unsampled steps apart.
+    hooks: dict[str, dict[str, float]] = {}
+    for mode, cls in (("watch", _HookTimed), ("global", _HookTimed)):
+        if mode not in modes:
+            continue
+        if mode == "watch":
+            rec = timed_doctor(cls(model, opt, config=cfg, sample_every=a.sample_every))
+        else:
+            rec = cls.install_global(config=cfg, sink=lambda obs: None, sample_every=a.sample_every)
+        for _ in range(a.warmup):
+            step_fn(step, rec)
+            step += 1
+        plain: list[float] = []
+        sampled: list[float] = []
+        for _ in range(4 * a.steps):
+            n0, t0 = rec._n_samples, _HookTimed.spent_ns
+            step_fn(step, rec)
+            step += 1
+            (sampled if rec._n_samples > n0 else plain).append((_HookTimed.spent_ns - t0) / 1e3)
+        rec.close()
+        every = 4 * a.steps / len(sampled) if sampled else math.inf
+        us_plain = statistics.median(plain) if plain else 0.0
+        us_sampled = statistics.median(sampled) if sampled else 0.0
+        hooks[mode] = {
+            "unsampled_us": us_plain,
+            "sampled_us": us_sampled,
+            "steps_per_sample": every,
+            "us_per_step": us_plain + (us_sampled - us_plain) / every,
+        }
+
     rng = np.random.default_rng(a.seed)
     clock = "CUDA events" if cuda else ("perf_counter_ns" if a.clock == "wall" else "process CPU time")
     print(
@@ -326,6 +392,12 @@ def main(argv: list[str] | None = None) -> int:
             "ms_per_step_rounds": times[mode],
             "flush_ms_rounds": flush_ms[mode],
         }
+    for mode, h in hooks.items():
+        print(
+            f"{mode:<7} host time inside the recorder (perf_counter_ns around its hooks, medians): "
+            f"{h['unsampled_us']:.1f} us on an unsampled step, {h['sampled_us'] / 1e3:.2f} ms on a sampled step, "
+            f"one in {h['steps_per_sample']:.0f} steps: {h['us_per_step']:.1f} us/step"
+        )
     doctor: dict[str, Any] = {}
     if eval_ms:
         off_ms = statistics.median(times["off"])
@@ -361,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             "argv": sys.argv[1:] if argv is None else argv,
         }
         with open(a.json, "w", encoding="utf-8") as f:
-            json.dump({**meta, "modes": summary, "doctor": doctor}, f, indent=1)
+            json.dump({**meta, "modes": summary, "hooks": hooks, "doctor": doctor}, f, indent=1)
     return 0
 
 

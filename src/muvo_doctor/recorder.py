@@ -113,6 +113,15 @@ except Exception:
 _make_obs = _fast_obs if _ok else _slow_obs
 
 
+def _stack_losses(refs: list[torch.Tensor]) -> torch.Tensor:
+    """One float32 vector of one-element losses (one kernel when they share a shape and dtype)."""
+    try:
+        return torch.stack(refs).reshape(-1).float()
+    except RuntimeError:  # shapes () and (1,) mixed, or losses on two devices
+        dev = refs[-1].device
+        return torch.cat([r.reshape(1).float().to(dev) for r in refs])
+
+
 def _strip(name: str) -> str:
     changed = True
     while changed:
@@ -260,7 +269,8 @@ class Recorder:
         self._rows: list[_Row] = []
         self._unlabeled: list[_Row] = []
         self._sampled_since_flush = 0
-        self._last_flush = time.monotonic()
+        self._last_flush = time.perf_counter()
+        self._flush_seconds = float(self.config.flush_seconds)
         # Host state carried across flushes.
         self._classes_seen: set[int] = set()
         self._binary_seen: set[int] = set()
@@ -291,7 +301,7 @@ class Recorder:
         self._main_loss: torch.Tensor | None = None  # its value (global mode)
         self._main_size = math.inf  # its target's element count
         self._main_set = False
-        self._call_fns: list[Any] = []  # autograd nodes of every loss call's output (host references)
+        self._call_outs: list[torch.Tensor] = []  # every loss call's output (their autograd nodes, lazily)
         self._step_backward: torch.Tensor | None = None  # last backward() tensor of the step
         self._step_formula = False  # a backward() tensor combined several loss calls (or none)
         self._last_loss_out: torch.Tensor | None = None
@@ -299,6 +309,14 @@ class Recorder:
         self._loss_modules_by_step: list[set[int]] = []
         self._loss_module_objs: dict[int, torch.nn.Module] = {}
         self._discovery_handles: list[RemovableHandle] = []
+        # Loss modules found by the discovery. Explicit mode hooks them only around sampled steps (their
+        # inputs are sampled statistics): a module with a forward hook takes torch's slower call path.
+        self._loss_modules: list[torch.nn.Module] = []
+        self._loss_handles: list[RemovableHandle] = []
+        self._pre_handle: RemovableHandle | None = None  # explicit mode: the optimizer pre-hook while armed
+        self._armed = True  # step hooks on (the first step is sampled)
+        self._register_pre: Callable[[Callable[..., Any]], RemovableHandle] | None = None
+        self._pre_hook: Callable[..., Any] | None = None
         self._discovery_steps = 0
         self._discovery_due = False  # explicit mode: loss-module discovery starts at the first step
         self._discovery_start = 0
@@ -317,7 +335,7 @@ class Recorder:
             self._discovery_due = True
         if optimizer is not None:
             self._attach(optimizer)
-            self._handles.append(optimizer.register_step_pre_hook(self._guard(self._on_pre_step)))
+            self._arm_pre_hook(optimizer.register_step_pre_hook)
             self._handles.append(optimizer.register_step_post_hook(self._guard(self._on_post_step)))
 
     # ------------------------------------------------------------------ public API
@@ -347,11 +365,17 @@ class Recorder:
         rec = cls(None, None, config=config, sink=sink, rank=rank, doctor=doctor, sample_every=sample_every)
         rec.is_global = True
         rec._discovery_steps = max(1, int(discovery_steps))
-        rec._handles.append(_optim_hooks.register_optimizer_step_pre_hook(rec._guard(rec._on_pre_step)))
+        rec._arm_pre_hook(_optim_hooks.register_optimizer_step_pre_hook)
         rec._handles.append(_optim_hooks.register_optimizer_step_post_hook(rec._guard(rec._on_post_step)))
         rec._install_discovery()
         atexit.register(rec.close)
         return rec
+
+    def _arm_pre_hook(self, register: Callable[[Callable[..., Any]], RemovableHandle]) -> None:
+        self._register_pre = register
+        self._pre_hook = self._guard(self._on_pre_step)
+        self._pre_handle = register(self._pre_hook)
+        self._handles.append(self._pre_handle)
 
     def _install_discovery(self, roots: bool = True) -> None:
         self._idle_forwards = 0
@@ -399,7 +423,7 @@ class Recorder:
             outputs: model outputs of the batch, e.g. logits (N,) binary or (N, K) multiclass.
             labels: the batch's labels: float/bool (binary) or class indices (multiclass).
         """
-        if not self.enabled:
+        if self._disabled or self._closed:
             return
         try:
             self._record(step, loss, outputs, labels)
@@ -431,12 +455,19 @@ class Recorder:
         A loss call wins when there is one: under AMP the backward tensor is the loss times the
         gradient scale.
         """
-        if not self.enabled or not isinstance(loss, torch.Tensor) or loss.numel() == 0:
+        if self._disabled or self._closed or not isinstance(loss, torch.Tensor):
             return
         try:
-            t = loss.detach()
-            self._step_backward = t.reshape(1) if t.numel() == 1 else t.float().mean().reshape(1)
-            if not self._from_loss_call(loss.grad_fn):
+            n = loss.numel()
+            if n == 0:
+                return
+            # Detached when the step closes: the reference ends with the step.
+            self._step_backward = loss if n == 1 else loss.detach().float().mean()
+            if (
+                not self._step_formula
+                and loss is not self._last_loss_out  # backward() on the loss call's output itself
+                and not self._from_loss_call(loss.grad_fn)
+            ):
                 self._step_formula = True
         except Exception as exc:
             self._fail(exc)
@@ -509,6 +540,8 @@ class Recorder:
             h.remove()
         self._handles.clear()
         self._discovery_handles = []
+        self._loss_handles = []
+        self._pre_handle = None
 
     # ------------------------------------------------------------------ device buffer
 
@@ -557,12 +590,12 @@ class Recorder:
         if not isinstance(loss, torch.Tensor):
             self._loss_host.append((step, float(loss)))
             return
-        lt = loss.detach()
+        lt = loss.detach() if loss.requires_grad else loss  # no graph held, no new tensor when detached
         if lt.numel() != 1:
             lt = lt.float().mean()
         refs = self._loss_refs
-        if refs and (len(refs) >= _LOSS_CHUNK or refs[0].device != lt.device):
-            self._loss_chunks.append(torch.stack(refs).reshape(-1).float())
+        if len(refs) >= _LOSS_CHUNK:
+            self._loss_chunks.append(_stack_losses(refs))
             refs.clear()
         refs.append(lt)
         self._loss_steps.append(step)
@@ -574,9 +607,11 @@ class Recorder:
         """Close a step: schedule the next sample (``counter`` is set when this step was sampled)."""
         now = time.perf_counter()
         if counter is None:
-            if self._last_tick is not None:
-                dt = now - self._last_tick
-                self._step_time = dt if self._step_time is None else 0.9 * self._step_time + 0.1 * dt
+            last = self._last_tick
+            if last is not None:
+                dt = now - last
+                prev = self._step_time
+                self._step_time = dt if prev is None else 0.9 * prev + 0.1 * dt
         else:
             self._sampled_since_flush += 1
             self._n_samples += 1
@@ -588,10 +623,7 @@ class Recorder:
             self._cost = 0.0
             self._sampled_count = None
         self._last_tick = now
-        if (
-            self._sampled_since_flush >= self.flush_every
-            or time.monotonic() - self._last_flush >= self.config.flush_seconds
-        ):
+        if self._sampled_since_flush >= self.flush_every or now - self._last_flush >= self._flush_seconds:
             t0 = time.perf_counter()
             self._flush()
             self._cost += time.perf_counter() - t0  # flushes count against the budget too
@@ -606,7 +638,8 @@ class Recorder:
             for row in self._unlabeled:  # hook rows of this step (gradients, updates, stale check)
                 row.step = step
             self._unlabeled.clear()
-        self._close_loss_calls(step)  # loss-module inputs seen by the forward hooks (sampled steps)
+        if self._main_set or self._last_loss_out is not None:
+            self._close_loss_calls(step)  # loss-module inputs seen by the forward hooks (sampled steps)
         if self._discovery_due:
             self._start_loss_discovery()
         self._append_loss(step, loss)
@@ -624,6 +657,9 @@ class Recorder:
         if self._discovery_handles and self._discovery_counter() >= self._discovery_steps:
             self._end_discovery()
         self._end_step(counter)
+        nxt = self._primary.count if self._primary is not None else self._records
+        if (nxt + 1 >= self._next_sample) != self._armed:
+            self._sync_step_hooks()
 
     def _batch_stats(
         self, outputs: torch.Tensor | None, labels: torch.Tensor | None, kind: str | None
@@ -712,7 +748,7 @@ class Recorder:
         st.whole = all(k == n for k, n in zip(st.snap_k, st.numel, strict=True))
 
     def _on_pre_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        st = self._attach(opt)
+        st = self._opts.get(id(opt)) or self._attach(opt)
         if self._discovery_due:
             self._start_loss_discovery()
         # optimizer.step(closure) (Lightning, LBFGS): the closure runs the forward, the loss and backward
@@ -720,8 +756,6 @@ class Recorder:
         # (args[0] is the optimizer itself: torch's hook wrapper passes the step's full argument list.)
         st.closure = callable(kwargs.get("closure", args[1] if len(args) > 1 else None))
         if st is self._primary:
-            if self.is_global:
-                self._close_global_step()
             st.sampled = self._sample_due(st.count)
             if st.sampled:
                 self._sampled_count = st.count
@@ -746,10 +780,14 @@ class Recorder:
         st.before = torch._foreach_mul(self._heads(st), 1.0)
 
     def _on_post_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        st = self._attach(opt)
+        st = self._opts.get(id(opt)) or self._attach(opt)
+        if not st.sampled and not self.is_global:
+            st.count += 1  # explicit mode between samples: only the count
+            return
         step = self.step if self.is_global else None
-        if st.closure and self.is_global and st is self._primary:
-            self._close_loss_calls(st.count)  # the closure's loss calls are this step's, not the next one's
+        if self.is_global and st is self._primary:
+            # The step's loss and loss-call statistics; after the step, so a closure's calls are this step's.
+            self._close_loss_calls(st.count)
         if st.sampled and st.before is not None:
             t0 = time.perf_counter()
             with torch.no_grad():
@@ -768,6 +806,9 @@ class Recorder:
                 if st.count >= NAME_STEPS or self._all_named(st):
                     self._end_discovery()
             self._end_step(st.count - 1 if st.sampled else None)
+            if (st.count + 1 >= self._next_sample) != self._armed:
+                self._sync_step_hooks()
+        st.sampled = False  # explicit mode: the pre-hook that sets it runs only around samples
 
     def _heads(self, st: _OptState) -> list[torch.Tensor]:
         # Whole tensors when they fit the snapshot budget (no view ops: host time is the cost here).
@@ -936,8 +977,7 @@ class Recorder:
     def _on_loss_module(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if len(args) < 1 or not isinstance(args[0], torch.Tensor) or not isinstance(output, torch.Tensor):
             return
-        counter = self._discovery_counter()
-        if self._discovery_handles and counter <= self._discovery_steps:
+        if self._discovery_handles and (counter := self._discovery_counter()) <= self._discovery_steps:
             while len(self._loss_modules_by_step) <= counter:
                 self._loss_modules_by_step.append(set())
             self._loss_modules_by_step[-1].add(id(module))
@@ -957,9 +997,43 @@ class Recorder:
         if not stable:
             return  # a new loss module every step: only the global hook sees them all
         self._remove_discovery()
-        for mid in steps[0] if steps else ():
-            mod = self._loss_module_objs[mid]
-            self._handles.append(mod.register_forward_hook(self._guard(self._on_loss_module)))
+        self._arm_loss_hooks(False)
+        self._loss_modules = [self._loss_module_objs[mid] for mid in steps[0]] if steps else []
+        if self.is_global:  # every step: the main loss call is train/loss
+            self._arm_loss_hooks(True)
+        else:
+            self._sync_step_hooks()
+
+    def _arm_loss_hooks(self, on: bool) -> None:
+        if on == bool(self._loss_handles) or not self._loss_modules:
+            return
+        if on:
+            hook = self._guard(self._on_loss_module)
+            self._loss_handles = [m.register_forward_hook(hook) for m in self._loss_modules]
+            self._handles.extend(self._loss_handles)
+            return
+        for h in self._loss_handles:
+            h.remove()
+            self._handles.remove(h)
+        self._loss_handles = []
+
+    def _sync_step_hooks(self) -> None:
+        """The optimizer pre-hook (and, in explicit mode, the loss-module hooks) are on from the step before
+        a sampled step until it is recorded. Between samples the post-hook counts steps (and, in global
+        mode, with the loss-module hooks, keeps train/loss)."""
+        nxt = self._primary.count if self._primary is not None else self._records
+        on = self._armed = nxt + 1 >= self._next_sample
+        if not self.is_global:  # global mode: every step (the main loss call is train/loss)
+            self._arm_loss_hooks(on)
+        if self._register_pre is None or on == (self._pre_handle is not None):
+            return
+        if on:
+            self._pre_handle = self._register_pre(self._pre_hook)
+            self._handles.append(self._pre_handle)
+        else:
+            self._pre_handle.remove()  # type: ignore[union-attr]
+            self._handles.remove(self._pre_handle)  # type: ignore[arg-type]
+            self._pre_handle = None
 
     def _name_from_roots(self) -> None:
         for root in self._roots:
@@ -983,12 +1057,13 @@ class Recorder:
 
         Host-only: follows at most a few autograd nodes, reads no tensor.
         """
-        calls = self._call_fns
+        calls = [o.grad_fn for o in self._call_outs]
         for _ in range(4):
             if fn is None:
                 return False
-            if any(fn is c for c in calls):
-                return True
+            for c in calls:
+                if fn is c:
+                    return True
             if fn.name() not in _SCALE_NODES:
                 return False
             inputs = [f for f, _ in fn.next_functions if f is not None]
@@ -1000,13 +1075,22 @@ class Recorder:
     def _observe_loss(
         self, kind: str, input: torch.Tensor, target: torch.Tensor | None, output: torch.Tensor
     ) -> None:
-        if not torch.is_grad_enabled() or not isinstance(output, torch.Tensor) or output.numel() == 0:
+        if (
+            not torch.is_grad_enabled()
+            or not isinstance(output, torch.Tensor)
+            or (n_out := output.numel()) == 0
+        ):
             return  # evaluation losses (no_grad) are not the training loss
         if output is self._last_loss_out:
             return  # the same call seen twice (a loss module and the function it calls)
+        # The counter the optimizer pre-hook (or record()) will sample this step by.
+        counter = self._primary.count if self._primary is not None else self._records
+        due = counter >= self._next_sample
+        if not due and not self.is_global:
+            return  # explicit mode: record() has the loss; only a sampled step's loss input is kept
         self._last_loss_out = output
-        if output.grad_fn is not None and len(self._call_fns) < 64:
-            self._call_fns.append(output.grad_fn)
+        if self.is_global and len(self._call_outs) < 64:
+            self._call_outs.append(output)
         # The main loss of a step is the call with the fewest target elements (the first on ties):
         # a per-sample loss rather than a per-point or per-pixel auxiliary one.
         ref = target if isinstance(target, torch.Tensor) else input
@@ -1014,13 +1098,11 @@ class Recorder:
         if self._main_set and size >= self._main_size:
             return
         self._main_set, self._main_size = True, size
-        if self.is_global:
-            out = output.detach()
-            self._main_loss = out.reshape(1) if out.numel() == 1 else out.float().mean().reshape(1)
-        self._pending.clear()  # statistics of a call that is no longer the main one
-        # The counter the optimizer pre-hook (or record()) will sample this step by.
-        counter = self._primary.count if self._primary is not None else self._records
-        if not self._sample_due(counter):
+        if self.is_global:  # detached when the step closes (the reference ends with the step)
+            self._main_loss = output if n_out == 1 else output.detach().float().mean()
+        if self._pending:
+            self._pending.clear()  # statistics of a call that is no longer the main one
+        if not due:
             return
         if not isinstance(input, torch.Tensor) or input.numel() == 0:
             return
@@ -1054,7 +1136,7 @@ class Recorder:
         self._pending.clear()
         self._main_loss = None
         self._main_set, self._main_size = False, math.inf
-        self._call_fns = []
+        self._call_outs = []
         self._step_backward = None
         self._step_formula = False
         self._last_loss_out = None
@@ -1066,7 +1148,7 @@ class Recorder:
     # ------------------------------------------------------------------ flush
 
     def _flush(self) -> list[Observation]:
-        self._last_flush = time.monotonic()
+        self._last_flush = time.perf_counter()
         self._sampled_since_flush = 0
         rows, loss_steps, loss_host = self._rows, self._loss_steps, self._loss_host
         if not rows and not loss_steps and not loss_host:
@@ -1084,7 +1166,7 @@ class Recorder:
             parts.append(self._buf[: self._pos])
         parts += self._loss_chunks
         if self._loss_refs:
-            parts.append(torch.stack(self._loss_refs).reshape(-1).float())
+            parts.append(_stack_losses(self._loss_refs))
         self._loss_chunks, self._loss_refs = [], []
         if parts:
             dev = parts[0].device
