@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -109,9 +110,13 @@ def load_data(cfg: RunConfig, device: torch.device) -> tuple[Frames, Frames]:
         except anovox.AnovoxError as exc:  # one line naming the folder and the fix
             raise ConfigError(str(exc)) from None
         print(data.report.summary(), flush=True)
-        return data.train.to(device), data.val.to(device)
-    train = _synthetic(cfg, cfg.data.train_frames, cfg.data.seed, 0, device)
-    val = _synthetic(cfg, cfg.data.val_frames, cfg.data.seed + 1, 1_000_000, device)
+        train, val = data.train.to(device), data.val.to(device)
+    else:
+        train = _synthetic(cfg, cfg.data.train_frames, cfg.data.seed, 0, device)
+        val = _synthetic(cfg, cfg.data.val_frames, cfg.data.seed + 1, 1_000_000, device)
+    if device.type == "cuda":  # the layout the convolutions run fastest in
+        train.image = train.image.contiguous(memory_format=torch.channels_last)
+        val.image = val.image.contiguous(memory_format=torch.channels_last)
     return train, val
 
 
@@ -461,23 +466,143 @@ def train(
     """
     fault = fault or Fault()
     t_start = time.perf_counter()
+    run = prepare(cfg, fault, argv)  # process group, data, loss, model, optimizer, resume, DDP, doctor
+    dist, model, sampler, train_set, watch = run.dist, run.model, run.sampler, run.train_set, run.watch
+    result = TrainResult(losses=run.losses)
+    log = Log(dist.main, cfg.train.steps, run.start)
+    if fault.name != "none":
+        log.line(f"fault {fault.name}: {fault.bug}")
+    window = Window(dist.device)
+    last_eval: dict[str, float] | None = None
+    end = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
+    # Ctrl-C (or `muvo-doctor run --stop-on dead`) ends the run at the next step boundary, with a checkpoint.
+    with _StopFlag() as interrupted:
+        for step in range(run.start, end):
+            idx = sampler.next()
+            batch = train_set.index(idx)  # index_select on device tensors: the whole "data loader"
+            labels = fault.labels(batch)  # FAULT HOOK: the labels of this batch
+            loss, logits = run.step_fn(batch, labels)  # forward, backward, update: no host sync
+            watch.record(step, loss, logits, labels)
+            window.add(loss, logits, labels)
+            done = step + 1
+            if interrupted.set:
+                end = done
+            if done % cfg.train.log_every == 0 or done == end:
+                losses = window.flush()  # host sync: once per log interval
+                result.losses += losses
+                # FAULT HOOK: how the loss is printed
+                printed = fault.format_loss(losses[-1], len(train_set), train_set.points.shape[1])
+                lr = run.scheduler.get_last_lr()[0]
+                rate = len(losses) * cfg.train.batch_size / window.seconds()
+                log.line(
+                    f"step {done} loss={printed} acc={fmt(window.acc)} lr={fmt(lr)} samples/s={rate:.0f}"
+                )
+                watch.observe("printed/loss", step, float(printed), _digits(printed))
+                log.advance(done, f"loss {printed}")
+            if dist.main and (done % cfg.train.eval_every == 0 or done == end):
+                last_eval = run.evaluate()  # host sync: once per evaluation
+                log.line(f"eval step {done} " + " ".join(f"val_{k}={fmt(v)}" for k, v in last_eval.items()))
+                watch.observe_eval(step, last_eval)
+                window.restart_clock()  # the evaluation's time is not training throughput
+            every = cfg.train.checkpoint_every
+            if dist.main and run.ckpt_path and (done == end or (every and done % every == 0)):
+                run.save_checkpoint(done, result.losses)
+            if done == end:
+                break
+    log.close()
+    if interrupted.set:
+        log.line(f"interrupted at step {end}" + (f"; checkpoint in {run.ckpt_path}" if run.ckpt_path else ""))
+        result.interrupted = True
+
+    if dist.world > 1:
+        _check_ranks_agree(model, dist, log)
+    result.wall_s = time.perf_counter() - t_start
+    if dist.main:
+        totals = {"train_prior": run.prior, "steps": float(end), "wall_s": result.wall_s}  # steps done
+        result.metrics = {f"val_{k}": v for k, v in (last_eval or {}).items()} | window.metrics() | totals
+        print_table(result.metrics, log)
+    result.verdict = watch.finish(end, log, report)
+    if dist.world > 1:
+        del run  # with it the DDP wrapper, which must go before the process group: see _leave_group
+        _leave_group(dist)
+    return result
+
+
+@dataclass
+class Run:
+    """The pieces of one run, as prepare() builds them (each from those before it)."""
+
+    cfg: RunConfig
+    dist: Dist
+    train_set: Frames
+    prior: float  # positive fraction of the training labels
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sampler: BatchSampler
+    ckpt_path: Path | None
+    start: int  # the first step: 0, or where the resumed checkpoint left off
+    losses: list[float]  # of the steps before ``start``
+    step_fn: Callable[[Frames, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # holds the DDP wrapper
+    evaluate: Callable[[], dict[str, float]]  # on the held-out split
+    watch: Watch
+
+    def save_checkpoint(self, step: int, losses: list[float]) -> None:
+        assert self.ckpt_path is not None
+        save_checkpoint(
+            self.ckpt_path, self.model, self.optimizer, self.scheduler, self.sampler, step, losses, self.cfg
+        )
+
+
+def prepare(cfg: RunConfig, fault: Fault, argv: str) -> Run:
+    """Everything before the first step, in order: process group and device, data (once, on the device),
+    loss weights, model and optimizer, resume, DDP / compile, the doctor."""
     dist = setup_dist(cfg.train.device)
+    _set_threads(cfg, dist)
+    device, amp = dist.device, _amp_dtype(cfg, dist.device)
+    train_set, val_set = load_data(cfg, device)
+    spec, prior = loss_spec(cfg, train_set, fault, dist)
+    model, optimizer, scheduler = build_training(cfg, fault, device)
+    sampler = BatchSampler(
+        len(train_set), cfg.train.batch_size, cfg.train.seed, device, dist.rank, dist.world
+    )
+    ckpt_path = Path(cfg.train.checkpoint_dir) / "checkpoint.pt" if cfg.train.checkpoint_dir else None
+    start, losses = 0, []
+    if cfg.train.resume and ckpt_path is not None and ckpt_path.exists():
+        start, losses = resume(ckpt_path, model, optimizer, scheduler, sampler, device)
+    net = _wrap(model, dist, cfg.train.compile)
+    step_fn = make_step(
+        net, optimizer, scheduler, spec, amp_dtype=amp, grad_clip=cfg.optim.grad_clip, fault=fault
+    )
+    evaluate_val = partial(
+        evaluate,
+        model,
+        val_set,
+        pos_weight=spec.pos_weight,
+        batch_size=cfg.train.eval_batch_size,
+        amp_dtype=amp,
+    )
+    watch = Watch.attach(cfg, dist, model, optimizer, argv)  # rank 0 only; a no-op when disabled
+    model.train()
+    return Run(
+        cfg, dist, train_set, prior, model, optimizer, scheduler, sampler, ckpt_path, start, losses, step_fn,
+        evaluate_val, watch,
+    )  # fmt: skip
+
+
+def _set_threads(cfg: RunConfig, dist: Dist) -> None:
+    """train.threads, or under CPU DDP the cores shared out between this machine's ranks."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     elif dist.world > 1 and dist.device.type == "cpu":
-        torch.set_num_threads(
-            max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", dist.world)))
-        )
-    device, amp = dist.device, _amp_dtype(cfg, dist.device)
-    result = TrainResult()
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
 
-    # Data, once, on the device.
-    train_set, val_set = load_data(cfg, device)
-    if device.type == "cuda":
-        train_set.image = train_set.image.contiguous(memory_format=torch.channels_last)
-        val_set.image = val_set.image.contiguous(memory_format=torch.channels_last)
-    train_labels_all = fault.labels(train_set)  # FAULT HOOK: the labelling function (prior only)
-    prior = _prior(train_labels_all)
+
+def loss_spec(cfg: RunConfig, train_set: Frames, fault: Fault, dist: Dist) -> tuple[LossSpec, float]:
+    """The loss's prior weights from the training split; also the training prior itself."""
+    device = dist.device
+    prior = _prior(fault.labels(train_set))  # FAULT HOOK: the labelling function (prior only)
     point_prior = _prior(train_set.point_label[train_set.point_mask])
     spec = LossSpec(
         pos_weight=_pos_weight(prior, device, 100.0) if fault.use_pos_weight else None,  # FAULT HOOK
@@ -486,16 +611,22 @@ def train(
         # The healthy configuration uses every parameter, so only a fault or a disabled point loss pays.
         anchor_outputs=dist.world > 1 and (fault.name != "none" or cfg.train.point_loss_weight == 0),
     )
+    return spec, prior
 
-    # Model and optimizer.
-    torch.manual_seed(cfg.train.seed)
+
+def _model_options(cfg: RunConfig) -> dict[str, Any]:
     mk = cfg.model
-    opts = (
-        {}
-        if mk.arch == "original"
-        else {"width": mk.width, "heads": mk.heads, "tokens": mk.tokens, "dropout": mk.dropout}
-    )
-    model = build_model(mk.arch, **opts)
+    if mk.arch == "original":
+        return {}
+    return {"width": mk.width, "heads": mk.heads, "tokens": mk.tokens, "dropout": mk.dropout}
+
+
+def build_training(
+    cfg: RunConfig, fault: Fault, device: torch.device
+) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """The model (seeded by train.seed), AdamW over what the optimizer should update, warmup + cosine."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model.arch, **_model_options(cfg))
     model = fault.model(model)  # FAULT HOOK: the model
     model.to(device)
     if device.type == "cuda":
@@ -511,170 +642,152 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.min_lr_ratio)
     )
-    sampler = BatchSampler(
-        len(train_set), cfg.train.batch_size, cfg.train.seed, device, dist.rank, dist.world
-    )
+    return model, optimizer, scheduler
 
-    # Resume: model, optimizer, scheduler, sampler, RNG and step, so the continued run is the same run.
-    start = 0
-    ckpt_path = Path(cfg.train.checkpoint_dir) / "checkpoint.pt" if cfg.train.checkpoint_dir else None
-    if cfg.train.resume and ckpt_path is not None and ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path, device)
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        sampler.load_state_dict(ck["sampler"])
-        torch.set_rng_state(ck["rng"])
-        if device.type == "cuda" and ck.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ck["cuda_rng"], device)
-        start = int(ck["step"])
-        result.losses = list(ck.get("losses", []))
 
+def resume(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    sampler: BatchSampler,
+    device: torch.device,
+) -> tuple[int, list[float]]:
+    """Restore model, optimizer, scheduler, sampler and RNG, so the continued run is the same run;
+    returns the step to continue from and the losses so far."""
+    ck = load_checkpoint(path, device)
+    model.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    scheduler.load_state_dict(ck["scheduler"])
+    sampler.load_state_dict(ck["sampler"])
+    torch.set_rng_state(ck["rng"])
+    if device.type == "cuda" and ck.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(ck["cuda_rng"], device)
+    return int(ck["step"]), list(ck.get("losses", []))
+
+
+def _wrap(model: nn.Module, dist: Dist, use_compile: bool) -> nn.Module:
+    """DistributedDataParallel under torchrun, then torch.compile when asked; the model itself otherwise."""
     net: nn.Module = model
     if dist.world > 1:
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None
         )
-    if cfg.train.compile:
+    if use_compile:
         net = torch.compile(net)  # type: ignore[assignment]
-    step_fn = make_step(
-        net, optimizer, scheduler, spec, amp_dtype=amp, grad_clip=cfg.optim.grad_clip, fault=fault
-    )
+    return net
 
-    # The doctor watches rank 0 (its Recorder keeps statistics on the device; one sync per flush).
-    doctor = rec = None
-    if cfg.doctor.enabled and dist.main:
+
+def _leave_group(dist: Dist) -> None:
+    """Wait for every rank; end the process group if this process started it.
+
+    The DistributedDataParallel wrapper must be gone (the caller drops it; collect its cycles here)
+    before its group is: a gloo group torn down under a live DDP reducer aborts the process at exit
+    ("terminate called without an active exception") about one run in three on a loaded machine
+    (torch 2.13, measured).
+    """
+    gc.collect()
+    torch.distributed.barrier()
+    if dist.owns_group:  # a caller that started the group trains again in it or ends it itself
+        torch.distributed.destroy_process_group()
+
+
+class Window:
+    """Training losses and accuracy since the last log line, kept on the device (no sync per step)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.losses: list[torch.Tensor] = []
+        self.correct = torch.zeros((), device=device)
+        self.positives = torch.zeros((), device=device)
+        self.seen = 0
+        self.loss = self.acc = self.majority = float("nan")  # of the last flushed window
+        self.t0 = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.losses.append(loss)
+        self.correct += ((logits > 0) == (labels > 0.5)).sum()
+        self.positives += labels.sum()
+        self.seen += labels.numel()
+
+    def flush(self) -> list[float]:
+        """The window's losses as floats (host sync); sets loss, acc and majority; starts a new window."""
+        losses = torch.stack(self.losses).tolist()
+        self.loss = sum(losses) / len(losses)
+        self.acc, pos = self.correct.item() / self.seen, self.positives.item() / self.seen
+        self.majority = max(pos, 1 - pos)
+        self.losses, self.seen = [], 0
+        self.correct.zero_()
+        self.positives.zero_()
+        return losses
+
+    def seconds(self) -> float:
+        """Wall time since the clock last started; restarts it."""
+        now = time.perf_counter()
+        dt, self.t0 = now - self.t0, now
+        return dt
+
+    def restart_clock(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def metrics(self) -> dict[str, float]:
+        return {"train_loss": self.loss, "train_acc": self.acc, "train_majority": self.majority}
+
+
+class Watch:
+    """The in-process doctor on rank 0: a Recorder that keeps statistics on the device (one sync per
+    flush) feeding a Doctor. Every method is a no-op when the doctor is off or on other ranks."""
+
+    def __init__(self, doctor: Any = None, recorder: Any = None) -> None:
+        self.doctor, self.recorder = doctor, recorder
+
+    @classmethod
+    def attach(
+        cls, cfg: RunConfig, dist: Dist, model: nn.Module, optimizer: torch.optim.Optimizer, argv: str
+    ) -> Watch:
+        if not (cfg.doctor.enabled and dist.main):
+            return cls()
         from muvo_doctor.config import load_config
         from muvo_doctor.doctor import Doctor
         from muvo_doctor.recorder import Recorder
 
         dcfg = load_config(cfg.doctor.config)
         doctor = Doctor(dcfg, source=argv or "muvo-train")
-        rec = Recorder(
-            model, optimizer, doctor=doctor, config=dcfg, rank=dist.rank if dist.world > 1 else None
-        )
+        rank = dist.rank if dist.world > 1 else None
+        return cls(doctor, Recorder(model, optimizer, doctor=doctor, config=dcfg, rank=rank))
 
-    def observe(name: str, step: int, value: float, digits: int | None = None) -> None:
-        if doctor is not None:
+    def record(self, step: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        if self.recorder is not None:
+            self.recorder.record(step, loss=loss, outputs=logits, labels=labels)
+
+    def observe(self, name: str, step: int, value: float, digits: int | None = None) -> None:
+        if self.doctor is not None:
             from muvo_doctor.observation import Observation
 
             # Not a step clock: the recorder's flushes (buffered, time-based) carry the training steps, and
             # a printed or evaluation value observed ahead of them must not trigger the Doctor's grid
             # evaluation early, or the first step a check reports would depend on flush timing.
-            doctor.observe(Observation(name=name, step=step, value=value, digits=digits), clock=False)
+            # (train/acc comes from the Recorder, per sampled batch; a windowed mean fed here as well
+            # would interleave a second, smoother series under the same name.)
+            self.doctor.observe(Observation(name=name, step=step, value=value, digits=digits), clock=False)
 
-    log = Log(dist.main, cfg.train.steps, start)
-    if fault.name != "none":
-        log.line(f"fault {fault.name}: {fault.bug}")
-    window: list[torch.Tensor] = []  # losses since the last log line, on the device
-    correct = torch.zeros((), device=device)  # training accuracy of the window, on the device
-    positives = torch.zeros((), device=device)
-    seen = 0
-    t_log, last_eval = time.perf_counter(), None
-    train_loss = train_acc = train_majority = float("nan")
-    model.train()
-    # Ctrl-C (or `muvo-doctor run --stop-on dead`) ends the run at the next step boundary, with a checkpoint.
-    interrupted = _StopFlag()
-    end = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
-    with interrupted:
-        for step in range(start, end):
-            idx = sampler.next()
-            batch = train_set.index(idx)  # index_select on device tensors: the whole "data loader"
-            labels = fault.labels(batch)  # FAULT HOOK: the labels of this batch
-            loss, logits = step_fn(batch, labels)
-            if rec is not None:
-                rec.record(step, loss=loss, outputs=logits, labels=labels)
-            window.append(loss)
-            correct += ((logits > 0) == (labels > 0.5)).sum()
-            positives += labels.sum()
-            seen += labels.numel()
+    def observe_eval(self, step: int, metrics: dict[str, float]) -> None:
+        for k in ("loss", "acc", "auroc", "auprc", "fpr95"):
+            self.observe(f"val/{k}", step, metrics[k])
 
-            done = step + 1
-            if interrupted.set:
-                end = done
-            if done % cfg.train.log_every == 0 or done == end:
-                losses = torch.stack(window).tolist()  # host sync: once per log interval
-                result.losses += losses
-                train_loss = sum(losses) / len(losses)
-                train_acc, pos = correct.item() / seen, positives.item() / seen
-                train_majority = max(pos, 1 - pos)
-                rate = len(losses) * cfg.train.batch_size / (time.perf_counter() - t_log)
-                # FAULT HOOK: how the loss is printed
-                printed = fault.format_loss(losses[-1], len(train_set), train_set.points.shape[1])
-                log.line(
-                    f"step {done} loss={printed} acc={fmt(train_acc)} "
-                    f"lr={fmt(scheduler.get_last_lr()[0])} samples/s={rate:.0f}"
-                )
-                observe("printed/loss", step, float(printed), _digits(printed))
-                # train/acc comes from the Recorder (per sampled batch); a windowed mean fed here as well
-                # would interleave a second, smoother series under the same name.
-                log.advance(done, f"loss {printed}")
-                window, seen = [], 0
-                correct.zero_()
-                positives.zero_()
-                t_log = time.perf_counter()
-
-            if dist.main and (done % cfg.train.eval_every == 0 or done == end):
-                last_eval = evaluate(
-                    model,
-                    val_set,
-                    pos_weight=spec.pos_weight,
-                    batch_size=cfg.train.eval_batch_size,
-                    amp_dtype=amp,
-                )
-                log.line(f"eval step {done} " + " ".join(f"val_{k}={fmt(v)}" for k, v in last_eval.items()))
-                for k in ("loss", "acc", "auroc", "auprc", "fpr95"):
-                    observe(f"val/{k}", step, last_eval[k])
-                t_log = time.perf_counter()
-
-            if (
-                dist.main
-                and ckpt_path is not None
-                and (done == end or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0))
-            ):
-                save_checkpoint(ckpt_path, model, optimizer, scheduler, sampler, done, result.losses, cfg)
-            if done == end:
-                break
-    log.close()
-    if interrupted.set:
-        log.line(f"interrupted at step {end}" + (f"; checkpoint in {ckpt_path}" if ckpt_path else ""))
-        result.interrupted = True
-
-    if dist.world > 1:
-        _check_ranks_agree(model, dist, log)
-    result.wall_s = time.perf_counter() - t_start
-    if dist.main:
-        result.metrics = {f"val_{k}": v for k, v in (last_eval or {}).items()} | {
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "train_majority": train_majority,
-            "train_prior": prior,
-            "steps": float(end),  # done: fewer than train.steps after a stop
-            "wall_s": result.wall_s,
-        }
-        print_table(result.metrics, log)
-    if rec is not None and doctor is not None:
-        rec.close()
-        doctor.evaluate()
-        rep = doctor.report(steps=end)
-        result.verdict = rep.verdict
-        log.line(
-            f"doctor: verdict {rep.verdict} ({len(rep.findings)} finding{'s' * (len(rep.findings) != 1)})"
-        )
+    def finish(self, steps: int, log: Log, report: str | None) -> str | None:
+        """Close the recorder, judge, print the verdict and findings, write the report; the verdict."""
+        if self.recorder is None or self.doctor is None:
+            return None
+        self.recorder.close()
+        self.doctor.evaluate()
+        rep = self.doctor.report(steps=steps)
+        n = len(rep.findings)
+        log.line(f"doctor: verdict {rep.verdict} ({n} finding{'s' * (n != 1)})")
         for f in rep.findings:
             log.line(f"  {f.severity} {f.check} (step {f.step}): {f.message}")
         if report:
             Path(report).write_text(rep.to_json() + "\n", encoding="utf-8")
-    if dist.world > 1:
-        # The DistributedDataParallel wrapper must go before its process group does: a gloo group
-        # torn down under a live DDP reducer aborts the process at exit ("terminate called without
-        # an active exception") about one run in three on a loaded machine (torch 2.13, measured).
-        del net, step_fn
-        gc.collect()
-        torch.distributed.barrier()
-        if dist.owns_group:  # a caller that started the group trains again in it or ends it itself
-            torch.distributed.destroy_process_group()
-    return result
+        return rep.verdict
 
 
 def save_checkpoint(
@@ -783,14 +896,8 @@ def describe(cfg: RunConfig) -> None:
             f"(mean valid {fmt(d.point_mask.float().sum(1).mean().item())}), "
             f"anomaly points {fmt(_prior(d.point_label[d.point_mask]))}"
         )
-    mk = cfg.model
-    opts = (
-        {}
-        if mk.arch == "original"
-        else {"width": mk.width, "heads": mk.heads, "tokens": mk.tokens, "dropout": mk.dropout}
-    )
-    model = build_model(mk.arch, **opts)
-    print(f"model\n  arch {mk.arch}: {count_parameters(model):,} parameters")
+    model = build_model(cfg.model.arch, **_model_options(cfg))
+    print(f"model\n  arch {cfg.model.arch}: {count_parameters(model):,} parameters")
 
 
 def _parser() -> argparse.ArgumentParser:

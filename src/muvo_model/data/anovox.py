@@ -34,7 +34,7 @@ import struct
 import zlib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Literal
@@ -121,6 +121,23 @@ def _unfilter_wavefront(rows: np.ndarray, width: int, ch: int) -> np.ndarray:
     return out[r_idx + c_idx, r_idx + 1].astype(np.uint8)
 
 
+def _unfilter_rows(rows: np.ndarray, width: int, ch: int) -> np.ndarray:
+    """(H, W, C) pixels of rows filtered with None / Sub / Up only: one vectorised op per row."""
+    height, stride = rows.shape[0], rows.shape[1] - 1
+    out = np.empty((height, stride), np.uint8)
+    prev = np.zeros(stride, np.uint8)
+    for r in range(height):
+        line, ft = rows[r, 1:], int(rows[r, 0])
+        if ft == 1:  # Sub: running sum per channel, mod 256 via uint8 overflow
+            out[r] = np.cumsum(line.reshape(width, ch), axis=0, dtype=np.uint8).reshape(-1)
+        elif ft == 2:  # Up
+            out[r] = line + prev
+        else:
+            out[r] = line
+        prev = out[r]
+    return out.reshape(height, width, ch)
+
+
 def decode_png(data: bytes, name: str = "<png>") -> np.ndarray:
     """Decodes an 8-bit, non-interlaced PNG into a uint8 (H, W, C) array (C = 1, 2, 3 or 4; palette -> 3 or 4).
 
@@ -179,21 +196,11 @@ def decode_png(data: bytes, name: str = "<png>") -> np.ndarray:
     ftypes = rows[:, 0]
     if ftypes.max(initial=0) > 4:
         raise PngError(f"{name}: unknown row filter type {int(ftypes.max())}")
-    if ftypes.max(initial=0) >= 3:
-        img = _unfilter_wavefront(rows, width, ch)
-    else:  # None / Sub / Up only: one vectorised op per row
-        out = np.empty((height, stride), np.uint8)
-        prev = np.zeros(stride, np.uint8)
-        for r in range(height):
-            line, ft = rows[r, 1:], int(ftypes[r])
-            if ft == 1:  # Sub: running sum per channel, mod 256 via uint8 overflow
-                out[r] = np.cumsum(line.reshape(width, ch), axis=0, dtype=np.uint8).reshape(-1)
-            elif ft == 2:  # Up
-                out[r] = line + prev
-            else:
-                out[r] = line
-            prev = out[r]
-        img = out.reshape(height, width, ch)
+    img = (
+        _unfilter_wavefront(rows, width, ch)
+        if ftypes.max(initial=0) >= 3
+        else _unfilter_rows(rows, width, ch)
+    )
     if colour == 3:
         assert plte is not None
         if int(img.max(initial=0)) >= plte.shape[0]:
@@ -741,6 +748,91 @@ def load_anovox(
     Raises:
         AnovoxError: no scenarios, nothing loadable, fewer than two usable scenarios, or a split with one class.
     """
+    root, size = _checked_arguments(root, image_size, num_points, val_fraction)
+    scenarios = _scenarios(root)
+    anomaly = np.asarray(sorted(set(anomaly_ids)), np.int64)
+    ignore = np.asarray(sorted(set(ignore_ids)), np.int64)
+    args = dict(
+        num_points=num_points, image_size=size, anomaly_ids=anomaly.tolist(), ignore_ids=ignore.tolist(),
+        val_fraction=val_fraction, seed=seed, min_anomaly_points=min_anomaly_points, label_source=label_source,
+        max_frames_per_scenario=max_frames_per_scenario,
+    )  # fmt: skip
+    cache_path = None if cache_dir is None else _cache_file(cache_dir, root, scenarios, args)
+    if cache_path is not None and (cached := _read_cache(cache_path)) is not None:
+        return cached  # a hit: milliseconds per frame instead of decoding every PNG
+
+    # Scan and decode, scenario by scenario: frames with every modality are loaded, the others (and the
+    # unreadable ones) are dropped with a reason. Cost: the PNG decode of each frame.
+    inv = _Inventory()
+    loaded: list[_Loaded] = []
+    for scn in scenarios:
+        key = str(scn.relative_to(root)) if scn != root else scn.name
+        mods, ids = _complete_frames(scn, key, label_source, max_frames_per_scenario, inv)
+        opts = (size, label_source, anomaly, ignore, min_anomaly_points, png_backend)
+        loaded += _load_frames(mods, key, ids, inv, *opts)
+
+    # Split by scenario (stratified by whether a scenario has anomalies), then pad/subsample the points.
+    drop_reasons = dict(Counter(d.kind for d in inv.dropped))
+    scen_names, has_anom = _usable_scenarios(root, loaded, len(scenarios), drop_reasons, anomaly)
+    train_s, val_s = split_scenarios(scen_names, [has_anom[s] for s in scen_names], val_fraction, seed)
+    scen_ix = {s: i for i, s in enumerate(scen_names)}  # Frames.scenario: an index into scen_names
+    train, train_stats, train_keys = _build_split(loaded, train_s, scen_ix, num_points, seed, anomaly, size)
+    val, val_stats, val_keys = _build_split(loaded, val_s, scen_ix, num_points, seed, anomaly, size)
+    report = AnovoxReport(
+        root=str(root), layouts=dict(inv.layouts), scenarios_found=len(scenarios), frames_found=inv.frames_found,
+        train=train_stats, val=val_stats, train_scenarios=train_s, val_scenarios=val_s, dropped=inv.dropped,
+        drop_reasons=drop_reasons, notes=sorted(inv.notes), anomaly_ids=anomaly.tolist(),
+        ignore_ids=ignore.tolist(),
+    )  # fmt: skip
+    _check_both_classes(root, report)
+    data = AnovoxData(train, val, report, train_keys, val_keys, scen_names)
+    if cache_path is not None:
+        _write_cache(cache_path, data)
+    return data
+
+
+def _scenarios(root: Path) -> list[Path]:
+    """The Scenario_* folders under ``root``; AnovoxError when there is none."""
+    scenarios = find_scenarios(root)
+    if not scenarios:
+        raise AnovoxError(
+            f"{root}: no Scenario_* folders found; point data.root at an AnoVox release (the folder that contains "
+            "Scenario_<uuid>/ folders)"
+        )
+    return scenarios
+
+
+def _load_frames(
+    mods: _Modalities,
+    key: str,
+    ids: list[int],
+    inv: _Inventory,
+    image_size: tuple[int, int],
+    label_source: Literal["semantic-lidar", "voxel"],
+    anomaly: np.ndarray,
+    ignore: np.ndarray,
+    min_anomaly_points: int,
+    png_backend: Literal["auto", "numpy"],
+) -> list[_Loaded]:
+    """The frames ``ids`` of one scenario, decoded; a frame that cannot be read goes to ``inv.dropped``."""
+    loaded = []
+    for f in ids:
+        try:
+            image, points, classes, label = _load_frame(
+                mods, f, image_size=image_size, label_source=label_source, anomaly=anomaly, ignore=ignore,
+                min_anomaly_points=min_anomaly_points, png_backend=png_backend, notes=inv.notes,
+            )  # fmt: skip
+        except _Drop as d:
+            inv.dropped.append(DroppedFrame(scenario=key, frame=f, kind=d.kind, detail=d.detail))
+            continue
+        loaded.append(_Loaded(key, f, image, points, classes, label))
+    return loaded
+
+
+def _checked_arguments(
+    root: str | Path, image_size: int | tuple[int, int], num_points: int, val_fraction: float
+) -> tuple[Path, tuple[int, int]]:
+    """The root folder and (H, W); AnovoxError for a missing folder or an impossible value."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise AnovoxError(
@@ -753,109 +845,80 @@ def load_anovox(
         raise AnovoxError(f"num_points must be >= 1, got {num_points}")
     if not 0.0 < val_fraction < 1.0:
         raise AnovoxError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    scenarios = find_scenarios(root)
-    cache_path = None
-    if cache_dir is not None and scenarios:
-        args = dict(
-            num_points=num_points,
-            image_size=size,
-            anomaly_ids=sorted(set(anomaly_ids)),
-            ignore_ids=sorted(set(ignore_ids)),
-            val_fraction=val_fraction,
-            seed=seed,
-            min_anomaly_points=min_anomaly_points,
-            label_source=label_source,
-            max_frames_per_scenario=max_frames_per_scenario,
+    return root, size
+
+
+@dataclass
+class _Inventory:
+    """What the scan found and what it dropped (with reasons), for the report."""
+
+    dropped: list[DroppedFrame] = field(default_factory=list)
+    notes: set[str] = field(default_factory=set)
+    layouts: Counter[str] = field(default_factory=Counter)
+    frames_found: int = 0
+
+
+def _complete_frames(
+    scn: Path, key: str, label_source: str, max_frames: int | None, inv: _Inventory
+) -> tuple[_Modalities, list[int]]:
+    """The scenario's sensor folders and the ids of the frames that have a file in every required one
+    (at most ``max_frames``, evenly spaced); the other frames go to ``inv.dropped``."""
+    mods = _discover(scn)
+    inv.layouts[mods.layout] += 1
+    inv.notes.update(mods.notes)
+    names = (
+        {"rgb": "RGB-CAM", "lidar": "LIDAR", "semantic": "SEMANTIC-LIDAR", "voxel": "VOXEL_GRID"}
+        if mods.layout == "primary"
+        else {"rgb": "RGB_IMG", "lidar": "PCD", "semantic": "SEMANTIC_PCD", "voxel": "VOXEL_GRID"}
+    )
+    required = ["rgb", "lidar", "semantic"] + (["voxel"] if label_source == "voxel" else [])
+    present = {m: getattr(mods, m) for m in required}
+    all_ids = sorted(set().union(*(set(v) for v in present.values() if v)))
+    inv.frames_found += len(all_ids)
+    missing_dirs = [names[m] for m, v in present.items() if v is None]
+    if not all_ids:
+        inv.dropped.append(
+            DroppedFrame(
+                scenario=key, frame=None, kind="empty scenario", detail="no frame files in any sensor folder"
+            )
         )
-        cache_path = Path(cache_dir).expanduser() / f"anovox-{_cache_key(root, scenarios, args)}.pt"
-        cached = _read_cache(cache_path)
-        if cached is not None:
-            return cached
-    if not scenarios:
-        raise AnovoxError(
-            f"{root}: no Scenario_* folders found; point data.root at an AnoVox release (the folder that contains "
-            "Scenario_<uuid>/ folders)"
-        )
-    anomaly = np.asarray(sorted(set(anomaly_ids)), np.int64)
-    ignore = np.asarray(sorted(set(ignore_ids)), np.int64)
-    dropped: list[DroppedFrame] = []
-    notes: set[str] = set()
-    layouts: Counter[str] = Counter()
-    loaded: list[_Loaded] = []
-    frames_found = 0
-    keys = [str(s.relative_to(root)) if s != root else s.name for s in scenarios]
-    for scn, key in zip(scenarios, keys, strict=True):
-        mods = _discover(scn)
-        layouts[mods.layout] += 1
-        notes.update(mods.notes)
-        names = (
-            {"rgb": "RGB-CAM", "lidar": "LIDAR", "semantic": "SEMANTIC-LIDAR", "voxel": "VOXEL_GRID"}
-            if mods.layout == "primary"
-            else {"rgb": "RGB_IMG", "lidar": "PCD", "semantic": "SEMANTIC_PCD", "voxel": "VOXEL_GRID"}
-        )
-        required = ["rgb", "lidar", "semantic"] + (["voxel"] if label_source == "voxel" else [])
-        present = {m: getattr(mods, m) for m in required}
-        all_ids = sorted(set().union(*(set(v) for v in present.values() if v)))
-        frames_found += len(all_ids)
-        missing_dirs = [names[m] for m, v in present.items() if v is None]
-        if not all_ids:
-            dropped.append(
+        return mods, []
+    if missing_dirs:
+        detail = f"no {'/'.join(missing_dirs)} folder in the scenario"
+        inv.dropped += [
+            DroppedFrame(scenario=key, frame=f, kind=f"missing {missing_dirs[0]}", detail=detail)
+            for f in all_ids
+        ]
+        return mods, []
+    ids = []
+    for f in all_ids:
+        miss = [names[m] for m, v in present.items() if v is not None and f not in v]
+        if miss:
+            inv.dropped.append(
                 DroppedFrame(
-                    scenario=key,
-                    frame=None,
-                    kind="empty scenario",
-                    detail="no frame files in any sensor folder",
+                    scenario=key, frame=f, kind=f"missing {miss[0]}", detail=f"no {'/'.join(miss)} file"
                 )
             )
-            continue
-        if missing_dirs:
-            for f in all_ids:
-                dropped.append(
-                    DroppedFrame(
-                        scenario=key,
-                        frame=f,
-                        kind=f"missing {missing_dirs[0]}",
-                        detail=f"no {'/'.join(missing_dirs)} folder in the scenario",
-                    )
-                )
-            continue
-        ids = []
-        for f in all_ids:
-            miss = [names[m] for m, v in present.items() if v is not None and f not in v]
-            if miss:
-                dropped.append(
-                    DroppedFrame(
-                        scenario=key, frame=f, kind=f"missing {miss[0]}", detail=f"no {'/'.join(miss)} file"
-                    )
-                )
-            else:
-                ids.append(f)
-        if max_frames_per_scenario is not None and len(ids) > max_frames_per_scenario:
-            sel = np.linspace(0, len(ids) - 1, max_frames_per_scenario).round().astype(int)
-            ids = [ids[i] for i in sorted(set(sel.tolist()))]
-        for f in ids:
-            try:
-                image, points, classes, label = _load_frame(
-                    mods,
-                    f,
-                    image_size=size,
-                    label_source=label_source,
-                    anomaly=anomaly,
-                    ignore=ignore,
-                    min_anomaly_points=min_anomaly_points,
-                    png_backend=png_backend,
-                    notes=notes,
-                )
-            except _Drop as d:
-                dropped.append(DroppedFrame(scenario=key, frame=f, kind=d.kind, detail=d.detail))
-                continue
-            loaded.append(_Loaded(key, f, image, points, classes, label))
+        else:
+            ids.append(f)
+    if max_frames is not None and len(ids) > max_frames:
+        sel = np.linspace(0, len(ids) - 1, max_frames).round().astype(int)
+        ids = [ids[i] for i in sorted(set(sel.tolist()))]
+    return mods, ids
 
-    drop_reasons = dict(Counter(d.kind for d in dropped))
+
+def _usable_scenarios(
+    root: Path, loaded: list[_Loaded], n_scenarios: int, drop_reasons: dict[str, int], anomaly: np.ndarray
+) -> tuple[list[str], dict[str, bool]]:
+    """The scenarios with loaded frames (sorted) and whether each has an anomalous frame.
+
+    Raises:
+        AnovoxError: nothing loaded, one scenario only (the split is by scenario), or no anomaly anywhere.
+    """
     if not loaded:
         top = max(drop_reasons.items(), key=lambda kv: kv[1])[0] if drop_reasons else "no frames"
         raise AnovoxError(
-            f"{root}: no loadable frame in {len(scenarios)} scenarios (most common reason: {top}); check that each "
+            f"{root}: no loadable frame in {n_scenarios} scenarios (most common reason: {top}); check that each "
             "Scenario_* has RGB-CAM, LIDAR and SEMANTIC-LIDAR folders (or RGB_IMG, PCD, SEMANTIC_PCD)"
         )
     scen_names = sorted({x.scenario for x in loaded})
@@ -872,60 +935,59 @@ def load_anovox(
             f"{root}: no frame has a point with an anomaly id {anomaly.tolist()}; check anomaly_ids or the "
             "SEMANTIC-LIDAR files (a normality-only release cannot train a detector alone)"
         )
-    train_s, val_s = split_scenarios(scen_names, [has_anom[s] for s in scen_names], val_fraction, seed)
-    scen_index = {s: i for i, s in enumerate(scen_names)}
+    return scen_names, has_anom
 
-    def build(split: list[str]) -> tuple[Frames, SplitStats, list[tuple[str, int]]]:
-        members = set(split)
-        items = [x for x in loaded if x.scenario in members]
-        n = len(items)
-        pts = np.zeros((n, num_points, 4), np.float32)
-        cls = np.zeros((n, num_points), np.int64)
-        msk = np.zeros((n, num_points), bool)
-        for i, x in enumerate(items):
-            rng = np.random.default_rng([seed, scen_index[x.scenario], x.frame])
-            pts[i], cls[i], msk[i] = _subsample(x.points, x.classes, num_points, rng)
-        lab = np.isin(cls, anomaly) & msk
-        fl = np.asarray([x.label for x in items], np.float32)
-        frames = Frames(
-            image=torch.stack([x.image for x in items]) if items else torch.zeros(0, 3, *size),
-            points=torch.from_numpy(pts),
-            point_mask=torch.from_numpy(msk),
-            point_class=torch.from_numpy(cls),
-            point_label=torch.from_numpy(lab.astype(np.float32)),
-            frame_label=torch.from_numpy(fl),
-            scenario=torch.tensor([scen_index[x.scenario] for x in items], dtype=torch.int64),
-        )
-        vals, counts = np.unique(cls[msk], return_counts=True)
-        stats = SplitStats(
-            scenarios=len(split),
-            frames=n,
-            anomaly_frames=int(fl.sum()),
-            normal_frames=int(n - fl.sum()),
-            points=int(msk.sum()),
-            anomaly_points=int(lab.sum()),
-            point_classes={int(v): int(c) for v, c in zip(vals, counts, strict=True)},
-        )
-        return frames, stats, [(x.scenario, x.frame) for x in items]
 
-    train, train_stats, train_keys = build(train_s)
-    val, val_stats, val_keys = build(val_s)
-    report = AnovoxReport(
-        root=str(root),
-        layouts=dict(layouts),
-        scenarios_found=len(scenarios),
-        frames_found=frames_found,
-        train=train_stats,
-        val=val_stats,
-        train_scenarios=train_s,
-        val_scenarios=val_s,
-        dropped=dropped,
-        drop_reasons=drop_reasons,
-        notes=sorted(notes),
-        anomaly_ids=anomaly.tolist(),
-        ignore_ids=ignore.tolist(),
+def _build_split(
+    loaded: list[_Loaded],
+    split: list[str],
+    scen_index: dict[str, int],
+    num_points: int,
+    seed: int,
+    anomaly: np.ndarray,
+    size: tuple[int, int],
+) -> tuple[Frames, SplitStats, list[tuple[str, int]]]:
+    """The frames of the ``split`` scenarios as Frames (points subsampled or padded to ``num_points``,
+    seeded per frame so a frame gets the same points in any split), their stats and (scenario, frame) keys."""
+    members = set(split)
+    items = [x for x in loaded if x.scenario in members]
+    n = len(items)
+    pts = np.zeros((n, num_points, 4), np.float32)
+    cls = np.zeros((n, num_points), np.int64)
+    msk = np.zeros((n, num_points), bool)
+    for i, x in enumerate(items):
+        rng = np.random.default_rng([seed, scen_index[x.scenario], x.frame])
+        pts[i], cls[i], msk[i] = _subsample(x.points, x.classes, num_points, rng)
+    lab = np.isin(cls, anomaly) & msk
+    fl = np.asarray([x.label for x in items], np.float32)
+    frames = Frames(
+        image=torch.stack([x.image for x in items]) if items else torch.zeros(0, 3, *size),
+        points=torch.from_numpy(pts),
+        point_mask=torch.from_numpy(msk),
+        point_class=torch.from_numpy(cls),
+        point_label=torch.from_numpy(lab.astype(np.float32)),
+        frame_label=torch.from_numpy(fl),
+        scenario=torch.tensor([scen_index[x.scenario] for x in items], dtype=torch.int64),
     )
-    for name, st, scs in (("train", train_stats, train_s), ("val", val_stats, val_s)):
+    vals, counts = np.unique(cls[msk], return_counts=True)
+    stats = SplitStats(
+        scenarios=len(split),
+        frames=n,
+        anomaly_frames=int(fl.sum()),
+        normal_frames=int(n - fl.sum()),
+        points=int(msk.sum()),
+        anomaly_points=int(lab.sum()),
+        point_classes={int(v): int(c) for v, c in zip(vals, counts, strict=True)},
+    )
+    return frames, stats, [(x.scenario, x.frame) for x in items]
+
+
+def _check_both_classes(root: Path, report: AnovoxReport) -> None:
+    """AnovoxError when a split holds only normal or only anomalous frames (nothing to rank)."""
+    for name, st, scs in (
+        ("train", report.train, report.train_scenarios),
+        ("val", report.val, report.val_scenarios),
+    ):
         if st.anomaly_frames == 0 or st.normal_frames == 0:
             only = "normal" if st.anomaly_frames == 0 else "anomaly"
             raise AnovoxError(
@@ -933,17 +995,6 @@ def load_anovox(
                 f"{', '.join(scs[:3])}{', ...' if len(scs) > 3 else ''}); add scenarios with "
                 f"{'anomalies' if only == 'normal' else 'normal frames'} or change val_fraction/seed"
             )
-    data = AnovoxData(
-        train=train,
-        val=val,
-        report=report,
-        train_keys=train_keys,
-        val_keys=val_keys,
-        scenario_names=scen_names,
-    )
-    if cache_path is not None:
-        _write_cache(cache_path, data)
-    return data
 
 
 _CACHE_VERSION = 1
@@ -959,6 +1010,10 @@ def _cache_key(root: Path, scenarios: list[Path], args: dict[str, object]) -> st
                 st = p.stat()
                 h.update(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:20]
+
+
+def _cache_file(cache_dir: str | Path, root: Path, scenarios: list[Path], args: dict[str, object]) -> Path:
+    return Path(cache_dir).expanduser() / f"anovox-{_cache_key(root, scenarios, args)}.pt"
 
 
 def _write_cache(path: Path, data: AnovoxData) -> None:
