@@ -197,3 +197,13 @@ def test_without_the_framework_the_import_error_says_what_to_install(module, blo
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().endswith(f"pip install 'muvo-doctor[{extra}]'")
+
+
+def test_logged_values_the_recorder_measures_itself_are_not_mixed_in():
+    from muvo_doctor.integrations import Session
+
+    s = Session(stop_on=None, config=CONFIG, source="t")
+    # One Trainer log: the mean loss, the gradient norm before clipping, the learning rate, an evaluation.
+    s.metrics(10, {"loss": 0.7, "grad_norm": 5.0, "learning_rate": 1e-3, "epoch": 0.1, "eval_loss": 0.65})
+    s.doctor.evaluate()
+    assert s.doctor.history.names() == ["val/loss"]

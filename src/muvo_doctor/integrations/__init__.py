@@ -48,6 +48,19 @@ VERDICT_CODE = {"healthy": 0, "inconclusive": 1, "warning": 2, "dead": 3}
 SEVERITY_CODE = {"info": 1, "warning": 2, "critical": 3}
 # Label keys looked up in a batch that is a dict (Hugging Face style, and common in Lightning).
 LABEL_KEYS = ("labels", "label", "targets", "target", "y")
+# Series the recorder measures itself: a framework's value under the same name means something else
+# (the Trainer's grad_norm is taken before clipping, the recorder's after), so it is not mixed in.
+RECORDED = (
+    "train/loss",
+    "grad/",
+    "update/",
+    "param/",
+    "optim/",
+    "nonfinite/",
+    "output/",
+    "label/",
+    "loss_input/",
+)
 
 
 def finding_text(f: Finding) -> str:
@@ -145,17 +158,18 @@ class Session:
         if self.recorder is not None:
             self.recorder.record(step, loss=loss, outputs=outputs, labels=labels)
 
-    def metrics(self, step: int, values: Mapping[str, Any], *, skip_train_loss: bool = True) -> None:
+    def metrics(self, step: int, values: Mapping[str, Any]) -> None:
         """Metrics the framework logged at ``step``: host numbers only (a tensor would cost a sync).
 
         Keys are named the way ``audit`` names them (``eval_loss`` -> ``val/loss``, ``train_acc`` ->
-        ``train/acc``); the training loss is skipped when the recorder has it from every step.
+        ``train/acc``); series the recorder measures itself (the training loss of every step, gradient
+        norms, the learning rate, ...) are skipped.
         """
         for key, v in values.items():
             if isinstance(v, bool) or not isinstance(v, int | float) or str(key).startswith("doctor/"):
                 continue
             name, _, is_step = classify(str(key))
-            if name is None or is_step or (skip_train_loss and name == "train/loss"):
+            if name is None or is_step or name.startswith(RECORDED):
                 continue
             # Held until the doctor's grid passes `step`: the recorder's flushes may lag behind the logger.
             self.doctor.observe(Observation(name=name, step=step, value=float(v)), clock=False)
