@@ -231,28 +231,6 @@ def _opener() -> urllib.request.OpenerDirector:
     )
 
 
-def post_json(
-    url: str,
-    payload: dict[str, Any],
-    *,
-    timeout: float = WEBHOOK_TIMEOUT_S,
-    attempts: int = WEBHOOK_ATTEMPTS,
-    backoff: tuple[float, ...] = BACKOFF_S,
-    cancel: threading.Event | None = None,
-) -> str | None:
-    """POST ``payload`` as JSON (see :func:`post`); None on success, else why not."""
-    body = json.dumps(payload).encode("utf-8")
-    return post(
-        url,
-        body,
-        {"Content-Type": "application/json"},
-        timeout=timeout,
-        attempts=attempts,
-        backoff=backoff,
-        cancel=cancel,
-    )
-
-
 def post(
     url: str,
     body: bytes,

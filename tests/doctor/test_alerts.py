@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from muvo_doctor.alerts import Alerts, infer_format, post, post_json, webhook_payload, webhook_request
+from muvo_doctor.alerts import Alerts, infer_format, post, webhook_payload, webhook_request
 from muvo_doctor.finding import Finding
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "fixtures" / "scripts"
 PY = sys.executable
+JSON = {"Content-Type": "application/json"}
 
 DEAD = Finding(
     check="flat_loss",
@@ -122,7 +123,7 @@ def test_a_run_posts_the_first_critical_finding_to_the_webhook(hook):
 def test_retries_a_server_error_then_delivers():
     h = Hook(statuses=(500, 503))
     try:
-        assert post_json(h.url, {"text": "x"}, backoff=(0.0,)) is None
+        assert post(h.url, b'{"text": "x"}', JSON, backoff=(0.0,)) is None
         assert len(h.bodies) == 3
     finally:
         h.close()
@@ -131,7 +132,7 @@ def test_retries_a_server_error_then_delivers():
 def test_a_client_error_is_not_retried_and_is_reported():
     h = Hook(statuses=(404,))
     try:
-        assert post_json(h.url, {"text": "x"}, backoff=(0.0,)) == "HTTP 404 Not Found"
+        assert post(h.url, b'{"text": "x"}', JSON, backoff=(0.0,)) == "HTTP 404 Not Found"
         assert len(h.bodies) == 1
     finally:
         h.close()
@@ -367,7 +368,7 @@ def test_an_unknown_format_is_refused_at_construction():
 def test_a_redirect_is_not_followed_and_is_a_failed_delivery(status):
     h = Hook(statuses=(status,))
     try:
-        why = post(h.url, b"{}", {"Content-Type": "application/json"}, backoff=(0.0,))
+        why = post(h.url, b"{}", JSON, backoff=(0.0,))
         assert why is not None and why.startswith(f"HTTP {status}")
         assert "redirects are not followed" in why and "elsewhere.example" in why
         assert h.paths == ["/hook"]  # one POST, no second request of any kind
@@ -409,7 +410,7 @@ def self_signed(tmp_path):
 def test_an_https_webhook_with_an_untrusted_certificate_is_not_delivered(self_signed):
     h = Hook(tls=self_signed)
     try:
-        why = post(h.url, b"{}", {"Content-Type": "application/json"}, backoff=(0.0,))
+        why = post(h.url, b"{}", JSON, backoff=(0.0,))
     finally:
         h.close()
     assert why is not None and why.startswith("HTTPS certificate not trusted")

@@ -225,4 +225,19 @@ class Session:
         out.flush()
 
 
-__all__ = ["Session", "finding_text", "labels_of", "unwrap_optimizer"]
+class Watching:
+    """What a callback shows after training: its report and its Doctor (both callbacks inherit it)."""
+
+    session: Session
+
+    @property
+    def doctor(self) -> Doctor:
+        return self.session.doctor
+
+    @property
+    def report(self) -> Report | None:
+        """The report of docs/contract.md, once training ended (None before)."""
+        return self.session.report
+
+
+__all__ = ["Session", "Watching", "finding_text", "labels_of", "unwrap_optimizer"]

@@ -28,8 +28,7 @@ from typing import Any, TextIO
 import torch
 
 from muvo_doctor.config import DoctorConfig
-from muvo_doctor.finding import Report
-from muvo_doctor.integrations import Session, StopOn
+from muvo_doctor.integrations import Session, StopOn, Watching
 
 try:
     from transformers import TrainerCallback
@@ -40,7 +39,7 @@ except ImportError:
     ) from None
 
 
-class DoctorCallback(TrainerCallback):
+class DoctorCallback(TrainerCallback, Watching):
     """Watch a Trainer run with the doctor: findings to the Trainer's logs, optional stop, the report at the end.
 
     Args:
@@ -70,14 +69,6 @@ class DoctorCallback(TrainerCallback):
         self._hook: torch.utils.hooks.RemovableHandle | None = None
         self._forward_loss = False  # the model returned its loss at least once
         self._finished = False
-
-    @property
-    def doctor(self) -> Any:
-        return self.session.doctor
-
-    @property
-    def report(self) -> Report | None:
-        return self.session.report
 
     # -- Trainer events ------------------------------------------------------------------------------
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -21,8 +21,7 @@ from typing import Any, TextIO
 import torch
 
 from muvo_doctor.config import DoctorConfig
-from muvo_doctor.finding import Report
-from muvo_doctor.integrations import Session, StopOn, labels_of
+from muvo_doctor.integrations import Session, StopOn, Watching, labels_of
 
 try:
     import lightning.pytorch as pl
@@ -51,7 +50,7 @@ def _step_outputs(outputs: Any) -> tuple[torch.Tensor | None, torch.Tensor | Non
     )
 
 
-class DoctorCallback(pl.Callback):
+class DoctorCallback(pl.Callback, Watching):
     """Watch a Lightning fit with the doctor: findings to the loggers, optional stop, the report at the end.
 
     Args:
@@ -78,14 +77,6 @@ class DoctorCallback(pl.Callback):
             stop_on=stop_on, config=config, source="lightning", print_report=print_report, stream=stream
         )
         self._last_step = -1
-
-    @property
-    def doctor(self) -> Any:
-        return self.session.doctor
-
-    @property
-    def report(self) -> Report | None:
-        return self.session.report
 
     # -- Lightning hooks -------------------------------------------------------------------------
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
