@@ -62,8 +62,15 @@ SELECT_TIMEOUT_S = 0.25  # the loop wakes at least 4 times a second (timers, sig
 KILL_GRACE_S = 10.0  # SIGTERM -> SIGKILL (after a second Ctrl-C), SIGINT -> SIGTERM (--stop-on)
 MAX_LINE = 1 << 16  # a "line" with no newline is cut here for the parser (output is never cut)
 READ_BURST = 1 << 20  # bytes read and passed through from one output before the others get a turn
-PARSE_SLICE = 32 << 10  # bytes parsed between two looks at the child's output
-PARSE_BACKLOG = 1 << 20  # output waiting for the parser beyond this is dropped (counted), never waited on
+# Pipe output that trickles in small writes is gathered this long before a loop turn handles it:
+# each turn costs CPU (a core the child may need), and a pipe (1 MiB here) holds far more. Not a
+# pty: it holds 20 KiB, 2 ms of a child printing 10 MB/s, which would then wait.
+GATHER_S = 0.002
+GATHER_BYTES = 32 << 10  # ... unless a turn already read this much
+PARSE_SLICE = 8 << 10  # bytes parsed between two looks at the child's output (~10 ms of parsing)
+PARSE_DUTY = 0.1  # share of the time parsing may take while output floods in (the CPU is the child's)
+PARSE_BURST_S = 0.05  # parse time saved up while the output is quiet, spent at once when it comes
+PARSE_BACKLOG = 64 << 10  # output waiting for the parser beyond this is dropped (counted), never waited on
 RECORD_FLUSH_S = 0.5  # the --record file is flushed this often: a SIGKILL loses at most ~0.75 s of it
 LINE_HOLD_S = 1.0  # the doctor's lines wait at most this long for the child to end its line
 WATCHDOG_GRACE_S = 3.0  # wrapper killed: SIGHUP to the child's group, SIGKILL this much later
@@ -282,6 +289,8 @@ class Runner:
         self._parse_q: deque[tuple[int, bytes | None]] = deque()
         self._parse_q_bytes = 0
         self.unparsed_lines = 0
+        self._parse_credit = PARSE_BURST_S  # seconds of parsing allowed now (PARSE_DUTY of the time)
+        self._credit_at = time.monotonic()
         self.unparsed_bytes = 0
         # The doctor's own lines wait while the child is in the middle of a line on the same file.
         self._out_shares_err = _same_file(1, 2)
@@ -290,6 +299,7 @@ class Runner:
         self._held: list[Callable[[], None]] = []
         self.helpers: dict[int, str | None] = {}  # pid -> command of descendants that are not ranks
         self._watchdog: tuple[int, int] | None = None
+        self._read_this_turn = 0
         self.view: Any = None
         self.alerts: Any = None
         self._dirty = False
@@ -549,8 +559,8 @@ class Runner:
         assert self.child is not None
         exited = False
         while True:
-            # Parse work waiting: only look at the child's output (no wait), then parse a slice.
-            for key, _ in self.sel.select(0 if self._parse_q else SELECT_TIMEOUT_S):
+            self._read_this_turn = 0
+            for key, _ in self.sel.select(self._select_timeout()):
                 what = key.data
                 if what in ("out", "err"):
                     self._read_output(key.fd, what)
@@ -563,7 +573,9 @@ class Runner:
                         os.read(key.fd, 512)
             self._handle_signals()
             self._timers()
-            self._parse_some(PARSE_SLICE)
+            self._parse_on_the_side()
+            if 0 < self._read_this_turn < GATHER_BYTES and not exited and not self.use_pty:
+                time.sleep(GATHER_S)
             if not exited:
                 code = self.child.poll()
                 if code is not None:
@@ -626,10 +638,23 @@ class Runner:
                 self._parse_q.append((fd, None))
                 return
             got += len(data)
+            self._read_this_turn += len(data)
             self._pass_through(what, data)
             self._queue_parse(fd, data)
 
     def _pass_through(self, what: str, data: bytes) -> None:
+        if self._held and (what == "err" or self._out_shares_err):
+            # Our waiting lines go in right after the child's last complete line in this chunk.
+            cut = data.rfind(b"\n") + 1
+            if 0 < cut < len(data):
+                self._write_child(what, data[:cut])
+                self._release_held()
+                data = data[cut:]
+        self._write_child(what, data)
+        if self._held:
+            self._release_held()
+
+    def _write_child(self, what: str, data: bytes) -> None:
         if what == "out":
             self._safe(
                 lambda: self.view.child_output(data), "view", fallback=lambda: self._stdout_bytes(data)
@@ -639,10 +664,9 @@ class Runner:
                 write_all(2, data)
             except OSError as exc:
                 self.say_once("stderr", f"cannot write the training's stderr ({exc.strerror}); it goes on")
-        open_now = not data.endswith(b"\n")
-        if open_now and not self._line_open():
-            self._midline_since = time.monotonic()
-        self._midline[what] = open_now
+        if not self._line_open() or b"\n" in data:
+            self._midline_since = time.monotonic()  # LINE_HOLD_S counts from the child's last line end
+        self._midline[what] = not data.endswith(b"\n")
 
     def _queue_parse(self, fd: int, data: bytes) -> None:
         for i in range(0, len(data), PARSE_SLICE):
@@ -661,6 +685,23 @@ class Runner:
             splitter = self.splitters.get(old_fd)
             if splitter is not None:
                 splitter.gap()
+
+    def _select_timeout(self) -> float:
+        """Parse work waiting: only look at the output (no wait) when there is parse time to spend,
+        else wait no longer than it takes to earn some."""
+        if not self._parse_q:
+            return SELECT_TIMEOUT_S
+        if self._parse_credit > 0:
+            return 0.0
+        return min(-self._parse_credit / PARSE_DUTY + 0.001, SELECT_TIMEOUT_S)
+
+    def _parse_on_the_side(self) -> None:
+        now = time.monotonic()
+        self._parse_credit = min(self._parse_credit + (now - self._credit_at) * PARSE_DUTY, PARSE_BURST_S)
+        self._credit_at = now
+        if self._parse_q and self._parse_credit > 0:
+            self._parse_some(PARSE_SLICE)
+            self._parse_credit -= time.monotonic() - now
 
     def _parse_some(self, budget: int | None) -> None:
         """Parse queued output: about ``budget`` bytes, or all of it (None: the child is done)."""

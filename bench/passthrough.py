@@ -1,0 +1,135 @@
+"""Does `muvo-doctor run` slow a child that prints a lot? Direct vs wrapped, pipe and pty, side by side.
+
+    python bench/passthrough.py                  # 50 MB of numeric log lines, 3 rounds
+    python bench/passthrough.py --mb 10 --rounds 1
+
+The child is one Python process printing ``--mb`` MB of training-log lines (``step 12 loss=0.6931
+lr=3.000e-04 grad_norm=1.2345 acc=0.5012``) as fast as it can. Each mode runs it directly and under
+``muvo-doctor run --plain``, in alternation, ``--rounds`` times:
+
+- pipe: stdout a pipe this script drains (stderr apart), as under CI or ``| tee``;
+- pty: stdout and stderr one pseudo-terminal this script drains, as in a terminal.
+
+A run's time is from its start to the end of its output. The ratio is direct time / wrapped time
+(1.0: no slowdown), from the fastest round of each (the machine's other load only ever adds time).
+The wrapped output of the last round must equal the direct one byte for byte (checked with ``cmp``),
+after removing the doctor's own lines (``muvo-doctor: ...`` and the alert banner, on stderr: in pty
+mode it shares the terminal; they must be whole lines between the child's for the rest to match). Exit 1 when a ratio is under ``--target`` or the bytes differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pty
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHILD = """
+import sys
+n = int(sys.argv[1])
+out = sys.stdout
+written = 0
+i = 0
+while written < n:
+    line = f"step {i} loss={1.0 / (1 + i * 1e-4):.4f} lr=3.000e-04 grad_norm={1.0 + (i % 97) / 100:.4f} acc=0.{i % 10000:04d}\\n"
+    out.write(line)
+    written += len(line)
+    i += 1
+out.flush()
+"""
+
+
+def drain(fd: int) -> bytes:
+    chunks = []
+    while True:
+        select.select([fd], [], [])
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except OSError:  # EIO: every holder of the pty's other side is gone
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def run_pipe(cmd: list[str], env: dict[str, str]) -> tuple[float, bytes]:
+    t0 = time.perf_counter()
+    p = subprocess.run(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env
+    )
+    return time.perf_counter() - t0, p.stdout
+
+
+def run_pty(cmd: list[str], env: dict[str, str]) -> tuple[float, bytes]:
+    master, slave = pty.openpty()
+    t0 = time.perf_counter()
+    p = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env, start_new_session=True
+    )
+    os.close(slave)
+    out = drain(master)
+    p.wait()
+    elapsed = time.perf_counter() - t0
+    os.close(master)
+    return elapsed, out
+
+
+DOCTOR_LINES = (b"muvo-doctor:", b"advice:", b"!!!!!!!!")  # its finding lines and its alert banner
+
+
+def child_part(out: bytes) -> bytes:
+    """The wrapped output less the doctor's own lines (pty mode: they share the terminal). They are
+    whole lines between the child's, so what is left must be the child's bytes exactly."""
+    parts = out.split(b"\n")
+    return b"\n".join(
+        p for p in parts if not p.lstrip(b"\a\r").startswith(DOCTOR_LINES) and p not in (b"\a\r", b"\a")
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mb", type=float, default=50.0, help="megabytes the child prints (default 50)")
+    ap.add_argument("--rounds", type=int, default=3, help="direct/wrapped pairs per mode (default 3)")
+    ap.add_argument("--target", type=float, default=0.9, help="lowest acceptable ratio (default 0.9)")
+    args = ap.parse_args()
+
+    n = int(args.mb * 1e6)
+    child = [sys.executable, "-c", CHILD, str(n)]
+    wrapped = [sys.executable, "-m", "muvo_doctor", "run", "--plain", "--", *child]
+    env = dict(os.environ, NO_COLOR="1")
+    ok = True
+    print(f"child: {args.mb:g} MB of log lines; {args.rounds} rounds; best time of each")
+    print(f"{'mode':<6}{'direct s':>10}{'wrapped s':>11}{'ratio':>8}  bytes")
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode, runner in (("pipe", run_pipe), ("pty", run_pty)):
+            best = {"direct": float("inf"), "wrapped": float("inf")}
+            outs: dict[str, bytes] = {}
+            for _ in range(args.rounds):
+                for kind, cmd in (("direct", child), ("wrapped", wrapped)):
+                    t, out = runner(cmd, env)
+                    best[kind] = min(best[kind], t)
+                    outs[kind] = out
+            direct_file, wrapped_file = Path(tmp, f"{mode}.direct"), Path(tmp, f"{mode}.wrapped")
+            direct_file.write_bytes(outs["direct"])
+            wrapped_file.write_bytes(child_part(outs["wrapped"]) if mode == "pty" else outs["wrapped"])
+            same = subprocess.run(["cmp", "-s", str(direct_file), str(wrapped_file)]).returncode == 0
+            ratio = best["direct"] / best["wrapped"]
+            ok &= same and ratio >= args.target
+            size = len(outs["direct"]) / 1e6
+            verdict = f"identical ({size:.1f} MB, cmp)" if same else "DIFFER (cmp)"
+            print(
+                f"{mode:<6}{best['direct']:>10.2f}{best['wrapped']:>11.2f}{ratio:>7.2f}x  {verdict}",
+                flush=True,
+            )
+    print(f"target >= {args.target:g}x and identical bytes: {'met' if ok else 'NOT met'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
