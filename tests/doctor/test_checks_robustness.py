@@ -131,3 +131,17 @@ def test_series_cache_sees_new_points() -> None:
     for i in range(60, 120):
         h.add_point("train/loss", i, 0.7 - 0.004 * (i - 60) + 0.01 * (i % 3))
     assert flat.check(h, CFG) == []
+
+
+def test_every_check_id_of_the_contract_is_explained(capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+    from pathlib import Path
+
+    from muvo_doctor.cli import main
+
+    contract = (Path(__file__).resolve().parents[2] / "docs" / "contract.md").read_text()
+    ids = re.findall(r"^\| `([a-z_]+)` \|", contract, flags=re.M)
+    assert "prior_baseline" in ids and "corrupt_log" in ids
+    for check in ids:
+        assert main(["explain", check]) == 0, check
+        assert capsys.readouterr().out.startswith(f"{check}\n\n"), check
