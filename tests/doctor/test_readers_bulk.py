@@ -69,3 +69,69 @@ def test_json_lines_read_in_bulk_match_the_same_records_one_by_one(tmp_path: Pat
         sb.skipped,
     )
     assert sa.skipped > 0
+
+
+def _csv(seed: int, n: int, crlf: bool) -> str:
+    """A CSV log: sparse train/val rows, a fixed-decimals column, percentages, per-part losses, two
+    columns of one signal, padded cells, and now and then an impossible step, an overflowing or
+    text cell, a row of another width."""
+    rng = random.Random(seed)
+    head = "step,epoch,train_loss,loss_total,acc,lr,train/box_loss,train/cls_loss,val_loss,val_acc"
+    rows = [head]
+    for i in range(n):
+        loss = 0.3 + math.exp(-i / 300) + rng.gauss(0, 0.02)
+        cells = [str(i), str(i // 100), repr(loss), f"{loss * 2:.4f}", f"{rng.uniform(1.5, 99):.2f}"]
+        cells += [f"{1e-3 * 0.999**i:.6f}", f"{loss / 3:.5f}", f" {loss / 2:.5f} ", "", ""]
+        if i % 50 == 49:  # a validation row: only the step, epoch and val columns
+            cells = [
+                str(i),
+                str(i // 100),
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                repr(loss + 0.1),
+                str(rng.randint(0, 100)),
+            ]
+        r = rng.random()
+        if r < 0.004:
+            cells[0] = rng.choice(["1e30", "-1", "nan"])
+        elif r < 0.008:
+            cells[2] = rng.choice(["9" * 400, "abc", "nan", "inf", "1e-05"])
+        elif r < 0.010:
+            cells = cells[:4]
+        rows.append(",".join(cells))
+    end = "\r\n" if crlf else "\n"
+    return end.join(rows) + end
+
+
+@pytest.mark.parametrize(("seed", "crlf"), [(0, False), (1, True), (2, False)])
+def test_csv_read_column_by_column_matches_the_per_row_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int, crlf: bool
+) -> None:
+    from muvo_doctor.logs import csvlog
+
+    path = tmp_path / "metrics.csv"
+    path.write_bytes(_csv(seed, 6000, crlf).encode("utf-8"))
+    bulk = History(64)
+    sb = csvlog.read_csv(str(path), bulk.add_point)
+    monkeypatch.setattr(csvlog, "_SMALL", 1 << 30)  # every batch row by row
+    monkeypatch.setattr(csvlog._Columns, "text", lambda self, chunk, width: False)
+    rows = History(64)
+    sr = csvlog.read_csv(str(path), rows.add_point)
+    assert bulk.names() == rows.names() and len(bulk.names()) >= 6
+    for name in bulk.names():
+        x, y = bulk.series(name), rows.series(name)
+        np.testing.assert_array_equal(x.steps, y.steps, err_msg=name)
+        np.testing.assert_array_equal(x.values, y.values, err_msg=name)
+        assert x.digits == y.digits, name
+    assert (sb.records, sb.points, sb.last_step, sb.skipped, sb.first_reason) == (
+        sr.records,
+        sr.points,
+        sr.last_step,
+        sr.skipped,
+        sr.first_reason,
+    )
+    assert sb.skipped > 0

@@ -4,30 +4,55 @@ headers, per-part losses), and any CSV whose header names metrics (loss, acc, ..
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from operator import itemgetter
+from typing import BinaryIO
 
-from muvo_doctor.logs.base import AddPoint, ReadStats, as_fraction, classify, digits_of, sane_step
+import numpy as np
+
+from muvo_doctor.logs.base import (
+    MAX_STEP,
+    AddPoint,
+    ReadStats,
+    Sink,
+    as_fraction,
+    as_sink,
+    classify,
+    digits_of,
+    sane_step,
+)
 
 _STEP_COLUMNS = ("step", "global_step", "iteration", "iter", "trainer/global_step", "_step")
 _FIXED_PROBE = 20  # rows read to decide whether a column has a fixed number of decimals
+_BATCH = 4096  # rows read column by column at once
+_SMALL = 8  # rows read one by one rather than column by column
+_CHUNK = 2 << 20  # bytes per read
+_FIELD_LIMIT = 128 << 10  # the csv module's field limit: a longer line goes through it (it rejects the row)
+_BLANK_RE = re.compile(r"[^\S\n]")  # whitespace a cell may carry (str.strip removes it)
+_ASCII_BLANKS = (" ", "\t", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f")
 _PART_LOSS = re.compile(r"^(train|val)/\w+_loss$")
 
 
-def read_csv(path: str, add: AddPoint) -> ReadStats:
+def read_csv(path: str, add: AddPoint | Sink) -> ReadStats:
     """Each row is a record; its step is the ``step``-like column, else ``epoch``, else the row index.
 
     Empty cells are skipped (Lightning writes train and validation metrics on separate rows).
     ``X_epoch`` columns stand for ``X`` when no ``X``/``X_step`` column exists. When a file has
     per-part losses (Ultralytics ``train/box_loss``, ``train/cls_loss`` ...) but no total, their
-    sum is added as ``train/loss`` / ``val/loss``.
+    sum is added as ``train/loss`` / ``val/loss``. Rows are read in batches, column by column
+    (``_Columns``); a batch holding a row or cell that is skipped is read row by row, so the
+    skipped count and its first reason are those of the rows in order.
     """
     st = ReadStats()
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
-        reader = _rows(csv.reader(f), st)
-        header = next(reader, None)
+    sink = as_sink(add)
+    with open(path, "rb") as f:
+        src = _Source(f)
+        rows = _Rows(csv.reader(src.lines()), st)
+        header = rows.next()
         if not header:
             st.note = "empty CSV"
             return st
@@ -56,78 +81,365 @@ def read_csv(path: str, add: AddPoint) -> ReadStats:
             return st
         # A column written with a fixed number of decimals (Ultralytics "%.5f", a "{:.4f}" logger) has
         # a display precision; one written as shortest reprs (Lightning, pandas) has not.
-        head_rows = [row for _, row in zip(range(_FIXED_PROBE), reader, strict=False)]
+        head_rows = rows.batch(_FIXED_PROBE, whole=True)
         fixed = {i: _fixed_decimals(head_rows, i) for i, _, _ in plan}
-        for index, row in enumerate(itertools.chain(head_rows, reader)):
-            step: int | None = index
-            axis = (
-                step_col if step_col is not None and step_col < len(row) and row[step_col].strip() else None
-            )
-            if axis is None and epoch_col is not None and epoch_col < len(row) and row[epoch_col].strip():
-                axis = epoch_col
-            if axis is not None:
-                step = sane_step(row[axis].strip())
-                if step is None:
-                    st.skip(f"row {index + 2}: a step that cannot be a step ({row[axis].strip()[:20]})")
-                    continue
-            n = 0
-            for i, name, frac in plan:
-                if i >= len(row):
-                    continue
-                cell = row[i].strip()
-                if not cell:
-                    continue
-                try:
-                    val = _cell_value(cell)
-                except OverflowError:
-                    st.skip(f"row {index + 2}: a number too large to be a training value")
-                    continue
-                if val is None:
-                    continue
-                d = digits_of(cell) if fixed[i] else None
-                if frac:
-                    val, d = as_fraction(val, d)
-                add(name, step, val, d)
-                n += 1
-            for name, idx in parts.items():
-                cells = [row[i].strip() for i in idx if i < len(row) and row[i].strip()]
-                if len(cells) == len(idx):
-                    try:
-                        total = sum(float(c) for c in cells)
-                    except ValueError:
-                        continue
-                    ds = [digits_of(c) if fixed[i] else None for c, i in zip(cells, idx, strict=False)]
-                    add(name, step, total, None if None in ds else min(d for d in ds if d is not None))
-                    n += 1
-            if n:
-                st.records += 1
-                st.points += n
-                if step > st.last_step:
-                    st.last_step = step
+        reader = _Columns(st, sink, plan, parts, fixed, step_col, epoch_col)
+        reader.rows(head_rows)
+        while (chunk := src.take()) is not None:
+            if '"' in chunk:  # a quoted field may hold newlines: the csv module reads the rest
+                src.put_back(chunk)
+                rows.reader = csv.reader(src.lines())
+                while batch := rows.batch(_BATCH):
+                    reader.rows(batch)
+                break
+            if not reader.text(chunk, len(header)):  # rows of another width, blank lines ...
+                rows.reader = csv.reader(io.StringIO(chunk, newline=""))
+                while batch := rows.batch(_BATCH):
+                    reader.rows(batch)
     if not st.records:
         st.note = f"no numeric rows under the header ({', '.join(cols[:8])})"
     return st
 
 
+class _Source:
+    """A CSV file's text: in chunks of whole lines (the bulk path), or line by line for the csv
+    module, split where a file opened with ``newline=""`` splits (``\\n``, ``\\r\\n``, ``\\r``)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.carry = b""
+        self.sio = io.StringIO("", newline="")
+
+    def _chunk(self) -> str | None:
+        while True:
+            raw = self.f.read(_CHUNK)
+            if not raw:
+                rest, self.carry = self.carry, b""
+                return rest.decode("utf-8", errors="replace") if rest else None
+            buf = self.carry + raw if self.carry else raw
+            cut = buf.rfind(b"\n")
+            if cut < 0:
+                self.carry = buf  # a line longer than a chunk: the csv module rejects it (128 KB)
+                continue
+            self.carry = buf[cut + 1 :]
+            return buf[: cut + 1].decode("utf-8", errors="replace")
+
+    def lines(self) -> Iterator[str]:
+        while True:
+            line = self.sio.readline()
+            if line:
+                yield line
+                continue
+            chunk = self._chunk()
+            if chunk is None:
+                return
+            self.sio = io.StringIO(chunk, newline="")
+
+    def take(self) -> str | None:
+        """The rest of the text as the next chunk of whole lines; None at the end."""
+        rest = self.sio.read()
+        return rest if rest else self._chunk()
+
+    def put_back(self, chunk: str) -> None:
+        self.sio = io.StringIO(chunk, newline="")
+
+
+class _Rows:
+    """The rows of a CSV reader, one or a batch at a time; a row the csv module rejects (a field
+    over its 128 KB limit) is skipped and counted, and reading goes on with the next line."""
+
+    def __init__(self, reader: Iterator[list[str]], st: ReadStats) -> None:
+        self.reader = reader
+        self.st = st
+        self.errors = 0
+        self.pending: list[list[str]] = []
+        self.reason = ""  # a rejected row, counted once the rows before it are read
+
+    def next(self) -> list[str] | None:
+        got = self.batch(1, whole=True)
+        return got[0] if got else None
+
+    def batch(self, size: int, *, whole: bool = False) -> list[list[str]]:
+        """Up to ``size`` rows, none at the end. A rejected row ends the batch early and is counted
+        when the next batch is asked for, after the rows before it were read; with ``whole``, it is
+        counted at once and the batch goes on to ``size`` rows."""
+        if self.reason:
+            self.st.skip(self.reason)
+            self.reason = ""
+        out: list[list[str]] = []
+        while len(out) < size and self.errors <= 10_000:
+            try:
+                out.extend(itertools.islice(self.reader, size - len(out)))
+            except csv.Error as exc:
+                self.errors += 1
+                if out and not whole:
+                    self.reason = f"a row the CSV parser rejects ({exc})"
+                    return out
+                self.st.skip(f"a row the CSV parser rejects ({exc})")
+                continue
+            return out
+        return out
+
+
+class _Columns:
+    """Rows to points, a batch at a time: per column, the cells of every row at once (numpy), with
+    what the per-row rules (``_row``) give: the same steps, values, digits and counts."""
+
+    def __init__(
+        self,
+        st: ReadStats,
+        sink: Sink,
+        plan: list[tuple[int, str, bool]],
+        parts: dict[str, list[int]],
+        fixed: dict[int, bool],
+        step_col: int | None,
+        epoch_col: int | None,
+    ) -> None:
+        self.st, self.sink, self.plan, self.parts, self.fixed = st, sink, plan, parts, fixed
+        self.step_col, self.epoch_col = step_col, epoch_col
+        self.index = 0  # rows so far
+        self.need = max([i for i, _, _ in plan] + [c for c in (step_col, epoch_col) if c is not None]) + 1
+
+    def rows(self, batch: list[list[str]]) -> None:
+        """The next rows of the file, in order."""
+        start = self.index
+        self.index += len(batch)
+        self._rows_at(batch, start)
+
+    def _rows_at(self, batch: list[list[str]], start: int) -> None:
+        # A batch where something is skipped is halved until the rows around the skipped one are
+        # read in bulk again and it is read by the per-row rules (a few rows).
+        if len(batch) <= _SMALL:
+            for k, row in enumerate(batch):
+                self._row(row, start + k)
+        elif not self._bulk(
+            lambda i: self._cells(batch, i, min(map(len, batch)) >= self.need), len(batch), start
+        ):
+            half = len(batch) // 2
+            self._rows_at(batch[:half], start)
+            self._rows_at(batch[half:], start + half)
+
+    def text(self, chunk: str, width: int) -> bool:
+        """Whole lines of a chunk without quotes, when every line has ``width`` cells: split with
+        str.split (what the csv module gives for such lines) and read column by column. False when
+        the chunk needs the csv module (nothing is read then)."""
+        if "\x00" in chunk or width < 2:
+            return False
+        if "\r" in chunk:
+            if chunk.count("\r") != chunk.count("\r\n"):
+                return False  # a lone "\r" ends a row
+            chunk = chunk.replace("\r\n", "\n")
+        body = chunk[:-1] if chunk.endswith("\n") else chunk
+        n = body.count("\n") + 1
+        flat = body.replace("\n", ",").split(",")
+        if len(flat) != n * width:
+            return False
+        b = np.frombuffer(body.encode("utf-8"), np.uint8)
+        ends = np.flatnonzero(b == 10)
+        per_line = np.bincount(np.searchsorted(ends, np.flatnonzero(b == 44)), minlength=n)
+        if (per_line != width - 1).any() or np.diff(ends, prepend=-1, append=len(b)).max() > _FIELD_LIMIT:
+            return False
+        blanks = _has_blanks(body)
+
+        def column(i: int) -> list[str]:
+            col = flat[i::width]
+            return list(map(str.strip, col)) if blanks else col
+
+        if not self._bulk(column, n, self.index):
+            return False
+        self.index += n
+        return True
+
+    def _cells(self, batch: list[list[str]], i: int, full: bool) -> list[str]:
+        if full:
+            return list(map(str.strip, map(itemgetter(i), batch)))
+        return [row[i].strip() if i < len(row) else "" for row in batch]
+
+    def _bulk(self, column: Callable[[int], list[str]], n: int, start: int) -> bool:
+        """``n`` rows from row ``start``, column by column (``column(i)``: the stripped cells of
+        column i); False (nothing added) when a row or cell of them is skipped."""
+        steps = np.arange(start, start + n, dtype=np.int64)
+        axis = column(self.step_col) if self.step_col is not None else None
+        if self.epoch_col is not None:  # the epoch where a row has no step
+            epochs = column(self.epoch_col)
+            axis = epochs if axis is None else [s or e for s, e in zip(axis, epochs, strict=True)]
+        if axis is not None:
+            has = np.fromiter(map(bool, axis), bool, n)
+            try:
+                v = np.fromiter(map(float, itertools.compress(axis, has.tolist())), np.float64)
+            except ValueError:
+                return False  # a step that is not a number: its row is skipped
+            if not ((v >= 0) & (v < MAX_STEP)).all():
+                return False  # a step that cannot be a step (NaN too): its row is skipped
+            steps[has] = v.astype(np.int64)
+        count = np.zeros(n, np.int64)  # points per row (a row with none is no record)
+        out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # name -> (rows with a value, values)
+        digits: dict[str, int | None] = {}
+        seen: dict[int, tuple[list[str], np.ndarray, np.ndarray]] = {}
+        for i, name, frac in self.plan:
+            cells = column(i)
+            got = _column(cells, self.fixed[i], frac)
+            if got is None:
+                return False
+            ok, vals, d = got
+            seen[i] = (cells, ok, vals)
+            out.setdefault(name, []).append((ok, vals))
+            digits[name] = _fewest(digits.get(name), d)
+            count += ok
+        for name, idx in self.parts.items():
+            every = np.ones(n, bool)
+            total = np.zeros(n)
+            for i in idx:
+                _, ok, vals = seen[i]
+                every &= ok
+                total = total + vals  # in column order, as sum() adds them
+            d = None
+            if all(self.fixed[i] for i in idx):
+                per = np.stack([_digits(seen[i][0], every) for i in idx])
+                shown = every & (per >= 0).all(axis=0)  # a row with a nan part shows no digits
+                if shown.any():
+                    d = int(per[:, shown].min())
+            out.setdefault(name, []).append((every, total))
+            digits[name] = _fewest(digits.get(name), d)
+            count += every
+        for name, got in out.items():
+            if len(got) == 1:
+                ok, vals = got[0]
+                self.sink.extend(name, steps[ok], vals[ok], digits[name])
+            else:  # columns of one signal ("loss", "total_loss"): row by row, as the per-row rules add them
+                oks = np.stack([o for o, _ in got], 1).ravel()
+                vals = np.stack([v for _, v in got], 1).ravel()
+                self.sink.extend(name, np.repeat(steps, len(got))[oks], vals[oks], digits[name])
+        rec = count > 0
+        st = self.st
+        st.records += int(rec.sum())
+        st.points += int(count.sum())
+        if rec.any():
+            st.last_step = max(st.last_step, int(steps[rec].max()))
+        return True
+
+    def _row(self, row: list[str], index: int) -> None:
+        """One row by the per-row rules (a batch where something is skipped)."""
+        st, step_col, epoch_col = self.st, self.step_col, self.epoch_col
+        step: int | None = index
+        axis = step_col if step_col is not None and step_col < len(row) and row[step_col].strip() else None
+        if axis is None and epoch_col is not None and epoch_col < len(row) and row[epoch_col].strip():
+            axis = epoch_col
+        if axis is not None:
+            step = sane_step(row[axis].strip())
+            if step is None:
+                st.skip(f"row {index + 2}: a step that cannot be a step ({row[axis].strip()[:20]})")
+                return
+        n = 0
+        for i, name, frac in self.plan:
+            if i >= len(row):
+                continue
+            cell = row[i].strip()
+            if not cell:
+                continue
+            try:
+                val = _cell_value(cell)
+            except OverflowError:
+                st.skip(f"row {index + 2}: a number too large to be a training value")
+                continue
+            if val is None:
+                continue
+            d = digits_of(cell) if self.fixed[i] else None
+            if frac:
+                val, d = as_fraction(val, d)
+            self.sink.add(name, step, val, d)
+            n += 1
+        for name, idx in self.parts.items():
+            cells = [row[i].strip() for i in idx if i < len(row) and row[i].strip()]
+            if len(cells) == len(idx):
+                try:
+                    total = sum(float(c) for c in cells)
+                except ValueError:
+                    continue
+                ds = [digits_of(c) if self.fixed[i] else None for c, i in zip(cells, idx, strict=False)]
+                self.sink.add(name, step, total, None if None in ds else min(d for d in ds if d is not None))
+                n += 1
+        if n:
+            st.records += 1
+            st.points += n
+            if step > st.last_step:
+                st.last_step = step
+
+
+def _column(cells: list[str], fixed: bool, frac: bool) -> tuple[np.ndarray, np.ndarray, int | None] | None:
+    """(rows holding a number, the values, the fewest digits shown) of one column's stripped cells,
+    as the per-row rules read them; None when a cell overflows (the per-row rules count it)."""
+    n = len(cells)
+    try:
+        if "" in cells:  # empty cells are skipped (sparse Lightning columns)
+            ok = np.fromiter(map(bool, cells), bool, n)
+            vals = np.zeros(n)
+            vals[ok] = np.fromiter(map(float, itertools.compress(cells, ok.tolist())), np.float64)
+        else:
+            ok = np.ones(n, bool)
+            vals = np.fromiter(map(float, cells), np.float64, n)
+    except ValueError:  # text cells: skipped
+        got = list(map(_number_or_none, cells))
+        ok = np.fromiter((g is not None for g in got), bool, n)
+        vals = np.fromiter((0.0 if g is None else g for g in got), np.float64, n)
+    inf = np.isinf(vals)
+    if inf.any() and any(cells[k].lstrip("+-")[:1].isdigit() for k in np.flatnonzero(inf).tolist()):
+        return None  # "1e999", 400 digits: a number too large to be a training value
+    if not fixed and not frac:
+        return ok, vals, None
+    dig = _digits(cells, ok) if fixed else np.full(n, -1, np.int64)
+    if frac:
+        pct = ok & (vals > 1.0) & (vals <= 100.0)
+        if pct.any():
+            vals = vals.copy()
+            for k in np.flatnonzero(pct).tolist():
+                vals[k] = as_fraction(float(vals[k]), None if dig[k] < 0 else int(dig[k]))[0]
+            dig = np.where(pct & (dig >= 0), dig + 2, dig)
+    shown = ok & (dig >= 0)
+    return ok, vals, (int(dig[shown].min()) if shown.any() else None)
+
+
+def _has_blanks(text: str) -> bool:
+    """Whether any cell may carry whitespace that str.strip removes (newlines apart)."""
+    if text.isascii():  # substring tests: a regex over every character costs ~10 ms per chunk
+        return any(c in text for c in _ASCII_BLANKS)
+    return _BLANK_RE.search(text) is not None
+
+
+def _number_or_none(cell: str) -> float | None:
+    if not cell:
+        return None
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def _digits(cells: list[str], rows: np.ndarray) -> np.ndarray:
+    """``digits_of`` of the cells of ``rows`` (-1 for None and for other rows): plain decimals
+    counted with numpy string functions, the rest (exponents, nan) one by one."""
+    out = np.full(len(cells), -1, np.int64)
+    idx = np.flatnonzero(rows)
+    if not idx.size:
+        return out
+    arr = np.asarray(cells, dtype=str)[idx]
+    bare = np.strings.lstrip(arr, "+-")
+    plain = np.strings.isdecimal(np.strings.replace(bare, ".", "", 1))  # digits and at most one "."
+    dot = np.strings.find(bare, ".")
+    out[idx] = np.where(dot >= 0, np.strings.str_len(bare) - dot - 1, 0)
+    for k in idx[~plain].tolist():
+        d = digits_of(cells[k])
+        out[k] = -1 if d is None else d
+    return out
+
+
+def _fewest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
 def _fixed_decimals(rows: list[list[str]], i: int) -> bool:
     ds = {digits_of(r[i]) for r in rows if i < len(r) and r[i].strip() and _is_number(r[i])}
     return len(ds) == 1 and None not in ds
-
-
-def _rows(reader: Iterator[list[str]], st: ReadStats) -> Iterator[list[str]]:
-    """The rows of a CSV reader; a row the csv module rejects (a field over its 128 KB limit) is
-    skipped and counted, and reading goes on with the next line."""
-    errors = 0
-    while True:
-        try:
-            yield next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            errors += 1
-            st.skip(f"a row the CSV parser rejects ({exc})")
-            if errors > 10_000:
-                return
 
 
 def _cell_value(cell: str) -> float | None:
