@@ -190,8 +190,11 @@ class _OptState:
         self.snap_k: list[int] = []
         self.whole = True
         self.mod_req: dict[tuple[bool, ...], torch.Tensor] = {}
-        self.before: list[torch.Tensor] | None = None
-        self.before_ids: list[int] = []
+        self.before: list[torch.Tensor] | None = None  # the snapshot while a sampled step runs
+        self.before_norms: list[torch.Tensor] = []  # ||head|| before the step, (P,) 0-d tensors
+        # Snapshot buffers, allocated once per inventory (at most snapshot_elems elements): a fresh
+        # copy per sample costs an allocation, and on the CPU page faults, every time.
+        self.snap: list[torch.Tensor] | None = None
         self.grad_names: tuple[str, ...] = ()
         self.n_opts = 0  # optimizers known when the inventory was built
         self.update_names: tuple[str, ...] = ()
@@ -746,6 +749,7 @@ class Recorder:
         per = max(1024, budget // max(1, len(st.params)))
         st.snap_k = [min(n, per) for n in st.numel]
         st.whole = all(k == n for k, n in zip(st.snap_k, st.numel, strict=True))
+        st.snap = None
 
     def _on_pre_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         st = self._opts.get(id(opt)) or self._attach(opt)
@@ -776,8 +780,13 @@ class Recorder:
         if not st.closure:  # with a closure: measured in the post-hook, once the closure made them
             self._grad_stats(st, step)
             self._param_states(st, step)
-        # Pre-step copy for the update ratio: one grouped copy kernel over all tensors.
-        st.before = torch._foreach_mul(self._heads(st), 1.0)
+        # Pre-step copy for the update ratio and the norms it divides by: grouped kernels over all tensors.
+        heads = self._heads(st)
+        if st.snap is None:
+            st.snap = [torch.empty_like(h) for h in heads]
+        torch._foreach_copy_(st.snap, heads)
+        st.before_norms = list(torch._foreach_norm(heads))
+        st.before = st.snap
 
     def _on_post_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         st = self._opts.get(id(opt)) or self._attach(opt)
@@ -876,9 +885,11 @@ class Recorder:
     def _update_stats(self, st: _OptState, step: int | None) -> None:
         before = st.before
         assert before is not None
-        diff = torch._foreach_sub(self._heads(st), before)
+        torch._foreach_sub_(before, self._heads(st))  # before - after, in the snapshot buffer
         n_p = len(before)
-        both = torch.stack(torch._foreach_norm(diff + before)).float()  # (2P,): one grouped launch
+        both = torch.stack(
+            [*torch._foreach_norm(before), *st.before_norms]
+        ).float()  # (2P,) ||update||, ||w||
         dn, wn = both[:n_p], both[n_p:]
         idx = st.idx.to(dn.device)  # type: ignore[union-attr]
         m = len(st.modules)
