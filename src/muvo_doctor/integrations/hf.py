@@ -147,14 +147,22 @@ class DoctorCallback(TrainerCallback, Watching):
     def _on_forward(self, module: torch.nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
         if not module.training or not torch.is_grad_enabled():
             return  # evaluation and generation forwards are not training steps
+        try:
+            self._keep(output, kwargs.get("labels"))
+        except Exception as exc:  # fail open: the training goes on, unwatched from here
+            if self._hook is not None:
+                self._hook.remove()
+                self._hook = None
+            print(f"muvo-doctor: the model's forward hook failed and is removed ({exc!r})", file=sys.stderr)
+
+    def _keep(self, output: Any, labels: Any) -> None:
+        """Keep the training forward's loss, logits and labels (detached references: no host read)."""
         get = output.get if isinstance(output, Mapping) else None
         loss = get("loss") if get else (output[0] if isinstance(output, tuple) and output else None)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             return
         logits = get("logits") if get else None
-        labels = kwargs.get("labels")
         self._forward_loss = True
-        # Detached references only: nothing is read on the host here.
         self._batch = (
             loss.detach(),
             logits.detach() if isinstance(logits, torch.Tensor) else None,
