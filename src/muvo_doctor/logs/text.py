@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from operator import itemgetter
 
 import numpy as np
 
@@ -65,7 +64,6 @@ _KV = (
     r"|tokens|epochs|steps|batches|files|params|parameters|classes)\b)"
 )
 _KV_RE = re.compile(_KV)
-_COLUMNS = tuple(itemgetter(i) for i in range(6))  # k, v, f, x, p, d
 _MAX_STEP = 1 << 53  # a step at or above this is not a step (1e30, 2**63): the line is skipped
 
 # Record boundaries: each newline is followed by a pair the key regex itself matches, so one
@@ -343,7 +341,7 @@ class TextStats:
         self.points = 0
         self.rewrites = 0
         self.last_step = -1
-        self.lines = 0
+        self.lines = 0  # counted while no point was found
         self.traceback = False
         self.bytes = 0
         self.last_explicit = -1  # the last step printed on a line (step/iter/Iteration), -1 before any
@@ -623,7 +621,7 @@ class TextParser:
         if not pairs:
             return None
         st, kinds = self.st, self.kinds
-        ks, vs, fs, xs, ps, ds = (list(map(g, pairs)) for g in _COLUMNS)
+        ks, vs, fs, xs, ps, ds = zip(*pairs, strict=True)  # columns: key, value, decimals, exponent, %, ratio
         n = len(ks)
         for k in dict.fromkeys(ks):  # first-appearance order, so the signal cap keeps the earliest keys
             if k not in kinds.code:
@@ -832,7 +830,8 @@ def read_text(path: str, add: AddPoint | Sink, *, keep_rewrites: bool = False) -
     def process(raw: bytes) -> None:
         if not st.points and not st.traceback and _TRACEBACK_B in raw:
             st.traceback = True  # only matters for the "no records" reason
-        st.lines += raw.count(b"\n")
+        if not st.points:  # lines are counted for the "no records" reason only (a pass over the bytes)
+            st.lines += raw.count(b"\n")
         parser.feed(raw, sink)
 
     with open(path, "rb") as f:
