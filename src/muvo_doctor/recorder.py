@@ -152,7 +152,7 @@ def _head(p: torch.Tensor, k: int) -> torch.Tensor:
 class _Row:
     """Host-side layout of one appended block of the device buffer (or of host values)."""
 
-    __slots__ = ("step", "names", "pos", "n", "kind", "host")
+    __slots__ = ("step", "names", "pos", "n", "kind", "host", "layout")
 
     def __init__(
         self,
@@ -162,13 +162,63 @@ class _Row:
         n: int,
         kind: str,
         host: list[float] | None = None,
+        layout: Any = None,
     ) -> None:
         self.step = step
         self.names = names
         self.pos = pos
         self.n = n
-        self.kind = kind  # "plain", "binary" (positive fraction first), "classes" (counts), "loss"
+        # "plain", "binary" (positive fraction first), "classes" (counts), "loss", and per-parameter
+        # norms the flush sums per module on the host: "grad" (_grad_values), "update" (_update_values).
+        self.kind = kind
         self.host = host
+        self.layout = layout  # what the host needs to turn a "grad" or "update" row into its names' values
+
+
+# float32's largest value: a per-parameter norm whose square exceeds it summed to inf on the device
+# before the sums moved to the host; kept, so a huge gradient still reads inf.
+_F32_MAX = 3.4028234663852886e38
+
+
+def _sq(v: float) -> float:
+    s = v * v
+    return math.inf if s > _F32_MAX else s
+
+
+def _grad_values(norms: list[float], layout: tuple[tuple[int, ...], int]) -> list[float]:
+    """Per-module gradient norms, the total and the count of non-finite tensors, from per-parameter norms."""
+    mods, m = layout
+    per = [0.0] * m
+    total = 0.0
+    bad = 0
+    for i, v in zip(mods, norms, strict=True):
+        if not math.isfinite(v):
+            bad += 1
+        s = _sq(v)
+        per[i] += s
+        total += s
+    return [*(math.sqrt(x) for x in per), math.sqrt(total), float(bad)]
+
+
+def _update_values(vals: list[float], layout: tuple[Any, ...]) -> list[float]:
+    """Update ratios per module and in total, then frozen fractions, from per-parameter norms.
+
+    ``vals`` holds ||update|| for each parameter, then ||weight|| before the step. Frozen: trainable
+    elements whose (sampled part of the) tensor did not move this step.
+    """
+    mods, m, req, mod_req, n_missing, n_train = layout
+    n = len(mods)
+    up = [0.0] * (m + 1)
+    wt = [0.0] * (m + 1)
+    still = [0.0] * (m + 1)
+    for i, d, w, r in zip(mods, vals[:n], vals[n:], req, strict=True):
+        up[i] += _sq(d)
+        wt[i] += _sq(w)
+        if d == 0:
+            still[i] += r
+    up[m], wt[m], still[m] = sum(up[:m]), sum(wt[:m]), sum(still[:m])
+    ratio = [math.sqrt(a) / max(math.sqrt(b), 1e-12) for a, b in zip(up, wt, strict=True)]
+    return [*ratio, (still[m] + n_missing) / n_train, *(still[i] / mod_req[i] for i in range(m))]
 
 
 class _OptState:
@@ -183,13 +233,11 @@ class _OptState:
         self.module_of: list[int] = []
         self.modules: list[str] = []
         self.numel: list[int] = []
-        self.idx: torch.Tensor | None = None  # (P,) module index per parameter, on the device
-        self.sub_idx: dict[tuple[int, ...], torch.Tensor] = {}
-        self.req: dict[tuple[bool, ...], torch.Tensor] = {}
+        self.req: dict[tuple[bool, ...], tuple[float, ...]] = {}  # trainable elements per parameter
         self.sampled = False
         self.snap_k: list[int] = []
         self.whole = True
-        self.mod_req: dict[tuple[bool, ...], torch.Tensor] = {}
+        self.mod_req: dict[tuple[bool, ...], tuple[float, ...]] = {}  # ... per module (at least 1)
         self.before: list[torch.Tensor] | None = None  # the snapshot while a sampled step runs
         self.before_norms: list[torch.Tensor] = []  # ||head|| before the step, (P,) 0-d tensors
         # Snapshot buffers, allocated once per inventory (at most snapshot_elems elements): a fresh
@@ -549,7 +597,12 @@ class Recorder:
     # ------------------------------------------------------------------ device buffer
 
     def _append(
-        self, step: int | None, names: tuple[str, ...], values: torch.Tensor, kind: str = "plain"
+        self,
+        step: int | None,
+        names: tuple[str, ...],
+        values: torch.Tensor,
+        kind: str = "plain",
+        layout: Any = None,
     ) -> None:
         """Append a 1-D block of statistics to the device buffer; no sync."""
         n = values.numel()
@@ -557,7 +610,7 @@ class Recorder:
             self._buf = torch.empty(_BUFFER_START, dtype=torch.float32, device=values.device)
         if values.device != self._buf.device:
             if values.device.type == "cpu":  # host data: keep it on the host, no device copy
-                self._add_row(_Row(step, names, -1, n, kind, values.tolist()))
+                self._add_row(_Row(step, names, -1, n, kind, values.tolist(), layout))
                 return
             values = values.to(self._buf.device, non_blocking=True)
         if self._pos + n > self._buf.numel():
@@ -568,7 +621,7 @@ class Recorder:
             else:
                 self._flush()
         self._buf.narrow(0, self._pos, n).copy_(values.reshape(-1))
-        self._add_row(_Row(step, names, self._pos, n, kind))
+        self._add_row(_Row(step, names, self._pos, n, kind, None, layout))
         self._pos += n
 
     def _append_host(
@@ -739,10 +792,6 @@ class Recorder:
                 if id(p) not in in_opt and id(p) not in seen:
                     seen.add(id(p))
                     st.outside.append(p)
-        dev = st.params[0].device if st.params else torch.device("cpu")
-        # One host-to-device copy per inventory, not per step.
-        st.idx = torch.tensor(st.module_of, dtype=torch.long, device=dev)
-        st.sub_idx = {}
         st.req = {}
         st.mod_req = {}
         budget = self.snapshot_elems
@@ -826,23 +875,20 @@ class Recorder:
         return [p if p.numel() <= k else _head(p, k) for p, k in zip(st.params, st.snap_k, strict=True)]
 
     def _grad_stats(self, st: _OptState, step: int | None) -> None:
-        present = tuple(i for i, p in enumerate(st.params) if p.grad is not None and not p.grad.is_sparse)
-        if not present:
+        grads: list[torch.Tensor] = []
+        mods: list[int] = []
+        for p, mi in zip(st.params, st.module_of, strict=True):
+            g = p.grad
+            if g is not None and not g.is_sparse:
+                grads.append(g)
+                mods.append(mi)
+        if not grads:
             return
-        grads = [st.params[i].grad for i in present]
+        # Per-parameter norms in one grouped kernel; the per-module sums are host arithmetic at the
+        # flush (a dozen small kernels fewer per sample). A non-finite norm counts a gradient tensor
+        # holding a NaN/Inf: an exact element count would cost another pass over every gradient.
         norms = torch.stack(torch._foreach_norm(grads)).float()  # (P',)
-        idx = st.sub_idx.get(present)
-        if idx is None:
-            idx = st.sub_idx[present] = st.idx.index_select(0, torch.tensor(present, device=st.idx.device))  # type: ignore[union-attr]
-        sq = norms * norms
-        per_mod = (
-            torch.zeros(len(st.modules), device=norms.device).index_add_(0, idx.to(norms.device), sq).sqrt()
-        )
-        total = sq.sum().sqrt().reshape(1)
-        # Gradient tensors holding a NaN/Inf (a non-finite norm); an exact element count would
-        # cost another pass over every gradient.
-        bad = (~torch.isfinite(norms)).sum().float().reshape(1)
-        self._append(step, st.grad_names, torch.cat([per_mod, total, bad]))
+        self._append(step, st.grad_names, norms, "grad", (tuple(mods), len(st.modules)))
 
     def _trainable(self, st: _OptState) -> tuple[list[torch.Tensor], int]:
         """Model parameters that require grad but are in no optimizer (explicit: the model; global: roots)."""
@@ -886,30 +932,22 @@ class Recorder:
         before = st.before
         assert before is not None
         torch._foreach_sub_(before, self._heads(st))  # before - after, in the snapshot buffer
-        n_p = len(before)
-        both = torch.stack(
-            [*torch._foreach_norm(before), *st.before_norms]
-        ).float()  # (2P,) ||update||, ||w||
-        dn, wn = both[:n_p], both[n_p:]
-        idx = st.idx.to(dn.device)  # type: ignore[union-attr]
+        # (2P,): ||update|| then ||w|| per parameter; the per-module sums are host arithmetic at the flush.
+        both = torch.stack([*torch._foreach_norm(before), *st.before_norms]).float()
         m = len(st.modules)
         flags = tuple(p.requires_grad for p in st.params)
         req = st.req.get(flags)
-        if req is None:  # one host-to-device copy per requires_grad pattern, not per step
-            req = st.req[flags] = torch.tensor(
-                [float(n) if f else 0.0 for f, n in zip(flags, st.numel, strict=True)], device=dn.device
-            )
-            st.mod_req[flags] = torch.zeros(m, device=dn.device).index_add_(0, idx, req).clamp_min(1)
-        # Frozen: trainable elements whose (sampled part of the) tensor did not move this step.
-        per_param = torch.stack([dn * dn, wn * wn, (dn == 0) * req], dim=1)  # (P, 3)
-        agg = torch.zeros(m + 1, 3, device=dn.device).index_add_(0, idx, per_param)
-        agg[m] = agg[:m].sum(0)  # row m: the total
-        ratio = agg[:, 0].sqrt() / agg[:, 1].sqrt().clamp_min(1e-12)  # (M + 1,)
+        if req is None:  # per requires_grad pattern, not per sample
+            req = st.req[flags] = tuple(float(n) if f else 0.0 for f, n in zip(flags, st.numel, strict=True))
+            per_mod = [0.0] * m
+            for i, r in zip(st.module_of, req, strict=True):
+                per_mod[i] += r
+            st.mod_req[flags] = tuple(max(x, 1.0) for x in per_mod)
         missing: list[torch.Tensor] = getattr(st, "_missing", [])
         n_train = getattr(st, "_n_train", 0) or 1
-        frozen_total = (agg[m, 2:] + sum(p.numel() for p in missing)) / n_train
-        frozen_mod = agg[:m, 2] / st.mod_req[flags]
-        self._append(step, st.update_names, torch.cat([ratio, frozen_total, frozen_mod]))
+        n_missing = sum(p.numel() for p in missing)
+        layout = (st.module_of, m, req, st.mod_req[flags], n_missing, n_train)
+        self._append(step, st.update_names, both, "update", layout)
         # Modules entirely outside this optimizer never move.
         outside = sorted({_module_of(self._names.get(id(p), "?")) for p in missing} - set(st.modules))
         if outside:
@@ -1201,6 +1239,10 @@ class Recorder:
 
         for row in rows:
             vals = row.host if row.host is not None else values[row.pos : row.pos + row.n]
+            if row.kind == "grad":
+                vals = _grad_values(vals, row.layout)
+            elif row.kind == "update":
+                vals = _update_values(vals, row.layout)
             step = int(row.step if row.step is not None else fallback)
             if row.kind == "classes":
                 counts = vals[: row.n - len(row.names)]
