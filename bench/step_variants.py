@@ -5,9 +5,9 @@
 Each row is the original architecture, bf16, channels_last, fused AdamW, torch.compile, the folded
 point algebra (muvo_model.fastpath) and the doctor's Recorder on: the ``compile folded`` row of
 bench/throughput.py. The variants change one thing each: cuDNN's autotuner (``cudnn.benchmark``), the
-training images held on the device in bf16 channels_last (so no per-step cast and layout change), both,
-and those images with 8 channels (5 zero: no per-step channel padding by cuDNN; fastpath.encode_image
-pads the first convolution's weight instead).
+training images held on the device in bf16 channels_last (so no per-step cast and layout change), both.
+(8-channel images with a zero-padded first-conv weight and a 2x2 max-pool without indices are timed on
+the encoder alone by bench/encoder_variants.py: neither helped.)
 ``--profile`` prints the top kernels of the last variant.
 """
 
@@ -43,20 +43,16 @@ def main() -> int:
     )
     fp32_image = data.image
     bf16_image = data.image.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    bf16_8ch = torch.nn.functional.pad(bf16_image, (0, 0, 0, 0, 0, 5)).contiguous(
-        memory_format=torch.channels_last
-    )
     rows = []
     variants = [
         ("as throughput.py", False, False),
         ("cudnn.benchmark", True, False),
         ("bf16 channels_last images", False, True),
         ("both", True, True),
-        ("bf16 images, 8 channels", False, "8"),
     ]
     for label, bench, bf16 in variants:
         torch.backends.cudnn.benchmark = bench
-        data.image = bf16_8ch if bf16 == "8" else bf16_image if bf16 else fp32_image
+        data.image = bf16_image if bf16 else fp32_image
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         _, one, close = make_ours(

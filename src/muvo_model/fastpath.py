@@ -28,36 +28,6 @@ from torch import nn
 from muvo_model.model import OriginalModel
 
 
-def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
-    """``F.max_pool2d(x, 2)`` as the maximum of the four strided slices.
-
-    The same values; backward routes the gradient through the comparisons instead of int64 indices
-    saved in forward (a tie splits it, a valid subgradient; ties of positive floats are rare). Compiled,
-    ReLU and this pool fuse into one kernel that writes only the pooled output.
-    """
-    return torch.maximum(
-        torch.maximum(x[:, :, 0::2, 0::2], x[:, :, 0::2, 1::2]),
-        torch.maximum(x[:, :, 1::2, 0::2], x[:, :, 1::2, 1::2]),
-    )
-
-
-def encode_image(seq: nn.Sequential, image: torch.Tensor) -> torch.Tensor:
-    """The original image encoder's function (conv, ReLU, pool x2, conv, ReLU, 4x4 average).
-
-    ``image`` may carry extra all-zero channels after the 3 real ones (the training loop holds images
-    with 8, the width cuDNN's tensor-core kernels want; otherwise cuDNN pads every batch itself): the
-    first convolution's weight is zero-padded to match, so its gradient reaches the 3 real channels only.
-    """
-    c1, c2, c3 = seq[0], seq[3], seq[6]
-    w1 = c1.weight
-    extra = image.shape[1] - w1.shape[1]
-    if extra > 0:
-        w1 = F.pad(w1, (0, 0, 0, 0, 0, extra))
-    h = max_pool_2x2(F.relu(F.conv2d(image, w1, c1.bias, padding=c1.padding)))
-    h = max_pool_2x2(F.relu(c2(h)))
-    return F.adaptive_avg_pool2d(F.relu(c3(h)), seq[8].output_size)
-
-
 class FoldedOriginal(nn.Module):
     """Evaluate ``OriginalModel`` with the point-side algebra folded (see the module docstring)."""
 
@@ -79,7 +49,7 @@ class FoldedOriginal(nn.Module):
         mha = m.cross_attention
         heads, d = mha.num_heads, mha.embed_dim
         hd = d // heads
-        img = encode_image(m.image_encoder, image).flatten(2).transpose(1, 2)  # (N, 16, 128)
+        img = m.image_encoder(image).flatten(2).transpose(1, 2)  # (N, 16, 128)
         img = F.pad(img, (0, d - img.shape[-1]))  # (N, 16, 256), as the original
         enc = m.point_encoder
         h = enc[3](enc[2](enc[1](enc[0](points))))  # (N, P, 128): Linear, ReLU, Linear, ReLU

@@ -29,23 +29,6 @@ def test_folded_original_matches_the_module_path_outputs_and_gradients():
         torch.testing.assert_close(dict(model.named_parameters())[k].grad, g, rtol=1e-8, atol=1e-12, msg=k)
 
 
-def test_folded_original_takes_images_with_zero_channels_added_and_matches_the_module_path():
-    torch.manual_seed(0)
-    model = build_model("original").double().eval()
-    image, points = _inputs(seed=1)
-    ref = model(image, points)["frame_logit"]
-    ref.sum().backward()
-    ref_grads = {k: p.grad.clone() for k, p in model.named_parameters()}
-    model.zero_grad()
-    wide = torch.nn.functional.pad(image, (0, 0, 0, 0, 0, 5))  # 8 channels, 5 of them zero
-    out = FoldedOriginal(model)(wide, points)["frame_logit"]
-    out.sum().backward()
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
-    for k, p in model.named_parameters():
-        assert p.grad.shape == ref_grads[k].shape, k  # the first conv's weight keeps its 3 input channels
-        torch.testing.assert_close(p.grad, ref_grads[k], rtol=1e-8, atol=1e-12, msg=k)
-
-
 def test_folded_original_shares_the_wrapped_parameters():
     model = build_model("original")
     fast = FoldedOriginal(model)
