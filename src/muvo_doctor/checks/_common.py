@@ -166,6 +166,18 @@ def auroc_learns(history: History, t: Thresholds) -> float | None:
     return last if float(au[1][-2:].min()) > 0.5 + 2 * t.ms_auroc_tol else None
 
 
+def mechanism(
+    check: str, step: int | None, what: str, failing: str | None, evidence: dict, advice: str
+) -> Finding:
+    """A mechanism finding: critical only with a failing outcome (its clause ends the message), else a warning.
+
+    ``what``: the mechanism, as a sentence without its final period; ``failing``: ``outcome_failure``'s
+    clause (or a check's own), or None.
+    """
+    msg = what + (f", {failing}." if failing else ".")
+    return make(check, "critical" if failing else "warning", step, msg, evidence, advice)
+
+
 def outcome_failure(history: History, t: Thresholds) -> str | None:
     """A clause saying the training outcome fails (loss not finite or not improving, AUROC at chance), or None.
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import fmt, make, outcome_failure, series
+from muvo_doctor.checks._common import fmt, make, mechanism, outcome_failure, series
 from muvo_doctor.config import DoctorConfig, Thresholds
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
@@ -71,21 +71,13 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
             steps, values = std[1], std[2]
             above = np.flatnonzero(~(values < limit))
             first = int(steps[above[-1] + 1]) if len(above) and above[-1] + 1 < len(steps) else int(steps[0])
-            msg = (
+            what = (
                 f"The model's output spread across the batch (output/std) is {fmt(std[0])} around a mean of "
                 f"{fmt(mean[0]) if mean else 'unknown'} over the last {t.window} points, below {fmt(limit)}: "
-                f"every sample gets the same output" + (f", {failing}." if failing else ".")
+                f"every sample gets the same output"
             )
-            return [
-                make(
-                    ID,
-                    "critical" if failing else "warning",
-                    first,
-                    msg,
-                    {"output_std": std[0], "output_mean": mean[0] if mean else None, "limit": limit},
-                    ADVICE,
-                )
-            ]
+            ev = {"output_std": std[0], "output_mean": mean[0] if mean else None, "limit": limit}
+            return [mechanism(ID, first, what, failing, ev, ADVICE)]
     sat = _recent(history, "output/saturated", t.window, t.min_sampled_points)
     if sat is not None and sat[0] >= t.co_saturated and failing:
         steps, values = sat[1], sat[2]

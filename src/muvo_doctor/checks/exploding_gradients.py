@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import fmt, make, module_names, outcome_failure, series
+from muvo_doctor.checks._common import fmt, make, mechanism, module_names, outcome_failure, series
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
@@ -116,14 +116,5 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
         if growth >= t.eg_growth
         else f"is {fmt(recent)} (median of the last {len(recent_w)} points), above {fmt(t.eg_abs)}"
     )
-    msg = f"The gradient norm {name} {why}" + (f", {failing}." if failing else ".")
-    return [
-        make(
-            ID,
-            "critical" if failing else "warning",
-            int(steps[first]),
-            msg,
-            {"series": name, "early_median": early, "recent_median": recent, "growth": growth},
-            ADVICE,
-        )
-    ]
+    ev = {"series": name, "early_median": early, "recent_median": recent, "growth": growth}
+    return [mechanism(ID, int(steps[first]), f"The gradient norm {name} {why}", failing, ev, ADVICE)]

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import LOSS, fmt, make, outcome_failure, progress, series
+from muvo_doctor.checks._common import LOSS, fmt, mechanism, outcome_failure, progress, series
 from muvo_doctor.config import DoctorConfig, Thresholds
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
@@ -178,8 +178,7 @@ def _whole_run(
     else:
         return None
     failing = _not_learning(history, t, nothing_moves=True)
-    msg = what + (f", {failing}." if failing else ".")
-    return make(ID, "critical" if failing else "warning", int(steps[0]), msg, evidence, advice)
+    return mechanism(ID, int(steps[0]), what, failing, evidence, advice)
 
 
 def _modules(history: History, steps: np.ndarray) -> list[str]:
@@ -240,9 +239,9 @@ def _over_active(
         evidence["modules"] = mods[:20]
     failing = _not_learning(history, t, nothing_moves=whole) if everything else None
     msg = "; ".join(parts)
-    msg = msg[0].upper() + msg[1:] + (f", {failing}." if failing else ".")
+    what = msg[0].upper() + msg[1:]
     evidence.update({"fraction": frac, "signal": signal, "steps_judged": len(recent)})
-    return make(ID, "critical" if failing else "warning", first, msg, evidence, ADVICE)
+    return mechanism(ID, first, what, failing, evidence, ADVICE)
 
 
 def check(history: History, config: DoctorConfig) -> list[Finding]:
@@ -271,6 +270,6 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
         f"earlier, so the weights did not change between epochs"
     )
     failing = outcome_failure(history, t)
-    msg += f", {failing}." if failing else "."
+
     evidence = {"repeat_period": period, "repeat_share": share, "fraction": 1.0, "signal": LOSS}
-    return [make(ID, "critical" if failing else "warning", first, msg, evidence, ADVICE)]
+    return [mechanism(ID, first, msg, failing, evidence, ADVICE)]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import fmt, make, outcome_failure, progress, series
+from muvo_doctor.checks._common import fmt, make, mechanism, outcome_failure, progress, series
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
@@ -42,21 +42,12 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
         if len(w) and float(w.mean()) > t.stale_fraction:
             stale = np.flatnonzero(s.values > 0.5)
             first = int(s.steps[stale[0]]) if len(stale) else int(s.steps[0])
-            msg = (
+            what = (
                 f"The previous step's gradient was still present at {float(w.mean()):.0%} of the last {len(w)} "
                 f"steps (grad/stale): gradients accumulate because zero_grad is not called"
-                + (f", {failing}." if failing else ".")
             )
-            return [
-                make(
-                    ID,
-                    "critical" if failing else "warning",
-                    first,
-                    msg,
-                    {"stale_fraction": float(w.mean()), "points": len(w)},
-                    ADVICE,
-                )
-            ]
+            ev = {"stale_fraction": float(w.mean()), "points": len(w)}
+            return [mechanism(ID, first, what, failing, ev, ADVICE)]
         return []
     g = series(history, "grad/norm/total")
     if g is None or failing is None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks._common import fmt, make, outcome_failure, series
+from muvo_doctor.checks._common import fmt, mechanism, outcome_failure, series
 from muvo_doctor.config import DoctorConfig
 from muvo_doctor.finding import Finding
 from muvo_doctor.history import History
@@ -56,21 +56,13 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
         if k >= t.wli_min_points and ok[-k:].all():
             a, b = a_all[-k:], b_all[-k:]
             failing = outcome_failure(history, t)
-            msg = (
+            what = (
                 f"The input of the with-logits loss stayed inside [0, 1] at all of the last {k} recorded steps "
                 f"(min {fmt(float(a.min()))}, max {fmt(float(b.max()))}): it receives probabilities, "
-                f"not logits" + (f", {failing}." if failing else ".")
+                f"not logits"
             )
-            return [
-                make(
-                    ID,
-                    "critical" if failing else "warning",
-                    _trailing_start(lo.steps[-n:], ok),
-                    msg,
-                    {"logits_min": float(a.min()), "logits_max": float(b.max()), "points": k},
-                    ADVICE,
-                )
-            ]
+            ev = {"logits_min": float(a.min()), "logits_max": float(b.max()), "points": k}
+            return [mechanism(ID, _trailing_start(lo.steps[-n:], ok), what, failing, ev, ADVICE)]
     lp = series(history, "loss_input/logprobs/max")
     if lp is not None:
         v, st = lp.values[-window:], lp.steps[-window:]
@@ -79,19 +71,10 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
             failing = outcome_failure(history, t)
             i = int(np.argmax(bad))
             peak = float(v[bad].max())
-            msg = (
+            what = (
                 f"The input of NLLLoss reached {fmt(peak)} > 0 at {int(bad.sum())} of the last {len(v)} recorded "
                 f"steps (first at step {int(st[i])}): log-probabilities are never positive, so it receives logits"
-                + (f", {failing}." if failing else ".")
             )
-            return [
-                make(
-                    ID,
-                    "critical" if failing else "warning",
-                    int(st[i]),
-                    msg,
-                    {"logprobs_max": peak, "bad_points": int(bad.sum()), "points": len(v)},
-                    ADVICE,
-                )
-            ]
+            ev = {"logprobs_max": peak, "bad_points": int(bad.sum()), "points": len(v)}
+            return [mechanism(ID, int(st[i]), what, failing, ev, ADVICE)]
     return []
