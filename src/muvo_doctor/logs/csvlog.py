@@ -10,7 +10,7 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from operator import itemgetter
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -213,16 +213,20 @@ class _Columns:
             for k, row in enumerate(batch):
                 self._row(row, start + k)
         elif not self._bulk(
-            lambda i: self._cells(batch, i, min(map(len, batch)) >= self.need), len(batch), start
+            lambda i: _parse(
+                self._cells(batch, i, min(map(len, batch)) >= self.need), self.fixed.get(i, False)
+            ),
+            len(batch),
+            start,
         ):
             half = len(batch) // 2
             self._rows_at(batch[:half], start)
             self._rows_at(batch[half:], start + half)
 
     def text(self, chunk: str, width: int) -> bool:
-        """Whole lines of a chunk without quotes, when every line has ``width`` cells: split with
-        str.split (what the csv module gives for such lines) and read column by column. False when
-        the chunk needs the csv module (nothing is read then)."""
+        """Whole lines of a chunk without quotes, when every line has ``width`` cells: what the csv
+        module gives for such lines is str.split's cells, read column by column. False when the
+        chunk needs the csv module (nothing is read then)."""
         if "\x00" in chunk or width < 2:
             return False
         if "\r" in chunk:
@@ -241,11 +245,11 @@ class _Columns:
             return False
         blanks = _has_blanks(body)
 
-        def column(i: int) -> list[str]:
+        def get(i: int) -> _Col | None:
             col = flat[i::width]
-            return list(map(str.strip, col)) if blanks else col
+            return _parse(list(map(str.strip, col)) if blanks else col, self.fixed.get(i, False))
 
-        if not self._bulk(column, n, self.index):
+        if not self._bulk(get, n, self.index):
             return False
         self.index += n
         return True
@@ -255,47 +259,49 @@ class _Columns:
             return list(map(str.strip, map(itemgetter(i), batch)))
         return [row[i].strip() if i < len(row) else "" for row in batch]
 
-    def _bulk(self, column: Callable[[int], list[str]], n: int, start: int) -> bool:
-        """``n`` rows from row ``start``, column by column (``column(i)``: the stripped cells of
-        column i); False (nothing added) when a row or cell of them is skipped."""
+    def _bulk(self, get: Callable[[int], _Col | None], n: int, start: int) -> bool:
+        """``n`` rows from row ``start``, column by column (``get(i)``: column i read); False
+        (nothing added) when a row or cell of them is skipped."""
         steps = np.arange(start, start + n, dtype=np.int64)
-        axis = column(self.step_col) if self.step_col is not None else None
-        if self.epoch_col is not None:  # the epoch where a row has no step
-            epochs = column(self.epoch_col)
-            axis = epochs if axis is None else [s or e for s, e in zip(axis, epochs, strict=True)]
-        if axis is not None:
-            has = np.fromiter(map(bool, axis), bool, n)
-            try:
-                v = np.fromiter(map(float, itertools.compress(axis, has.tolist())), np.float64)
-            except ValueError:
-                return False  # a step that is not a number: its row is skipped
+        axes = [c for c in (self.step_col, self.epoch_col) if c is not None]
+        if axes:  # the step column where a row has one, else the epoch
+            has = np.zeros(n, bool)
+            v = np.zeros(n)
+            for c in axes:
+                col = get(c)
+                if col is None:
+                    return False
+                use = col.filled & ~has
+                if (use & ~col.ok).any():
+                    return False  # a step that is not a number: its row is skipped
+                v[use] = col.vals[use]
+                has |= use
+            v = v[has]
             if not ((v >= 0) & (v < MAX_STEP)).all():
                 return False  # a step that cannot be a step (NaN too): its row is skipped
             steps[has] = v.astype(np.int64)
         count = np.zeros(n, np.int64)  # points per row (a row with none is no record)
         out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # name -> (rows with a value, values)
         digits: dict[str, int | None] = {}
-        seen: dict[int, tuple[list[str], np.ndarray, np.ndarray]] = {}
+        seen: dict[int, _Col] = {}
         for i, name, frac in self.plan:
-            cells = column(i)
-            got = _column(cells, self.fixed[i], frac)
-            if got is None:
+            col = get(i)
+            if col is None:
                 return False
-            ok, vals, d = got
-            seen[i] = (cells, ok, vals)
-            out.setdefault(name, []).append((ok, vals))
+            seen[i] = col
+            vals, d = _finish(col, frac)
+            out.setdefault(name, []).append((col.ok, vals))
             digits[name] = _fewest(digits.get(name), d)
-            count += ok
+            count += col.ok
         for name, idx in self.parts.items():
             every = np.ones(n, bool)
             total = np.zeros(n)
             for i in idx:
-                _, ok, vals = seen[i]
-                every &= ok
-                total = total + vals  # in column order, as sum() adds them
+                every &= seen[i].ok
+                total = total + seen[i].vals  # in column order, as sum() adds them
             d = None
             if all(self.fixed[i] for i in idx):
-                per = np.stack([_digits(seen[i][0], every) for i in idx])
+                per = np.stack([seen[i].dig for i in idx])  # type: ignore[misc]
                 shown = every & (per >= 0).all(axis=0)  # a row with a nan part shows no digits
                 if shown.any():
                     d = int(per[:, shown].min())
@@ -366,18 +372,29 @@ class _Columns:
                 st.last_step = step
 
 
-def _column(cells: list[str], fixed: bool, frac: bool) -> tuple[np.ndarray, np.ndarray, int | None] | None:
-    """(rows holding a number, the values, the fewest digits shown) of one column's stripped cells,
-    as the per-row rules read them; None when a cell overflows (the per-row rules count it)."""
+class _Col(NamedTuple):
+    """One column of a batch, read: cells holding a number, their values, non-empty cells, and for a
+    fixed-decimals column the digits each shows (-1: none)."""
+
+    ok: np.ndarray
+    vals: np.ndarray
+    filled: np.ndarray
+    dig: np.ndarray | None
+
+
+def _parse(cells: list[str], fixed: bool) -> _Col | None:
+    """A column's stripped cells as the per-row rules read them; None when a cell overflows (the
+    per-row rules count it)."""
     n = len(cells)
+    filled = np.fromiter(map(bool, cells), bool, n) if "" in cells else np.ones(n, bool)
     try:
-        if "" in cells:  # empty cells are skipped (sparse Lightning columns)
-            ok = np.fromiter(map(bool, cells), bool, n)
+        if filled.all():
+            ok = filled
+            vals = np.fromiter(map(float, cells), np.float64, n)
+        else:  # empty cells are skipped (sparse Lightning columns)
+            ok = filled
             vals = np.zeros(n)
             vals[ok] = np.fromiter(map(float, itertools.compress(cells, ok.tolist())), np.float64)
-        else:
-            ok = np.ones(n, bool)
-            vals = np.fromiter(map(float, cells), np.float64, n)
     except ValueError:  # text cells: skipped
         got = list(map(_number_or_none, cells))
         ok = np.fromiter((g is not None for g in got), bool, n)
@@ -385,18 +402,25 @@ def _column(cells: list[str], fixed: bool, frac: bool) -> tuple[np.ndarray, np.n
     inf = np.isinf(vals)
     if inf.any() and any(cells[k].lstrip("+-")[:1].isdigit() for k in np.flatnonzero(inf).tolist()):
         return None  # "1e999", 400 digits: a number too large to be a training value
-    if not fixed and not frac:
-        return ok, vals, None
-    dig = _digits(cells, ok) if fixed else np.full(n, -1, np.int64)
+    return _Col(ok, vals, filled, _digits(cells, ok) if fixed else None)
+
+
+def _finish(col: _Col, frac: bool) -> tuple[np.ndarray, int | None]:
+    """A column's values as the per-row rules add them (a percentage of a fraction column becomes a
+    fraction, ``as_fraction``) and the fewest digits they show."""
+    vals, dig = col.vals, col.dig
     if frac:
-        pct = ok & (vals > 1.0) & (vals <= 100.0)
+        pct = col.ok & (vals > 1.0) & (vals <= 100.0)
         if pct.any():
             vals = vals.copy()
             for k in np.flatnonzero(pct).tolist():
-                vals[k] = as_fraction(float(vals[k]), None if dig[k] < 0 else int(dig[k]))[0]
-            dig = np.where(pct & (dig >= 0), dig + 2, dig)
-    shown = ok & (dig >= 0)
-    return ok, vals, (int(dig[shown].min()) if shown.any() else None)
+                vals[k] = as_fraction(float(vals[k]), None if dig is None or dig[k] < 0 else int(dig[k]))[0]
+            if dig is not None:
+                dig = np.where(pct & (dig >= 0), dig + 2, dig)
+    if dig is None:
+        return vals, None
+    shown = col.ok & (dig >= 0)
+    return vals, (int(dig[shown].min()) if shown.any() else None)
 
 
 def _has_blanks(text: str) -> bool:
@@ -416,20 +440,21 @@ def _number_or_none(cell: str) -> float | None:
 
 
 def _digits(cells: list[str], rows: np.ndarray) -> np.ndarray:
-    """``digits_of`` of the cells of ``rows`` (-1 for None and for other rows): plain decimals
-    counted with numpy string functions, the rest (exponents, nan) one by one."""
-    out = np.full(len(cells), -1, np.int64)
-    idx = np.flatnonzero(rows)
-    if not idx.size:
-        return out
-    arr = np.asarray(cells, dtype=str)[idx]
-    bare = np.strings.lstrip(arr, "+-")
-    plain = np.strings.isdecimal(np.strings.replace(bare, ".", "", 1))  # digits and at most one "."
-    dot = np.strings.find(bare, ".")
-    out[idx] = np.where(dot >= 0, np.strings.str_len(bare) - dot - 1, 0)
-    for k in idx[~plain].tolist():
-        d = digits_of(cells[k])
-        out[k] = -1 if d is None else d
+    """``digits_of`` of the cells of ``rows`` (numbers; -1 for None and for other rows): a plain
+    decimal shows the characters after its ".", counted by C-level maps; a cell with an exponent,
+    nan or inf is counted by ``digits_of`` itself."""
+    n = len(cells)
+    lens = np.fromiter(map(len, cells), np.int64, n)
+    dots = np.fromiter(map(str.find, cells, itertools.repeat(".", n)), np.int64, n)
+    out = np.where(dots >= 0, lens - dots - 1, 0)
+    joined = "".join(cells)
+    if not joined.isascii() or any(c in joined for c in "eEnNiI"):
+        for k in np.flatnonzero(rows).tolist():
+            c = cells[k]
+            if not c.isascii() or any(x in c for x in "eEnNiI"):
+                d = digits_of(c)
+                out[k] = -1 if d is None else d
+    out[~rows] = -1
     return out
 
 
