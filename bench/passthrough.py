@@ -12,6 +12,8 @@ lr=3.000e-04 grad_norm=1.2345 acc=0.5012``) as fast as it can. Each mode runs it
 
 A run's time is from its start to the end of its output. The ratio is direct time / wrapped time
 (1.0: no slowdown), from the fastest round of each (the machine's other load only ever adds time).
+"wrapper CPU s" is the CPU time of the wrapped run less the direct one's (each the least over the
+rounds): what the wrapper itself costs, which slows the child only where every CPU is busy.
 The wrapped output of the last round must equal the direct one byte for byte (checked with ``cmp``),
 after removing the doctor's own lines (``muvo-doctor: ...`` and the alert banner, on stderr: in pty
 mode it shares the terminal; they must be whole lines between the child's for the rest to match). Exit 1 when a ratio is under ``--target`` or the bytes differ.
@@ -58,15 +60,27 @@ def drain(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def run_pipe(cmd: list[str], env: dict[str, str]) -> tuple[float, bytes]:
+def cpu_of(p: subprocess.Popen[bytes]) -> float:
+    """CPU seconds (user + system) of ``p`` and of the children it waited for (the wrapper's child)."""
+    _, _, usage = os.wait4(p.pid, 0)
+    p.returncode = 0  # reaped here
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_pipe(cmd: list[str], env: dict[str, str]) -> tuple[float, float, bytes]:
     t0 = time.perf_counter()
-    p = subprocess.run(
+    p = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env
     )
-    return time.perf_counter() - t0, p.stdout
+    assert p.stdout is not None
+    out = drain(p.stdout.fileno())
+    cpu = cpu_of(p)
+    elapsed = time.perf_counter() - t0
+    p.stdout.close()
+    return elapsed, cpu, out
 
 
-def run_pty(cmd: list[str], env: dict[str, str]) -> tuple[float, bytes]:
+def run_pty(cmd: list[str], env: dict[str, str]) -> tuple[float, float, bytes]:
     master, slave = pty.openpty()
     t0 = time.perf_counter()
     p = subprocess.Popen(
@@ -74,10 +88,10 @@ def run_pty(cmd: list[str], env: dict[str, str]) -> tuple[float, bytes]:
     )
     os.close(slave)
     out = drain(master)
-    p.wait()
+    cpu = cpu_of(p)
     elapsed = time.perf_counter() - t0
     os.close(master)
-    return elapsed, out
+    return elapsed, cpu, out
 
 
 DOCTOR_LINES = (b"muvo-doctor:", b"advice:", b"!!!!!!!!")  # its finding lines and its alert banner
@@ -85,11 +99,11 @@ DOCTOR_LINES = (b"muvo-doctor:", b"advice:", b"!!!!!!!!")  # its finding lines a
 
 def child_part(out: bytes) -> bytes:
     """The wrapped output less the doctor's own lines (pty mode: they share the terminal). They are
-    whole lines between the child's, so what is left must be the child's bytes exactly."""
-    parts = out.split(b"\n")
-    return b"\n".join(
-        p for p in parts if not p.lstrip(b"\a\r").startswith(DOCTOR_LINES) and p not in (b"\a\r", b"\a")
-    )
+    whole lines between the child's, so what is left must be the child's bytes exactly. The child
+    prints no blank line: a blank line (or a bell alone) is the banner's."""
+    *lines, last = out.split(b"\n")
+    kept = [p for p in lines if p.strip(b"\a\r") and not p.lstrip(b"\a\r").startswith(DOCTOR_LINES)]
+    return b"\n".join([*kept, last])
 
 
 def main() -> int:
@@ -100,31 +114,46 @@ def main() -> int:
     args = ap.parse_args()
 
     n = int(args.mb * 1e6)
-    child = [sys.executable, "-c", CHILD, str(n)]
-    wrapped = [sys.executable, "-m", "muvo_doctor", "run", "--plain", "--", *child]
     env = dict(os.environ, NO_COLOR="1")
     ok = True
     print(f"child: {args.mb:g} MB of log lines; {args.rounds} rounds; best time of each")
-    print(f"{'mode':<6}{'direct s':>10}{'wrapped s':>11}{'ratio':>8}  bytes")
+    print(f"{'mode':<6}{'direct s':>10}{'wrapped s':>11}{'ratio':>8}{'wrapper CPU s':>14}  bytes")
     with tempfile.TemporaryDirectory() as tmp:
+        # A file, not `-c`: the doctor's lines name the command, and a one-line name is one line.
+        script = Path(tmp, "print_logs.py")
+        script.write_text(CHILD)
+        child = [sys.executable, str(script), str(n)]
+        wrapped = [sys.executable, "-m", "muvo_doctor", "run", "--plain", "--", *child]
         for mode, runner in (("pipe", run_pipe), ("pty", run_pty)):
             best = {"direct": float("inf"), "wrapped": float("inf")}
+            cpu = {"direct": float("inf"), "wrapped": float("inf")}
             outs: dict[str, bytes] = {}
             for _ in range(args.rounds):
                 for kind, cmd in (("direct", child), ("wrapped", wrapped)):
-                    t, out = runner(cmd, env)
+                    t, c, out = runner(cmd, env)
                     best[kind] = min(best[kind], t)
+                    cpu[kind] = min(cpu[kind], c)
                     outs[kind] = out
             direct_file, wrapped_file = Path(tmp, f"{mode}.direct"), Path(tmp, f"{mode}.wrapped")
             direct_file.write_bytes(outs["direct"])
             wrapped_file.write_bytes(child_part(outs["wrapped"]) if mode == "pty" else outs["wrapped"])
-            same = subprocess.run(["cmp", "-s", str(direct_file), str(wrapped_file)]).returncode == 0
+            diff = subprocess.run(
+                ["cmp", str(direct_file), str(wrapped_file)], capture_output=True, text=True
+            )
+            same = diff.returncode == 0
+            if not same:
+                at = int(diff.stdout.split("byte ")[1].split(",")[0]) - 1 if "byte " in diff.stdout else 0
+                got = wrapped_file.read_bytes()[max(at - 200, 0) : at + 200]
+                print(
+                    f"{mode}: {(diff.stdout or diff.stderr).strip()}; wrapped there: {got!r}", file=sys.stderr
+                )
             ratio = best["direct"] / best["wrapped"]
             ok &= same and ratio >= args.target
             size = len(outs["direct"]) / 1e6
             verdict = f"identical ({size:.1f} MB, cmp)" if same else "DIFFER (cmp)"
+            own = cpu["wrapped"] - cpu["direct"]
             print(
-                f"{mode:<6}{best['direct']:>10.2f}{best['wrapped']:>11.2f}{ratio:>7.2f}x  {verdict}",
+                f"{mode:<6}{best['direct']:>10.2f}{best['wrapped']:>11.2f}{ratio:>7.2f}x{own:>13.2f}  {verdict}",
                 flush=True,
             )
     print(f"target >= {args.target:g}x and identical bytes: {'met' if ok else 'NOT met'}")

@@ -66,8 +66,9 @@ READ_BURST = 1 << 20  # bytes read and passed through from one output before the
 # each turn costs CPU (a core the child may need), and a pipe (1 MiB here) holds far more. Not a
 # pty: it holds 20 KiB, 2 ms of a child printing 10 MB/s, which would then wait.
 GATHER_S = 0.002
+GATHER_PTY_S = 0.0005
 GATHER_BYTES = 32 << 10  # ... unless a turn already read this much
-PARSE_SLICE = 8 << 10  # bytes parsed between two looks at the child's output (~10 ms of parsing)
+PARSE_SLICE = 2 << 10  # bytes parsed between two looks at the output: ~2 ms, what a pty holds of a fast child
 PARSE_DUTY = 0.1  # share of the time parsing may take while output floods in (the CPU is the child's)
 PARSE_BURST_S = 0.05  # parse time saved up while the output is quiet, spent at once when it comes
 PARSE_BACKLOG = 64 << 10  # output waiting for the parser beyond this is dropped (counted), never waited on
@@ -574,8 +575,8 @@ class Runner:
             self._handle_signals()
             self._timers()
             self._parse_on_the_side()
-            if 0 < self._read_this_turn < GATHER_BYTES and not exited and not self.use_pty:
-                time.sleep(GATHER_S)
+            if 0 < self._read_this_turn < GATHER_BYTES and not exited:
+                time.sleep(GATHER_PTY_S if self.use_pty else GATHER_S)
             if not exited:
                 code = self.child.poll()
                 if code is not None:
@@ -624,23 +625,32 @@ class Runner:
         return any(k.data in ("out", "err") for k in self.sel.get_map().values())
 
     def _read_output(self, fd: int, what: str) -> None:
-        """Read what the output holds (up to ``READ_BURST``), pass it through, queue it for the parser."""
+        """Read what the output holds (up to ``READ_BURST``), pass it through in one write, queue it
+        for the parser. One write: a child on a terminal writes line by line, the pty hands them over
+        ~1 KiB at a time, and each write to our terminal costs as much as the bytes it carries."""
+        chunks: list[bytes] = []
         got = 0
+        closed = False
         while got < READ_BURST:
             try:
                 data = os.read(fd, 65536)
             except BlockingIOError:
-                return
+                break
             except OSError:  # EIO: the pty's other side is closed
                 data = b""
             if not data:
-                self.sel.unregister(fd)
-                self._parse_q.append((fd, None))
-                return
+                closed = True
+                break
+            chunks.append(data)
             got += len(data)
-            self._read_this_turn += len(data)
+        if chunks:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self._read_this_turn += got
             self._pass_through(what, data)
             self._queue_parse(fd, data)
+        if closed:
+            self.sel.unregister(fd)
+            self._parse_q.append((fd, None))
 
     def _pass_through(self, what: str, data: bytes) -> None:
         if self._held and (what == "err" or self._out_shares_err):
