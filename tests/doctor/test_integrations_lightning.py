@@ -206,3 +206,40 @@ def test_the_callback_works_in_a_pytorch_lightning_trainer(tmp_path):
         trainer.fit(Small(), loader)
     assert cb.report is not None and cb.report.source == "lightning: Small"
     assert cb.doctor.history.series("train/loss").steps.tolist()[:3] == [1, 2, 3]
+
+
+def _ids(*v: int) -> torch.Tensor:
+    return torch.tensor(v)
+
+
+@pytest.mark.parametrize(
+    ("batch", "expected"),
+    [
+        ((torch.zeros(3, 4), _ids(0, 1, 0)), [0, 1, 0]),  # (x, class ids): the labels
+        ([torch.zeros(3, 4), torch.zeros(3), _ids(1, 1, 0)], [1, 1, 0]),  # the last item of a list
+        ({"input_ids": _ids(5, 6, 7), "labels": _ids(0, 0, 1)}, [0, 0, 1]),  # a dict's labels
+        ({"x": torch.zeros(3, 4), "y": torch.tensor([0.0, 1.0, 1.0])}, [0.0, 1.0, 1.0]),  # named: any dtype
+        (
+            (torch.zeros(3, 4), torch.tensor([0.3, 1.7, 2.2])),
+            None,
+        ),  # a float last item: maybe a regression target
+        ((_ids(5, 6, 7), torch.ones(3, 16, dtype=torch.long)), None),  # a 2-D mask is no label vector
+        ({"input_ids": _ids(5, 6, 7)}, None),
+        (torch.zeros(3, 4), None),
+    ],
+)
+def test_labels_are_taken_from_a_batch_only_when_they_cannot_be_something_else(batch, expected):
+    from muvo_doctor.integrations import labels_of
+
+    got = labels_of(batch)
+    assert (got.tolist() if got is not None else None) == expected
+
+
+def test_a_training_step_that_returns_logits_gives_the_doctor_outputs_and_accuracy():
+    from muvo_doctor.integrations.lightning import _step_outputs
+
+    logits, y, loss = torch.randn(8, 2), _ids(0, 1, 0, 0, 1, 0, 0, 0), torch.tensor(0.3)
+    assert _step_outputs(loss) == (loss, None, None)
+    got = _step_outputs({"loss": loss, "logits": logits, "labels": y})
+    assert got[0] is loss and got[1] is logits and got[2] is y
+    assert _step_outputs(None) == (None, None, None)
