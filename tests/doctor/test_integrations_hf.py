@@ -58,7 +58,13 @@ class Tokens(torch.utils.data.Dataset):
 
 
 def train(
-    tmp_path: Path, random_labels: bool, tensorboard: bool = False, evaluate: bool = False, **callback: object
+    tmp_path: Path,
+    random_labels: bool,
+    tensorboard: bool = False,
+    evaluate: bool = False,
+    steps: int = STEPS,
+    trainer_kwargs: dict | None = None,
+    **callback: object,
 ):
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -75,7 +81,7 @@ def train(
     )
     args = TrainingArguments(
         output_dir=str(tmp_path),
-        max_steps=STEPS,
+        max_steps=steps,
         per_device_train_batch_size=BATCH,
         learning_rate=2e-3,
         warmup_steps=10,
@@ -97,9 +103,10 @@ def train(
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=Tokens(STEPS * BATCH, random_labels),
+        train_dataset=Tokens(steps * BATCH, random_labels),
         eval_dataset=Tokens(256, random_labels) if evaluate else None,
         callbacks=[cb],
+        **(trainer_kwargs or {}),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -207,3 +214,14 @@ def test_logged_values_the_recorder_measures_itself_are_not_mixed_in():
     s.metrics(10, {"loss": 0.7, "grad_norm": 5.0, "learning_rate": 1e-3, "epoch": 0.1, "eval_loss": 0.65})
     s.doctor.evaluate()
     assert s.doctor.history.names() == ["val/loss"]
+
+
+def test_a_loss_computed_outside_the_model_is_taken_from_the_trainers_logs(tmp_path):
+    # With compute_loss_func the Trainer calls the model without labels: the model returns no loss, so the
+    # doctor judges the loss the Trainer logs (every 10 steps).
+    def loss_fn(outputs, labels, num_items_in_batch=None):
+        return torch.nn.functional.cross_entropy(outputs["logits"], labels)
+
+    cb, _, _ = train(tmp_path, random_labels=False, steps=40, trainer_kwargs={"compute_loss_func": loss_fn})
+    assert cb.doctor.history.series("train/loss").steps.tolist() == [10, 20, 30, 40]
+    assert cb.doctor.history.series("label/classes") is None  # no labels seen: no prior to judge against
