@@ -288,9 +288,13 @@ def test_start_up_overhead_is_under_a_second():
 
 
 def _wrap_in_terminal(*command: str) -> tuple[int, subprocess.Popen[bytes]]:
+    return _in_terminal(PY, "-m", "muvo_doctor", "run", "--", *command)
+
+
+def _in_terminal(*command: str) -> tuple[int, subprocess.Popen[bytes]]:
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [PY, "-m", "muvo_doctor", "run", "--", *command],
+        command,
         stdin=slave,
         stdout=slave,
         stderr=slave,
@@ -343,3 +347,18 @@ def test_an_internal_error_leaves_the_training_running_and_its_output_whole(monk
     assert code == 4
     assert out == "line 1\nline 2\nline 3\n"
     assert err.count("simulated doctor bug") == 1 and "goes on unmonitored" in err
+
+
+def test_under_a_terminal_line_endings_arrive_as_without_the_wrapper():
+    # Before: the inner pty turned \n into \r\n and our terminal did it again (\r\r\r\n for \r\n).
+    code = (
+        "import sys; sys.stdout.buffer.write(b'crlf\\r\\nlf\\nbar 10%\\rbar 20%\\r\\n'); sys.stdout.flush()"
+    )
+    outputs = []
+    for master, proc in (_in_terminal(PY, "-c", code), _wrap_in_terminal(PY, "-c", code)):
+        outputs.append(_read_all(master, proc))
+        proc.wait(timeout=30)
+        os.close(master)
+    direct, wrapped = outputs
+    assert direct == b"crlf\r\r\nlf\r\nbar 10%\rbar 20%\r\r\n"
+    assert wrapped.startswith(direct), wrapped
