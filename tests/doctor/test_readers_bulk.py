@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +136,24 @@ def test_csv_read_column_by_column_matches_the_per_row_rules(
         sr.first_reason,
     )
     assert sb.skipped > 0
+
+
+def test_a_csv_line_too_long_to_hold_is_skipped_as_it_streams_past(tmp_path: Path) -> None:
+    from muvo_doctor.logs.csvlog import read_csv
+
+    path = tmp_path / "metrics.csv"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("step,loss\n")
+        f.writelines(f"{i},{1 / (i + 1):.4f}\n" for i in range(100))
+        f.write("100," + "7" * (48 << 20) + "\n")  # one 48 MB cell: the csv module rejects its row
+        f.writelines(f"{i},{1 / (i + 1):.4f}\n" for i in range(101, 200))
+    h = History()
+    tracemalloc.start()
+    try:
+        st = read_csv(str(path), h.add_point)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, f"{peak >> 20} MB held for a 48 MB line"
+    assert st.skipped == 1 and "field larger than field limit" in st.first_reason
+    assert h.series("train/loss").steps.tolist() == [i for i in range(200) if i != 100]

@@ -31,6 +31,8 @@ _FIXED_PROBE = 20  # rows read to decide whether a column has a fixed number of 
 _BATCH = 4096  # rows read column by column at once
 _SMALL = 8  # rows read one by one rather than column by column
 _CHUNK = 2 << 20  # bytes per read
+_MAX_LINE = 8 << 20  # bytes of one line held before it is checked for a field the csv module rejects
+_LINE_END_RE = re.compile(rb"\r\n?|\n")
 _FIELD_LIMIT = 128 << 10  # the csv module's field limit: a longer line goes through it (it rejects the row)
 _BLANK_RE = re.compile(r"[^\S\n]")  # whitespace a cell may carry (str.strip removes it)
 _ASCII_BLANKS = (" ", "\t", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f")
@@ -50,8 +52,9 @@ def read_csv(path: str, add: AddPoint | Sink) -> ReadStats:
     st = ReadStats()
     sink = as_sink(add)
     with open(path, "rb") as f:
-        src = _Source(f)
-        rows = _Rows(csv.reader(src.lines()), st)
+        rows = _Rows(iter(()), st)
+        src = _Source(f, rows.rejected)
+        rows.reader = csv.reader(src.lines())
         header = rows.next()
         if not header:
             st.note = "empty CSV"
@@ -88,6 +91,7 @@ def read_csv(path: str, add: AddPoint | Sink) -> ReadStats:
         while (chunk := src.take()) is not None:
             if '"' in chunk:  # a quoted field may hold newlines: the csv module reads the rest
                 src.put_back(chunk)
+                src.bounded = False
                 rows.reader = csv.reader(src.lines())
                 while batch := rows.batch(_BATCH):
                     reader.rows(batch)
@@ -103,12 +107,20 @@ def read_csv(path: str, add: AddPoint | Sink) -> ReadStats:
 
 class _Source:
     """A CSV file's text: in chunks of whole lines (the bulk path), or line by line for the csv
-    module, split where a file opened with ``newline=""`` splits (``\\n``, ``\\r\\n``, ``\\r``)."""
+    module, split where a file opened with ``newline=""`` splits (``\\n``, ``\\r\\n``, ``\\r``).
 
-    def __init__(self, f: BinaryIO) -> None:
+    Memory stays bounded: a line that grows past ``_MAX_LINE`` bytes with a field the csv module
+    would reject (over its limit, unquoted) is skipped as it streams past and counted as the csv
+    module counts it (``rejected``); only once the csv module reads the rest (a quoted field may
+    hold newlines) is every line held whole again.
+    """
+
+    def __init__(self, f: BinaryIO, rejected: Callable[[str], None]) -> None:
         self.f = f
         self.carry = b""
         self.sio = io.StringIO("", newline="")
+        self.rejected = rejected
+        self.bounded = True
 
     def _chunk(self) -> str | None:
         while True:
@@ -118,11 +130,29 @@ class _Source:
                 return rest.decode("utf-8", errors="replace") if rest else None
             buf = self.carry + raw if self.carry else raw
             cut = buf.rfind(b"\n")
-            if cut < 0:
-                self.carry = buf  # a line longer than a chunk: the csv module rejects it (128 KB)
-                continue
-            self.carry = buf[cut + 1 :]
-            return buf[: cut + 1].decode("utf-8", errors="replace")
+            if cut >= 0:
+                self.carry = buf[cut + 1 :]
+                return buf[: cut + 1].decode("utf-8", errors="replace")
+            self.carry = buf
+            if self.bounded and len(buf) > _MAX_LINE and b"\r" not in buf and b'"' not in buf:
+                commas = np.flatnonzero(np.frombuffer(buf, np.uint8) == 44)
+                if np.diff(commas, prepend=-1, append=len(buf)).max() > 4 * csv.field_size_limit():
+                    self._skip_line()  # (4 bytes a character at most: the field is over the limit)
+
+    def _skip_line(self) -> None:
+        """Read past the rest of the line in ``carry`` (to a newline, or a lone "\\r": the csv module's
+        next row), keeping only what follows; the line counts as one rejected row."""
+        self.carry = b""
+        while raw := self.f.read(_CHUNK):
+            m = _LINE_END_RE.search(raw)
+            if m is not None:
+                self.carry = raw[m.end() :]
+                if m.group() == b"\r" and not self.carry and self.f.read(1) not in (b"\n", b""):
+                    self.f.seek(-1, io.SEEK_CUR)  # a "\r\n" cut by the read is one line end
+                break
+        self.rejected(
+            f"a row the CSV parser rejects (field larger than field limit ({csv.field_size_limit()}))"
+        )
 
     def lines(self) -> Iterator[str]:
         while True:
@@ -154,6 +184,11 @@ class _Rows:
         self.errors = 0
         self.pending: list[list[str]] = []
         self.reason = ""  # a rejected row, counted once the rows before it are read
+
+    def rejected(self, reason: str) -> None:
+        """A row rejected before the csv module saw it (a line too long to hold)."""
+        self.errors += 1
+        self.st.skip(reason)
 
     def next(self) -> list[str] | None:
         got = self.batch(1, whole=True)
