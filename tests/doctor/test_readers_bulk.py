@@ -157,3 +157,21 @@ def test_a_csv_line_too_long_to_hold_is_skipped_as_it_streams_past(tmp_path: Pat
     assert peak < 32 << 20, f"{peak >> 20} MB held for a 48 MB line"
     assert st.skipped == 1 and "field larger than field limit" in st.first_reason
     assert h.series("train/loss").steps.tolist() == [i for i in range(200) if i != 100]
+
+
+def test_a_json_line_too_long_to_hold_is_skipped_as_it_streams_past(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"step": i, "loss": 1 / (i + 1)}) + "\n" for i in range(100))
+        f.write('{"step": 100, "note": "' + "x" * (48 << 20) + '"}\n')
+        f.writelines(json.dumps({"step": i, "loss": 1 / (i + 1)}) + "\n" for i in range(101, 200))
+    h = History()
+    tracemalloc.start()
+    try:
+        st = read_jsonl(str(path), h.add_point)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, f"{peak >> 20} MB held for a 48 MB line"
+    assert st.skipped == 1 and "KB line (line 101)" in st.first_reason
+    assert h.series("train/loss").steps.tolist() == [i for i in range(200) if i != 100]
