@@ -75,8 +75,11 @@ _CTR_KEY = "Zqctr"
 # tqdm's "{bar}| {n}/{total} [": batches done. (Keras' "1875/1875 [====" is not used: it counts
 # batches or samples depending on the version; its "Epoch 3/30" is the unambiguous axis.)
 # Also "[6400/60000 (11%)]" (PyTorch examples, timm): samples or batches done in the epoch.
-# The pattern starts with its delimiter (a cheap first-character test, unlike a lookbehind).
-_COUNTER_RE = re.compile(r"[|\[][ \t]*\d+/\d+(?=[ \t]*[(\]]| \[)")
+# One pattern per delimiter, each starting with it (a cheap first-character test, unlike a
+# lookbehind), so the mark is a literal replacement (a function or a template runs Python per match).
+_COUNTER_RES = tuple(
+    (re.compile(rf"\{d}[ \t]*(?=\d+/\d+(?=[ \t]*[(\]]| \[))"), f"{d} {_CTR_KEY}=") for d in "|["
+)
 # timm prints the epoch as "Train: 3 [ 100/1251 ( 8%)]"
 _TIMM_EPOCH_RE = re.compile(r"\b(?:Train|TRAIN):[ \t]*(\d+)(?=[ \t]*\[)")
 _NEWLINE, _COUNTER = 4, 5  # axis kinds next to names.SIGNAL/STEP/EPOCH/NOISE
@@ -188,6 +191,10 @@ def _clean(text: str) -> str:
     return text
 
 
+_ASCII_BLANKS = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"  # what str.strip() strips of ASCII
+_PRINTABLE_RE = re.compile(rb"[!-~]")
+
+
 def _drop_rewrites(raw: bytes) -> bytes:
     """What a terminal shows of carriage-return rewrites: per line the last non-blank segment,
     plus each completed tqdm bar (``100%|``) that a later, different bar overwrote (each its own
@@ -218,8 +225,12 @@ def _drop_rewrites(raw: bytes) -> bytes:
 
 
 def _blank(seg: bytes) -> bool:
-    # as str.strip() sees the decoded text: it also strips \x1c-\x1f and Unicode blanks
-    return not seg.strip() or not seg.decode("utf-8", "replace").strip()
+    """Whether str.strip() of the decoded segment is empty (it also strips \\x1c-\\x1f and Unicode
+    blanks); decoded only when no printable ASCII character settles it (tqdm's bars have one)."""
+    rest = seg.strip(_ASCII_BLANKS)
+    if not rest or _PRINTABLE_RE.search(rest):
+        return not rest
+    return not rest.decode("utf-8", "replace").strip()
 
 
 def _shown(line: bytes) -> bytes | None:
@@ -244,12 +255,6 @@ def _shown(line: bytes) -> bytes | None:
 def _mmdet_step(m: re.Match[str]) -> str:
     e, i, n = int(m.group(1)), int(m.group(2)), int(m.group(3))
     return f"step={(e - 1) * n + i} "
-
-
-def _counter(m: re.Match[str]) -> str:
-    # a function, not a template string: a template is expanded in Python for every match
-    got = m.group(0)
-    return got[0] + " " + _CTR_KEY + "=" + got[1:].lstrip(" \t")
 
 
 def _darknet(m: re.Match[str]) -> str:
@@ -479,7 +484,8 @@ class TextParser:
         if b"/" in probe and (b"| " in probe and b" [" in probe or b"[" in probe):
             if b"Train:" in probe or b"TRAIN:" in probe:
                 text = _TIMM_EPOCH_RE.sub(r"epoch=\1", text)
-            text = _COUNTER_RE.sub(_counter, text)
+            for counter, mark in _COUNTER_RES:
+                text = counter.sub(mark, text)
         return text
 
     def _splits(self, text: str) -> str:
