@@ -1,13 +1,17 @@
-"""How fast `muvo-doctor audit` reads a large text log, next to a naive per-line regex loop.
+"""How fast `muvo-doctor audit` reads large logs, next to a naive loop over the same file.
 
-Generates a ~200 MB console log in a temp dir (tqdm bars with carriage-return rewrites and a
-postfix, a logging line every few batches, an epoch summary), then, each in a fresh child
-process so peak memory (ru_maxrss) is its own:
+For each format (a tqdm console log, dense JSON lines, a dense Lightning-style CSV) a log of about
+``--mb`` MB is generated in a temp dir, then each of these runs in a fresh child process (so peak
+memory, ru_maxrss, is its own), ``--repeat`` times, best run kept:
   1. the full audit (`muvo-doctor audit --json LOG`: read, check, report),
-  2. the text reader alone (read_text into a History),
-  3. a naive reference: `for line in f: for m in re.finditer(KV, line)` with float() per match.
+  2. the reader alone (the format's reader into a History; with ``--only reader``),
+  3. a naive reference loop: for the console log ``re.finditer(KV, line)`` with float() per match;
+     for JSON lines ``json.loads`` per line; for CSV ``csv.DictReader`` with float() per cell.
+MB/s are given per wall second and per CPU second (user + system of the child): on a shared
+machine wall time depends on the load, CPU time much less. ``--rss-gb 1`` also audits a 1 GB
+console log once and reports its peak memory (generating it takes a minute or two).
 
-    python bench/audit_speed.py [--mb 200] [--keep]
+    python bench/audit_speed.py [--mb 200] [--formats console jsonl csv] [--repeat 3] [--rss-gb 1]
 """
 
 from __future__ import annotations
@@ -30,17 +34,21 @@ _CHILD = {
         "from muvo_doctor.cli import main\n"
         "sys.stdout = open('/dev/null', 'w')\n"
         "rc = main(['audit', '--json', sys.argv[1]])\n"
-        "assert rc in (0, 1), rc\n"
+        "assert rc in (0, 1, 3), rc\n"
     ),
     "reader": (
         "import sys\n"
+        "from pathlib import Path\n"
         "from muvo_doctor.history import History\n"
-        "from muvo_doctor.logs.text import read_text\n"
+        "from muvo_doctor.logs import LogSource, load\n"
         "h = History()\n"
-        "st = read_text(sys.argv[1], h.add_point)\n"
+        "fmt, st = load(LogSource(sys.argv[1], [Path(sys.argv[1])]), h.add_point)\n"
         "assert st.points > 0\n"
     ),
-    "naive": (
+}
+# The naive reference of each format: what a short script would do to get the numbers out.
+_NAIVE = {
+    "console": (
         "import re, sys\n"
         "rx = re.compile(r'([A-Za-z_][\\w/]*)\\s*[:=]\\s*([-+]?\\d+(?:\\.\\d*)?(?:[eE][-+]?\\d+)?)(%?)')\n"
         "vals = {}\n"
@@ -48,6 +56,26 @@ _CHILD = {
         "    for line in f:\n"
         "        for m in rx.finditer(line):\n"
         "            vals.setdefault(m.group(1), []).append(float(m.group(2)))\n"
+        "assert vals\n"
+    ),
+    "jsonl": (
+        "import json, sys\n"
+        "vals = {}\n"
+        "with open(sys.argv[1], encoding='utf-8') as f:\n"
+        "    for line in f:\n"
+        "        for k, v in json.loads(line).items():\n"
+        "            if isinstance(v, (int, float)):\n"
+        "                vals.setdefault(k, []).append(v)\n"
+        "assert vals\n"
+    ),
+    "csv": (
+        "import csv, sys\n"
+        "vals = {}\n"
+        "with open(sys.argv[1], encoding='utf-8', newline='') as f:\n"
+        "    for row in csv.DictReader(f):\n"
+        "        for k, v in row.items():\n"
+        "            if v:\n"
+        "                vals.setdefault(k, []).append(float(v))\n"
         "assert vals\n"
     ),
 }
@@ -112,49 +140,132 @@ def write_dense_log(path: Path, mb: float, seed: int = 0) -> int:
     return path.stat().st_size
 
 
-def measure(kind: str, log: Path) -> tuple[float, float, float]:
-    """(wall seconds, peak MB, CPU seconds) of one child process doing ``kind`` over ``log``.
+def measure(code: str, log: Path) -> tuple[float, float, float]:
+    """(wall seconds, peak MB, CPU seconds) of one child process running ``code`` over ``log``.
 
     CPU seconds (user + system) are reported too: on a shared machine wall time depends on the load.
     """
     out = subprocess.run(
-        [sys.executable, "-c", _MEASURE, _CHILD[kind], str(log)], check=True, capture_output=True, text=True
+        [sys.executable, "-c", _MEASURE, code, str(log)], check=True, capture_output=True, text=True
     ).stdout.split()
     return float(out[0]), int(out[1]) / 1024, float(out[2])
+
+
+def write_jsonl(path: Path, mb: float, seed: int = 0) -> int:
+    """Dense JSON lines, one training record per step (step, loss, acc, lr, epoch) and an
+    evaluation record every 1,000 steps, numbers as a Python logger writes them."""
+    rng = random.Random(seed)
+    target = int(mb * 1e6)
+    size = step = 0
+    with open(path, "w", encoding="utf-8") as f:
+        while size < target:
+            lines = []
+            for _ in range(10_000):
+                loss = 0.3 + 0.7 * math.exp(-step / 1e6) + rng.gauss(0, 0.02)
+                lr = 1e-3 * 0.999 ** (step // 1000)
+                lines.append(
+                    f'{{"step": {step}, "loss": {loss:.6f}, "acc": {0.9 + rng.gauss(0, 0.01):.4f}, '
+                    f'"lr": {lr!r}, "epoch": {round(step / 5000, 3)!r}}}\n'
+                )
+                if step % 1000 == 999:
+                    lines.append(f'{{"step": {step}, "val_loss": {loss + 0.05:.6f}, "val_acc": 0.8912}}\n')
+                step += 1
+            chunk = "".join(lines)
+            f.write(chunk)
+            size += len(chunk)
+    return path.stat().st_size
+
+
+def write_csv(path: Path, mb: float, seed: int = 0) -> int:
+    """A dense Lightning-style metrics.csv: a training row per step (floats as reprs), a validation
+    row every 1,000 steps with the training columns empty."""
+    rng = random.Random(seed)
+    target = int(mb * 1e6)
+    size = step = 0
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        head = "step,epoch,train_loss,train_acc,lr-Adam,val_loss,val_acc\n"
+        f.write(head)
+        size = len(head)
+        while size < target:
+            lines = []
+            for _ in range(10_000):
+                loss = 0.3 + 0.7 * math.exp(-step / 1e6) + rng.gauss(0, 0.02)
+                lr = 1e-3 * 0.999 ** (step // 1000)
+                lines.append(f"{step},{step // 5000},{loss!r},{0.9 + rng.gauss(0, 0.01)!r},{lr!r},,\n")
+                if step % 1000 == 999:
+                    lines.append(f"{step},{step // 5000},,,,{loss + 0.05!r},{0.89 + rng.gauss(0, 0.01)!r}\n")
+                step += 1
+            chunk = "".join(lines)
+            f.write(chunk)
+            size += len(chunk)
+    return path.stat().st_size
+
+
+WRITERS = {"console": write_log, "jsonl": write_jsonl, "csv": write_csv, "dense": write_dense_log}
+_SUFFIX = {"console": ".log", "jsonl": ".jsonl", "csv": ".csv", "dense": ".log"}
+
+
+def bench(fmt: str, mb: float, kinds: list[str], repeat: int, keep: bool) -> dict[str, object]:
+    """Generate one log and measure each kind on it, best of ``repeat`` (by CPU time)."""
+    tmp = Path(tempfile.mkdtemp(prefix="audit_speed_"))
+    log = tmp / f"train{_SUFFIX[fmt]}"
+    t = time.perf_counter()
+    size = WRITERS[fmt](log, mb)
+    print(f"{fmt}: generated {size / 1e6:.1f} MB in {time.perf_counter() - t:.1f} s {log if keep else ''}")
+    out: dict[str, object] = {"bytes": size}
+    mbs = size / 1e6
+    try:
+        for kind in kinds:
+            code = _NAIVE[fmt] if kind == "naive" else _CHILD[kind]
+            runs = [measure(code, log) for _ in range(repeat)]
+            best_cpu = min(r[2] for r in runs)
+            best_wall = min(r[0] for r in runs)
+            peak = max(r[1] for r in runs)
+            out[kind] = {
+                "seconds": round(best_wall, 2),
+                "mb_per_s": round(mbs / best_wall, 1),
+                "cpu_seconds": round(best_cpu, 2),
+                "mb_per_cpu_s": round(mbs / best_cpu, 1),
+                "peak_mb": round(peak),
+            }
+            print(
+                f"  {kind:7s} {best_wall:7.2f} s wall {mbs / best_wall:7.1f} MB/s | {best_cpu:7.2f} s CPU "
+                f"{mbs / best_cpu:7.1f} MB/s | peak {peak:5.0f} MB   (best of {repeat})"
+            )
+        if "audit" in out and "naive" in out:
+            a, nv = out["audit"], out["naive"]
+            assert isinstance(a, dict) and isinstance(nv, dict)
+            out["x_naive_cpu"] = round(nv["cpu_seconds"] / a["cpu_seconds"], 2)
+            out["x_naive_wall"] = round(nv["seconds"] / a["seconds"], 2)
+            print(f"  audit vs naive: {out['x_naive_cpu']}x (CPU), {out['x_naive_wall']}x (wall)")
+    finally:
+        if not keep:
+            log.unlink()
+            tmp.rmdir()
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=float, default=200.0, help="log size in MB (default 200)")
-    ap.add_argument("--keep", action="store_true", help="keep the generated log and print its path")
-    ap.add_argument("--only", nargs="+", choices=sorted(_CHILD), help="measure only these (default: all)")
-    ap.add_argument("--dense", action="store_true", help="a log where every line is a record (no tqdm)")
+    ap.add_argument("--formats", nargs="+", choices=sorted(WRITERS), default=["console", "jsonl", "csv"])
+    ap.add_argument("--only", nargs="+", choices=[*sorted(_CHILD), "naive"], help="default: audit naive")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each, the best kept (default 3)")
+    ap.add_argument("--keep", action="store_true", help="keep the generated logs and print their paths")
+    ap.add_argument("--rss-gb", type=float, default=0.0, help="also audit a console log this large once")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="audit_speed_"))
-    log = tmp / "train.log"
-    t = time.perf_counter()
-    size = (write_dense_log if args.dense else write_log)(log, args.mb)
-    print(f"generated {size / 1e6:.1f} MB in {time.perf_counter() - t:.1f} s: {log if args.keep else ''}")
-    results = {}
-    mb = size / 1e6
-    for kind in args.only or ("audit", "reader", "naive"):
-        sec, peak, cpu = measure(kind, log)
-        results[kind] = {
-            "seconds": round(sec, 2),
-            "mb_per_s": round(mb / sec, 1),
-            "cpu_seconds": round(cpu, 2),
-            "mb_per_cpu_s": round(mb / cpu, 1),
-            "peak_mb": round(peak),
-        }
+    kinds = args.only or ["audit", "naive"]
+    results: dict[str, object] = {}
+    for fmt in args.formats:
+        results[fmt] = bench(fmt, args.mb, kinds, args.repeat, args.keep)
+    if args.rss_gb:
+        results["rss"] = got = bench("console", args.rss_gb * 1000, ["audit"], 1, args.keep)
+        peak = got["audit"]["peak_mb"]  # type: ignore[index]
         print(
-            f"{kind:7s} {sec:7.2f} s wall {mb / sec:7.1f} MB/s | {cpu:7.2f} s CPU {mb / cpu:7.1f} MB/s | "
-            f"peak {peak:5.0f} MB"
+            f"  peak memory auditing {args.rss_gb:g} GB: {peak} MB ({'under' if peak < 200 else 'OVER'} 200 MB)"
         )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(json.dumps({"bytes": size, "cpus": os.cpu_count(), "load_avg_1m": round(load, 2), **results}))
-    if not args.keep:
-        log.unlink()
-        tmp.rmdir()
+    print(json.dumps({"cpus": os.cpu_count(), "load_avg_1m": round(load, 2), **results}))
 
 
 if __name__ == "__main__":
