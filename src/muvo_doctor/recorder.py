@@ -850,12 +850,12 @@ class Recorder:
         if not st.sampled and not self.is_global:
             st.count += 1  # explicit mode between samples: only the count
             return
-        step = self.step if self.is_global else None
         if self.is_global and st is self._primary:
             # The step's loss and loss-call statistics; after the step, so a closure's calls are this step's.
             self._close_loss_calls(st.count)
         if st.sampled and st.before is not None:
             t0 = time.perf_counter()
+            step = self.step if self.is_global else None
             with torch.no_grad():
                 if st.closure:
                     self._grad_stats(st, step)
@@ -1188,9 +1188,10 @@ class Recorder:
             loss = self._step_backward if formula else self._main_loss
             if loss is not None:
                 self._append_loss(step, loss)
-        for names, values, kind in self._pending.values():
-            self._append(step, names, values, kind)
-        self._pending.clear()
+        if self._pending:
+            for names, values, kind in self._pending.values():
+                self._append(step, names, values, kind)
+            self._pending.clear()
         self._main_loss = None
         self._main_set, self._main_size = False, math.inf
         self._call_outs = []
