@@ -51,6 +51,7 @@ def test_functional_losses_with_zero_lr_are_dead_and_seen(tmp_path):
     assert b"CRITICAL frozen_parameters" in p.stderr
 
 
+@pytest.mark.slow
 def test_loss_modules_learning_run_is_not_dead(tmp_path):
     p, report, obs = wrap(tmp_path, PY, str(SCRIPTS / "module_losses.py"))
     assert p.returncode == 0
