@@ -314,3 +314,35 @@ def test_mp_spawn_workers_without_rank_are_each_their_own_rank(tmp_path):
     assert p.returncode == 0, p.stderr
     losses = [o for o in read_observations(record) if o.name == "train/loss"]
     assert sorted(o.rank for o in losses) == [0] * 30 + [1] * 30
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "hello"),
+    [
+        ({}, [], {"rank": 0}),  # the first Python process: the training
+        ({"RANK": "1"}, [], {"rank": 1}),
+        ({"MUVO_DOCTOR_SCOPE": "7:"}, [], {"rank": None, "role": "helper"}),  # a helper script
+        ({"MUVO_DOCTOR_SCOPE": "7:", "RANK": "1"}, [], {"rank": 1}),  # torchrun's worker
+        ({"MUVO_DOCTOR_SCOPE": "7:", "LOCAL_RANK": "1"}, [], {"rank": 1}),
+        ({"MUVO_DOCTOR_SCOPE": "7:1", "RANK": "1"}, [], {"rank": None, "role": "helper"}),  # a rank's helper
+        ({"MUVO_DOCTOR_SCOPE": "7:"}, ["--multiprocessing-fork"], {"rank": None, "role": "helper"}),
+    ],
+)
+def test_which_process_is_a_rank_and_which_a_helper(tmp_path, env, argv, hello):
+    from muvo_doctor.inject import PYTHONPATH_DIR
+
+    fifo = tmp_path / "telemetry"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "MUVO_DOCTOR_SCOPE")}
+    code = "import sys; sys.argv[1:] = []"  # a spawn worker's flag is in argv when sitecustomize runs
+    p = subprocess.run(
+        [PY, "-c", code, *argv],
+        env=base | env | {"PYTHONPATH": PYTHONPATH_DIR, "MUVO_DOCTOR_FIFO": str(fifo)},
+        capture_output=True,
+        timeout=30,
+    )
+    got = json.loads(os.read(reader, 4096))
+    os.close(reader)
+    assert p.returncode == 0 and p.stderr == b""
+    assert {k: got.get(k) for k in hello} == hello

@@ -56,7 +56,7 @@ def say_once(key: str, message: str) -> None:
 
 def rank() -> int:
     try:
-        return int(os.environ.get("RANK", "0"))
+        return int(os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "0")
     except ValueError:
         return 0
 

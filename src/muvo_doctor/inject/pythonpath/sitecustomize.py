@@ -1,14 +1,14 @@
 """muvo-doctor's child bootstrap: imported by every Python process started under `muvo-doctor run`.
 
-Cost at start: one FIFO open and one ``hello`` line; no import beyond os and sys (both loaded
-already). A meta-path finder waits for ``import torch``; when torch has finished importing,
+Cost at start: one FIFO open and one ``hello`` line; no import beyond os, sys (both loaded
+already) and errno (built in). A meta-path finder waits for ``import torch``; when torch has finished importing,
 ``muvo_doctor.inject.child.install`` installs the recorder. Programs that never import torch
 pay nothing more. A ``sitecustomize`` the user already had is found further down ``sys.path``
 and run after ours. Any failure here prints one line and leaves the program alone (fail open).
 
 Only training processes stream telemetry (docs/run.md, "Which processes are watched"): the first
-process to import torch, a torchrun/Accelerate rank (a RANK its parent did not have) and a
-``torch.multiprocessing.spawn`` worker (its spawn index is its rank). Every other descendant (data
+process to import torch, a torchrun/Accelerate rank (a RANK, or LOCAL_RANK, its parent did not
+have) and a ``torch.multiprocessing.spawn`` worker (its spawn index is its rank). Every other descendant (data
 workers, helper scripts, compilers) is a *helper*: it only says, by pid and command, that it runs
 an optimizer of its own. A process that outlives the wrapper (no FIFO, or no reader) stays quiet.
 """
@@ -24,9 +24,14 @@ _FIFO = os.environ.get("MUVO_DOCTOR_FIFO")
 _SCOPE = "MUVO_DOCTOR_SCOPE"
 
 
+def _env_rank():
+    # RANK (torchrun, Accelerate, DeepSpeed); LOCAL_RANK alone from launchers that set only that.
+    return os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or ""
+
+
 def _rank():
     try:
-        return int(os.environ.get("RANK", "0"))
+        return int(_env_rank() or "0")
     except ValueError:
         return 0
 
@@ -37,7 +42,7 @@ def _role():
     scope = os.environ.get(_SCOPE)
     if scope is None:
         return "rank"
-    env_rank = os.environ.get("RANK", "")
+    env_rank = _env_rank()
     if env_rank and scope.partition(":")[2] != env_rank:
         return "rank"  # torchrun / Accelerate started it with a rank of its own
     if "--multiprocessing-fork" in sys.argv:
@@ -111,7 +116,7 @@ def _on_torch(fd):
         return
     try:
         if _ROLE == "rank":
-            os.environ[_SCOPE] = str(os.getpid()) + ":" + os.environ.get("RANK", "")
+            os.environ[_SCOPE] = str(os.getpid()) + ":" + _env_rank()
             child.install(fd)
         elif _ROLE == "spawn":
             child.install_on_spawn(fd)
