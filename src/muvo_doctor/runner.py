@@ -119,9 +119,10 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> list[str]:
         if self._resync:
-            cut = max(data.find(b"\n"), data.find(b"\r"))
-            if cut < 0:
+            breaks = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
+            if not breaks:
                 return []
+            cut = min(breaks)
             self._resync = False
             data = data[cut + 1 :]
         text = self._partial + self._decoder.decode(data)

@@ -346,3 +346,12 @@ def test_which_process_is_a_rank_and_which_a_helper(tmp_path, env, argv, hello):
     os.close(reader)
     assert p.returncode == 0 and p.stderr == b""
     assert {k: got.get(k) for k in hello} == hello
+
+
+def test_a_flood_of_output_passes_through_whole_and_what_was_not_parsed_is_counted():
+    code = "import sys\nfor i in range(200_000): sys.stdout.write(f'step {i} loss={1 / (i + 1):.6f}\\n')"
+    direct = subprocess.run([PY, "-c", code], capture_output=True, timeout=60)
+    p = wrap("--", PY, "-c", code)
+    assert p.returncode == 0 and p.stdout == direct.stdout  # 5.3 MB, byte for byte
+    counted = re.search(rb"muvo-doctor: (\d+) output lines \([\d.]+ MB\) were not read for numbers", p.stderr)
+    assert counted and 0 < int(counted[1]) < 200_000, p.stderr

@@ -163,3 +163,14 @@ def test_line_splitter_handles_carriage_returns_escapes_and_split_utf8():
         lines += s.feed(data[i : i + 1])
     lines += s.close()
     assert lines == ["loss=0.5", "10%|█ | loss=0.4", "20%|██| loss=0.3", "done é"]
+
+
+def test_line_splitter_after_a_gap_restarts_at_the_next_line_break():
+    # Bytes the parser had to drop: the cut line is forgotten, not glued to the next one.
+    s = LineSplitter()
+    assert s.feed(b"loss=0.5\nloss=0.") == ["loss=0.5"]
+    s.gap()
+    assert s.feed(b"41 acc=1\rloss=0.3\nloss=0.2\n") == ["loss=0.3", "loss=0.2"]
+    s.gap()
+    assert s.feed(b"no break here") == []
+    assert s.feed(b"still\nloss=0.1\n") == ["loss=0.1"]
