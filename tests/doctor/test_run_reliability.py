@@ -175,7 +175,8 @@ def test_a_background_grandchild_is_drained_until_it_closes_the_output():
 
 def test_the_doctors_lines_never_split_a_childs_line():
     # The child writes half a line, makes the doctor speak (a bad telemetry line), then ends its line.
-    script = "printf 'half '; echo garbage > \"$MUVO_DOCTOR_FIFO\"; sleep 0.5; echo line"
+    # The first pause lets the wrapper pass the half line on before it reads the bad telemetry.
+    script = "printf 'half '; sleep 0.3; echo garbage > \"$MUVO_DOCTOR_FIFO\"; sleep 0.5; echo line"
     p = wrap("--", "sh", "-c", script, stderr=subprocess.STDOUT, stdout=subprocess.PIPE, capture_output=False)
     assert b"half line\n" in p.stdout, p.stdout
     assert b"muvo-doctor: skipped bad telemetry" in p.stdout
