@@ -16,7 +16,8 @@ A run's time is from its start to the end of its output. The ratio is direct tim
 rounds): what the wrapper itself costs, which slows the child only where every CPU is busy.
 The wrapped output of the last round must equal the direct one byte for byte (checked with ``cmp``),
 after removing the doctor's own lines (``muvo-doctor: ...`` and the alert banner, on stderr: in pty
-mode it shares the terminal; they must be whole lines between the child's for the rest to match). Exit 1 when a ratio is under ``--target`` or the bytes differ.
+mode it shares the terminal; they must be whole lines between the child's for the rest to match).
+Exit 1 when a ratio is under ``--target`` or the bytes differ.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ out = sys.stdout
 written = 0
 i = 0
 while written < n:
-    line = f"step {i} loss={1.0 / (1 + i * 1e-4):.4f} lr=3.000e-04 grad_norm={1.0 + (i % 97) / 100:.4f} acc=0.{i % 10000:04d}\\n"
+    loss, norm = 1.0 / (1 + i * 1e-4), 1.0 + (i % 97) / 100
+    line = f"step {i} loss={loss:.4f} lr=3.000e-04 grad_norm={norm:.4f} acc=0.{i % 10000:04d}\\n"
     out.write(line)
     written += len(line)
     i += 1
@@ -152,10 +154,8 @@ def main() -> int:
             size = len(outs["direct"]) / 1e6
             verdict = f"identical ({size:.1f} MB, cmp)" if same else "DIFFER (cmp)"
             own = cpu["wrapped"] - cpu["direct"]
-            print(
-                f"{mode:<6}{best['direct']:>10.2f}{best['wrapped']:>11.2f}{ratio:>7.2f}x{own:>13.2f}  {verdict}",
-                flush=True,
-            )
+            times = f"{best['direct']:>10.2f}{best['wrapped']:>11.2f}{ratio:>7.2f}x{own:>13.2f}"
+            print(f"{mode:<6}{times}  {verdict}", flush=True)
     print(f"target >= {args.target:g}x and identical bytes: {'met' if ok else 'NOT met'}")
     return 0 if ok else 1
 
