@@ -4,7 +4,8 @@ Cost at start: one FIFO open and one ``hello`` line; no import beyond os, sys (b
 already) and errno (built in). A meta-path finder waits for ``import torch``; when torch has
 finished importing, ``muvo_doctor.inject.child.install`` installs the recorder. Programs that
 never import torch pay nothing more. A ``sitecustomize`` the user already had is found further
-down ``sys.path`` and run after ours. Any failure here prints one line and leaves the program alone (fail open).
+down ``sys.path`` and run after ours. Any failure here prints one line and leaves the program
+alone (fail open).
 
 Only training processes stream telemetry (docs/run.md, "Which processes are watched"): the first
 process to import torch, a torchrun/Accelerate rank (a RANK, or LOCAL_RANK, its parent did not
