@@ -303,6 +303,8 @@ class _Columns:
             has = np.zeros(n, bool)
             v = np.zeros(n)
             for c in axes:
+                if has.all():
+                    break  # every row has a step: the epoch column is not read
                 col = get(c)
                 if col is None:
                     return False
