@@ -133,6 +133,19 @@ def test_tqdm_counter_counts_steps_across_epochs(tmp_path):
     assert steps(h, "train/loss") == [100, 200, 804, 904]
 
 
+def test_word_language_model_batch_counter_counts_steps_across_epochs(tmp_path):
+    # pytorch/examples word_language_model: "| epoch   1 |   200/ 2983 batches | ... | loss  7.50 |"
+    text = "".join(
+        f"| epoch {e:3d} | {b:5d}/ 2983 batches | lr 20.00 | ms/batch 10.00 | loss {7.5 - e:5.2f} | ppl 99.0\n"
+        for e in (1, 2)
+        for b in (200, 400)
+    )
+    text += "| end of epoch   1 | time: 30.00s | valid loss  5.80 | valid ppl   330.0\n"
+    h, _ = read(tmp_path, "lm.log", text)
+    assert steps(h, "train/loss") == [200, 400, 3183, 3383]
+    assert values(h, "val/loss") == [5.8]
+
+
 def test_printed_step_wins_and_evaluation_lines_carry_it(tmp_path):
     h, _ = read(tmp_path, "s.log", "Iteration 500 loss 0.3\nval_acc 0.9\nIteration 600 loss 0.2\n")
     assert steps(h, "train/loss") == [500, 600] and steps(h, "val/acc") == [500]
@@ -197,6 +210,18 @@ def test_compact_trainer_state_and_eval_keys(tmp_path):
     assert fmt == "trainer_state"
     assert steps(h, "train/loss") == [10, 20] and steps(h, "val/loss") == [10]
     assert values(h, "val/acc") == [0.6]
+
+
+def test_the_doctors_own_keys_in_a_log_are_not_training_values(tmp_path):
+    # The framework callbacks log doctor/verdict and doctor/finding/<check> next to the run's metrics.
+    doc = {
+        "log_history": [
+            {"loss": 0.9 - 0.1 * i, "doctor/verdict": 3.0, "doctor/finding/prior_baseline": 3.0, "step": i}
+            for i in range(1, 6)
+        ]
+    }
+    h, _ = read(tmp_path, "trainer_state.json", json.dumps(doc))
+    assert sorted(h.names()) == ["train/loss"]
 
 
 def test_truncated_trainer_state_keeps_its_complete_entries(tmp_path):

@@ -255,6 +255,10 @@ def kind_of(key: str) -> tuple[str | None, bool, int]:
     split, rest = split_of(k)
     if k in ("loss_scale", "grad_scale"):
         got = ("optim/loss_scale", False, SIGNAL)
+    elif k.startswith(("doctor/", "doctor_")):
+        # Our own findings, logged into the run's logs by the framework callbacks (doctor/verdict,
+        # doctor/finding/<check>): a verdict about the run, not a training value of it.
+        got = (None, False, NOISE)
     elif k in _DROP_FIRST or " " in raw and raw.partition(" ")[2] in _DROP_FIRST:
         got = (None, False, NOISE)  # prose ("loss scale to: 0.25", "improved to 0.64"), not a key
     elif k in STEP_KEYS:

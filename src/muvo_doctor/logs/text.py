@@ -80,6 +80,10 @@ _CTR_KEY = "Zqctr"
 _COUNTER_RES = tuple(
     (re.compile(rf"\{d}[ \t]*(?=\d+/\d+(?=[ \t]*[(\]]| \[))"), f"{d} {_CTR_KEY}=") for d in "|["
 )
+# pytorch/examples word_language_model: "| epoch   3 |   200/ 2983 batches | lr 20.00 | ...": the batch
+# counter of the epoch, a space after the slash and the word "batches" (which would mark it a count).
+_BATCHES_RE = re.compile(r"\|[ \t]*(\d+)/[ \t]*(\d+)[ \t]+batches\b")
+_BATCHES_MARK = rf"| {_CTR_KEY}=\1/\2"
 # timm prints the epoch as "Train: 3 [ 100/1251 ( 8%)]"
 _TIMM_EPOCH_RE = re.compile(r"\b(?:Train|TRAIN):[ \t]*(\d+)(?=[ \t]*\[)")
 _NEWLINE, _COUNTER = 4, 5  # axis kinds next to names.SIGNAL/STEP/EPOCH/NOISE
@@ -486,6 +490,8 @@ class TextParser:
                 text = _TIMM_EPOCH_RE.sub(r"epoch=\1", text)
             for counter, mark in _COUNTER_RES:
                 text = counter.sub(mark, text)
+        if b" batches" in probe and b"/" in probe:
+            text = _BATCHES_RE.sub(_BATCHES_MARK, text)
         return text
 
     def _splits(self, text: str) -> str:
