@@ -12,14 +12,8 @@ import pytest
 import torch
 
 from muvo_model.data import anovox
-from muvo_model.data.anovox import (
-    AnovoxError,
-    PngError,
-    decode_png,
-    image_to_tensor,
-    load_anovox,
-    read_pcd,
-)
+from muvo_model.data.anovox import AnovoxError, load_anovox
+from muvo_model.data.anovox_files import PngError, decode_png, image_to_tensor, read_pcd
 from muvo_model.data.anovox_writer import encode_png, write_anovox, write_pcd
 from muvo_model.data.frames import Frames
 
@@ -269,14 +263,14 @@ def test_pcd_rgb_colours_and_compressed(tmp_path: Path) -> None:
     # open3d-style packed float rgb: anomaly colour (245, 0, 0) -> 100, (245, 30, 0) -> 30, others -> 0
     rgb = np.array([(245 << 16), (245 << 16) | (30 << 8), (128 << 16) | (64 << 8) | 128], np.uint32)
     cols = {"x": np.array([1.0, 2.0, 3.0]), "y": np.zeros(3), "z": np.zeros(3), "rgb": rgb.view(np.float32)}
-    from muvo_model.data.anovox import _pcd_classes
+    from muvo_model.data.anovox_files import pcd_classes
 
     for binary in (False, True):
         path = tmp_path / f"s{binary}.pcd"
         write_pcd(path, cols, binary)
         fields = read_pcd(path)
         assert fields["x"].tolist() == [1.0, 2.0, 3.0]
-        assert _pcd_classes(fields, path).tolist() == [100, 30, 0]
+        assert pcd_classes(fields, path).tolist() == [100, 30, 0]
     path = tmp_path / "c.pcd"
     path.write_text("FIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\nPOINTS 0\nDATA binary_compressed\n")
     with pytest.raises(Exception, match="binary_compressed.*not supported"):

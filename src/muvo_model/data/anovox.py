@@ -27,507 +27,33 @@ is used instead (``png_backend="auto"``); ``cache_dir`` makes later loads skip d
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-import struct
-import zlib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from dataclasses import fields as dataclass_fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
 
+from muvo_model.data.anovox_cache import cache_file, read_cache, write_cache
+from muvo_model.data.anovox_files import (
+    PcdError,
+    PngError,
+    image_to_tensor,
+    pcd_classes,
+    pcd_points,
+    read_pcd,
+    read_png,
+)
+from muvo_model.data.anovox_report import AnovoxData, AnovoxReport, DroppedFrame, SplitStats
+from muvo_model.data.anovox_scan import Inventory, Modalities, complete_frames, find_scenarios
 from muvo_model.data.frames import ANOMALY_IDS, IGNORE_IDS, Frames
-
-# AnoVox anomaly colours (Definitions.py (245, id, 0), 100 -> (245, 0, 0)) and the benchmark palette variants
-# (notes 2.2); used only when a SEMANTIC_PCD carries colours instead of ids.
-ANOMALY_COLOURS: dict[tuple[int, int, int], int] = {
-    **{(245, k, 0): k for k in range(29, 35)},
-    (245, 0, 0): 100,
-    (250, 128, 114): 29,
-    (255, 36, 0): 30,
-    (224, 17, 95): 31,
-    (184, 15, 10): 32,
-}
-# a colour that is not an anomaly colour becomes this class id (known: "some normal class")
-UNKNOWN_NORMAL_ID = 0
-
-_FRAME_RE = re.compile(r"_(\d+)$")
 
 
 class AnovoxError(ValueError):
     """An AnoVox folder that cannot be used; the message is one line naming the folder and the fix."""
-
-
-class PngError(ValueError):
-    """A PNG file this decoder cannot read (corrupt, or an unsupported variant)."""
-
-
-class PcdError(ValueError):
-    """A PCD file this reader cannot parse."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# PNG decoding (zlib + numpy)
-
-_PNG_SIG = b"\x89PNG\r\n\x1a\n"
-_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
-
-
-def _unfilter_wavefront(rows: np.ndarray, width: int, ch: int) -> np.ndarray:
-    """Undoes all row filters of an image that has Average (3) or Paeth (4) rows.
-
-    Those filters depend on the already-decoded left pixel, so a row cannot be decoded in one numpy op. But pixel
-    (r, c) depends only on (r, c-1), (r-1, c) and (r-1, c-1): every anti-diagonal r + c = d is independent given
-    the previous two. The image is skewed so that diagonals become contiguous rows, and decoded in H + W - 1
-    vectorised steps (~0.15 s for 768x512 RGB instead of ~0.6 s for a per-byte Python loop).
-
-    Args:
-        rows: uint8 (H, 1 + width * ch), the filter byte then the filtered bytes of each row.
-
-    Returns:
-        uint8 (H, width, ch).
-    """
-    h = rows.shape[0]
-    ft = rows[:, 0]
-    filtered = rows[:, 1:].reshape(h, width, ch).astype(np.int16)
-    n_diag = h + width - 1
-    r_idx, c_idx = np.arange(h)[:, None], np.arange(width)[None, :]
-    # skewed layout: S[d, r + 1] is pixel (r, d - r); S[:, 0] is the zero row above the image, S[n_diag] (read as
-    # S[-1] at d = 0 and 1) stays zero: the zero column left of the image and the zero corner
-    out = np.zeros((n_diag + 1, h + 1, ch), np.int16)
-    src = np.zeros((n_diag, h + 1, ch), np.int16)
-    src[r_idx + c_idx, r_idx + 1] = filtered
-    kinds = [(ft == k)[:, None] for k in range(5)]
-    for d in range(n_diag):
-        r0, r1 = max(0, d - width + 1), min(h - 1, d)
-        cur, above, rs = slice(r0 + 1, r1 + 2), slice(r0, r1 + 1), slice(r0, r1 + 1)
-        a, b, c = out[d - 1, cur], out[d - 1, above], out[d - 2, above]  # left, up, up-left
-        pa, pb, pc = np.abs(b - c), np.abs(a - c), np.abs(a + b - 2 * c)
-        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
-        pred = np.where(
-            kinds[4][rs],
-            paeth,
-            np.where(kinds[3][rs], (a + b) >> 1, np.where(kinds[2][rs], b, np.where(kinds[1][rs], a, 0))),
-        )
-        out[d, cur] = (src[d, cur] + pred) & 0xFF
-    return out[r_idx + c_idx, r_idx + 1].astype(np.uint8)
-
-
-def _unfilter_rows(rows: np.ndarray, width: int, ch: int) -> np.ndarray:
-    """(H, W, C) pixels of rows filtered with None / Sub / Up only: one vectorised op per row."""
-    height, stride = rows.shape[0], rows.shape[1] - 1
-    out = np.empty((height, stride), np.uint8)
-    prev = np.zeros(stride, np.uint8)
-    for r in range(height):
-        line, ft = rows[r, 1:], int(rows[r, 0])
-        if ft == 1:  # Sub: running sum per channel, mod 256 via uint8 overflow
-            out[r] = np.cumsum(line.reshape(width, ch), axis=0, dtype=np.uint8).reshape(-1)
-        elif ft == 2:  # Up
-            out[r] = line + prev
-        else:
-            out[r] = line
-        prev = out[r]
-    return out.reshape(height, width, ch)
-
-
-def decode_png(data: bytes, name: str = "<png>") -> np.ndarray:
-    """Decodes an 8-bit, non-interlaced PNG into a uint8 (H, W, C) array (C = 1, 2, 3 or 4; palette -> 3 or 4).
-
-    Args:
-        data: the file's bytes.
-        name: used in error messages.
-
-    Returns:
-        uint8 array (H, W, C).
-
-    Raises:
-        PngError: corrupt data, or bit depth != 8 / interlacing (one line naming the file).
-    """
-    if not data.startswith(_PNG_SIG):
-        raise PngError(f"{name}: not a PNG file (bad signature)")
-    pos, ihdr, plte, trns, idat = 8, None, None, None, []
-    try:
-        while pos < len(data):
-            (length,) = struct.unpack(">I", data[pos : pos + 4])
-            ctype = data[pos + 4 : pos + 8]
-            body = data[pos + 8 : pos + 8 + length]
-            if len(body) != length:
-                raise PngError(f"{name}: truncated {ctype.decode('latin1')} chunk")
-            pos += 12 + length
-            if ctype == b"IHDR":
-                ihdr = struct.unpack(">IIBBBBB", body)
-            elif ctype == b"PLTE":
-                plte = np.frombuffer(body, np.uint8).reshape(-1, 3)
-            elif ctype == b"tRNS":
-                trns = np.frombuffer(body, np.uint8)
-            elif ctype == b"IDAT":
-                idat.append(body)
-            elif ctype == b"IEND":
-                break
-    except struct.error as e:
-        raise PngError(f"{name}: truncated PNG ({e})") from None
-    if ihdr is None or not idat:
-        raise PngError(f"{name}: missing IHDR or IDAT chunk")
-    width, height, depth, colour, _, _, interlace = ihdr
-    if depth != 8 or colour not in _CHANNELS or interlace != 0:
-        raise PngError(
-            f"{name}: unsupported PNG (bit depth {depth}, colour type {colour}, interlace {interlace}); "
-            "only 8-bit non-interlaced PNGs are read: re-save the image as 8-bit RGB"
-        )
-    if colour == 3 and plte is None:
-        raise PngError(f"{name}: palette PNG without a PLTE chunk")
-    ch = _CHANNELS[colour]
-    stride = width * ch
-    try:
-        raw = zlib.decompress(b"".join(idat))
-    except zlib.error as e:
-        raise PngError(f"{name}: corrupt image data ({e})") from None
-    if len(raw) < height * (stride + 1):
-        raise PngError(f"{name}: image data too short ({len(raw)} bytes for {width}x{height}x{ch})")
-    rows = np.frombuffer(raw, np.uint8, count=height * (stride + 1)).reshape(height, stride + 1)
-    ftypes = rows[:, 0]
-    if ftypes.max(initial=0) > 4:
-        raise PngError(f"{name}: unknown row filter type {int(ftypes.max())}")
-    img = (
-        _unfilter_wavefront(rows, width, ch)
-        if ftypes.max(initial=0) >= 3
-        else _unfilter_rows(rows, width, ch)
-    )
-    if colour == 3:
-        assert plte is not None
-        if int(img.max(initial=0)) >= plte.shape[0]:
-            raise PngError(f"{name}: palette index out of range")
-        pal = plte
-        if trns is not None:
-            alpha = np.full((plte.shape[0], 1), 255, np.uint8)
-            alpha[: len(trns), 0] = trns[: plte.shape[0]]
-            pal = np.concatenate([plte, alpha], axis=1)
-        img = pal[img[..., 0]]
-    return img
-
-
-def read_png(path: Path, backend: Literal["auto", "numpy"] = "auto") -> np.ndarray:
-    """Reads a PNG file into uint8 (H, W, C); ``auto`` uses Pillow when it is installed (faster), else ours."""
-    if backend == "auto":
-        try:
-            from PIL import Image  # optional acceleration, not a dependency
-        except ImportError:
-            backend = "numpy"
-        else:
-            try:
-                with Image.open(path) as im:
-                    if im.mode not in ("L", "LA", "RGB", "RGBA"):
-                        im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
-                    arr = np.asarray(im)
-            except Exception as e:  # Pillow raises many types for a broken file
-                raise PngError(f"{path}: unreadable image ({e})") from None
-            return arr[..., None] if arr.ndim == 2 else arr
-    return decode_png(path.read_bytes(), str(path))
-
-
-def image_to_tensor(img: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 (H, W, C) -> float32 (3, h, w) in [0, 1], resized with antialiased bilinear interpolation."""
-    c = img.shape[2]
-    if c in (1, 2):  # gray (+alpha): replicate
-        img = np.repeat(img[..., :1], 3, axis=2)
-    elif c == 4:  # drop alpha
-        img = img[..., :3]
-    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
-    if tuple(x.shape[1:]) != tuple(size):
-        x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-    return x.clamp_(0.0, 1.0)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# PCD (ASCII and binary)
-
-_PCD_TYPES = {
-    ("F", 4): "<f4",
-    ("F", 8): "<f8",
-    ("U", 1): "u1",
-    ("U", 2): "<u2",
-    ("U", 4): "<u4",
-    ("I", 1): "i1",
-}
-_PCD_TYPES.update({("I", 2): "<i2", ("I", 4): "<i4", ("U", 8): "<u8", ("I", 8): "<i8"})
-
-
-def read_pcd(path: Path) -> dict[str, np.ndarray]:
-    """Reads a PCD file (``DATA ascii`` or ``binary``) into ``{field: 1-D array}``.
-
-    Raises:
-        PcdError: malformed header, ``binary_compressed`` data, or a size mismatch.
-    """
-    raw = path.read_bytes()
-    header: dict[str, list[str]] = {}
-    pos = 0
-    while True:
-        end = raw.find(b"\n", pos)
-        if end < 0:
-            raise PcdError(f"{path}: PCD header has no DATA line")
-        line = raw[pos:end].decode("ascii", "replace").strip()
-        pos = end + 1
-        if not line or line.startswith("#"):
-            continue
-        key, *vals = line.split()
-        header[key.upper()] = vals
-        if key.upper() == "DATA":
-            break
-    try:
-        names = header["FIELDS"]
-        sizes = [int(v) for v in header["SIZE"]]
-        types = header["TYPE"]
-        counts = [int(v) for v in header.get("COUNT", ["1"] * len(names))]
-        n = (
-            int(header["POINTS"][0])
-            if "POINTS" in header
-            else int(header["WIDTH"][0]) * int(header["HEIGHT"][0])
-        )
-        mode = header["DATA"][0].lower()
-    except (KeyError, ValueError, IndexError) as e:
-        raise PcdError(f"{path}: malformed PCD header ({e!r})") from None
-    if not (len(names) == len(sizes) == len(types) == len(counts)):
-        raise PcdError(f"{path}: FIELDS/SIZE/TYPE/COUNT lengths differ")
-    dtypes = []
-    for name, t, s, c in zip(names, types, sizes, counts, strict=True):
-        if (t, s) not in _PCD_TYPES:
-            raise PcdError(f"{path}: unsupported PCD field type {t}{s} for '{name}'")
-        dtypes.append((name, _PCD_TYPES[(t, s)], (c,)) if c > 1 else (name, _PCD_TYPES[(t, s)]))
-    dt = np.dtype(dtypes)
-    if mode == "binary":
-        body = raw[pos:]
-        if len(body) < n * dt.itemsize:
-            raise PcdError(f"{path}: binary PCD data too short ({len(body)} bytes for {n} points)")
-        rec = np.frombuffer(body, dt, count=n)
-        return {name: np.asarray(rec[name]) for name in names}
-    if mode == "ascii":
-        try:
-            table = np.loadtxt(raw[pos:].decode("ascii").splitlines(), dtype=np.float64, ndmin=2)
-        except ValueError as e:
-            raise PcdError(f"{path}: malformed ASCII PCD data ({e})") from None
-        if table.shape[0] != n or table.shape[1] != sum(counts):
-            raise PcdError(f"{path}: ASCII PCD has {table.shape} values, header says {n} x {sum(counts)}")
-        out, col = {}, 0
-        for name, (_, np_t, *_rest), c in zip(names, dtypes, counts, strict=True):
-            vals = table[:, col : col + c]
-            col += c
-            if name in ("rgb", "rgba") and np.dtype(np_t).kind == "f":
-                # packed colour written as a float's text: reinterpret the float32 bits
-                out[name] = vals[:, 0].astype(np.float32)
-            else:
-                out[name] = vals[:, 0].astype(np_t) if c == 1 else vals.astype(np_t)
-        return out
-    raise PcdError(
-        f"{path}: PCD DATA '{mode}' is not supported; convert to ascii or binary (e.g. pcl_convert_pcd_ascii_binary)"
-    )
-
-
-def _pcd_points(fields: dict[str, np.ndarray], path: Path) -> np.ndarray:
-    if not all(k in fields for k in ("x", "y", "z")):
-        raise PcdError(f"{path}: PCD has no x/y/z fields (found {sorted(fields)})")
-    cols = [fields[k].astype(np.float32) for k in ("x", "y", "z")]
-    inten = fields.get("intensity", fields.get("i"))
-    cols.append(inten.astype(np.float32) if inten is not None else np.zeros_like(cols[0]))
-    return np.stack(cols, axis=1)
-
-
-def _pcd_classes(fields: dict[str, np.ndarray], path: Path) -> np.ndarray:
-    for key in ("label", "object_tag", "objtag", "ObjTag", "semantic", "class", "tag"):
-        if key in fields:
-            return fields[key].astype(np.int64)
-    for key in ("rgb", "rgba"):
-        if key in fields:
-            v = fields[key]
-            packed = v.astype(np.float32).view(np.uint32) if v.dtype.kind == "f" else v.astype(np.uint32)
-            r, g, b = (packed >> 16) & 0xFF, (packed >> 8) & 0xFF, packed & 0xFF
-            key_arr = (r.astype(np.int64) << 16) | (g.astype(np.int64) << 8) | b.astype(np.int64)
-            cls = np.full(key_arr.shape, UNKNOWN_NORMAL_ID, np.int64)
-            for (cr, cg, cb), cid in ANOMALY_COLOURS.items():
-                cls[key_arr == ((cr << 16) | (cg << 8) | cb)] = cid
-            return cls
-    raise PcdError(f"{path}: semantic PCD has no label field or rgb colours (found {sorted(fields)})")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The load report
-
-
-class DroppedFrame(BaseModel):
-    """One frame (or a whole scenario, frame None) left out, and why."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    scenario: str
-    frame: int | None
-    kind: str  # short reason category, e.g. "missing LIDAR", "corrupt .npy", "unreadable PNG"
-    detail: str
-
-
-class SplitStats(BaseModel):
-    """What one split holds."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    scenarios: int
-    frames: int
-    anomaly_frames: int
-    normal_frames: int
-    points: int  # valid (unmasked) points after subsampling
-    anomaly_points: int
-    point_classes: dict[int, int]  # class id -> count of valid points after subsampling
-
-
-class AnovoxReport(BaseModel):
-    """The load-time report: what was found, what was kept, what was dropped and why."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    root: str
-    layouts: dict[str, int]  # layout name -> scenarios
-    scenarios_found: int
-    frames_found: int
-    train: SplitStats
-    val: SplitStats
-    train_scenarios: list[str]
-    val_scenarios: list[str]
-    dropped: list[DroppedFrame]
-    drop_reasons: dict[str, int]
-    notes: list[str]
-    anomaly_ids: list[int]
-    ignore_ids: list[int]
-
-    def summary(self) -> str:
-        """A printable multi-line summary."""
-        lines = [
-            f"AnoVox {self.root}: {self.scenarios_found} scenarios, {self.frames_found} frames found "
-            f"(layouts: {', '.join(f'{k} {v}' for k, v in sorted(self.layouts.items()))})",
-        ]
-        for name, s in (("train", self.train), ("val", self.val)):
-            frac = s.anomaly_points / s.points if s.points else 0.0
-            lines.append(
-                f"  {name:5s} {s.scenarios:4d} scenarios {s.frames:6d} frames: "
-                f"{s.anomaly_frames} anomaly / {s.normal_frames} normal "
-                f"({s.anomaly_frames / max(s.frames, 1):.1%} anomaly); points {s.points} "
-                f"({frac:.3%} anomaly)"
-            )
-        n_drop = sum(self.drop_reasons.values())
-        lines.append(f"  dropped {n_drop} frames" + (":" if n_drop else ""))
-        for kind, cnt in sorted(self.drop_reasons.items(), key=lambda kv: -kv[1]):
-            example = next(d for d in self.dropped if d.kind == kind)
-            lines.append(
-                f"    {cnt:6d}  {kind}  (e.g. {example.scenario} frame {example.frame}: {example.detail})"
-            )
-        for note in self.notes:
-            lines.append(f"  note: {note}")
-        return "\n".join(lines)
-
-
-@dataclass
-class AnovoxData:
-    """The result of ``load_anovox``: train and val Frames (CPU) and the load report.
-
-    ``train_keys`` / ``val_keys`` give, per frame, (scenario folder relative to root, frame id): the way back
-    to the files. ``Frames.scenario`` indexes ``scenario_names``.
-    """
-
-    train: Frames
-    val: Frames
-    report: AnovoxReport
-    train_keys: list[tuple[str, int]]
-    val_keys: list[tuple[str, int]]
-    scenario_names: list[str]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Discovery
-
-
-def _frame_files(folder: Path, suffix: str) -> dict[int, Path]:
-    out: dict[int, Path] = {}
-    for p in folder.iterdir():
-        if p.is_file() and p.suffix.lower() == suffix:
-            m = _FRAME_RE.search(p.stem)
-            if m:
-                out[int(m.group(1))] = p
-    return out
-
-
-def find_scenarios(root: Path) -> list[Path]:
-    """All ``Scenario_*`` folders under root (root itself may be one), sorted, skipping configuration folders."""
-    if root.name.startswith("Scenario_") and root.is_dir():
-        return [root]
-    found = [
-        p
-        for p in root.rglob("Scenario_*")
-        if p.is_dir()
-        and p.name != "Scenario_Configuration_Files"
-        and "Scenario_Configuration_Files" not in p.parts
-    ]
-    # a Scenario_ folder nested inside another one is not a separate scenario
-    found = [
-        p
-        for p in found
-        if not any(q.name.startswith("Scenario_") for q in p.relative_to(root).parents if q.name)
-    ]
-    return sorted(found)
-
-
-@dataclass
-class _Modalities:
-    layout: str
-    rgb: dict[int, Path] | None
-    lidar: dict[int, Path] | None
-    semantic: dict[int, Path] | None
-    voxel: dict[int, Path] | None
-    notes: list[str]
-
-
-def _pick_sensor(scn: Path, prefix: str, notes: list[str]) -> Path | None:
-    cands = sorted(p for p in scn.iterdir() if p.is_dir() and p.name.startswith(prefix + "("))
-    if not cands:
-        return None
-    if len(cands) > 1:
-        best = max(cands, key=lambda p: sum(1 for _ in p.iterdir()))
-        notes.append(
-            f"{scn.name}: {len(cands)} {prefix} folders, using {best.name} (the one with most files)"
-        )
-        return best
-    return cands[0]
-
-
-def _discover(scn: Path) -> _Modalities:
-    notes: list[str] = []
-    if (scn / "RGB_IMG").is_dir() or (scn / "PCD").is_dir() or (scn / "SEMANTIC_PCD").is_dir():
-
-        def sub(name: str, suffix: str) -> dict[int, Path] | None:
-            d = scn / name
-            return _frame_files(d, suffix) if d.is_dir() else None
-
-        return _Modalities(
-            "fallback",
-            sub("RGB_IMG", ".png"),
-            sub("PCD", ".pcd"),
-            sub("SEMANTIC_PCD", ".pcd"),
-            sub("VOXEL_GRID", ".npy"),
-            notes,
-        )
-    rgb = _pick_sensor(scn, "RGB-CAM", notes)
-    lid = _pick_sensor(scn, "LIDAR", notes)
-    sem = _pick_sensor(scn, "SEMANTIC-LIDAR", notes)
-    vox = scn / "VOXEL_GRID"
-    return _Modalities(
-        "primary",
-        _frame_files(rgb, ".png") if rgb else None,
-        _frame_files(lid, ".npy") if lid else None,
-        _frame_files(sem, ".npy") if sem else None,
-        _frame_files(vox, ".npy") if vox.is_dir() else None,
-        notes,
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -612,7 +138,7 @@ class _Loaded:
 
 
 def _load_frame(
-    mods: _Modalities,
+    mods: Modalities,
     frame: int,
     *,
     image_size: tuple[int, int],
@@ -631,11 +157,11 @@ def _load_frame(
     else:
         try:
             sf = read_pcd(mods.semantic[frame])
-            sem = _pcd_points(sf, mods.semantic[frame]).astype(np.float64)
-            classes = _pcd_classes(sf, mods.semantic[frame])
+            sem = pcd_points(sf, mods.semantic[frame]).astype(np.float64)
+            classes = pcd_classes(sf, mods.semantic[frame])
             lidar = None
             if mods.lidar is not None:
-                lidar = _pcd_points(read_pcd(mods.lidar[frame]), mods.lidar[frame]).astype(np.float64)
+                lidar = pcd_points(read_pcd(mods.lidar[frame]), mods.lidar[frame]).astype(np.float64)
         except (PcdError, OSError) as e:
             raise _Drop("corrupt .pcd", str(e)) from None
         if not (np.all(np.isfinite(sem)) and (lidar is None or np.all(np.isfinite(lidar)))):
@@ -757,17 +283,17 @@ def load_anovox(
         val_fraction=val_fraction, seed=seed, min_anomaly_points=min_anomaly_points, label_source=label_source,
         max_frames_per_scenario=max_frames_per_scenario,
     )  # fmt: skip
-    cache_path = None if cache_dir is None else _cache_file(cache_dir, root, scenarios, args)
-    if cache_path is not None and (cached := _read_cache(cache_path)) is not None:
+    cache_path = None if cache_dir is None else cache_file(cache_dir, root, scenarios, args)
+    if cache_path is not None and (cached := read_cache(cache_path)) is not None:
         return cached  # a hit: milliseconds per frame instead of decoding every PNG
 
     # Scan and decode, scenario by scenario: frames with every modality are loaded, the others (and the
     # unreadable ones) are dropped with a reason. Cost: the PNG decode of each frame.
-    inv = _Inventory()
+    inv = Inventory()
     loaded: list[_Loaded] = []
     for scn in scenarios:
         key = str(scn.relative_to(root)) if scn != root else scn.name
-        mods, ids = _complete_frames(scn, key, label_source, max_frames_per_scenario, inv)
+        mods, ids = complete_frames(scn, key, label_source, max_frames_per_scenario, inv)
         opts = (size, label_source, anomaly, ignore, min_anomaly_points, png_backend)
         loaded += _load_frames(mods, key, ids, inv, *opts)
 
@@ -787,7 +313,7 @@ def load_anovox(
     _check_both_classes(root, report)
     data = AnovoxData(train, val, report, train_keys, val_keys, scen_names)
     if cache_path is not None:
-        _write_cache(cache_path, data)
+        write_cache(cache_path, data)
     return data
 
 
@@ -803,10 +329,10 @@ def _scenarios(root: Path) -> list[Path]:
 
 
 def _load_frames(
-    mods: _Modalities,
+    mods: Modalities,
     key: str,
     ids: list[int],
-    inv: _Inventory,
+    inv: Inventory,
     image_size: tuple[int, int],
     label_source: Literal["semantic-lidar", "voxel"],
     anomaly: np.ndarray,
@@ -846,65 +372,6 @@ def _checked_arguments(
     if not 0.0 < val_fraction < 1.0:
         raise AnovoxError(f"val_fraction must be in (0, 1), got {val_fraction}")
     return root, size
-
-
-@dataclass
-class _Inventory:
-    """What the scan found and what it dropped (with reasons), for the report."""
-
-    dropped: list[DroppedFrame] = field(default_factory=list)
-    notes: set[str] = field(default_factory=set)
-    layouts: Counter[str] = field(default_factory=Counter)
-    frames_found: int = 0
-
-
-def _complete_frames(
-    scn: Path, key: str, label_source: str, max_frames: int | None, inv: _Inventory
-) -> tuple[_Modalities, list[int]]:
-    """The scenario's sensor folders and the ids of the frames that have a file in every required one
-    (at most ``max_frames``, evenly spaced); the other frames go to ``inv.dropped``."""
-    mods = _discover(scn)
-    inv.layouts[mods.layout] += 1
-    inv.notes.update(mods.notes)
-    names = (
-        {"rgb": "RGB-CAM", "lidar": "LIDAR", "semantic": "SEMANTIC-LIDAR", "voxel": "VOXEL_GRID"}
-        if mods.layout == "primary"
-        else {"rgb": "RGB_IMG", "lidar": "PCD", "semantic": "SEMANTIC_PCD", "voxel": "VOXEL_GRID"}
-    )
-    required = ["rgb", "lidar", "semantic"] + (["voxel"] if label_source == "voxel" else [])
-    present = {m: getattr(mods, m) for m in required}
-    all_ids = sorted(set().union(*(set(v) for v in present.values() if v)))
-    inv.frames_found += len(all_ids)
-    missing_dirs = [names[m] for m, v in present.items() if v is None]
-    if not all_ids:
-        inv.dropped.append(
-            DroppedFrame(
-                scenario=key, frame=None, kind="empty scenario", detail="no frame files in any sensor folder"
-            )
-        )
-        return mods, []
-    if missing_dirs:
-        detail = f"no {'/'.join(missing_dirs)} folder in the scenario"
-        inv.dropped += [
-            DroppedFrame(scenario=key, frame=f, kind=f"missing {missing_dirs[0]}", detail=detail)
-            for f in all_ids
-        ]
-        return mods, []
-    ids = []
-    for f in all_ids:
-        miss = [names[m] for m, v in present.items() if v is not None and f not in v]
-        if miss:
-            inv.dropped.append(
-                DroppedFrame(
-                    scenario=key, frame=f, kind=f"missing {miss[0]}", detail=f"no {'/'.join(miss)} file"
-                )
-            )
-        else:
-            ids.append(f)
-    if max_frames is not None and len(ids) > max_frames:
-        sel = np.linspace(0, len(ids) - 1, max_frames).round().astype(int)
-        ids = [ids[i] for i in sorted(set(sel.tolist()))]
-    return mods, ids
 
 
 def _usable_scenarios(
@@ -997,60 +464,6 @@ def _check_both_classes(root: Path, report: AnovoxReport) -> None:
             )
 
 
-_CACHE_VERSION = 1
-
-
-def _cache_key(root: Path, scenarios: list[Path], args: dict[str, object]) -> str:
-    h = hashlib.sha256(
-        json.dumps({"v": _CACHE_VERSION, "root": str(root.resolve()), **args}, sort_keys=True).encode()
-    )
-    for scn in scenarios:
-        for p in sorted(scn.rglob("*")):
-            if p.is_file():
-                st = p.stat()
-                h.update(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:20]
-
-
-def _cache_file(cache_dir: str | Path, root: Path, scenarios: list[Path], args: dict[str, object]) -> Path:
-    return Path(cache_dir).expanduser() / f"anovox-{_cache_key(root, scenarios, args)}.pt"
-
-
-def _write_cache(path: Path, data: AnovoxData) -> None:
-    blob = {
-        "train": {f.name: getattr(data.train, f.name) for f in dataclass_fields(Frames)},
-        "val": {f.name: getattr(data.val, f.name) for f in dataclass_fields(Frames)},
-        "report": data.report.model_dump_json(),
-        "train_keys": [list(k) for k in data.train_keys],
-        "val_keys": [list(k) for k in data.val_keys],
-        "scenario_names": data.scenario_names,
-    }
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(path)
-    except OSError:
-        pass  # a cache that cannot be written only costs time next run
-
-
-def _read_cache(path: Path) -> AnovoxData | None:
-    if not path.exists():
-        return None
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        return AnovoxData(
-            train=Frames(**blob["train"]),
-            val=Frames(**blob["val"]),
-            report=AnovoxReport.model_validate_json(blob["report"]),
-            train_keys=[(str(s), int(f)) for s, f in blob["train_keys"]],
-            val_keys=[(str(s), int(f)) for s, f in blob["val_keys"]],
-            scenario_names=list(blob["scenario_names"]),
-        )
-    except Exception:  # a stale or broken cache file is ignored and rewritten
-        return None
-
-
 def read_sensor_setup(scenario: Path) -> dict[str, object]:
     """The parsed ``sensor_setup.json`` of a scenario ({} when absent); raises AnovoxError if it is not JSON."""
     path = scenario / "sensor_setup.json"
@@ -1107,14 +520,9 @@ __all__ = [
     "AnovoxError",
     "AnovoxReport",
     "DroppedFrame",
-    "PcdError",
-    "PngError",
     "SplitStats",
-    "decode_png",
     "find_scenarios",
-    "image_to_tensor",
     "load_anovox",
-    "read_pcd",
-    "read_png",
+    "read_sensor_setup",
     "split_scenarios",
 ]

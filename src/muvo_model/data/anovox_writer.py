@@ -191,11 +191,6 @@ def write_anovox(
     root.mkdir(parents=True, exist_ok=True)
     f = frames.to("cpu")
     n = len(f)
-    if scenario_size is not None:
-        groups = [list(range(s, min(s + scenario_size, n))) for s in range(0, n, scenario_size)]
-    else:
-        sc = f.scenario.numpy()
-        groups = [np.nonzero(sc == v)[0].tolist() for v in sorted(set(sc.tolist()), key=sc.tolist().index)]
     rng = np.random.default_rng(seed)
     images = (f.image.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     points = f.points.numpy()
@@ -203,63 +198,13 @@ def write_anovox(
     classes = f.point_class.numpy()
     frame_id = first_frame_id
     written: dict[int, tuple[str, int]] = {}
-    for g in groups:
+    for g in _groups(f, scenario_size):
         scn = root / f"Scenario_{uuid.UUID(bytes=rng.bytes(16), version=4)}"
-        scn.mkdir()
-        cam = {"image_size_x": int(images.shape[2]), "image_size_y": int(images.shape[1]), "fov": 90}
-        sensors = {
-            "RGB-CAM": (_sensor_name("RGB-CAM", cam, seed), cam, ".png"),
-            "LIDAR": (_sensor_name("LIDAR", {"channels": 32}, seed), {"channels": 32}, ".npy"),
-            "SEMANTIC-LIDAR": (
-                _sensor_name("SEMANTIC-LIDAR", {"channels": 32}, seed),
-                {"channels": 32},
-                ".npy",
-            ),
-        }
-        setup = {
-            name: {
-                "sensor_type": kind,
-                "location": list(SENSOR_LOCATION),
-                "rotation": list(SENSOR_ROTATION),
-                "args": args,
-                "file_ending": ending,
-                "save_data": True,
-            }
-            for kind, (name, args, ending) in sensors.items()
-        }
-        (scn / "sensor_setup.json").write_text(json.dumps(setup, indent=2))
-        if layout == "primary":
-            dirs = {kind: scn / name for kind, (name, _, _) in sensors.items()}
-        else:
-            dirs = {"RGB-CAM": scn / "RGB_IMG", "LIDAR": scn / "PCD", "SEMANTIC-LIDAR": scn / "SEMANTIC_PCD"}
-        for d in dirs.values():
-            d.mkdir()
-        if voxels:
-            (scn / "VOXEL_GRID").mkdir()
+        dirs = _scenario_folders(scn, images.shape[1:3], layout, voxels, seed)
         for i in g:
             m = mask[i]
             xyz, inten, cls = points[i, m, :3], points[i, m, 3], classes[i, m]
-            png = encode_png(images[i], png_filters)
-            if layout == "primary":
-                stem = {kind: dirs[kind].name for kind in dirs}
-                (dirs["RGB-CAM"] / f"{stem['RGB-CAM']}_{frame_id}.png").write_bytes(png)
-                np.save(
-                    dirs["LIDAR"] / f"{stem['LIDAR']}_{frame_id}.npy", np.c_[xyz, inten].astype(np.float32)
-                )
-                np.save(
-                    dirs["SEMANTIC-LIDAR"] / f"{stem['SEMANTIC-LIDAR']}_{frame_id}.npy",
-                    np.c_[xyz, cls].astype(np.float32),
-                )
-            else:
-                binary = layout == "pcd-binary"
-                (dirs["RGB-CAM"] / f"RGB_IMG_{frame_id}.png").write_bytes(png)
-                cols = {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2]}
-                write_pcd(dirs["LIDAR"] / f"PCD_{frame_id}.pcd", {**cols, "intensity": inten}, binary)
-                write_pcd(
-                    dirs["SEMANTIC-LIDAR"] / f"SEMANTIC_PCD_{frame_id}.pcd",
-                    {**cols, "label": cls.astype(np.uint32)},
-                    binary,
-                )
+            _write_frame(dirs, layout, frame_id, encode_png(images[i], png_filters), xyz, inten, cls)
             written[i] = (scn.name, frame_id)
             if voxels:
                 np.save(
@@ -268,6 +213,83 @@ def write_anovox(
             frame_id += int(rng.integers(1, 3))
         frame_id += 100  # scenarios do not share frame ids
     return [written[i] for i in range(n)]
+
+
+def _groups(f: Frames, scenario_size: int | None) -> list[list[int]]:
+    """The frame indices of each scenario folder: runs of ``scenario_size``, or by ``f.scenario``."""
+    n = len(f)
+    if scenario_size is not None:
+        return [list(range(s, min(s + scenario_size, n))) for s in range(0, n, scenario_size)]
+    sc = f.scenario.numpy()
+    return [np.nonzero(sc == v)[0].tolist() for v in sorted(set(sc.tolist()), key=sc.tolist().index)]
+
+
+def _scenario_folders(
+    scn: Path, image_hw: tuple[int, ...], layout: str, voxels: bool, seed: int
+) -> dict[str, Path]:
+    """Make the scenario folder, its ``sensor_setup.json`` and sensor folders; the folder of each sensor."""
+    scn.mkdir()
+    cam = {"image_size_x": int(image_hw[1]), "image_size_y": int(image_hw[0]), "fov": 90}
+    sensors = {
+        "RGB-CAM": (_sensor_name("RGB-CAM", cam, seed), cam, ".png"),
+        "LIDAR": (_sensor_name("LIDAR", {"channels": 32}, seed), {"channels": 32}, ".npy"),
+        "SEMANTIC-LIDAR": (
+            _sensor_name("SEMANTIC-LIDAR", {"channels": 32}, seed),
+            {"channels": 32},
+            ".npy",
+        ),
+    }
+    setup = {
+        name: {
+            "sensor_type": kind,
+            "location": list(SENSOR_LOCATION),
+            "rotation": list(SENSOR_ROTATION),
+            "args": args,
+            "file_ending": ending,
+            "save_data": True,
+        }
+        for kind, (name, args, ending) in sensors.items()
+    }
+    (scn / "sensor_setup.json").write_text(json.dumps(setup, indent=2))
+    if layout == "primary":
+        dirs = {kind: scn / name for kind, (name, _, _) in sensors.items()}
+    else:
+        dirs = {"RGB-CAM": scn / "RGB_IMG", "LIDAR": scn / "PCD", "SEMANTIC-LIDAR": scn / "SEMANTIC_PCD"}
+    for d in dirs.values():
+        d.mkdir()
+    if voxels:
+        (scn / "VOXEL_GRID").mkdir()
+    return dirs
+
+
+def _write_frame(
+    dirs: dict[str, Path],
+    layout: str,
+    frame_id: int,
+    png: bytes,
+    xyz: np.ndarray,
+    inten: np.ndarray,
+    cls: np.ndarray,
+) -> None:
+    """One frame's image and its two point clouds (.npy in the primary layout, .pcd in the fallback)."""
+    if layout == "primary":
+        stem = {kind: dirs[kind].name for kind in dirs}
+        (dirs["RGB-CAM"] / f"{stem['RGB-CAM']}_{frame_id}.png").write_bytes(png)
+        np.save(dirs["LIDAR"] / f"{stem['LIDAR']}_{frame_id}.npy", np.c_[xyz, inten].astype(np.float32))
+        np.save(
+            dirs["SEMANTIC-LIDAR"] / f"{stem['SEMANTIC-LIDAR']}_{frame_id}.npy",
+            np.c_[xyz, cls].astype(np.float32),
+        )
+        return
+    binary = layout == "pcd-binary"
+    (dirs["RGB-CAM"] / f"RGB_IMG_{frame_id}.png").write_bytes(png)
+    cols = {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2]}
+    write_pcd(dirs["LIDAR"] / f"PCD_{frame_id}.pcd", {**cols, "intensity": inten}, binary)
+    write_pcd(
+        dirs["SEMANTIC-LIDAR"] / f"SEMANTIC_PCD_{frame_id}.pcd",
+        {**cols, "label": cls.astype(np.uint32)},
+        binary,
+    )
 
 
 __all__ = ["encode_png", "voxelise", "write_anovox", "write_pcd"]
