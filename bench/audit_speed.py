@@ -39,7 +39,7 @@ _CHILD = {
     "reader": (
         "import sys\n"
         "from pathlib import Path\n"
-        "from muvo_doctor.history import History\n"
+        "from muvo_doctor.core.history import History\n"
         "from muvo_doctor.logs import LogSource, load\n"
         "h = History()\n"
         "fmt, st = load(LogSource(sys.argv[1], [Path(sys.argv[1])]), h.add_point)\n"

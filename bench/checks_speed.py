@@ -20,9 +20,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from muvo_doctor.config import DoctorConfig  # noqa: E402
-from muvo_doctor.doctor import Doctor  # noqa: E402
-from muvo_doctor.history import History  # noqa: E402
+from muvo_doctor.core.config import DoctorConfig  # noqa: E402
+from muvo_doctor.core.doctor import Doctor  # noqa: E402
+from muvo_doctor.core.history import History  # noqa: E402
 
 
 def learning_run(n: int, seed: int = 0) -> History:

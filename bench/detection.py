@@ -58,7 +58,7 @@ def run_one(fault: str, config: str, seed: int, steps: int, save: str | None) ->
     import torch
 
     torch.set_num_threads(1)
-    import muvo_doctor.doctor as doctor_mod
+    import muvo_doctor.core.doctor as doctor_mod
     from muvo_model.config import load_run_config
     from muvo_model.faults import get_fault
     from muvo_model.train import train

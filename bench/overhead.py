@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from muvo_doctor.config import DoctorConfig
+from muvo_doctor.core.config import DoctorConfig
 from muvo_doctor.recorder import DEFAULT_SAMPLE_EVERY, Recorder
 
 MODES = ("off", "watch", "global")

@@ -2,7 +2,7 @@ import json
 import subprocess
 import sys
 
-from muvo_doctor.finding import Finding, Report, verdict_of
+from muvo_doctor.core.finding import Finding, Report, verdict_of
 
 
 def test_report_round_trips_through_json():

@@ -20,12 +20,12 @@ __all__ = ["Doctor", "DoctorConfig", "Finding", "Observation", "Recorder", "Repo
 # Everything is imported on first use: the `run` wrapper's child bootstrap imports this package inside
 # every training process, and `explain`/`audit` should not pay for torch.
 _WHERE = {
-    "Doctor": "muvo_doctor.doctor",
-    "DoctorConfig": "muvo_doctor.config",
-    "load_config": "muvo_doctor.config",
-    "Finding": "muvo_doctor.finding",
-    "Report": "muvo_doctor.finding",
-    "Observation": "muvo_doctor.observation",
+    "Doctor": "muvo_doctor.core.doctor",
+    "DoctorConfig": "muvo_doctor.core.config",
+    "load_config": "muvo_doctor.core.config",
+    "Finding": "muvo_doctor.core.finding",
+    "Report": "muvo_doctor.core.finding",
+    "Observation": "muvo_doctor.core.observation",
     "Recorder": "muvo_doctor.recorder",
     "watch": "muvo_doctor.recorder",
 }

@@ -43,9 +43,9 @@ import torch.nn.modules.module as _module_hooks
 import torch.optim.optimizer as _optim_hooks
 from torch.utils.hooks import RemovableHandle
 
-from muvo_doctor.config import DoctorConfig
-from muvo_doctor.doctor import Doctor
-from muvo_doctor.observation import Observation
+from muvo_doctor.core.config import DoctorConfig
+from muvo_doctor.core.doctor import Doctor
+from muvo_doctor.core.observation import Observation
 
 Sink = Callable[[list[Observation]], None]
 
@@ -262,7 +262,7 @@ class _OptState:
 
 
 class Recorder:
-    """Turns a training loop into observations for a :class:`~muvo_doctor.doctor.Doctor` and/or a sink.
+    """Turns a training loop into observations for a :class:`~muvo_doctor.core.doctor.Doctor` and/or a sink.
 
     Args:
         model: the model being trained; ``None`` only for the global recorder.

@@ -746,8 +746,8 @@ class Watch:
     ) -> Watch:
         if not (cfg.doctor.enabled and dist.main):
             return cls()
-        from muvo_doctor.config import load_config
-        from muvo_doctor.doctor import Doctor
+        from muvo_doctor.core.config import load_config
+        from muvo_doctor.core.doctor import Doctor
         from muvo_doctor.recorder import Recorder
 
         dcfg = load_config(cfg.doctor.config)
@@ -761,7 +761,7 @@ class Watch:
 
     def observe(self, name: str, step: int, value: float, digits: int | None = None) -> None:
         if self.doctor is not None:
-            from muvo_doctor.observation import Observation
+            from muvo_doctor.core.observation import Observation
 
             # Not a step clock: the recorder's flushes (buffered, time-based) carry the training steps, and
             # a printed or evaluation value observed ahead of them must not trigger the Doctor's grid

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from muvo_doctor.alerts import Alerts, infer_format, post, webhook_payload, webhook_request
-from muvo_doctor.finding import Finding
+from muvo_doctor.core.finding import Finding
+from muvo_doctor.run.alerts import Alerts, infer_format, post, webhook_payload, webhook_request
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "fixtures" / "scripts"
 PY = sys.executable

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from muvo_doctor.cli import main
-from muvo_doctor.finding import Report
+from muvo_doctor.core.finding import Report
 
 LOGS = Path(__file__).parents[1] / "fixtures" / "logs"
 ANSI = re.compile(r"\x1b\[")

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from muvo_doctor.commands.audit import audit_source
-from muvo_doctor.config import DoctorConfig
-from muvo_doctor.finding import verdict_of
+from muvo_doctor.core.config import DoctorConfig
+from muvo_doctor.core.finding import verdict_of
 from muvo_doctor.logs import LogSource, NoRecords
 from muvo_doctor.logs.text import parse_line
 

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from muvo_doctor.chart import downsample, line_chart, strip_ansi
+from muvo_doctor.face.chart import downsample, line_chart, strip_ansi
 
 ESC = "\x1b["
 
@@ -111,7 +111,7 @@ def test_huge_series_renders_quickly() -> None:
 
 
 def test_plotext_not_imported_by_the_package() -> None:
-    code = "import muvo_doctor.chart, muvo_doctor.doctor, sys; print('plotext' in sys.modules)"
+    code = "import muvo_doctor.face.chart, muvo_doctor.core.doctor, sys; print('plotext' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from muvo_doctor.checks import display_precision, flat_loss
-from muvo_doctor.config import DoctorConfig
-from muvo_doctor.doctor import Doctor
-from muvo_doctor.history import History
-from muvo_doctor.observation import Observation
+from muvo_doctor.core.checks import display_precision, flat_loss
+from muvo_doctor.core.config import DoctorConfig
+from muvo_doctor.core.doctor import Doctor
+from muvo_doctor.core.history import History
+from muvo_doctor.core.observation import Observation
 
 CFG = DoctorConfig()
 T = CFG.thresholds

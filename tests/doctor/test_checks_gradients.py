@@ -5,10 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from muvo_doctor.checks import exploding_gradients, frozen_parameters, stale_gradients, vanishing_gradients
-from muvo_doctor.config import DoctorConfig
-from muvo_doctor.finding import Finding
-from muvo_doctor.history import History
+from muvo_doctor.core.checks import (
+    exploding_gradients,
+    frozen_parameters,
+    stale_gradients,
+    vanishing_gradients,
+)
+from muvo_doctor.core.config import DoctorConfig
+from muvo_doctor.core.finding import Finding
+from muvo_doctor.core.history import History
 
 CFG = DoctorConfig()
 T = CFG.thresholds

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from muvo_doctor.checks import divergence, flat_loss, loss_not_decreasing, loss_spike, nan_inf
-from muvo_doctor.config import DoctorConfig
-from muvo_doctor.doctor import Doctor
-from muvo_doctor.finding import Finding
-from muvo_doctor.history import History
-from muvo_doctor.observation import Observation
+from muvo_doctor.core.checks import divergence, flat_loss, loss_not_decreasing, loss_spike, nan_inf
+from muvo_doctor.core.config import DoctorConfig
+from muvo_doctor.core.doctor import Doctor
+from muvo_doctor.core.finding import Finding
+from muvo_doctor.core.history import History
+from muvo_doctor.core.observation import Observation
 
 CFG = DoctorConfig()
 T = CFG.thresholds

@@ -7,13 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from muvo_doctor.checks import metric_stuck, overfitting, prior_baseline
-from muvo_doctor.checks._common import bernoulli_entropy
-from muvo_doctor.config import DoctorConfig
-from muvo_doctor.doctor import Doctor
-from muvo_doctor.finding import Finding
-from muvo_doctor.history import History
-from muvo_doctor.observation import Observation
+from muvo_doctor.core.checks import metric_stuck, overfitting, prior_baseline
+from muvo_doctor.core.checks._common import bernoulli_entropy
+from muvo_doctor.core.config import DoctorConfig
+from muvo_doctor.core.doctor import Doctor
+from muvo_doctor.core.finding import Finding
+from muvo_doctor.core.history import History
+from muvo_doctor.core.observation import Observation
 
 CFG = DoctorConfig()
 T = CFG.thresholds
@@ -357,9 +357,9 @@ def test_prior_baseline_ignores_a_held_out_accuracy_above_the_training_majority_
 
     import numpy as np
 
-    from muvo_doctor.checks import prior_baseline
-    from muvo_doctor.config import DoctorConfig
-    from muvo_doctor.history import History
+    from muvo_doctor.core.checks import prior_baseline
+    from muvo_doctor.core.config import DoctorConfig
+    from muvo_doctor.core.history import History
 
     rng = np.random.default_rng(0)
     h = History()

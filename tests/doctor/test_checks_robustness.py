@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from muvo_doctor.checks import ALL_CHECKS, by_id
-from muvo_doctor.config import DoctorConfig
-from muvo_doctor.history import History
+from muvo_doctor.core.checks import ALL_CHECKS, by_id
+from muvo_doctor.core.config import DoctorConfig
+from muvo_doctor.core.history import History
 
 CFG = DoctorConfig()
 SIGNALS = [

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.checks import divergence, loss_spike, metric_stuck, nan_inf, overfitting
-from muvo_doctor.config import DoctorConfig
-from muvo_doctor.history import History
+from muvo_doctor.core.checks import divergence, loss_spike, metric_stuck, nan_inf, overfitting
+from muvo_doctor.core.config import DoctorConfig
+from muvo_doctor.core.history import History
 
 CFG = DoctorConfig()
 T = CFG.thresholds
@@ -163,7 +163,7 @@ def test_a_jump_that_never_recovers() -> None:
 
 # ---------------------------------------------------------------- prior_baseline on few records
 def test_few_records_get_the_relative_band_only() -> None:
-    from muvo_doctor.checks import prior_baseline
+    from muvo_doctor.core.checks import prior_baseline
 
     # Two records in the window, far apart: their "standard error" must not widen the band to 30%.
     rows = {"train/loss": [0.3925, 0.8816, 0.7743, 0.5779], "train/acc": [0.8709, 0.735, 0.7613, 0.8223]}
@@ -171,7 +171,7 @@ def test_few_records_get_the_relative_band_only() -> None:
 
 
 def test_a_loss_above_the_majority_prior_with_accuracy_frozen_for_five_evaluations() -> None:
-    from muvo_doctor.checks import prior_baseline
+    from muvo_doctor.core.checks import prior_baseline
 
     n = T.ms_min_evals
     rows = {
@@ -186,7 +186,7 @@ def test_a_loss_above_the_majority_prior_with_accuracy_frozen_for_five_evaluatio
 
 
 def test_three_exact_repeats_suffice_at_five_significant_digits() -> None:
-    from muvo_doctor.checks import flat_loss
+    from muvo_doctor.core.checks import flat_loss
 
     k = T.flat_min_repeats_precise
     out = flat_loss.check(hist({"train/loss": [0.9] + [-6.43825e-20] * k}, {"train/loss": 25}), CFG)
@@ -201,7 +201,7 @@ def test_three_exact_repeats_suffice_at_five_significant_digits() -> None:
 
 def test_short_log_rules_wait_for_the_end_of_a_run() -> None:
     """During a run a short series is a young run: none of the few-point rules may fire before the end."""
-    from muvo_doctor.checks import flat_loss, prior_baseline
+    from muvo_doctor.core.checks import flat_loss, prior_baseline
 
     cases = [
         (flat_loss, {"train/loss": [0.9] + [0.6931] * 8}, {"train/loss": 4}),
@@ -222,7 +222,7 @@ def test_short_log_rules_wait_for_the_end_of_a_run() -> None:
 
 # ---------------------------------------------------------------- exploding_gradients: fp16 loss scale
 def test_a_loss_scale_that_halves_ten_times_without_recovering() -> None:
-    from muvo_doctor.checks import exploding_gradients
+    from muvo_doctor.core.checks import exploding_gradients
 
     scales = [0.5 / 2**i for i in range(11)]  # 0.5 -> 0.00049: ten halvings, 1024x
     out = exploding_gradients.check(hist({"optim/loss_scale": scales}), CFG)
@@ -245,7 +245,7 @@ def test_a_sliding_held_out_score_with_a_part_name() -> None:
 
 def test_a_val_loss_rising_above_the_prior_with_a_steady_accuracy_is_not_the_prior() -> None:
     """Over-confidence: the accuracy holds at 85% while the val loss climbs past H(0.15) (overfitting)."""
-    from muvo_doctor.checks import prior_baseline
+    from muvo_doctor.core.checks import prior_baseline
 
     n = T.ms_min_evals + 1
     rows = {"val/loss": list(np.linspace(0.35, 1.25, n)), "val/acc": [0.85] * n}
@@ -281,7 +281,7 @@ def test_with_two_evaluations_since_the_best_the_latest_score_decides_whether_it
 
 
 def test_a_printed_gradient_norm_at_zero_in_every_record() -> None:
-    from muvo_doctor.checks import vanishing_gradients
+    from muvo_doctor.core.checks import vanishing_gradients
 
     k = T.vg_log_min_records
     rows = {"grad/norm/total": [0.0] * k, "optim/lr": [0.0017] * k, "train/loss": [208.4, 208.5, 208.8][:k]}

@@ -9,8 +9,8 @@ from importlib.metadata import version
 import pytest
 
 from muvo_doctor.cli import COMMANDS
-from muvo_doctor.finding import Finding, Report
-from muvo_doctor.report import render_report
+from muvo_doctor.core.finding import Finding, Report
+from muvo_doctor.face.report import render_report
 
 PY = sys.executable
 

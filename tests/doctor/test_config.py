@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from muvo_doctor.checks import flat_loss
-from muvo_doctor.config import ConfigError, DoctorConfig, Thresholds, load_config
-from muvo_doctor.history import History
+from muvo_doctor.core.checks import flat_loss
+from muvo_doctor.core.config import ConfigError, DoctorConfig, Thresholds, load_config
+from muvo_doctor.core.history import History
 
 
 def test_every_threshold_has_a_comment() -> None:

@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from muvo_doctor.chart import strip_ansi
-from muvo_doctor.dashboard import (
+from muvo_doctor.core.doctor import Doctor
+from muvo_doctor.core.finding import Finding
+from muvo_doctor.core.observation import Observation
+from muvo_doctor.face.chart import strip_ansi
+from muvo_doctor.face.dashboard import (
     LiveView,
     PlainView,
     SnapshotError,
@@ -19,9 +22,6 @@ from muvo_doctor.dashboard import (
     make_view,
     prior_loss,
 )
-from muvo_doctor.doctor import Doctor
-from muvo_doctor.finding import Finding
-from muvo_doctor.observation import Observation
 
 PRIOR = Finding(
     check="prior_baseline",
@@ -100,7 +100,7 @@ def test_live_dashboard_shows_charts_baseline_finding_and_verdict() -> None:
 
 
 def test_live_header_says_no_evidence_yet_until_there_is_some() -> None:
-    from muvo_doctor.dashboard import render_dashboard
+    from muvo_doctor.face.dashboard import render_dashboard
 
     def header(d: Doctor, final: bool = False) -> str:
         con = Console(file=io.StringIO(), width=140, force_terminal=False)
@@ -144,7 +144,7 @@ def test_live_view_child_output_scrolls_above_with_progress_bars() -> None:
 
 
 def test_update_is_throttled_to_four_refreshes_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
-    import muvo_doctor.dashboard as dash
+    import muvo_doctor.face.dashboard as dash
 
     calls: list[int] = []
     real = dash.render_dashboard
@@ -164,7 +164,7 @@ def test_update_is_throttled_to_four_refreshes_a_second(monkeypatch: pytest.Monk
 
 
 def test_nothing_new_nothing_redrawn(monkeypatch: pytest.MonkeyPatch) -> None:
-    import muvo_doctor.dashboard as dash
+    import muvo_doctor.face.dashboard as dash
 
     calls: list[int] = []
     real = dash.render_dashboard
@@ -269,7 +269,7 @@ def test_live_stdout_writes_whole_frames_with_crlf_on_a_nonblocking_fd() -> None
     import os
     import threading
 
-    from muvo_doctor.dashboard import _CRLFWriter
+    from muvo_doctor.face.dashboard import _CRLFWriter
 
     r, w = os.pipe()
     os.set_blocking(w, False)
@@ -314,9 +314,9 @@ def test_live_panel_is_current_when_the_child_prints_between_refreshes():
 
     from rich.console import Console
 
-    from muvo_doctor.dashboard import make_view
-    from muvo_doctor.doctor import Doctor
-    from muvo_doctor.observation import Observation
+    from muvo_doctor.core.doctor import Doctor
+    from muvo_doctor.core.observation import Observation
+    from muvo_doctor.face.dashboard import make_view
 
     buf = io.StringIO()
     doctor = Doctor()

@@ -11,7 +11,7 @@ import pytest
 
 from muvo_doctor.cli import main
 from muvo_doctor.commands import demo
-from muvo_doctor.finding import Finding
+from muvo_doctor.core.finding import Finding
 
 
 def _f(check: str, severity: str = "critical", step: int | None = 120) -> Finding:

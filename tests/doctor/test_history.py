@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from muvo_doctor.history import History
-from muvo_doctor.observation import Observation
+from muvo_doctor.core.history import History
+from muvo_doctor.core.observation import Observation
 
 
 def _filled(n: int, max_points: int = 64, name: str = "train/loss") -> History:

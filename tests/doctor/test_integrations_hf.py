@@ -26,7 +26,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments  # noqa: E402
 
-from muvo_doctor.config import DoctorConfig  # noqa: E402
+from muvo_doctor.core.config import DoctorConfig  # noqa: E402
 from muvo_doctor.integrations.hf import DoctorCallback  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a few seconds per run, plus transformers' import

@@ -21,7 +21,7 @@ L = pytest.importorskip("lightning")
 
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
-from muvo_doctor.config import DoctorConfig  # noqa: E402
+from muvo_doctor.core.config import DoctorConfig  # noqa: E402
 from muvo_doctor.integrations.lightning import DoctorCallback  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a few seconds per fit, plus Lightning's import

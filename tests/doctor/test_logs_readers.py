@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from muvo_doctor.history import History
+from muvo_doctor.core.history import History
 from muvo_doctor.logs import LogSource, NoRecords, find_sources, load, sniff
 from muvo_doctor.logs import text as text_mod
 from muvo_doctor.logs.text import read_text
@@ -79,7 +79,7 @@ def test_one_long_progress_bar_is_read_with_every_rewrite(tmp_path):
     bar = "".join(f"\r{i}/500 [00:01<00:00, loss={1 / (i + 1):.4f}]" for i in range(500))
     p = write(tmp_path, "one_bar.log", bar)
     from muvo_doctor.commands.audit import audit_source
-    from muvo_doctor.config import DoctorConfig
+    from muvo_doctor.core.config import DoctorConfig
 
     a = audit_source(LogSource(str(p), [p]), DoctorConfig())
     assert len(a.doctor.history.series("train/loss")) == 500

@@ -74,7 +74,7 @@ def test_signal_name(key, name):
 
 
 def test_rewrites_keep_the_last_shown_segment_and_each_completed_bar(tmp_path):
-    from muvo_doctor.history import History
+    from muvo_doctor.core.history import History
     from muvo_doctor.logs.text import read_text
 
     done = "Epoch 1: 100%|#| 10/10 [loss=0.5000]"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from muvo_doctor.history import History
+from muvo_doctor.core.history import History
 from muvo_doctor.logs.jsonl import read_json_array, read_jsonl
 
 

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from muvo_doctor.cli import main
 from muvo_doctor.commands.audit import audit_source
-from muvo_doctor.config import DoctorConfig
-from muvo_doctor.history import History
+from muvo_doctor.core.config import DoctorConfig
+from muvo_doctor.core.history import History
 from muvo_doctor.logs import LogSource, find_sources, load
 
 LOGS = Path(__file__).parents[1] / "fixtures" / "logs"
@@ -194,7 +194,7 @@ def test_exit_code_1_wins_over_inconclusive(tmp_path, capsys):
 
 def test_exit_code_logic():
     from muvo_doctor.commands.audit import exit_code
-    from muvo_doctor.finding import Report
+    from muvo_doctor.core.finding import Report
 
     def rep(v: str) -> Report:
         return Report(source="x", verdict=v, steps=1, findings=[])

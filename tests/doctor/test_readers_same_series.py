@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from muvo_doctor.history import History
+from muvo_doctor.core.history import History
 from muvo_doctor.logs import sniff
 from muvo_doctor.logs.text import read_text
-from muvo_doctor.runner import LineSplitter, Runner, RunOptions
+from muvo_doctor.run.runner import LineSplitter, Runner, RunOptions
 
 LOGS = Path(__file__).parents[1] / "fixtures" / "logs"
 
@@ -122,7 +122,7 @@ def audit_side(path: Path, keep_rewrites: bool) -> History:
 
 def _judged(h: History) -> tuple[str, list[tuple[str, str]]]:
     """The verdict and the holding findings of a Doctor's final evaluation of ``h``."""
-    from muvo_doctor.doctor import Doctor
+    from muvo_doctor.core.doctor import Doctor
 
     d = Doctor()
     d.history = h

@@ -16,8 +16,8 @@ import torch.optim.optimizer as optim_hooks
 from torch import nn
 
 from muvo_doctor import recorder as recorder_mod
-from muvo_doctor.config import DoctorConfig
-from muvo_doctor.observation import Observation
+from muvo_doctor.core.config import DoctorConfig
+from muvo_doctor.core.observation import Observation
 from muvo_doctor.recorder import Recorder, watch
 
 Series = dict[str, dict[int, float]]

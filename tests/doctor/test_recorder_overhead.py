@@ -15,7 +15,7 @@ import torch.nn.modules.module as module_hooks
 import torch.optim.optimizer as optim_hooks
 from torch import nn
 
-from muvo_doctor.observation import Observation
+from muvo_doctor.core.observation import Observation
 from muvo_doctor.recorder import Recorder
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from muvo_doctor.stream import Header, read_observations, read_stream
+from muvo_doctor.run.stream import Header, read_observations, read_stream
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "fixtures" / "scripts"
 PY = sys.executable
@@ -334,7 +334,7 @@ def test_typed_input_and_ctrl_c_in_a_terminal_reach_the_child():
 
 
 def test_an_internal_error_leaves_the_training_running_and_its_output_whole(monkeypatch, capfd):
-    from muvo_doctor import runner
+    from muvo_doctor.run import runner
 
     def broken_setup(self):
         raise RuntimeError("simulated doctor bug")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from muvo_doctor.stream import read_observations
+from muvo_doctor.run.stream import read_observations
 
 PY = sys.executable
 # A tiny configuration: the data and the model are small, so the steps are cheap on a CPU.

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from muvo_doctor import fdio
-from muvo_doctor.fdio import SymlinkRefused, create_replacing, write_atomic
-from muvo_doctor.stream import StreamError, read_observations
+from muvo_doctor.run import fdio
+from muvo_doctor.run.fdio import SymlinkRefused, create_replacing, write_atomic
+from muvo_doctor.run.stream import StreamError, read_observations
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "fixtures" / "scripts"
 PY = sys.executable
@@ -183,7 +183,7 @@ def test_the_doctors_lines_never_split_a_childs_line():
 
 
 def test_the_bootstrap_is_quiet_in_a_process_that_outlives_the_wrapper(tmp_path):
-    from muvo_doctor.inject import PYTHONPATH_DIR
+    from muvo_doctor.run.inject import PYTHONPATH_DIR
 
     fifo = tmp_path / "telemetry"
     os.mkfifo(fifo)  # no reader: the wrapper is gone
@@ -330,7 +330,7 @@ def test_mp_spawn_workers_without_rank_are_each_their_own_rank(tmp_path):
     ],
 )
 def test_which_process_is_a_rank_and_which_a_helper(tmp_path, env, argv, hello):
-    from muvo_doctor.inject import PYTHONPATH_DIR
+    from muvo_doctor.run.inject import PYTHONPATH_DIR
 
     fifo = tmp_path / "telemetry"
     os.mkfifo(fifo)

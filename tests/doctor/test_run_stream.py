@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from muvo_doctor.observation import Observation
-from muvo_doctor.runner import LineSplitter
-from muvo_doctor.stream import (
+from muvo_doctor.core.observation import Observation
+from muvo_doctor.run.runner import LineSplitter
+from muvo_doctor.run.stream import (
     PIPE_BUF,
     BatchWriter,
     Header,

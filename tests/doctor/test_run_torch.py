@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from muvo_doctor.stream import read_observations
+from muvo_doctor.run.stream import read_observations
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "fixtures" / "scripts"
 PY = sys.executable

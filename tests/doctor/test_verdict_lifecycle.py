@@ -9,8 +9,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from muvo_doctor.config import DoctorConfig
-from muvo_doctor.doctor import (
+from muvo_doctor.core.config import DoctorConfig
+from muvo_doctor.core.doctor import (
     Doctor,
     confirm_window,
     confirmed_dead,
@@ -19,9 +19,9 @@ from muvo_doctor.doctor import (
     next_grid_step,
     order_findings,
 )
-from muvo_doctor.finding import Finding, Report
-from muvo_doctor.history import History
-from muvo_doctor.observation import Observation
+from muvo_doctor.core.finding import Finding, Report
+from muvo_doctor.core.history import History
+from muvo_doctor.core.observation import Observation
 
 
 def scripted(
@@ -338,8 +338,8 @@ def test_grid_steps_with_nothing_new_are_not_evaluated_again() -> None:
 
 def test_the_headline_of_a_dead_verdict_is_critical() -> None:
     """An outcome warning (one NaN gradient) must not head a report that a mechanism's critical made dead."""
-    from muvo_doctor.doctor import order_findings
-    from muvo_doctor.finding import Finding
+    from muvo_doctor.core.doctor import order_findings
+    from muvo_doctor.core.finding import Finding
 
     warn = Finding(check="nan_inf", severity="warning", step=1, message="m", advice="a")
     crit = Finding(check="vanishing_gradients", severity="critical", step=5, message="m", advice="a")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from muvo_doctor.finding import Finding, Report
-from muvo_doctor.report import render_report, summary_line
+from muvo_doctor.core.finding import Finding, Report
+from muvo_doctor.face.report import render_report, summary_line
 
 
 def _f(check: str, severity: str, step: int = 10, resolved: int | None = None) -> Finding:

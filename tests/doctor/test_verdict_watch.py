@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from muvo_doctor.config import DoctorConfig  # noqa: E402
+from muvo_doctor.core.config import DoctorConfig  # noqa: E402
 from muvo_doctor.recorder import watch  # noqa: E402
 
 

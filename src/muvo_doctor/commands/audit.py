@@ -18,11 +18,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from muvo_doctor.config import ConfigError, DoctorConfig, load_config
-from muvo_doctor.doctor import Doctor
-from muvo_doctor.fdio import SymlinkRefused, write_atomic
-from muvo_doctor.finding import Finding, Report, SkippedRecords, verdict_of
+from muvo_doctor.core.config import ConfigError, DoctorConfig, load_config
+from muvo_doctor.core.doctor import Doctor
+from muvo_doctor.core.finding import Finding, Report, SkippedRecords, verdict_of
 from muvo_doctor.logs import LogSource, NoRecords, ReadStats, find_sources, load
+from muvo_doctor.run.fdio import SymlinkRefused, write_atomic
 
 HELP = "judge finished training logs (text, tqdm, Keras, CSV, JSON lines, trainer_state.json, TensorBoard)"
 # Fewer records than this from a log with carriage-return rewrites: it was one long progress bar,
@@ -201,7 +201,7 @@ def main(args: argparse.Namespace) -> int:
         if reports:
             print(json.dumps(payload, indent=2))
     else:
-        from muvo_doctor.report import render_report, use_color
+        from muvo_doctor.face.report import render_report, use_color
 
         color = use_color(sys.stdout, args.plain)
         width = min(shutil.get_terminal_size((100, 24)).columns, 120)

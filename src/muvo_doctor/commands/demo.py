@@ -208,7 +208,7 @@ def _run_once(
     command: list[str], title: str, plain: bool, report: Path | None, snapshot: Path | None
 ) -> tuple[int, object]:
     """Run one training under `run`'s machinery; returns (exit code, the doctor that watched it)."""
-    from muvo_doctor.runner import Runner, RunOptions
+    from muvo_doctor.run.runner import Runner, RunOptions
 
     runner = Runner(RunOptions(command=command, report=report, snapshot=snapshot, plain=plain))
     # The dashboard title and the report's source: the demo's name, not a long python command line.
@@ -233,7 +233,7 @@ def main(args: argparse.Namespace) -> int:
             f"--fault {fault}: unknown fault; known faults: {', '.join(FAULTS)} (see --list-faults)"
         )
     if args.snapshot is not None:
-        from muvo_doctor.dashboard import SnapshotError, check_snapshot_path
+        from muvo_doctor.face.dashboard import SnapshotError, check_snapshot_path
 
         try:
             check_snapshot_path(args.snapshot)

@@ -6,7 +6,7 @@ import argparse
 import inspect
 import sys
 
-from muvo_doctor.checks import ALL_CHECKS, by_id
+from muvo_doctor.core.checks import ALL_CHECKS, by_id
 
 HELP = "explain a check: what it does, why it matters, what to do"
 
@@ -63,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
 
 def thresholds_in(doc: str) -> list[tuple[str, object]]:
     """The ``Thresholds`` fields a check's docstring names (as ``name``), with their defaults."""
-    from muvo_doctor.config import Thresholds
+    from muvo_doctor.core.config import Thresholds
 
     defaults = Thresholds()
     names = [n for n in Thresholds.model_fields if f"``{n}``" in doc]

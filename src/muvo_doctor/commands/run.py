@@ -107,14 +107,14 @@ def main(args: argparse.Namespace) -> int:
 
     config = None
     if args.config is not None:  # pydantic is imported after the child started, unless needed here
-        from muvo_doctor.config import ConfigError, load_config
+        from muvo_doctor.core.config import ConfigError, load_config
 
         try:
             config = load_config(args.config)
         except ConfigError as exc:
             return _usage(str(exc))
 
-    from muvo_doctor.runner import RunOptions, run
+    from muvo_doctor.run.runner import RunOptions, run
 
     opts = RunOptions(
         command=command,

@@ -36,11 +36,11 @@ from typing import Any, Literal, TextIO
 
 import torch
 
-from muvo_doctor.config import DoctorConfig
-from muvo_doctor.doctor import Doctor, confirmed_dead
-from muvo_doctor.finding import Finding, Report
+from muvo_doctor.core.config import DoctorConfig
+from muvo_doctor.core.doctor import Doctor, confirmed_dead
+from muvo_doctor.core.finding import Finding, Report
+from muvo_doctor.core.observation import Observation
 from muvo_doctor.logs.names import classify
-from muvo_doctor.observation import Observation
 from muvo_doctor.recorder import Recorder
 
 StopOn = Literal["dead"]
@@ -216,7 +216,7 @@ class Session:
         """Print the report (colour only on a terminal; never wrapped when not one)."""
         if not self.print_report or self.report is None:
             return
-        from muvo_doctor.report import render_report, use_color
+        from muvo_doctor.face.report import render_report, use_color
 
         out = self.stream or sys.stdout
         color = use_color(out)

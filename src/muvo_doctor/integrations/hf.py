@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 import torch
 
-from muvo_doctor.config import DoctorConfig
+from muvo_doctor.core.config import DoctorConfig
 from muvo_doctor.integrations import Session, StopOn, Watching
 
 try:

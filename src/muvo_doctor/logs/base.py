@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from muvo_doctor.history import History
+from muvo_doctor.core.history import History
 from muvo_doctor.logs.names import STEP_KEYS, classify, digits_of, kind_of
 
 __all__ = [

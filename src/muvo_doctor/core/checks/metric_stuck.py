@@ -1,0 +1,200 @@
+"""An evaluation metric does not improve or sits at chance.
+
+What it does:
+    Over the last ``ms_min_evals`` evaluations: ``val/auroc`` within ``ms_auroc_tol`` of 0.5 on
+    every one (and never above 0.5 + 2x that tolerance) is chance, and so is an AUROC below
+    0.5 + 2x that tolerance that no longer changes at all (range <= 0.001: the model froze); ``val/map`` below
+    ``ms_map_floor`` on every one means nothing is detected; an accuracy (``val/acc``, else
+    ``train/acc``) within ``ms_acc_tol`` of 1/K (K = 2..10) or of the label majority rate, that never
+    rose above it, is chance or the prior. All critical. An accuracy that has not changed at all
+    over ``ms_min_evals`` evaluations warns.
+
+    Logs with few evaluations: any held-out score where higher is better (accuracy, precision,
+    recall, mAP, F1 ...) that is exactly 0 at its printed precision in every one of
+    ``ms_zero_evals`` or more evaluations has recognised nothing; and one that repeats a single
+    value exactly over ``ms_min_evals`` evaluations is frozen. Both are critical when there are
+    ``ms_min_evals`` evaluations or no training loss has fallen by ``ms_train_rel_drop`` (nothing
+    else shows learning), else a warning: early in a detector's training mAP can round to 0.
+
+Why it matters:
+    A metric at chance says what the loss may hide: the model's predictions do not depend on the
+    input. AUROC 0.5 means the scores rank positives and negatives at random; accuracy at the
+    majority rate means it always predicts the majority class.
+
+What to do:
+    Check that the evaluation uses the model's scores (not thresholded labels, not a constant),
+    that labels match inputs, and read the other findings (``prior_baseline``, ``constant_output``)
+    for why the model ignores its input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from muvo_doctor.core.checks._common import (
+    HIGHER_BETTER,
+    LOSS,
+    finite,
+    fmt,
+    label_prior,
+    make,
+    median_se,
+    metric_of,
+    resolution,
+    series,
+    training_falls,
+)
+from muvo_doctor.core.config import DoctorConfig
+from muvo_doctor.core.finding import Finding
+from muvo_doctor.core.history import History
+
+ID = "metric_stuck"
+
+ADVICE = (
+    "Check the evaluation uses the model's scores and that labels match inputs; see prior_baseline and "
+    "constant_output for why the model ignores its input."
+)
+
+
+def _recent(history: History, name: str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    got = finite(history, name)
+    if got is None or len(got[1]) < k:
+        return None
+    return got[0], got[1], got[1][-k:]
+
+
+def _degenerate(history: History, t) -> Finding | None:
+    """A held-out score at exactly 0, or frozen at one exact value (see the module docstring)."""
+    for name in history.names():
+        split, metric = name.partition("/")[0], metric_of(name)
+        if split not in ("val", "test") or metric not in HIGHER_BETTER:
+            continue
+        s = series(history, name)
+        # Under ms_min_evals evaluations, only a whole log is judged: early in a run a score can sit at 0.
+        need = t.ms_zero_evals if history.complete else t.ms_min_evals
+        if s is None or len(s) < need or not np.isfinite(s.values).all():
+            continue
+        v = s.values
+        unit = resolution(s)
+        zero = bool(np.all(np.abs(v) <= 0.5 * unit)) if unit else bool(np.all(v == 0))
+        frozen = not zero and len(v) >= t.ms_min_evals and bool(np.all(v == v[-1]))
+        if not (zero or frozen):
+            continue
+        falls = training_falls(history, t.ms_train_rel_drop)
+        if frozen and falls is None:
+            continue  # training stopped moving too (lr decayed to 0): a converged model repeats its score
+        critical = zero and (len(v) >= t.ms_min_evals or falls is None)
+        shown = f"{float(v[-1]):.{s.digits}f}" if s.digits is not None else fmt(float(v[-1]))
+        if frozen:
+            tail = f" while {falls}: the evaluation does not follow the training (a stale model or a constant score)"
+        elif critical:
+            tail = ": the model has recognised nothing" + (
+                "" if falls else " and no training loss shows learning"
+            )
+        else:
+            tail = (
+                f": the model has recognised nothing yet ({falls}; early in training a score can round to 0)"
+            )
+        msg = f"{name} is exactly {shown} in all {len(v)} evaluations (steps {int(s.steps[0])}-{int(s.steps[-1])}){tail}."
+        ev = {
+            "series": name,
+            "value": float(v[-1]),
+            "evals": len(v),
+            "digits": s.digits,
+            "training_falls": falls,
+        }
+        return make(ID, "critical" if critical else "warning", int(s.steps[0]), msg, ev, ADVICE)
+    return None
+
+
+def check(history: History, config: DoctorConfig) -> list[Finding]:
+    t = config.thresholds
+    found = _degenerate(history, t)
+    if found is not None and found.severity == "critical":
+        return [found]
+    k = t.ms_min_evals
+    au = _recent(history, "val/auroc", k)
+    if au is not None:
+        steps, v, w = au
+        if np.all(np.abs(w - 0.5) <= t.ms_auroc_tol) and v.max() <= 0.5 + 2 * t.ms_auroc_tol:
+            msg = (
+                f"val/auroc is {float(np.median(w)):.3f} over the last {k} evaluations (range "
+                f"{float(w.min()):.3f}-{float(w.max()):.3f}, best ever {float(v.max()):.3f}): chance level, the "
+                f"scores do not separate the classes."
+            )
+            ev = {
+                "series": "val/auroc",
+                "median": float(np.median(w)),
+                "best": float(v.max()),
+                "evals": len(v),
+            }
+            return [make(ID, "critical", int(steps[0]), msg, ev, ADVICE)]
+        if float(w.max() - w.min()) <= 1e-3 and float(np.median(w)) < 0.5 + 2 * t.ms_auroc_tol:
+            msg = (
+                f"val/auroc has stayed at {float(np.median(w)):.3f} for the last {k} evaluations (range "
+                f"{float(w.max() - w.min()):.4f}): the model's scores no longer change and barely beat chance."
+            )
+            ev = {"series": "val/auroc", "median": float(np.median(w)), "range": float(w.max() - w.min())}
+            return [make(ID, "critical", int(steps[-k]), msg, ev, ADVICE)]
+    mp = _recent(history, "val/map", k)
+    if mp is not None:
+        steps, v, w = mp
+        if np.all(w < t.ms_map_floor):
+            msg = f"val/map stayed below {t.ms_map_floor:g} over the last {k} evaluations (best {float(v.max()):.4f}): nothing is detected."
+            return [
+                make(
+                    ID, "critical", int(steps[0]), msg, {"series": "val/map", "best": float(v.max())}, ADVICE
+                )
+            ]
+    prior = label_prior(history)
+    if prior is not None:
+        targets = [(f"the majority rate {prior.majority:.1%}", prior.majority)]
+        if prior.kind == "multiclass":
+            targets.append((f"chance 1/{prior.classes}", 1.0 / prior.classes))
+    else:
+        targets = [(f"chance 1/{c}", 1.0 / c) for c in range(2, 11)]
+    # Accuracy at the majority rate is not "stuck" when the scores do rank (AUROC above chance) or the
+    # loss is clearly below the prior's: with rare positives a learning model keeps the majority
+    # accuracy for a long while.
+    if au is not None and au[1].max() > 0.5 + 2 * t.ms_auroc_tol:
+        return []
+    loss = finite(history, LOSS)
+    if prior is not None and loss is not None and len(loss[1]) >= t.min_points:
+        if float(np.median(loss[1][-t.pb_window :])) < prior.entropy * (1 - t.pb_rel_band):
+            return []
+    for name in ("val/acc", "train/acc"):
+        # Evaluations are few and exact; per-step training accuracy is noisy, so it is judged by its median.
+        per_step = name == "train/acc"
+        ac = _recent(history, name, max(k, t.pb_window) if per_step else k)
+        if ac is None:
+            continue
+        steps, v, w = ac
+        med = float(np.median(w))
+        se = median_se(w) if per_step else 0.0
+        for label, target in targets:
+            if per_step:
+                at = abs(med - target) <= t.ms_acc_tol + 2 * se
+            else:
+                at = bool(np.all(np.abs(w - target) <= t.ms_acc_tol)) and v.max() <= target + 4 * t.ms_acc_tol
+            if at:
+                msg = (
+                    f"{name} is {med:.2%} over the last {len(w)} {'steps' if per_step else 'evaluations'} ≈ {label}: "
+                    f"the model does no better than guessing."
+                )
+                ev = {
+                    "series": name,
+                    "median": med,
+                    "target": target,
+                    "best": float(v.max()),
+                    "points": len(w),
+                }
+                return [make(ID, "critical", int(steps[-len(w)]), msg, ev, ADVICE)]
+        if not per_step and float(v.max() - v.min()) == 0.0:
+            msg = f"{name} has not changed in {len(v)} evaluations (always {med:.2%}): the metric is stuck."
+            return [
+                make(
+                    ID, "warning", int(steps[0]), msg, {"series": name, "value": med, "evals": len(v)}, ADVICE
+                )
+            ]
+        break  # judge val/acc when present; train/acc only without it
+    return [found] if found is not None else []

@@ -1,0 +1,1 @@
+"""What the user sees: the text report, the live dashboard, the terminal charts."""
