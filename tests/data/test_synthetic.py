@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from muvo_model.data.frames import Frames
-from muvo_model.data.synthetic import STATIC, SyntheticConfig, generate
+from muvo_model.data.synthetic import SyntheticConfig, generate
+from muvo_model.data.synthetic_config import STATIC
 
 ANOMALY = torch.tensor([29, 30, 32])
 N = 320  # frames per generated set: enough for AUROC estimates to +-0.05, ~2 s each on one core
