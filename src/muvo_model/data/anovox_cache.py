@@ -1,4 +1,4 @@
-"""The AnoVox load cache: one ``.pt`` file per load, keyed by the arguments and every file's size and mtime."""
+"""The AnoVox load cache: one ``.pt`` file a load, keyed by the arguments and every file's size and mtime."""
 
 from __future__ import annotations
 
