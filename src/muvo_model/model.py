@@ -39,6 +39,22 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return total / m.sum(dim=1).clamp_min(1.0)
 
 
+def image_encoder(channels: int, tokens: int) -> nn.Sequential:
+    """Both models' image encoder: three 3x3 convolutions (32, 64, ``channels``), two 2x2 max-pools, then an
+    average pool to a tokens x tokens grid: (N, 3, H, W) -> (N, channels, tokens, tokens)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(64, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d((tokens, tokens)),
+    )
+
+
 class OriginalModel(nn.Module):
     """The incident's model, exactly: 792,321 parameters.
 
@@ -50,17 +66,7 @@ class OriginalModel(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.image_encoder = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(64, 128, 3, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d((4, 4)),
-        )
+        self.image_encoder = image_encoder(128, 4)
         self.point_encoder = nn.Sequential(
             nn.Linear(4, 64),
             nn.ReLU(),
@@ -115,17 +121,7 @@ class FusionModel(nn.Module):
         self.register_buffer("image_mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
         self.register_buffer("image_std", torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1))
         self.register_buffer("point_scale", torch.tensor(point_scale).view(1, 1, 4))
-        self.image_encoder = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(64, d, 3, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d((tokens, tokens)),
-        )
+        self.image_encoder = image_encoder(d, tokens)
         self.image_pos = nn.Parameter(torch.zeros(1, tokens * tokens, d))  # learned token positions
         self.point_encoder = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, d), nn.ReLU())
         # PointNet segmentation trick: each point also sees the frame's masked max-pooled feature.
