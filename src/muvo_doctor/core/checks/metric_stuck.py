@@ -44,7 +44,7 @@ from muvo_doctor.core.checks._common import (
     series,
     training_falls,
 )
-from muvo_doctor.core.config import DoctorConfig
+from muvo_doctor.core.config import DoctorConfig, Thresholds
 from muvo_doctor.core.finding import Finding
 from muvo_doctor.core.history import History
 
@@ -107,45 +107,65 @@ def _degenerate(history: History, t) -> Finding | None:
     return None
 
 
-def check(history: History, config: DoctorConfig) -> list[Finding]:
-    t = config.thresholds
-    found = _degenerate(history, t)
-    if found is not None and found.severity == "critical":
-        return [found]
+def _auroc_at_chance(history: History, t: Thresholds) -> Finding | None:
+    """val/auroc at chance over the last ``ms_min_evals`` evaluations, or frozen just above it."""
     k = t.ms_min_evals
     au = _recent(history, "val/auroc", k)
-    if au is not None:
-        steps, v, w = au
-        if np.all(np.abs(w - 0.5) <= t.ms_auroc_tol) and v.max() <= 0.5 + 2 * t.ms_auroc_tol:
-            msg = (
-                f"val/auroc is {float(np.median(w)):.3f} over the last {k} evaluations (range "
-                f"{float(w.min()):.3f}-{float(w.max()):.3f}, best ever {float(v.max()):.3f}): chance level, the "
-                f"scores do not separate the classes."
-            )
-            ev = {
-                "series": "val/auroc",
-                "median": float(np.median(w)),
-                "best": float(v.max()),
-                "evals": len(v),
-            }
-            return [make(ID, "critical", int(steps[0]), msg, ev, ADVICE)]
-        if float(w.max() - w.min()) <= 1e-3 and float(np.median(w)) < 0.5 + 2 * t.ms_auroc_tol:
-            msg = (
-                f"val/auroc has stayed at {float(np.median(w)):.3f} for the last {k} evaluations (range "
-                f"{float(w.max() - w.min()):.4f}): the model's scores no longer change and barely beat chance."
-            )
-            ev = {"series": "val/auroc", "median": float(np.median(w)), "range": float(w.max() - w.min())}
-            return [make(ID, "critical", int(steps[-k]), msg, ev, ADVICE)]
-    mp = _recent(history, "val/map", k)
-    if mp is not None:
-        steps, v, w = mp
-        if np.all(w < t.ms_map_floor):
-            msg = f"val/map stayed below {t.ms_map_floor:g} over the last {k} evaluations (best {float(v.max()):.4f}): nothing is detected."
-            return [
-                make(
-                    ID, "critical", int(steps[0]), msg, {"series": "val/map", "best": float(v.max())}, ADVICE
-                )
-            ]
+    if au is None:
+        return None
+    steps, v, w = au
+    if np.all(np.abs(w - 0.5) <= t.ms_auroc_tol) and v.max() <= 0.5 + 2 * t.ms_auroc_tol:
+        msg = (
+            f"val/auroc is {float(np.median(w)):.3f} over the last {k} evaluations (range "
+            f"{float(w.min()):.3f}-{float(w.max()):.3f}, best ever {float(v.max()):.3f}): chance level, the "
+            f"scores do not separate the classes."
+        )
+        ev = {"series": "val/auroc", "median": float(np.median(w)), "best": float(v.max()), "evals": len(v)}
+        return make(ID, "critical", int(steps[0]), msg, ev, ADVICE)
+    if float(w.max() - w.min()) <= 1e-3 and float(np.median(w)) < 0.5 + 2 * t.ms_auroc_tol:
+        msg = (
+            f"val/auroc has stayed at {float(np.median(w)):.3f} for the last {k} evaluations (range "
+            f"{float(w.max() - w.min()):.4f}): the model's scores no longer change and barely beat chance."
+        )
+        ev = {"series": "val/auroc", "median": float(np.median(w)), "range": float(w.max() - w.min())}
+        return make(ID, "critical", int(steps[-k]), msg, ev, ADVICE)
+    return None
+
+
+def _map_at_zero(history: History, t: Thresholds) -> Finding | None:
+    mp = _recent(history, "val/map", t.ms_min_evals)
+    if mp is None:
+        return None
+    steps, v, w = mp
+    if not np.all(w < t.ms_map_floor):
+        return None
+    msg = (
+        f"val/map stayed below {t.ms_map_floor:g} over the last {t.ms_min_evals} evaluations "
+        f"(best {float(v.max()):.4f}): nothing is detected."
+    )
+    return make(ID, "critical", int(steps[0]), msg, {"series": "val/map", "best": float(v.max())}, ADVICE)
+
+
+def _learns(history: History, t: Thresholds) -> bool:
+    """Accuracy at the majority rate is not "stuck" when the scores do rank (AUROC above chance) or the
+    loss is clearly below the prior's: with rare positives a learning model keeps the majority
+    accuracy for a long while."""
+    au = _recent(history, "val/auroc", t.ms_min_evals)
+    if au is not None and au[1].max() > 0.5 + 2 * t.ms_auroc_tol:
+        return True
+    prior = label_prior(history)
+    loss = finite(history, LOSS)
+    return (
+        prior is not None
+        and loss is not None
+        and len(loss[1]) >= t.min_points
+        and float(np.median(loss[1][-t.pb_window :])) < prior.entropy * (1 - t.pb_rel_band)
+    )
+
+
+def _accuracy_at_chance(history: History, t: Thresholds) -> Finding | None:
+    """Accuracy at the majority rate or 1/K (K from the labels, else 2..10), or one value for every evaluation."""
+    k = t.ms_min_evals
     prior = label_prior(history)
     if prior is not None:
         targets = [(f"the majority rate {prior.majority:.1%}", prior.majority)]
@@ -153,15 +173,6 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
             targets.append((f"chance 1/{prior.classes}", 1.0 / prior.classes))
     else:
         targets = [(f"chance 1/{c}", 1.0 / c) for c in range(2, 11)]
-    # Accuracy at the majority rate is not "stuck" when the scores do rank (AUROC above chance) or the
-    # loss is clearly below the prior's: with rare positives a learning model keeps the majority
-    # accuracy for a long while.
-    if au is not None and au[1].max() > 0.5 + 2 * t.ms_auroc_tol:
-        return []
-    loss = finite(history, LOSS)
-    if prior is not None and loss is not None and len(loss[1]) >= t.min_points:
-        if float(np.median(loss[1][-t.pb_window :])) < prior.entropy * (1 - t.pb_rel_band):
-            return []
     for name in ("val/acc", "train/acc"):
         # Evaluations are few and exact; per-step training accuracy is noisy, so it is judged by its median.
         per_step = name == "train/acc"
@@ -188,13 +199,29 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
                     "best": float(v.max()),
                     "points": len(w),
                 }
-                return [make(ID, "critical", int(steps[-len(w)]), msg, ev, ADVICE)]
+                return make(ID, "critical", int(steps[-len(w)]), msg, ev, ADVICE)
         if not per_step and float(v.max() - v.min()) == 0.0:
             msg = f"{name} has not changed in {len(v)} evaluations (always {med:.2%}): the metric is stuck."
-            return [
-                make(
-                    ID, "warning", int(steps[0]), msg, {"series": name, "value": med, "evals": len(v)}, ADVICE
-                )
-            ]
-        break  # judge val/acc when present; train/acc only without it
+            ev = {"series": name, "value": med, "evals": len(v)}
+            return make(ID, "warning", int(steps[0]), msg, ev, ADVICE)
+        return None  # judge val/acc when present; train/acc only without it
+    return None
+
+
+def check(history: History, config: DoctorConfig) -> list[Finding]:
+    t = config.thresholds
+    found = _degenerate(history, t)
+    if found is not None and found.severity == "critical":
+        return [found]
+    auroc = _auroc_at_chance(history, t)
+    if auroc is not None:
+        return [auroc]
+    zero_map = _map_at_zero(history, t)
+    if zero_map is not None:
+        return [zero_map]
+    if _learns(history, t):
+        return []
+    acc = _accuracy_at_chance(history, t)
+    if acc is not None:
+        return [acc]
     return [found] if found is not None else []

@@ -281,6 +281,32 @@ def _unit(history: History, split: str) -> float:
     return 10.0 ** (-s.digits) if s is not None and s.digits is not None else 0.0
 
 
+def _accuracy_prior(a: float) -> tuple[float, str, str, dict, str]:
+    """What an accuracy plateau ``a`` says about the prior: (its loss, the baseline's name, where the
+    prior comes from, evidence, the accuracy's target). Above 0.5 a binary majority rate, whose loss is
+    H(1 - a); at or below it chance over K = 1/a classes, whose loss is ln K."""
+    if a > 0.5:
+        p = 1.0 - a
+        c = bernoulli_entropy(p)
+        evidence: dict = {"prior_p": p, "majority_rate": a}
+        return (
+            c,
+            f"prior entropy H({short_p(p)})={c:.3f}",
+            "the prior inferred from the accuracy plateau",
+            evidence,
+            f"majority rate {a:.1%}",
+        )
+    k_est = 1.0 / a
+    k = round(k_est)
+    classes = k if k >= 2 and abs(k_est - k) <= 0.05 * k_est else None
+    c = math.log(classes if classes else k_est)
+    what = f"ln {classes} = {c:.4f}" if classes else f"ln(1/{a:.3g}) = {c:.3f}"
+    k_shown = classes if classes else f"~{k_est:.0f}"
+    prior_of = f"a uniform prior over K = {k_shown} classes, K inferred from the accuracy ≈ 1/K"
+    evidence = {"classes": classes if classes else k_est, "chance_accuracy": a}
+    return c, what, prior_of, evidence, (f"chance 1/{classes}" if classes else f"chance 1/{k_est:.0f}")
+
+
 def _inferred(
     t,
     split: str,
@@ -319,21 +345,7 @@ def _inferred(
     tol = t.pb_acc_tol + 2 * a_se if binary else max(t.pb_acc_tol, 0.2 * float(av[0]))
     if a - float(av[0]) > tol or float(av.max()) - float(av[0]) > 2 * tol:
         return None
-    if binary:
-        p = 1.0 - a
-        c = bernoulli_entropy(p)
-        what = f"prior entropy H({short_p(p)})={c:.3f}"
-        prior_of = "the prior inferred from the accuracy plateau"
-        evidence: dict = {"prior_p": p, "majority_rate": a}
-    else:
-        k_est = 1.0 / a
-        k = round(k_est)
-        classes = k if k >= 2 and abs(k_est - k) <= 0.05 * k_est else None
-        c = math.log(classes if classes else k_est)
-        what = f"ln {classes} = {c:.4f}" if classes else f"ln(1/{a:.3g}) = {c:.3f}"
-        k_shown = classes if classes else f"~{k_est:.0f}"
-        prior_of = f"a uniform prior over K = {k_shown} classes, K inferred from the accuracy ≈ 1/K"
-        evidence = {"classes": classes if classes else k_est, "chance_accuracy": a}
+    c, what, prior_of, evidence, target = _accuracy_prior(a)
     # A standard error from a handful of epoch records is no noise estimate: the band is then the
     # relative one alone (plus what the printed digits cannot show).
     if window >= t.pb_window_for_noise:
@@ -360,11 +372,6 @@ def _inferred(
             "inferred": True,
             "confidence": sure,
         }
-    )
-    target = (
-        f"majority rate {a:.1%}"
-        if binary
-        else (f"chance 1/{classes}" if classes else f"chance 1/{k_est:.0f}")
     )
     borrowed = "" if loss_split == split else f", no {split}/loss printed"
     msg = (
