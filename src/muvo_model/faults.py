@@ -2,7 +2,7 @@
 
 Each fault is a small object: the bug, the symptom a user sees, what the doctor should report and the
 check ids it should raise (first = the main one), and the step from which the symptom is present.
-``train.py`` applies a fault only at its marked hooks (search for ``FAULT HOOK``); every hook of the
+``train.py``, ``train_setup.py`` and ``step.py`` apply a fault only at its marked hooks (search for ``FAULT HOOK``); every hook of the
 base class is the identity, so a healthy run goes through the same code.
 
     muvo-train --list-faults
