@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import judge
 
 from muvo_doctor.core.checks import (
     exploding_gradients,
@@ -20,15 +21,6 @@ T = CFG.thresholds
 N = 120
 
 
-def run(mod, named: dict | None = None, **series) -> list[Finding]:
-    h = History()
-    series = {k.replace("__", "/"): v for k, v in series.items()} | (named or {})
-    for name, values in series.items():
-        for i, v in enumerate(np.broadcast_to(np.asarray(values, dtype=float), (N,))):
-            h.add_point(name, i, float(v))
-    return mod.check(h, CFG)
-
-
 RNG = np.random.default_rng(0)
 LEARNING = np.linspace(0.7, 0.2, N) + RNG.normal(0, 0.01, N)
 STUCK = 0.6931 + RNG.normal(0, 0.01, N)
@@ -41,10 +33,15 @@ STUCK = 0.6931 + RNG.normal(0, 0.01, N)
 )
 def test_vanishing_ratio_threshold(ratio: float, found: bool) -> None:
     loud = 0.05  # quiet module: 0.05 * ratio, well under vg_abs
-    out = run(
+    out = judge(
         vanishing_gradients,
-        {"grad/norm/enc.0": loud * ratio, "grad/norm/enc.1": loud * ratio, "grad/norm/enc.2": loud},
-        train__loss=STUCK,
+        {
+            "train/loss": STUCK,
+            "grad/norm/enc.0": loud * ratio,
+            "grad/norm/enc.1": loud * ratio,
+            "grad/norm/enc.2": loud,
+        },
+        n=N,
     )
     assert bool(out) is found
     if found:
@@ -55,15 +52,21 @@ def test_vanishing_ratio_threshold(ratio: float, found: bool) -> None:
 
 def test_vanishing_absolute_floor_keeps_large_quiet_layers_quiet() -> None:
     # ratio 1e-4, but the quiet module's norm (1e-3) is above vg_abs: not vanishing.
-    out = run(vanishing_gradients, {"grad/norm/a.0": 1e-3, "grad/norm/a.1": 10.0}, train__loss=STUCK)
+    out = judge(vanishing_gradients, {"train/loss": STUCK, "grad/norm/a.0": 1e-3, "grad/norm/a.1": 10.0}, n=N)
     assert out == []
 
 
 def test_one_quiet_layer_in_a_learning_run_is_info_not_dead() -> None:
-    out = run(
+    out = judge(
         vanishing_gradients,
-        {"grad/norm/enc.0": 1e-7, "grad/norm/enc.1": 0.1, "grad/norm/enc.2": 0.1, "grad/norm/head.0": 0.2},
-        train__loss=LEARNING,
+        {
+            "train/loss": LEARNING,
+            "grad/norm/enc.0": 1e-7,
+            "grad/norm/enc.1": 0.1,
+            "grad/norm/enc.2": 0.1,
+            "grad/norm/head.0": 0.2,
+        },
+        n=N,
     )
     assert [f.severity for f in out] == ["info"]
 
@@ -73,7 +76,7 @@ QUIET_STACK = {"grad/norm/fc1": 1e-7, "grad/norm/fc2": 1e-7, "grad/norm/fc3": 0.
 
 def test_most_layers_quiet_in_a_learning_run_is_info() -> None:
     # Outcome before mechanism: quiet early layers of a run whose loss falls are not an alarm.
-    out = run(vanishing_gradients, QUIET_STACK, train__loss=LEARNING)
+    out = judge(vanishing_gradients, {"train/loss": LEARNING, **QUIET_STACK}, n=N)
     assert [f.severity for f in out] == ["info"]
     assert "2 of 3 modules" in out[0].message and "while the loss falls" in out[0].message
 
@@ -93,7 +96,11 @@ def test_most_layers_quiet_warns_when_learning_stalls() -> None:
 
 def test_most_layers_quiet_warns_when_the_output_ignores_the_input() -> None:
     # The loss falls (another head learns) but this output is the same for every input.
-    out = run(vanishing_gradients, QUIET_STACK, train__loss=LEARNING, output__std=1e-8, output__mean=0.3)
+    out = judge(
+        vanishing_gradients,
+        {"train/loss": LEARNING, "output/std": 1e-8, "output/mean": 0.3, **QUIET_STACK},
+        n=N,
+    )
     assert [f.severity for f in out] == ["warning"]
     assert "output is the same for every input" in out[0].message
 
@@ -110,23 +117,25 @@ def test_modules_of_different_kinds_are_not_compared() -> None:
         "grad/norm/bert.encoder.layer.1.output.dense": 0.08,
         "grad/norm/classifier": 0.23,
     }
-    assert run(vanishing_gradients, bert, train__loss=LEARNING) == []
-    assert run(vanishing_gradients, bert, train__loss=STUCK) == []
+    assert judge(vanishing_gradients, {"train/loss": LEARNING, **bert}, n=N) == []
+    assert judge(vanishing_gradients, {"train/loss": STUCK, **bert}, n=N) == []
     # The same query norm in one layer only (the other layer's is 1000x larger) is quiet for its kind.
     stack = bert | {"grad/norm/bert.encoder.layer.1.attention.self.query": 8e-6 / (T.vg_ratio * 0.9)}
-    out = run(vanishing_gradients, stack, train__loss=STUCK)
+    out = judge(vanishing_gradients, {"train/loss": STUCK, **stack}, n=N)
     assert out and "layer.0.attention.self.query" in out[0].message
     near = bert | {"grad/norm/bert.encoder.layer.1.attention.self.query": 8e-6 / (T.vg_ratio * 1.1)}
-    assert run(vanishing_gradients, near, train__loss=STUCK) == []
+    assert judge(vanishing_gradients, {"train/loss": STUCK, **near}, n=N) == []
 
 
 def test_total_norm_vanished() -> None:
-    out = run(vanishing_gradients, train__loss=STUCK, grad__norm__total=1e-9)
+    out = judge(vanishing_gradients, {"train/loss": STUCK, "grad/norm/total": 1e-9}, n=N)
     assert out[0].severity == "critical" and "1e-09" in out[0].message
 
 
 def test_update_ratio_fallback() -> None:
-    out = run(vanishing_gradients, {"update/ratio/a.0": 1e-9, "update/ratio/a.1": 1e-3}, train__loss=STUCK)
+    out = judge(
+        vanishing_gradients, {"train/loss": STUCK, "update/ratio/a.0": 1e-9, "update/ratio/a.1": 1e-3}, n=N
+    )
     assert out and "update/ratio" in out[0].message
 
 
@@ -134,14 +143,14 @@ def test_update_ratio_fallback() -> None:
 @pytest.mark.parametrize(("growth", "found"), [(T.eg_growth * 1.5, True), (T.eg_growth * 0.5, False)])
 def test_exploding_growth_threshold(growth: float, found: bool) -> None:
     norm = np.r_[np.ones(60), np.full(60, growth)]
-    out = run(exploding_gradients, train__loss=LEARNING, grad__norm__total=norm)
+    out = judge(exploding_gradients, {"train/loss": LEARNING, "grad/norm/total": norm}, n=N)
     assert bool(out) is found
     if found:
         assert out[0].severity == "warning" and out[0].step == 60 and f"{growth:.0f}x" in out[0].message
 
 
 def test_exploding_absolute() -> None:
-    out = run(exploding_gradients, train__loss=STUCK, grad__norm__total=T.eg_abs * 2)
+    out = judge(exploding_gradients, {"train/loss": STUCK, "grad/norm/total": T.eg_abs * 2}, n=N)
     assert out[0].severity == "critical" and "20000" in out[0].message
 
 
@@ -149,25 +158,25 @@ def test_exploding_absolute() -> None:
 @pytest.mark.parametrize(
     ("signal", "fraction", "loss", "severity"),
     [
-        ("param__frozen", 1.0, STUCK, "critical"),
-        ("param__frozen", 1.0, LEARNING, "warning"),
-        ("param__no_grad", T.frozen_min_fraction * 1.2, LEARNING, "warning"),
-        ("param__no_grad", T.frozen_min_fraction * 0.8, LEARNING, None),
-        ("param__not_in_optimizer", 0.5, STUCK, "warning"),
-        ("param__zero_lr", 1.0, STUCK, "critical"),
+        ("param/frozen", 1.0, STUCK, "critical"),
+        ("param/frozen", 1.0, LEARNING, "warning"),
+        ("param/no_grad", T.frozen_min_fraction * 1.2, LEARNING, "warning"),
+        ("param/no_grad", T.frozen_min_fraction * 0.8, LEARNING, None),
+        ("param/not_in_optimizer", 0.5, STUCK, "warning"),
+        ("param/zero_lr", 1.0, STUCK, "critical"),
     ],
 )
 def test_frozen_fractions(signal: str, fraction: float, loss: np.ndarray, severity: str | None) -> None:
-    out = run(frozen_parameters, train__loss=loss, **{signal: fraction})
+    out = judge(frozen_parameters, {"train/loss": loss, signal: fraction}, n=N)
     assert [f.severity for f in out] == ([severity] if severity else [])
     if severity:
         assert f"{fraction:.0%}" in out[0].message
 
 
 def test_zero_learning_rate() -> None:
-    assert run(frozen_parameters, train__loss=STUCK, optim__lr=0.0)[0].severity == "critical"
+    assert judge(frozen_parameters, {"train/loss": STUCK, "optim/lr": 0.0}, n=N)[0].severity == "critical"
     # warm-up from 0 is normal
-    assert run(frozen_parameters, train__loss=LEARNING, optim__lr=np.linspace(0, 1e-3, N)) == []
+    assert judge(frozen_parameters, {"train/loss": LEARNING, "optim/lr": np.linspace(0, 1e-3, N)}, n=N) == []
 
 
 def sampled(loss: np.ndarray, every: int = 10, upto: int | None = None, **signals) -> list[Finding]:
@@ -279,36 +288,44 @@ def test_part_of_the_model_not_in_the_optimizer_is_found_after_the_first_steps()
 def test_losses_repeating_every_epoch_mean_frozen_weights() -> None:
     epoch = np.random.default_rng(1).uniform(0.3, 0.9, 12).round(6)
     loss = np.tile(epoch, 10)
-    out = run(frozen_parameters, train__loss=loss)
+    out = judge(frozen_parameters, {"train/loss": loss}, n=N)
     assert out and "every 12 points" in out[0].message
     # the same values shuffled every epoch do not repeat at a fixed lag
     rng = np.random.default_rng(2)
     shuffled = np.concatenate([rng.permutation(epoch) for _ in range(10)])
-    assert run(frozen_parameters, train__loss=shuffled) == []
+    assert judge(frozen_parameters, {"train/loss": shuffled}, n=N) == []
 
 
 # ---------------------------------------------------------------- stale_gradients
 @pytest.mark.parametrize(("stale", "found"), [(0.9, True), (0.1, False)])
 def test_stale_flag(stale: float, found: bool) -> None:
     flags = (np.arange(N) % 10 < stale * 10).astype(float)
-    out = run(stale_gradients, train__loss=LEARNING, grad__stale=flags)
+    out = judge(stale_gradients, {"train/loss": LEARNING, "grad/stale": flags}, n=N)
     assert bool(out) is found
     if found:
         assert out[0].severity == "warning" and "90%" in out[0].message
 
 
 def test_linear_gradient_growth_with_a_stuck_loss() -> None:
-    out = run(stale_gradients, train__loss=STUCK, grad__norm__total=np.linspace(1, 20, N))
+    out = judge(stale_gradients, {"train/loss": STUCK, "grad/norm/total": np.linspace(1, 20, N)}, n=N)
     assert out[0].severity == "critical" and "20" in out[0].message
-    assert run(stale_gradients, train__loss=LEARNING, grad__norm__total=np.linspace(1, 20, N)) == []
-    assert run(stale_gradients, train__loss=STUCK, grad__norm__total=np.linspace(1, 3, N)) == []
+    assert (
+        judge(stale_gradients, {"train/loss": LEARNING, "grad/norm/total": np.linspace(1, 20, N)}, n=N) == []
+    )
+    assert judge(stale_gradients, {"train/loss": STUCK, "grad/norm/total": np.linspace(1, 3, N)}, n=N) == []
 
 
 def test_one_quiet_layer_in_a_failing_run_is_only_a_warning() -> None:
-    out = run(
+    out = judge(
         vanishing_gradients,
-        {"grad/norm/enc.0": 0.0, "grad/norm/enc.1": 0.1, "grad/norm/enc.2": 0.1, "grad/norm/head.0": 0.2},
-        train__loss=STUCK,
+        {
+            "train/loss": STUCK,
+            "grad/norm/enc.0": 0.0,
+            "grad/norm/enc.1": 0.1,
+            "grad/norm/enc.2": 0.1,
+            "grad/norm/head.0": 0.2,
+        },
+        n=N,
     )
     assert [f.severity for f in out] == ["warning"]
 

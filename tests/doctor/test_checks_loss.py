@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import judge
 
 from muvo_doctor.core.checks import divergence, flat_loss, loss_not_decreasing, loss_spike, nan_inf
 from muvo_doctor.core.config import DoctorConfig
 from muvo_doctor.core.doctor import Doctor
-from muvo_doctor.core.finding import Finding
 from muvo_doctor.core.history import History
 from muvo_doctor.core.observation import Observation
 
 CFG = DoctorConfig()
 T = CFG.thresholds
-
-
-def run(mod, digits: dict[str, int] | None = None, **series: np.ndarray) -> list[Finding]:
-    """The check on a finished log of these series."""
-    h = History()
-    h.complete = True
-    for name, values in series.items():
-        name = name.replace("__", "/")
-        for i, v in enumerate(np.asarray(values, dtype=float)):
-            h.add_point(name, i, float(v), (digits or {}).get(name))
-    return mod.check(h, CFG)
 
 
 def noisy(n: int, level: float, sigma: float, seed: int = 0) -> np.ndarray:
@@ -46,15 +35,17 @@ def decreasing(n: int, seed: int = 0) -> np.ndarray:
     ],
 )
 def test_nan_inf(loss: np.ndarray, severity: str | None) -> None:
-    out = run(nan_inf, train__loss=loss)
+    out = judge(nan_inf, {"train/loss": loss}, complete=True)
     assert [f.severity for f in out] == ([severity] if severity else [])
     if severity:
         assert out[0].step == 40 and "step 40" in out[0].message
 
 
 def test_nan_inf_counter_from_recorder() -> None:
-    out = run(
-        nan_inf, train__loss=np.linspace(1, 0.5, 30), nonfinite__grad=np.r_[np.zeros(10), np.full(20, 3.0)]
+    out = judge(
+        nan_inf,
+        {"train/loss": np.linspace(1, 0.5, 30), "nonfinite/grad": np.r_[np.zeros(10), np.full(20, 3.0)]},
+        complete=True,
     )
     assert out[0].severity == "critical" and "nonfinite/grad" in out[0].message
 
@@ -68,7 +59,7 @@ def test_flat_loss_relative_spread_threshold(rel_spread: float, found: bool) -> 
     level = 0.6931
     w = T.flat_window
     loss = np.r_[np.linspace(0.8, level, 20), level + rel_spread * level * np.linspace(-0.5, 0.5, w)]
-    out = run(flat_loss, train__loss=loss)
+    out = judge(flat_loss, {"train/loss": loss}, complete=True)
     assert bool(out) is found
     if found:
         assert out[0].severity == "critical"
@@ -77,23 +68,38 @@ def test_flat_loss_relative_spread_threshold(rel_spread: float, found: bool) -> 
 
 def test_flat_loss_short_logs_need_exact_repeats_or_a_whole_log_without_movement() -> None:
     noisy = 0.7 + np.random.default_rng(0).normal(0, 0.01, T.flat_window - 1)
-    assert run(flat_loss, train__loss=noisy) == []
-    assert run(flat_loss, train__loss=np.full(T.flat_window, 0.7))[0].evidence["level"] == 0.7
+    assert judge(flat_loss, {"train/loss": noisy}, complete=True) == []
+    assert (
+        judge(flat_loss, {"train/loss": np.full(T.flat_window, 0.7)}, complete=True)[0].evidence["level"]
+        == 0.7
+    )
     # Exact repeats: from flat_min_repeats records on, a printed value repeated to its last digit.
     moving = list(np.linspace(2.0, 0.9, 10))
     n = T.flat_min_repeats
-    out = run(flat_loss, digits={"train/loss": 4}, train__loss=np.r_[moving, np.full(n, 0.6931)])
+    out = judge(
+        flat_loss, {"train/loss": np.r_[moving, np.full(n, 0.6931)]}, digits={"train/loss": 4}, complete=True
+    )
     assert out and out[0].severity == "critical" and out[0].evidence["rule"] == "exact_repeats"
     assert f"last {n} records" in out[0].message and "0.6931" in out[0].message
-    assert run(flat_loss, digits={"train/loss": 4}, train__loss=np.r_[moving, np.full(n - 1, 0.6931)]) == []
+    assert (
+        judge(
+            flat_loss,
+            {"train/loss": np.r_[moving, np.full(n - 1, 0.6931)]},
+            digits={"train/loss": 4},
+            complete=True,
+        )
+        == []
+    )
     # A whole short log within flat_short_rel of its level (a Darknet excerpt at 6.91).
     k = T.flat_short_min_points
     level = 6.91 * (1 + T.flat_short_rel * 0.9 * np.tile([-0.5, 0.5], k)[:k])
-    out = run(flat_loss, train__loss=level)
+    out = judge(flat_loss, {"train/loss": level}, complete=True)
     assert out and out[0].evidence["rule"] == "short_log" and f"all {k} records" in out[0].message
     wider = 6.91 * (1 + T.flat_short_rel * 1.2 * np.tile([-0.5, 0.5], k)[:k])
-    assert run(flat_loss, train__loss=wider) == []
-    assert run(flat_loss, train__loss=level[: k - 1] * np.linspace(1, 1.001, k - 1)) == []
+    assert judge(flat_loss, {"train/loss": wider}, complete=True) == []
+    assert (
+        judge(flat_loss, {"train/loss": level[: k - 1] * np.linspace(1, 1.001, k - 1)}, complete=True) == []
+    )
 
 
 @pytest.mark.parametrize(
@@ -111,22 +117,29 @@ def test_flat_loss_short_logs_need_exact_repeats_or_a_whole_log_without_movement
     ],
 )
 def test_flat_loss_precision_aware(values: np.ndarray, digits: int | None, found: bool) -> None:
-    out = run(flat_loss, digits={"train/loss": digits} if digits else None, train__loss=values)
+    out = judge(
+        flat_loss, {"train/loss": values}, digits={"train/loss": digits} if digits else None, complete=True
+    )
     assert bool(out) is found
 
 
 def test_zero_aux_loss_next_to_a_learning_loss_is_not_a_finding() -> None:
-    assert run(flat_loss, train__loss=decreasing(300), train__aux_loss=np.zeros(300)) == []
+    assert (
+        judge(flat_loss, {"train/loss": decreasing(300), "train/aux_loss": np.zeros(300)}, complete=True)
+        == []
+    )
 
 
 def test_small_loss_that_still_moves_is_not_flat() -> None:
     t = np.arange(200)
     loss = 1e-5 * np.exp(-t / 100) * (1 + 0.1 * np.random.default_rng(0).normal(size=200))
-    assert run(flat_loss, train__loss=loss) == []
+    assert judge(flat_loss, {"train/loss": loss}, complete=True) == []
 
 
 def test_flat_aux_loss_is_a_warning_naming_the_series() -> None:
-    out = run(flat_loss, train__loss=decreasing(300), train__aux_loss=np.full(300, 2.5))
+    out = judge(
+        flat_loss, {"train/loss": decreasing(300), "train/aux_loss": np.full(300, 2.5)}, complete=True
+    )
     assert out[0].severity == "warning" and "train/aux_loss" in out[0].message and "2.5" in out[0].message
 
 
@@ -142,7 +155,7 @@ def test_flat_aux_loss_is_a_warning_naming_the_series() -> None:
 def test_loss_not_decreasing_relative_drop(drop: float, noise: float, severity: str | None) -> None:
     n = T.lnd_min_points * 3
     loss = np.linspace(0.7, 0.7 * (1 - drop), n) + noisy(n, 0, noise)
-    out = run(loss_not_decreasing, train__loss=loss)
+    out = judge(loss_not_decreasing, {"train/loss": loss}, complete=True)
     assert (out[0].severity if out else None) == severity
     if severity:
         assert f"{out[0].evidence['start_median']:.4g}" in out[0].message
@@ -151,15 +164,19 @@ def test_loss_not_decreasing_relative_drop(drop: float, noise: float, severity: 
 
 
 def test_loss_not_decreasing_waits_for_a_long_window() -> None:
-    assert run(loss_not_decreasing, train__loss=np.full(T.lnd_min_points - 1, 0.7)) == []
+    assert judge(loss_not_decreasing, {"train/loss": np.full(T.lnd_min_points - 1, 0.7)}, complete=True) == []
 
 
 def test_a_rise_must_beat_the_noise() -> None:
     # A 5% rise buried in noise of sigma 0.3 is not called rising; the same rise with little noise is.
     n = 150
-    noisy_rise = run(loss_not_decreasing, train__loss=np.linspace(1, 1.05, n) + noisy(n, 0, 0.3))
+    noisy_rise = judge(
+        loss_not_decreasing, {"train/loss": np.linspace(1, 1.05, n) + noisy(n, 0, 0.3)}, complete=True
+    )
     assert all("rose" not in f.message for f in noisy_rise)
-    clean_rise = run(loss_not_decreasing, train__loss=np.linspace(1, 1.05, n) + noisy(n, 0, 0.005))
+    clean_rise = judge(
+        loss_not_decreasing, {"train/loss": np.linspace(1, 1.05, n) + noisy(n, 0, 0.005)}, complete=True
+    )
     assert clean_rise[0].severity == "warning" and "rose" in clean_rise[0].message
 
 
@@ -167,7 +184,7 @@ def test_a_noisy_loss_that_falls_is_learning() -> None:
     # BCE with pos_weight on small batches: huge per-batch noise, a 20% fall: not stalled.
     n = 300
     loss = np.linspace(1.4, 1.1, n) + np.random.default_rng(4).normal(0, 0.6, n)
-    assert run(loss_not_decreasing, train__loss=loss) == []
+    assert judge(loss_not_decreasing, {"train/loss": loss}, complete=True) == []
 
 
 def test_flat_loss_with_a_ranking_auroc_is_only_info() -> None:
@@ -181,13 +198,15 @@ def test_flat_loss_with_a_ranking_auroc_is_only_info() -> None:
 
 
 def test_rising_loss_warns() -> None:
-    out = run(loss_not_decreasing, train__loss=np.linspace(0.5, 0.9, 200) + noisy(200, 0, 0.01))
+    out = judge(
+        loss_not_decreasing, {"train/loss": np.linspace(0.5, 0.9, 200) + noisy(200, 0, 0.01)}, complete=True
+    )
     assert out[0].severity == "warning" and "rose" in out[0].message
 
 
 def test_plateau_after_learning_is_not_reported() -> None:
     loss = np.r_[np.linspace(0.7, 0.2, 50), noisy(2000, 0.2, 0.02)]
-    assert run(loss_not_decreasing, train__loss=loss) == []
+    assert judge(loss_not_decreasing, {"train/loss": loss}, complete=True) == []
 
 
 # ---------------------------------------------------------------- divergence
@@ -195,7 +214,7 @@ def test_plateau_after_learning_is_not_reported() -> None:
 def test_divergence_threshold(factor: float, found: bool) -> None:
     # start 1.0, best 0.5: scale 0.5; the loss jumps to best + factor * scale and stays.
     loss = np.r_[np.linspace(1.0, 0.5, 50), np.full(30, 0.5 + factor * 0.5)]
-    out = run(divergence, train__loss=loss)
+    out = judge(divergence, {"train/loss": loss}, complete=True)
     assert bool(out) is found
     if found:
         assert out[0].severity == "critical" and out[0].step == 50 and "0.5" in out[0].message
@@ -203,12 +222,12 @@ def test_divergence_threshold(factor: float, found: bool) -> None:
 
 def test_divergence_to_nan_counts() -> None:
     loss = np.r_[np.linspace(1.0, 0.5, 40), np.geomspace(1, 1e6, 10), [np.nan] * 20]
-    assert run(divergence, train__loss=loss)[0].severity == "critical"
+    assert judge(divergence, {"train/loss": loss}, complete=True)[0].severity == "critical"
 
 
 def test_one_spike_is_not_divergence() -> None:
     loss = np.r_[np.linspace(1.0, 0.5, 50), [50.0], np.full(30, 0.5)]
-    assert run(divergence, train__loss=loss) == []
+    assert judge(divergence, {"train/loss": loss}, complete=True) == []
 
 
 # ---------------------------------------------------------------- loss_spike
@@ -224,7 +243,7 @@ def test_loss_spike(jump: float, setback: float, severity: str | None) -> None:
     base = noisy(200, 0.5, 0.01, seed=3)
     base[120] += jump
     base[121:] += setback * 0.5
-    out = run(loss_spike, train__loss=base)
+    out = judge(loss_spike, {"train/loss": base}, complete=True)
     assert [f.severity for f in out] == ([severity] if severity else [])
     if severity:
         assert out[0].step == 120 and "z =" in out[0].message
@@ -234,24 +253,24 @@ def test_rare_weighted_positives_are_not_warnings() -> None:
     # BCE with pos_weight=9 on batches of 16: a batch with a missed positive costs 10x the others.
     rng = np.random.default_rng(5)
     loss = np.abs(rng.normal(0.3, 0.05, 300)) + np.where(rng.random(300) < 0.05, rng.uniform(4, 8, 300), 0)
-    assert all(f.severity == "info" for f in run(loss_spike, train__loss=loss))
+    assert all(f.severity == "info" for f in judge(loss_spike, {"train/loss": loss}, complete=True))
 
 
 def test_spike_on_a_collapsed_loss_is_ignored() -> None:
     loss = np.r_[np.linspace(0.5, 1e-6, 20), np.full(100, 2e-6)]
     loss[60] = 5e-6
-    assert run(loss_spike, train__loss=loss) == []
+    assert judge(loss_spike, {"train/loss": loss}, complete=True) == []
 
 
 def test_step_that_stays_up_is_not_a_spike() -> None:
     base = np.r_[noisy(100, 0.5, 0.01), noisy(100, 2.0, 0.01)]
-    assert run(loss_spike, train__loss=base) == []
+    assert judge(loss_spike, {"train/loss": base}, complete=True) == []
 
 
 @pytest.mark.parametrize("mod", [flat_loss, loss_not_decreasing, divergence, loss_spike])
 @pytest.mark.parametrize("seed", range(3))
 def test_healthy_noisy_decreasing_loss_gives_nothing(mod, seed: int) -> None:
-    assert run(mod, train__loss=decreasing(2000, seed)) == []
+    assert judge(mod, {"train/loss": decreasing(2000, seed)}, complete=True) == []
 
 
 def test_a_plateau_that_starts_learning_is_not_dead_at_the_end() -> None:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import judge
 
 from muvo_doctor.core.checks import constant_output, label_imbalance, wrong_loss_input
 from muvo_doctor.core.config import DoctorConfig
-from muvo_doctor.core.finding import Finding
-from muvo_doctor.core.history import History
 
 CFG = DoctorConfig()
 T = CFG.thresholds
@@ -16,14 +15,6 @@ N = 100
 RNG = np.random.default_rng(0)
 LEARNING = np.linspace(0.7, 0.2, N) + RNG.normal(0, 0.01, N)
 STUCK = 0.6931 + RNG.normal(0, 0.01, N)
-
-
-def run(mod, series: dict[str, object], n: int = N) -> list[Finding]:
-    h = History()
-    for name, values in series.items():
-        for i, v in enumerate(np.broadcast_to(np.asarray(values, dtype=float), (n,))):
-            h.add_point(name, i, float(v))
-    return mod.check(h, CFG)
 
 
 # ---------------------------------------------------------------- constant_output
@@ -39,7 +30,7 @@ def run(mod, series: dict[str, object], n: int = N) -> list[Finding]:
     ],
 )
 def test_constant_output(std: float, mean: float, loss: np.ndarray, severity: str | None) -> None:
-    out = run(constant_output, {"output/std": std, "output/mean": mean, "train/loss": loss})
+    out = judge(constant_output, {"output/std": std, "output/mean": mean, "train/loss": loss}, n=N)
     assert [f.severity for f in out] == ([severity] if severity else [])
     if severity:
         assert f"{std:.4g}" in out[0].message
@@ -50,7 +41,7 @@ def test_constant_output(std: float, mean: float, loss: np.ndarray, severity: st
     [(T.co_saturated + 0.02, STUCK, True), (T.co_saturated - 0.02, STUCK, False), (0.99, LEARNING, False)],
 )
 def test_saturation_counts_only_when_the_loss_fails(saturated: float, loss: np.ndarray, found: bool) -> None:
-    out = run(constant_output, {"output/std": 2.0, "output/saturated": saturated, "train/loss": loss})
+    out = judge(constant_output, {"output/std": 2.0, "output/saturated": saturated, "train/loss": loss}, n=N)
     assert bool(out) is found
     if found:
         assert out[0].severity == "critical" and f"{saturated:.0%}" in out[0].message
@@ -67,8 +58,8 @@ def test_saturation_counts_only_when_the_loss_fails(saturated: float, loss: np.n
     ],
 )
 def test_probabilities_into_with_logits_loss(lo: float, hi: float, n: int, found: bool) -> None:
-    out = run(
-        wrong_loss_input, {"loss_input/logits/min": lo, "loss_input/logits/max": hi, "train/loss": 0.7}, n
+    out = judge(
+        wrong_loss_input, {"loss_input/logits/min": lo, "loss_input/logits/max": hi, "train/loss": 0.7}, n=n
     )
     assert bool(out) is found
     if found:
@@ -77,7 +68,7 @@ def test_probabilities_into_with_logits_loss(lo: float, hi: float, n: int, found
 
 @pytest.mark.parametrize(("mx", "found"), [(T.wli_logprob_tol * 10, True), (0.0, False), (-0.1, False)])
 def test_logits_into_nll(mx: float, found: bool) -> None:
-    out = run(wrong_loss_input, {"loss_input/logprobs/max": mx, "train/loss": LEARNING})
+    out = judge(wrong_loss_input, {"loss_input/logprobs/max": mx, "train/loss": LEARNING}, n=N)
     assert bool(out) is found
 
 
@@ -86,16 +77,18 @@ def test_wrong_loss_input_holds_only_while_the_recent_points_show_it() -> None:
     lo = np.r_[np.full(60, 0.02), np.full(40, -2.5)]
     hi = np.r_[np.full(60, 0.97), np.full(40, 3.1)]
     series = {"loss_input/logits/min": lo, "loss_input/logits/max": hi, "train/loss": LEARNING}
-    assert run(wrong_loss_input, series) == []
-    assert run(wrong_loss_input, {k: v[:60] for k, v in series.items()}, n=60)  # while it held, it was found
+    assert judge(wrong_loss_input, series, n=N) == []
+    assert judge(
+        wrong_loss_input, {k: v[:60] for k, v in series.items()}, n=60
+    )  # while it held, it was found
     # The other way round: logits at first, probabilities for the last window (from step 40).
     series = {"loss_input/logits/min": lo[::-1], "loss_input/logits/max": hi[::-1], "train/loss": LEARNING}
-    out = run(wrong_loss_input, series)
+    out = judge(wrong_loss_input, series, n=N)
     assert out and out[0].step == 40 and f"last {T.window} recorded steps" in out[0].message
     # NLL fed logits for the first 20 points, log-probabilities after.
     mx = np.r_[np.full(20, 2.0), np.full(80, -0.05)]
-    assert run(wrong_loss_input, {"loss_input/logprobs/max": mx, "train/loss": LEARNING}) == []
-    assert run(wrong_loss_input, {"loss_input/logprobs/max": mx[:30], "train/loss": LEARNING[:30]}, n=30)
+    assert judge(wrong_loss_input, {"loss_input/logprobs/max": mx, "train/loss": LEARNING}, n=N) == []
+    assert judge(wrong_loss_input, {"loss_input/logprobs/max": mx[:30], "train/loss": LEARNING[:30]}, n=30)
 
 
 # ---------------------------------------------------------------- label_imbalance
@@ -111,19 +104,21 @@ def test_wrong_loss_input_holds_only_while_the_recent_points_show_it() -> None:
     ],
 )
 def test_label_imbalance(p: float, severity: str | None) -> None:
-    out = run(label_imbalance, {"label/positive_fraction": p})
+    out = judge(label_imbalance, {"label/positive_fraction": p}, n=N)
     assert [f.severity for f in out] == ([severity] if severity else [])
     if severity == "warning":
         assert f"{p:.2%}" in out[0].message
 
 
 def test_label_imbalance_waits_for_batches() -> None:
-    assert run(label_imbalance, {"label/positive_fraction": 0.0}, T.li_min_batches - 1) == []
-    assert run(label_imbalance, {"label/positive_fraction": 0.0}, T.li_min_batches)[0].severity == "critical"
+    assert judge(label_imbalance, {"label/positive_fraction": 0.0}, n=T.li_min_batches - 1) == []
+    assert (
+        judge(label_imbalance, {"label/positive_fraction": 0.0}, n=T.li_min_batches)[0].severity == "critical"
+    )
 
 
 def test_single_multiclass_label() -> None:
-    out = run(label_imbalance, {"label/classes": 1.0})
+    out = judge(label_imbalance, {"label/classes": 1.0}, n=N)
     assert out[0].severity == "critical"
-    out = run(label_imbalance, {"label/fraction/0": 0.995, "label/fraction/1": 0.005})
+    out = judge(label_imbalance, {"label/fraction/0": 0.995, "label/fraction/1": 0.005}, n=N)
     assert out[0].severity == "warning" and "99.50%" in out[0].message

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import history_of
 
 from muvo_doctor.core.checks import metric_stuck, overfitting, prior_baseline
 from muvo_doctor.core.checks._common import bernoulli_entropy
@@ -18,16 +19,6 @@ from muvo_doctor.core.observation import Observation
 CFG = DoctorConfig()
 T = CFG.thresholds
 H10 = bernoulli_entropy(0.1)  # 0.3251
-
-
-def build(series: dict[str, object], n: int, every: dict[str, int] | None = None) -> History:
-    h = History()
-    for name, values in series.items():
-        k = (every or {}).get(name, 1)
-        vals = np.broadcast_to(np.asarray(values, dtype=float), (n // k,))
-        for j, v in enumerate(vals):
-            h.add_point(name, (j + 1) * k - 1, float(v))
-    return h
 
 
 def labels(n: int, p: float, seed: int = 0) -> np.ndarray:
@@ -67,7 +58,7 @@ def test_the_loss_of_predicting_the_prior_is_judged_per_batch_label_mix() -> Non
     q = 0.1 + rng.normal(0, 0.003, n)
     loss = -f * np.log(q) - (1 - f) * np.log(1 - q)
     assert abs(np.median(loss) - H10) > T.pb_rel_band * H10  # the raw median alone would miss it
-    h = build({"label/positive_fraction": f, "train/loss": loss, "train/acc": 1 - f}, n)
+    h = history_of({"label/positive_fraction": f, "train/loss": loss, "train/acc": 1 - f}, n=n)
     [got] = prior_baseline.check(h, CFG)
     assert got.severity == "critical" and got.evidence["batch_adjusted"]
     assert got.evidence["loss"] == pytest.approx(bernoulli_entropy(f.mean()), rel=0.01)
@@ -115,7 +106,7 @@ def test_a_learning_model_is_not_put_on_the_prior_by_the_batch_adjustment() -> N
     rng = np.random.default_rng(4)
     f = rng.binomial(32, 0.1, n) / 32
     loss = 0.6 * (-f * np.log(0.1) - (1 - f) * np.log(0.9))
-    h = build({"label/positive_fraction": f, "train/loss": loss, "train/acc": 1 - f}, n)
+    h = history_of({"label/positive_fraction": f, "train/loss": loss, "train/acc": 1 - f}, n=n)
     assert prior_baseline.check(h, CFG) == []
 
 
@@ -126,7 +117,7 @@ def test_a_learning_model_is_not_put_on_the_prior_by_the_batch_adjustment() -> N
 def test_prior_band(offset: float, found: bool) -> None:
     n = 200
     loss = H10 * (1 + offset) + np.random.default_rng(1).normal(0, 0.002, n)
-    h = build({"label/positive_fraction": 0.1, "train/loss": loss}, n)
+    h = history_of({"label/positive_fraction": 0.1, "train/loss": loss}, n=n)
     out = prior_baseline.check(h, CFG)
     assert bool(out) is found
 
@@ -134,20 +125,20 @@ def test_prior_band(offset: float, found: bool) -> None:
 def test_learning_run_passing_through_the_prior_is_not_stuck() -> None:
     n = 300
     loss = np.r_[np.linspace(0.69, H10, 50), np.linspace(H10, 0.1, 250)]
-    h = build({"label/positive_fraction": labels(n, 0.1), "train/loss": loss}, n)
+    h = history_of({"label/positive_fraction": labels(n, 0.1), "train/loss": loss}, n=n)
     assert prior_baseline.check(h, CFG) == []
 
 
 def test_prior_waits_for_its_window() -> None:
     n = T.pb_window - 1
-    h = build({"label/positive_fraction": 0.1, "train/loss": H10}, n)
+    h = history_of({"label/positive_fraction": 0.1, "train/loss": H10}, n=n)
     assert prior_baseline.check(h, CFG) == []
 
 
 def test_pos_weight_prior_is_recognised() -> None:
     n = 200
     weighted = 2 * 0.9 * math.log(2)  # BCE with pos_weight=9 at the prior: 1.2477
-    h = build({"label/positive_fraction": 0.1, "train/loss": weighted}, n)
+    h = history_of({"label/positive_fraction": 0.1, "train/loss": weighted}, n=n)
     out = prior_baseline.check(h, CFG)
     assert out and "pos_weight" in out[0].message and "1.248" in out[0].message
 
@@ -156,8 +147,8 @@ def test_pos_weight_prior_is_recognised() -> None:
 def test_inferred_from_the_accuracy_plateau() -> None:
     n = 60  # 30 epochs of a log: loss and accuracy summaries
     rng = np.random.default_rng(3)
-    h = build(
-        {"train/loss": 0.3364 + rng.normal(0, 0.002, n), "train/acc": 0.8957 + rng.normal(0, 0.002, n)}, n
+    h = history_of(
+        {"train/loss": 0.3364 + rng.normal(0, 0.002, n), "train/acc": 0.8957 + rng.normal(0, 0.002, n)}, n=n
     )
     out = prior_baseline.check(h, CFG)
     assert out and out[0].severity == "critical"
@@ -169,10 +160,10 @@ def test_inferred_from_the_accuracy_plateau() -> None:
 
 def test_plateau_at_ln_k_needs_k_from_the_log() -> None:
     # A loss at ln 10 alone is no evidence: above ~2.5 every value is near some ln K.
-    h = build({"train/loss": math.log(10) + np.random.default_rng(0).normal(0, 0.003, 80)}, 80)
+    h = history_of({"train/loss": math.log(10) + np.random.default_rng(0).normal(0, 0.003, 80)}, n=80)
     assert prior_baseline.check(h, CFG) == []
     # A character-level LM plateauing at 2.60 (within 1.4% of ln 13) is not "uniform over 13 classes".
-    h = build({"train/loss": 2.60 + np.random.default_rng(1).normal(0, 0.01, 200)}, 200)
+    h = history_of({"train/loss": 2.60 + np.random.default_rng(1).normal(0, 0.01, 200)}, n=200)
     assert prior_baseline.check(h, CFG) == []
 
 
@@ -232,7 +223,7 @@ def test_split_pairs_loss_with_its_own_accuracy() -> None:
 
 def test_healthy_log_below_the_accuracy_prior() -> None:
     n = 60
-    h = build({"train/loss": np.linspace(0.4, 0.15, n), "train/acc": np.linspace(0.88, 0.95, n)}, n)
+    h = history_of({"train/loss": np.linspace(0.4, 0.15, n), "train/acc": np.linspace(0.88, 0.95, n)}, n=n)
     assert prior_baseline.check(h, CFG) == []
 
 
@@ -241,7 +232,7 @@ def test_healthy_log_below_the_accuracy_prior() -> None:
     ("auroc", "found"), [(0.5 + T.ms_auroc_tol * 0.5, True), (0.5 + T.ms_auroc_tol * 2, False)]
 )
 def test_auroc_at_chance(auroc: float, found: bool) -> None:
-    h = build({"val/auroc": auroc}, T.ms_min_evals)
+    h = history_of({"val/auroc": auroc}, n=T.ms_min_evals)
     out = metric_stuck.check(h, CFG)
     assert bool(out) is found
     if found:
@@ -249,19 +240,19 @@ def test_auroc_at_chance(auroc: float, found: bool) -> None:
 
 
 def test_metric_needs_enough_evaluations() -> None:
-    assert metric_stuck.check(build({"val/auroc": 0.5}, T.ms_min_evals - 1), CFG) == []
+    assert metric_stuck.check(history_of({"val/auroc": 0.5}, n=T.ms_min_evals - 1), CFG) == []
 
 
 def test_map_zero_and_accuracy_at_chance_or_majority() -> None:
-    assert metric_stuck.check(build({"val/map": 0.001}, 6), CFG)[0].severity == "critical"
-    assert "1/2" in metric_stuck.check(build({"val/acc": 0.5}, 6), CFG)[0].message
-    h = build({"val/acc": 0.9, "label/positive_fraction": 0.1}, 6)
+    assert metric_stuck.check(history_of({"val/map": 0.001}, n=6), CFG)[0].severity == "critical"
+    assert "1/2" in metric_stuck.check(history_of({"val/acc": 0.5}, n=6), CFG)[0].message
+    h = history_of({"val/acc": 0.9, "label/positive_fraction": 0.1}, n=6)
     assert "majority rate 90.0%" in metric_stuck.check(h, CFG)[0].message
-    assert metric_stuck.check(build({"val/acc": np.linspace(0.5, 0.8, 6)}, 6), CFG) == []
+    assert metric_stuck.check(history_of({"val/acc": np.linspace(0.5, 0.8, 6)}, n=6), CFG) == []
 
 
 def test_majority_accuracy_with_a_ranking_auroc_is_not_stuck() -> None:
-    h = build({"val/acc": 0.9, "val/auroc": 0.85, "label/positive_fraction": 0.1}, 6)
+    h = history_of({"val/acc": 0.9, "val/auroc": 0.85, "label/positive_fraction": 0.1}, n=6)
     assert metric_stuck.check(h, CFG) == []
 
 
@@ -335,19 +326,19 @@ def test_a_big_val_loss_rise_with_a_holding_metric_is_still_info() -> None:
 
 def test_a_ranking_auroc_vetoes_the_prior() -> None:
     n = 200
-    h = build(
-        {"label/positive_fraction": 0.1, "train/loss": H10, "val/auroc": 0.9}, n, every={"val/auroc": 50}
+    h = history_of(
+        {"label/positive_fraction": 0.1, "train/loss": H10, "val/auroc": 0.9}, n=n, every={"val/auroc": 50}
     )
     assert prior_baseline.check(h, CFG) == []
-    h = build(
-        {"label/positive_fraction": 0.1, "train/loss": H10, "val/auroc": 0.52}, n, every={"val/auroc": 50}
+    h = history_of(
+        {"label/positive_fraction": 0.1, "train/loss": H10, "val/auroc": 0.52}, n=n, every={"val/auroc": 50}
     )
     assert "AUROC 0.520 (chance 0.5)" in prior_baseline.check(h, CFG)[0].message
 
 
 def test_frozen_auroc_just_above_chance() -> None:
-    assert metric_stuck.check(build({"val/auroc": 0.582}, 6), CFG)[0].severity == "critical"
-    assert metric_stuck.check(build({"val/auroc": 0.95}, 6), CFG) == []  # converged, not stuck
+    assert metric_stuck.check(history_of({"val/auroc": 0.582}, n=6), CFG)[0].severity == "critical"
+    assert metric_stuck.check(history_of({"val/auroc": 0.95}, n=6), CFG) == []  # converged, not stuck
 
 
 def test_prior_baseline_ignores_a_held_out_accuracy_above_the_training_majority_rate():
@@ -381,18 +372,18 @@ def test_the_message_says_only_what_is_true_of_the_run() -> None:
     # A noisy per-batch accuracy 20 points under the majority rate is not "≈" it.
     n = 200
     rng = np.random.default_rng(5)
-    h = build(
+    h = history_of(
         {
             "label/positive_fraction": labels(n, 0.1),
             "train/loss": H10 + rng.normal(0, 0.01, n),
             "train/acc": np.clip(0.7 + rng.normal(0, 0.3, n), 0, 1),
         },
-        n,
+        n=n,
     )
     out = prior_baseline.check(h, CFG)
     assert out and "vs majority rate" in out[0].message and "≈ majority rate" not in out[0].message
     # A two-class prior from per-class label fractions names the majority class, not "p".
-    h = build({"label/fraction/0": 0.9, "label/fraction/1": 0.1, "train/loss": H10}, n)
+    h = history_of({"label/fraction/0": 0.9, "label/fraction/1": 0.1, "train/loss": H10}, n=n)
     out = prior_baseline.check(h, CFG)
     assert (
         out and "majority class 90.0% of 2 from the labels" in out[0].message and "p = " not in out[0].message
@@ -403,13 +394,13 @@ def test_the_message_says_only_what_is_true_of_the_run() -> None:
 def test_a_loss_matched_only_within_its_noise_says_how_wide_the_band_is() -> None:
     n = 200
     rng = np.random.default_rng(2)
-    h = build(
-        {"label/positive_fraction": labels(n, 0.1), "train/loss": H10 * 0.92 + rng.normal(0, 0.15, n)}, n
+    h = history_of(
+        {"label/positive_fraction": labels(n, 0.1), "train/loss": H10 * 0.92 + rng.normal(0, 0.15, n)}, n=n
     )
     out = prior_baseline.check(h, CFG)
     assert out and "(within ±" in out[0].message
     # A loss that sits on the baseline needs no such note.
-    h = build({"label/positive_fraction": 0.1, "train/loss": H10 + rng.normal(0, 0.001, n)}, n)
+    h = history_of({"label/positive_fraction": 0.1, "train/loss": H10 + rng.normal(0, 0.001, n)}, n=n)
     out = prior_baseline.check(h, CFG)
     assert out and "within ±" not in out[0].message
 
