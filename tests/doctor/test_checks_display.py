@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import history_of
 
 from muvo_doctor.core.checks import display_precision, flat_loss
 from muvo_doctor.core.config import DoctorConfig
@@ -13,6 +14,7 @@ from muvo_doctor.core.observation import Observation
 
 CFG = DoctorConfig()
 T = CFG.thresholds
+EVERY_10, DIGITS_4 = {"printed/loss": 10}, {"printed/loss": 4}  # a loss printed every 10 steps, 4 decimals
 
 
 def test_printed_zero_while_real_loss_is_0_507() -> None:
@@ -35,10 +37,7 @@ def test_printed_zero_while_real_loss_is_0_507() -> None:
 )
 def test_rounding_hides_the_real_value_threshold(real: float, found: bool) -> None:
     # The print is the real value rounded to 4 decimals: it hides the value exactly when it rounds to 0.
-    h = History()
-    for s in range(100):
-        h.add_point("train/loss", s, real)
-        h.add_point("printed/loss", s, round(real, 4), 4)
+    h = history_of({"train/loss": real, "printed/loss": round(real, 4)}, n=100, digits={"printed/loss": 4})
     out = display_precision.check(h, CFG)
     assert bool(out) is found
     if found:
@@ -53,13 +52,10 @@ def test_rounding_hides_the_real_value_threshold(real: float, found: bool) -> No
 def test_a_print_that_differs_from_the_real_value_is_not_a_display_finding(offset_units: float) -> None:
     # A printed running mean, a smoothed or a differently averaged value differs from one step's value;
     # that is not the display hiding anything (the H200 case: 'printed/acc shows 0.978 while train/acc is 1').
-    h = History()
-    for s in range(100):
-        real = 0.5 - (s // 20) * 1e-2
-        h.add_point("train/loss", s, real)
-        h.add_point("printed/loss", s, round(real + offset_units * 1e-4, 4), 4)
-        h.add_point("train/acc", s, 1.0)
-        h.add_point("printed/acc", s, 0.978, 3)
+    real = 0.5 - (np.arange(100) // 20) * 1e-2
+    shown = [round(v + offset_units * 1e-4, 4) for v in real.tolist()]
+    series = {"train/loss": real, "printed/loss": shown, "train/acc": 1.0, "printed/acc": 0.978}
+    h = history_of(series, n=100, digits={"printed/loss": 4, "printed/acc": 3})
     assert display_precision.check(h, CFG) == []
 
 
@@ -78,21 +74,14 @@ def test_running_average_print_is_consistent() -> None:
 
 
 def test_printed_accuracy_maps_to_train_acc() -> None:
-    h = History()
-    for s in range(50):
-        h.add_point("train/acc", s, 0.75)
-        h.add_point("printed/acc", s, 0.0, 4)
+    h = history_of({"train/acc": 0.75, "printed/acc": 0.0}, n=50, digits={"printed/acc": 4})
     f = display_precision.check(h, CFG)[0]
     assert "printed/acc shows 0.0000" in f.message and "train/acc is 0.75" in f.message
 
 
 def _log(name: str, values: np.ndarray, digits: int, moving: bool = True) -> History:
-    h = History()
-    for i, v in enumerate(values):
-        h.add_point(name, i, float(v), digits)
-        if moving:
-            h.add_point("val/acc", i, 0.5 + 0.001 * i, 4)
-    return h
+    moves = {"val/acc": 0.5 + 0.001 * np.arange(len(values))} if moving else {}
+    return history_of({name: values, **moves}, digits={name: digits, "val/acc": 4})
 
 
 def test_log_main_loss_always_zero_while_accuracy_moves() -> None:
@@ -152,9 +141,7 @@ def test_handful_of_printed_values(distinct: int, found: bool) -> None:
 
 
 def test_no_digits_no_display_finding() -> None:
-    h = History()
-    for i in range(100):
-        h.add_point("train/loss", i, 0.0)
+    h = history_of({"train/loss": 0.0}, n=100)
     assert display_precision.check(h, CFG) == []
 
 
@@ -231,10 +218,9 @@ def test_healthy_wrapped_run_prints_are_not_a_display_finding(case: dict) -> Non
 
 
 def test_printed_training_acc_is_not_compared_with_val_acc() -> None:
-    h = History()
-    for s in range(100):
-        h.add_point("printed/acc", s, 0.5 + s / 1000, 4)
-        h.add_point("val/acc", s, 0.95)  # recorded, but another signal
+    printed = 0.5 + np.arange(100) / 1000
+    # val/acc is recorded, but it is another signal
+    h = history_of({"printed/acc": printed, "val/acc": 0.95}, n=100, digits={"printed/acc": 4})
     assert display_precision.real_name(h, "printed/acc") is None
     assert display_precision.check(h, CFG) == []
 
@@ -251,10 +237,9 @@ def test_axis_and_bookkeeping_keys_have_no_counterpart(key: str) -> None:
 
 
 def test_printed_counterpart_from_printed_text_is_not_a_measurement() -> None:
-    h = History()
-    for s in range(100):
-        h.add_point("printed/val_loss", s, 0.3, 1)
-        h.add_point("val/loss", s, 0.3 + s / 1e4, 6)  # the wrapper's own copy of another printed line
+    # val/loss: the wrapper's own copy of another printed line
+    series = {"printed/val_loss": 0.3, "val/loss": 0.3 + np.arange(100) / 1e4}
+    h = history_of(series, n=100, digits={"printed/val_loss": 1, "val/loss": 6})
     assert display_precision.real_name(h, "printed/val_loss") is None
 
 
@@ -286,22 +271,16 @@ def test_redraws_do_not_change_the_decision_between_shown_and_hidden_prints() ->
 
 def test_printed_zero_while_a_tiny_real_loss_moves_is_found() -> None:
     # The display cannot show the change: 0.0000 in every print while the loss falls 4e-5 -> 2e-6.
-    h = History()
-    for s in range(200):
-        h.add_point("train/loss", s, 4e-5 * np.exp(-s / 70))
-        if s % 10 == 9:
-            h.add_point("printed/loss", s, 0.0, 4)
+    real = 4e-5 * np.exp(-np.arange(200) / 70)
+    h = history_of({"train/loss": real, "printed/loss": 0.0}, n=200, every=EVERY_10, digits=DIGITS_4)
     out = display_precision.check(h, CFG)
     assert out and "0.0000 (4 decimals) in 20 of 20 prints while train/loss is 9.89e-06" in out[0].message
 
 
 def test_printed_zero_while_a_tiny_real_loss_stays_put_is_found() -> None:
     # Printed 0.0000 while the real loss is 3e-5: the print is the value rounded, and rounding hides it.
-    h = History()
-    for s in range(200):
-        h.add_point("train/loss", s, 3e-5 * (1 + 0.01 * np.sin(s)))
-        if s % 10 == 9:
-            h.add_point("printed/loss", s, 0.0, 4)
+    real = 3e-5 * (1 + 0.01 * np.sin(np.arange(200)))
+    h = history_of({"train/loss": real, "printed/loss": 0.0}, n=200, every=EVERY_10, digits=DIGITS_4)
     out = display_precision.check(h, CFG)
     assert [f.severity for f in out] == ["warning"]
     assert "train/loss is 3e-05" in out[0].message and "below 5e-05, the printed resolution" in out[0].message
@@ -309,12 +288,9 @@ def test_printed_zero_while_a_tiny_real_loss_stays_put_is_found() -> None:
 
 def test_printed_loss_shown_falling_then_rounding_to_zero_is_info() -> None:
     # Under `run`: the prints show the loss fall from 0.5, then 0.0000 once the real loss is below 5e-5.
-    h = History()
-    for s in range(200):
-        real = 0.5 * np.exp(-s / 12)
-        h.add_point("train/loss", s, real)
-        if s % 10 == 9:
-            h.add_point("printed/loss", s, round(real, 4), 4)
+    real = 0.5 * np.exp(-np.arange(200) / 12)
+    shown = [round(v, 4) for v in real[9::10].tolist()]
+    h = history_of({"train/loss": real, "printed/loss": shown}, n=200, every=EVERY_10, digits=DIGITS_4)
     out = display_precision.check(h, CFG)
     assert [f.severity for f in out] == ["info"]
     assert (
