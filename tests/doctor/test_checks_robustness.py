@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import history_of
 
 from muvo_doctor.core.checks import ALL_CHECKS, by_id
 from muvo_doctor.core.config import DoctorConfig
@@ -36,11 +37,8 @@ WEIRD = {
 @pytest.mark.parametrize("n", [1, 2, 7, 60, 400])
 def test_checks_never_raise_on_weird_data(kind: str, n: int) -> None:
     rng = np.random.default_rng(n)
-    h = History()
-    for name in SIGNALS:
-        vals = WEIRD[kind](n, rng)
-        for i, v in enumerate(vals):
-            h.add_point(name, i, float(v), digits=4 if name.startswith("printed/") else None)
+    printed = {name: 4 for name in SIGNALS if name.startswith("printed/")}
+    h = history_of({name: WEIRD[kind](n, rng) for name in SIGNALS}, digits=printed)
     for mod in ALL_CHECKS:
         out = mod.check(h, CFG)
         assert isinstance(out, list)
