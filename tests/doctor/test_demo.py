@@ -88,39 +88,48 @@ def test_per_act_paths_only_for_the_story(tmp_path: Path) -> None:
     assert demo._per_act(None, 1, "x", story=True) is None
 
 
-def test_judge_caught_missed_and_false_alarm() -> None:
-    expected = ("prior_baseline", "metric_stuck")
-    doc = SimpleNamespace(findings=[_f("prior_baseline"), _f("flat_loss", "warning", 3)], verdict="dead")
-    ok, text = demo._judge("random-labels", expected, doc)
-    assert (
-        ok
-        and text == "demo: fault random-labels caught by prior_baseline (critical, step 120); verdict dead."
-    )
-    ok, text = demo._judge("random-labels", expected, SimpleNamespace(findings=[_f("flat_loss", "warning")]))
-    assert not ok and "was NOT caught: expected one of prior_baseline, metric_stuck" in text
+def _demo(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fault: str, doctor: object
+) -> tuple[int, str]:
+    """`muvo-doctor demo [--fault FAULT] --plain` on a run the doctor judged as ``doctor`` (no training):
+    the exit code and the sentence the demo prints."""
+    monkeypatch.setattr(demo, "_run_once", lambda *a: (0, doctor))
+    code = main(["demo", "--plain", *(["--fault", fault] if fault != "none" else [])])
+    return code, capsys.readouterr().out.strip()
+
+
+def test_demo_says_caught_missed_and_false_alarm(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def said(fault: str, *findings: Finding, **doctor: str) -> tuple[int, str]:
+        return _demo(monkeypatch, capsys, fault, SimpleNamespace(findings=list(findings), **doctor))
+
+    code, text = said("random-labels", _f("prior_baseline"), _f("flat_loss", "warning", 3), verdict="dead")
+    assert code == 0
+    assert text == "demo: fault random-labels caught by prior_baseline (critical, step 120); verdict dead."
+    code, text = said("zero-lr", _f("flat_loss", "warning"))
+    assert code == 1 and "was NOT caught: expected one of frozen_parameters, loss_not_decreasing" in text
     assert "raised flat_loss" in text
     # An info finding is not a catch.
-    ok, _ = demo._judge("random-labels", expected, SimpleNamespace(findings=[_f("prior_baseline", "info")]))
-    assert not ok
-    ok, text = demo._judge("none", (), SimpleNamespace(findings=[_f("loss_spike", "warning", 7)]))
-    assert not ok and "healthy run was flagged: loss_spike (warning)" in text
-    ok, _ = demo._judge("none", (), SimpleNamespace(findings=[_f("x", "info")]))
-    assert ok
+    assert said("random-labels", _f("prior_baseline", "info"))[0] == 1
+    code, text = said("none", _f("loss_spike", "warning", 7))
+    assert code == 1 and "healthy run was flagged: loss_spike (warning)" in text
+    assert said("none", _f("x", "info"))[0] == 0
 
 
-def test_judge_healthy_needs_evidence_and_resolved_findings_do_not_flag_it() -> None:
+def test_demo_healthy_needs_evidence_and_resolved_findings_do_not_flag_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     resolved = _f("loss_spike", "warning", 7).model_copy(update={"resolved_step": 50})
     doc = SimpleNamespace(findings=[resolved], verdict="healthy", evidence="train/loss fell 0.69 -> 0.2")
-    ok, text = demo._judge("none", (), doc)
-    assert ok and text.startswith("demo: healthy run: verdict healthy (train/loss fell 0.69 -> 0.2)")
-    ok, text = demo._judge("none", (), SimpleNamespace(findings=[], verdict="inconclusive"))
-    assert not ok and "ended inconclusive" in text
+    code, text = _demo(monkeypatch, capsys, "none", doc)
+    assert code == 0 and text.startswith("demo: healthy run: verdict healthy (train/loss fell 0.69 -> 0.2)")
+    code, text = _demo(monkeypatch, capsys, "none", SimpleNamespace(findings=[], verdict="inconclusive"))
+    assert code == 1 and "ended inconclusive" in text
     # A fault caught and later resolved is still caught; the sentence says it resolved.
     caught = _f("frozen_parameters").model_copy(update={"resolved_step": 300})
-    ok, text = demo._judge(
-        "zero-lr", ("frozen_parameters",), SimpleNamespace(findings=[caught], verdict="dead")
-    )
-    assert ok and "frozen_parameters (critical, step 120, resolved at step 300)" in text
+    code, text = _demo(monkeypatch, capsys, "zero-lr", SimpleNamespace(findings=[caught], verdict="dead"))
+    assert code == 0 and "frozen_parameters (critical, step 120, resolved at step 300)" in text
 
 
 def test_story_runs_three_acts_with_narrative_and_per_act_files(
