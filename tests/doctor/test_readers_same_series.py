@@ -14,7 +14,8 @@ import pytest
 from muvo_doctor.core.history import History
 from muvo_doctor.logs import sniff
 from muvo_doctor.logs.text import read_text
-from muvo_doctor.run.runner import LineSplitter, Runner, RunOptions
+from muvo_doctor.run.lines import LineSplitter
+from muvo_doctor.run.runner import Runner, RunOptions
 
 LOGS = Path(__file__).parents[1] / "fixtures" / "logs"
 

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from muvo_doctor.core.observation import Observation
-from muvo_doctor.run.runner import LineSplitter
+from muvo_doctor.run.lines import LineSplitter
 from muvo_doctor.run.stream import (
     PIPE_BUF,
     BatchWriter,

@@ -1,0 +1,221 @@
+"""The child's output: passed through first and whole, parsed on the side, our lines between its lines."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from muvo_doctor.run.fdio import write_all
+
+SELECT_TIMEOUT_S = 0.25  # the loop wakes at least 4 times a second (timers, signals, the view)
+READ_BURST = 1 << 20  # bytes read and passed through from one output before the others get a turn
+# Output that trickles in small writes is gathered this long before a loop turn handles it: each
+# turn costs CPU (a core the child may need). A pipe (1 MiB here) holds far more; a pty holds 20 KiB,
+# 2 ms of a child printing 10 MB/s, and hands it over ~0.5 KiB a read when read at once (10 MB
+# read back at once: 17-23k reads, 0.18-0.27 s CPU; after 1 ms: 2.7k reads, 0.06 s; same speed).
+GATHER_S = 0.002
+GATHER_PTY_S = 0.001
+GATHER_BYTES = 32 << 10  # ... unless a turn already read this much
+PARSE_SLICE = 2 << 10  # bytes parsed between two looks at the output: ~2 ms, what a pty holds of a fast child
+PARSE_DUTY = 0.05  # share of the time parsing may take while output floods in (the CPU is the child's)
+PARSE_BURST_S = 0.05  # parse time saved up while the output is quiet, spent at once when it comes
+PARSE_BACKLOG = 64 << 10  # output waiting for the parser beyond this is dropped (counted), never waited on
+LINE_HOLD_S = 1.0  # the doctor's lines wait at most this long for the child to end its line
+
+
+class Passthrough:
+    """The part of the Runner that copies the child's output, feeds the parser and places our own lines."""
+
+    # -- fail-open reporting ------------------------------------------------------------------
+    def say_once(self, key: str, msg: str) -> None:
+        if key in self._said:
+            return
+        self._said.add(key)
+        self._speak(lambda: self._say_now(msg))
+
+    def _say_now(self, msg: str) -> None:
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"muvo-doctor: {msg}\n")
+            sys.stderr.flush()
+
+    def _safe(self, fn: Callable[[], Any], key: str, fallback: Callable[[], Any] | None = None) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            self.say_once(key, f"the {key} failed ({exc!r}); the training goes on")
+            if fallback is not None:
+                with contextlib.suppress(Exception):
+                    fallback()
+
+    # -- our lines between the child's lines -------------------------------------------------------
+    def _line_open(self) -> bool:
+        return self._midline["err"] or (self._out_shares_err and self._midline["out"])
+
+    def _may_speak(self) -> bool:
+        return not self._line_open() or time.monotonic() - self._midline_since >= LINE_HOLD_S
+
+    def _speak(self, fn: Callable[[], None]) -> None:
+        if self._held or not self._may_speak():
+            self._held.append(fn)
+        else:
+            fn()
+
+    def _release_held(self, force: bool = False) -> None:
+        if self._held and (force or self._may_speak()):
+            held, self._held = self._held, []
+            for fn in held:
+                self._safe(fn, "view")
+
+    # -- the output ---------------------------------------------------------------------------
+    def _stdout_bytes(self, data: bytes) -> None:
+        try:
+            write_all(1, data)
+        except OSError as exc:
+            self.say_once("stdout", f"cannot write the training's output ({exc.strerror}); it goes on")
+
+    def _passthrough_rest(self) -> None:
+        """After an internal error: only copy bytes and forward signals until the child ends."""
+        assert self.child is not None
+        while self.child.poll() is None or self._has_outputs():
+            for key, _ in self.sel.select(0.1):
+                fd, what = key.fd, key.data
+                if what in ("out", "err"):
+                    try:
+                        data = os.read(fd, 65536)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    if not data:
+                        self.sel.unregister(fd)
+                        continue
+                    with contextlib.suppress(OSError):
+                        write_all(1 if what == "out" else 2, data)
+                elif what == "stdin":
+                    self._forward_stdin()
+                elif what in ("wake", "fifo"):
+                    with contextlib.suppress(OSError):
+                        os.read(fd, 1 << 16)
+            self._handle_signals()
+            self._timers()
+        self.returncode = self.child.returncode
+
+    def _has_outputs(self) -> bool:
+        return any(k.data in ("out", "err") for k in self.sel.get_map().values())
+
+    def _read_output(self, fd: int, what: str) -> None:
+        """Read what the output holds (up to ``READ_BURST``), pass it through in one write, queue it
+        for the parser. One write: a child on a terminal writes line by line, the pty hands them over
+        ~1 KiB at a time, and each write to our terminal has a cost of its own (20 MB through a pty,
+        3 runs: 3.1 s wrapped with one write per burst, 4.0 s with writes of at most 128 KiB or 16 KiB)."""
+        chunks: list[bytes] = []
+        got = 0
+        closed = False
+        while got < READ_BURST:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError:  # EIO: the pty's other side is closed
+                data = b""
+            if not data:
+                closed = True
+                break
+            chunks.append(data)
+            got += len(data)
+        if chunks:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self._read_this_turn += got
+            self._pass_through(what, data)
+            self._queue_parse(fd, data)
+        if closed:
+            self.sel.unregister(fd)
+            self._parse_q.append((fd, None))
+
+    def _pass_through(self, what: str, data: bytes) -> None:
+        if self._held and (what == "err" or self._out_shares_err):
+            # Our waiting lines go in right after the child's last complete line in this chunk.
+            cut = data.rfind(b"\n") + 1
+            if 0 < cut < len(data):
+                self._write_child(what, data[:cut])
+                self._release_held()
+                data = data[cut:]
+        self._write_child(what, data)
+        if self._held:
+            self._release_held()
+
+    def _write_child(self, what: str, data: bytes) -> None:
+        if what == "out":
+            self._safe(
+                lambda: self.view.child_output(data), "view", fallback=lambda: self._stdout_bytes(data)
+            )
+        else:
+            try:
+                write_all(2, data)
+            except OSError as exc:
+                self.say_once("stderr", f"cannot write the training's stderr ({exc.strerror}); it goes on")
+        if not self._line_open() or b"\n" in data:
+            self._midline_since = time.monotonic()  # LINE_HOLD_S counts from the child's last line end
+        self._midline[what] = not data.endswith(b"\n")
+
+    # -- the parser on the side ---------------------------------------------------------------
+    def _queue_parse(self, fd: int, data: bytes) -> None:
+        for i in range(0, len(data), PARSE_SLICE):
+            piece = data[i : i + PARSE_SLICE]
+            self._parse_q.append((fd, piece))
+            self._parse_q_bytes += len(piece)
+        # The parser is behind: drop its oldest work rather than make the child wait for it.
+        while self._parse_q_bytes > PARSE_BACKLOG:
+            old_fd, old = self._parse_q.popleft()
+            if old is None:
+                self._close_splitter(old_fd)
+                continue
+            self._parse_q_bytes -= len(old)
+            self.unparsed_bytes += len(old)
+            self.unparsed_lines += old.count(b"\n")
+            splitter = self.splitters.get(old_fd)
+            if splitter is not None:
+                splitter.gap()
+
+    def _select_timeout(self) -> float:
+        """Parse work waiting: only look at the output (no wait) when there is parse time to spend,
+        else wait no longer than it takes to earn some."""
+        if not self._parse_q:
+            return SELECT_TIMEOUT_S
+        if self._parse_credit > 0:
+            return 0.0
+        return min(-self._parse_credit / PARSE_DUTY + 0.001, SELECT_TIMEOUT_S)
+
+    def _parse_on_the_side(self) -> None:
+        now = time.monotonic()
+        self._parse_credit = min(self._parse_credit + (now - self._credit_at) * PARSE_DUTY, PARSE_BURST_S)
+        self._credit_at = now
+        if self._parse_q and self._parse_credit > 0:
+            self._parse_some(PARSE_SLICE)
+            self._parse_credit -= time.monotonic() - now
+
+    def _parse_some(self, budget: int | None) -> None:
+        """Parse queued output: about ``budget`` bytes, or all of it (None: the child is done)."""
+        while self._parse_q and (budget is None or budget > 0):
+            fd, data = self._parse_q.popleft()
+            if data is None:
+                self._close_splitter(fd)
+                continue
+            self._parse_q_bytes -= len(data)
+            if budget is not None:
+                budget -= len(data)
+            try:
+                self._parse_lines(self.splitters[fd].feed(data))
+            except Exception as exc:
+                self.say_once(
+                    "parser", f"the printed-number parser failed ({exc!r}); output still passes through"
+                )
+
+    def _close_splitter(self, fd: int) -> None:
+        splitter = self.splitters.pop(fd, None)
+        if splitter is not None:
+            self._parse_lines(splitter.close())
