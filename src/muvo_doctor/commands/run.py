@@ -37,12 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--notify",
         metavar="URL",
-        help="POST JSON to URL when the run is confirmed dead (and if it recovers); see --stop-on for the window",
+        help="POST an alert to URL when the run is confirmed dead (and if it recovers), in the body of "
+        "--notify-format; redirects are never followed (a 3xx is a failed delivery)",
     )
     parser.add_argument(
         "--notify-format",
         choices=["json", "slack", "discord", "teams", "ntfy"],
-        help="the body --notify sends (default: inferred from the URL's host, json otherwise)",
+        help="the body --notify sends (default: from the URL's host: slack for hooks.slack.com, discord for "
+        "discord.com, teams for *.webhook.office.com, ntfy for ntfy.sh; json otherwise: text, content, "
+        "verdict, finding, source)",
     )
     parser.add_argument(
         "--notify-cmd",
