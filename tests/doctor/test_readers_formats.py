@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from muvo_doctor.core.history import History
+from muvo_doctor.core.names import signal_name
 from muvo_doctor.logs import LogSource, NoRecords, load, sniff
-from muvo_doctor.logs.names import signal_name
 from muvo_doctor.logs.text import TextParser
 
 

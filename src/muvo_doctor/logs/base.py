@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from muvo_doctor.core.history import History
-from muvo_doctor.logs.names import STEP_KEYS, classify, digits_of, kind_of
+from muvo_doctor.core.names import STEP_KEYS, classify, kind_of
 
 __all__ = [
     "STEP_KEYS",
@@ -89,6 +89,24 @@ def as_fraction(value: float, digits: int | None) -> tuple[float, int | None]:
         d = None if digits is None else digits + 2
         return (round(value / 100.0, d) if d is not None else value / 100.0), d
     return value, digits
+
+
+def digits_of(num: str) -> int | None:
+    """Decimal places a printed number shows: ``0.3331`` -> 4, ``5e-05`` -> 5, ``3`` -> 0, nan -> None."""
+    s = num.strip().lstrip("+-").lower()
+    if not s or s[0] in "ni":
+        return None
+    mant, _, exp = s.partition("e")
+    dot = mant.find(".")
+    d = len(mant) - dot - 1 if dot >= 0 else 0
+    if exp:
+        try:
+            d -= int(exp)
+        except ValueError:
+            return None
+        if d > 400 or d < -400:
+            return None
+    return max(d, 0)
 
 
 MAX_STEP = 1 << 53  # a step at or above this is not a step (1e30, 2**63): its record is skipped

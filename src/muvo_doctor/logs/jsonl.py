@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from muvo_doctor.core.names import key_of, split_of
 from muvo_doctor.logs.base import (
     MAX_STEP,
     AddPoint,
@@ -22,7 +23,6 @@ from muvo_doctor.logs.base import (
     load_json,
     sane_step,
 )
-from muvo_doctor.logs.names import key_of, split_of
 
 _MAX_RECORD = 1 << 20  # a JSON line longer than this is not a metrics record: skipped, counted
 _CHUNK = 2 << 20  # bytes per read

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from muvo_doctor.core.names import EPOCH, NOISE, SIGNAL, SPLITS, STEP, key_of, kind_of, signal_name
 from muvo_doctor.logs.base import AddPoint, Sink, as_sink
-from muvo_doctor.logs.names import EPOCH, NOISE, SIGNAL, SPLITS, STEP, key_of, kind_of, signal_name
 
 __all__ = [
     "TextParser",

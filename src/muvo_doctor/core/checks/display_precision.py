@@ -36,7 +36,7 @@ from muvo_doctor.core.checks._common import LOSS, fmt, make, series
 from muvo_doctor.core.config import DoctorConfig
 from muvo_doctor.core.finding import Finding
 from muvo_doctor.core.history import History, Series
-from muvo_doctor.logs.base import classify
+from muvo_doctor.core.names import classify
 
 ID = "display_precision"
 

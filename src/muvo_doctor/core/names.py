@@ -1,8 +1,7 @@
 """What a logged key means: a signal (and its ``split/metric`` name), the step axis, the epoch axis,
 or bookkeeping. Every reader names series through this module, so a key read from text, CSV, JSON
-or TensorBoard gets the same name.
-
-This module imports nothing from the readers: ``base`` and ``text`` both import it (no cycle).
+or TensorBoard gets the same name, and the checks that look at keys (``display_precision``) read
+them with the same rules.
 """
 
 from __future__ import annotations
@@ -280,21 +279,3 @@ def classify(key: str) -> tuple[str | None, bool, bool]:
     """``(signal name or None for axis/bookkeeping keys, is a fraction, is the step axis)``, cached."""
     name, frac, kind = kind_of(key)
     return name, frac, kind == STEP
-
-
-def digits_of(num: str) -> int | None:
-    """Decimal places a printed number shows: ``0.3331`` -> 4, ``5e-05`` -> 5, ``3`` -> 0, nan -> None."""
-    s = num.strip().lstrip("+-").lower()
-    if not s or s[0] in "ni":
-        return None
-    mant, _, exp = s.partition("e")
-    dot = mant.find(".")
-    d = len(mant) - dot - 1 if dot >= 0 else 0
-    if exp:
-        try:
-            d -= int(exp)
-        except ValueError:
-            return None
-        if d > 400 or d < -400:
-            return None
-    return max(d, 0)
