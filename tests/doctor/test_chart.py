@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import math
 import subprocess
 import sys
 
 import numpy as np
+from rich.console import Console
+from rich.text import Text
 
-from muvo_doctor.face.chart import downsample, line_chart, strip_ansi
+from muvo_doctor.face.chart import downsample, line_chart
 
 ESC = "\x1b["
+
+
+def _shown(chart: Text, *, color: bool = False) -> str:
+    """What a terminal (colour or not) shows of the chart, printed as the report prints it."""
+    con = Console(file=io.StringIO(), width=200, force_terminal=color, color_system="256" if color else None)
+    con.print(chart)
+    return con.file.getvalue().rstrip("\n")
 
 
 def _loss(n: int = 120) -> tuple[list[int], list[float]]:
@@ -19,14 +29,16 @@ def _loss(n: int = 120) -> tuple[list[int], list[float]]:
 
 
 def test_renders_series_title_and_baseline_label() -> None:
-    out = line_chart(
-        {"train/loss": _loss()},
-        title="loss",
-        baseline=0.325,
-        baseline_label="prior H(p)=0.325",
-        width=70,
-        height=14,
-        color=False,
+    out = _shown(
+        line_chart(
+            {"train/loss": _loss()},
+            title="loss",
+            baseline=0.325,
+            baseline_label="prior H(p)=0.325",
+            width=70,
+            height=14,
+            color=False,
+        )
     )
     lines = out.splitlines()
     assert "loss" in lines[0]
@@ -41,16 +53,20 @@ def test_renders_series_title_and_baseline_label() -> None:
 
 def test_no_ansi_without_color_and_ansi_with_color() -> None:
     series = {"train/loss": _loss()}
-    assert ESC not in line_chart(series, baseline=0.3, color=False)
-    coloured = line_chart(series, baseline=0.3, color=True)
-    assert ESC in coloured
-    assert strip_ansi(coloured).count("\n") == line_chart(series, baseline=0.3, color=False).count("\n")
+    # Even printed on a colour terminal, a chart made without colour has none.
+    assert ESC not in _shown(line_chart(series, baseline=0.3, color=False), color=True)
+    coloured = _shown(line_chart(series, baseline=0.3, color=True), color=True)
+    assert ESC + "94m" in coloured  # the first series in its palette colour (xterm 12, bright blue)
+    assert ESC + "91m" in coloured  # the baseline in red (xterm 9, bright red)
+    plain = _shown(line_chart(series, baseline=0.3, color=False))
+    # Colour changes nothing else (bar trailing blanks, which a terminal does not show).
+    assert [ln.rstrip() for ln in Text.from_ansi(coloured).plain.splitlines()] == plain.splitlines()
 
 
 def test_nan_inf_are_dropped_not_drawn() -> None:
     xs = list(range(10))
     ys = [1.0, math.nan, 0.9, math.inf, 0.8, -math.inf, 0.7, 0.6, math.nan, 0.5]
-    out = line_chart({"train/loss": (xs, ys)}, width=50, height=10, color=False)
+    out = _shown(line_chart({"train/loss": (xs, ys)}, width=50, height=10, color=False))
     assert "nan" not in out.lower() and "inf" not in out.lower()
     assert "train/loss" in out
     # y axis spans the finite values only.
@@ -59,27 +75,29 @@ def test_nan_inf_are_dropped_not_drawn() -> None:
 
 def test_empty_and_all_nan_give_a_framed_placeholder() -> None:
     for series in ({}, {"x": ([], [])}, {"x": ([1, 2], [math.nan, math.nan])}):
-        out = line_chart(series, title="grad", width=40, height=8, color=False)
+        out = _shown(line_chart(series, title="grad", width=40, height=8, color=False))
         assert "no data yet" in out and "grad" in out
         assert len(out.splitlines()) <= 8
 
 
 def test_single_point_and_constant_series() -> None:
-    out = line_chart({"a": ([5], [0.2])}, width=40, height=8, color=False)
+    out = _shown(line_chart({"a": ([5], [0.2])}, width=40, height=8, color=False))
     assert out.splitlines()[-1] == "▄ a"
     assert any(ch in out for ch in "▖▗▘▝▄▀")
-    out = line_chart({"a": ([1, 2, 3], [0.0, 0.0, 0.0])}, width=40, height=8, color=False)
+    out = _shown(line_chart({"a": ([1, 2, 3], [0.0, 0.0, 0.0])}, width=40, height=8, color=False))
     assert "no data" not in out
 
 
 def test_log_scale_labels_decades_and_drops_nonpositive() -> None:
     xs = list(range(50))
-    out = line_chart(
-        {"grad/norm/head.0": (xs, [1e-4 * (i + 1) for i in xs]), "grad/norm/enc": (xs, [0.0] * 50)},
-        log_y=True,
-        width=60,
-        height=12,
-        color=False,
+    out = _shown(
+        line_chart(
+            {"grad/norm/head.0": (xs, [1e-4 * (i + 1) for i in xs]), "grad/norm/enc": (xs, [0.0] * 50)},
+            log_y=True,
+            width=60,
+            height=12,
+            color=False,
+        )
     )
     assert "0.001" in out or "1e-3" in out
     assert "grad/norm/head.0" in out
@@ -105,7 +123,7 @@ def test_huge_series_renders_quickly() -> None:
     x = np.arange(n)
     y = np.sin(x / 1000.0)
     t = time.perf_counter()
-    out = line_chart({"s": (x, y)}, width=80, height=15, color=False)
+    out = _shown(line_chart({"s": (x, y)}, width=80, height=15, color=False))
     assert time.perf_counter() - t < 2.0
     assert len(out.splitlines()) <= 15
 
@@ -118,5 +136,5 @@ def test_plotext_not_imported_by_the_package() -> None:
 
 def test_width_is_ours_not_the_terminals(monkeypatch) -> None:
     monkeypatch.setenv("COLUMNS", "40")
-    out = line_chart({"a": ([1, 2, 3], [1.0, 2.0, 3.0])}, width=100, height=8, color=False)
+    out = _shown(line_chart({"a": ([1, 2, 3], [1.0, 2.0, 3.0])}, width=100, height=8, color=False))
     assert max(len(line) for line in out.splitlines()) > 90

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import time
 from pathlib import Path
 
@@ -12,16 +13,19 @@ from rich.console import Console
 
 from muvo_doctor.core.doctor import Doctor
 from muvo_doctor.core.finding import Finding
+from muvo_doctor.core.history import History
 from muvo_doctor.core.observation import Observation
-from muvo_doctor.face.chart import strip_ansi
-from muvo_doctor.face.dashboard import (
-    LiveView,
-    PlainView,
-    SnapshotError,
-    check_snapshot_path,
-    make_view,
-    prior_loss,
-)
+from muvo_doctor.face.dashboard import PlainView, make_view
+from muvo_doctor.face.frame import SnapshotError, check_snapshot_path, render_dashboard
+from muvo_doctor.face.live import LiveView, StdoutCRLF
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def strip_ansi(text: str) -> str:
+    """What a terminal shows as characters: colour codes and cursor moves taken out."""
+    return _ANSI.sub("", text)
+
 
 PRIOR = Finding(
     check="prior_baseline",
@@ -34,8 +38,20 @@ PRIOR = Finding(
 FLAT = Finding(check="flat_loss", severity="warning", step=40, message="the loss does not change", advice="x")
 
 
+class Scripted:
+    """A check (any object with ``ID`` and ``check``) that returns the findings a test gives it."""
+
+    ID = "scripted"
+
+    def __init__(self) -> None:
+        self.found: list[Finding] = []
+
+    def check(self, history: History, config: object) -> list[Finding]:
+        return list(self.found)
+
+
 def _fed_doctor(steps: int = 200, p: float = 0.1) -> Doctor:
-    d = Doctor(checks=())
+    d = Doctor(checks=(Scripted(),))  # type: ignore[arg-type]
     for s in range(steps):
         d.observe(Observation(name="train/loss", step=s, value=0.33 + 0.3 * math.exp(-s / 20)))
         d.observe(Observation(name="label/positive_fraction", step=s, value=p))
@@ -47,27 +63,51 @@ def _fed_doctor(steps: int = 200, p: float = 0.1) -> Doctor:
 
 
 def _add(d: Doctor, f: Finding) -> None:
-    # What Doctor.evaluate() does when a check returns f (the checks are someone else's module).
-    d._findings[f.check] = f  # noqa: SLF001
+    """The doctor's check returns ``f`` from now on; the doctor evaluates."""
+    d.checks[0].found.append(f)  # type: ignore[attr-defined]
+    d.evaluate()
+
+
+class Clock:
+    """Seconds that pass only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def _live_console(width: int = 140, height: int = 50) -> Console:
     return Console(file=io.StringIO(), force_terminal=True, width=width, height=height, _environ={})
 
 
-def test_prior_loss_is_the_binary_entropy_of_the_label_mean() -> None:
+def _shown(d: Doctor, width: int = 140) -> str:
+    con = Console(file=io.StringIO(), width=width, force_terminal=False)
+    con.print(render_dashboard(d, title="t", width=width, height=40, color=False))
+    return con.file.getvalue()
+
+
+def _steps_in_frames(con: Console) -> list[int]:
+    """The step each frame painted so far shows in its header, in order."""
+    text = strip_ansi(con.file.getvalue())  # type: ignore[attr-defined]
+    return [int(m) for m in re.findall(r" muvo-doctor  t  ·  step (\d+)", text)]
+
+
+def test_loss_chart_line_is_the_binary_entropy_of_the_label_mean() -> None:
     d = _fed_doctor(p=0.2)
-    assert prior_loss(d) == pytest.approx(0.5004, abs=1e-4)
+    assert "prior baseline H(p)=0.500" in _shown(d)  # H(0.2) = 0.5004 nats
     _add(d, PRIOR)
-    assert prior_loss(d) == 0.325  # the finding's baseline wins: the line matches its message
-    assert prior_loss(Doctor(checks=())) is None
+    assert "prior baseline H(p)=0.325" in _shown(d)  # the finding's number wins: the line matches it
+    assert "prior baseline" not in _shown(Doctor(checks=()))  # no labels, no line
 
 
-def test_prior_loss_multiclass() -> None:
+def test_loss_chart_line_multiclass() -> None:
     d = Doctor(checks=())
     for k in range(4):
         d.observe(Observation(name=f"label/fraction/{k}", step=0, value=0.25))
-    assert prior_loss(d) == pytest.approx(math.log(4))
+        d.observe(Observation(name="train/loss", step=k, value=1.4))
+    assert f"prior baseline H(p)={math.log(4):.3f}" in _shown(d)
 
 
 def test_live_dashboard_shows_charts_baseline_finding_and_verdict() -> None:
@@ -78,7 +118,7 @@ def test_live_dashboard_shows_charts_baseline_finding_and_verdict() -> None:
     view.start()
     view.update()
     _add(d, PRIOR)
-    view.finding(PRIOR)
+    view.finding(d.findings[0])
     assert "\a" not in con.file.getvalue()  # an unconfirmed dead verdict rings no bell
     view.alert_banner(
         "\a\n!!!!\nmuvo-doctor: training DEAD (prior_baseline at step 120, dead for 500 steps)\n!!!!\n"
@@ -100,8 +140,6 @@ def test_live_dashboard_shows_charts_baseline_finding_and_verdict() -> None:
 
 
 def test_live_header_says_no_evidence_yet_until_there_is_some() -> None:
-    from muvo_doctor.face.dashboard import render_dashboard
-
     def header(d: Doctor, final: bool = False) -> str:
         con = Console(file=io.StringIO(), width=140, force_terminal=False)
         con.print(render_dashboard(d, title="t", width=140, height=40, color=False, final=final))
@@ -143,41 +181,37 @@ def test_live_view_child_output_scrolls_above_with_progress_bars() -> None:
     assert "training   0%training" not in text and "training  25%\n" not in text
 
 
-def test_update_is_throttled_to_four_refreshes_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
-    import muvo_doctor.face.dashboard as dash
-
-    calls: list[int] = []
-    real = dash.render_dashboard
-    monkeypatch.setattr(dash, "render_dashboard", lambda *a, **k: calls.append(1) or real(*a, **k))
+def test_update_is_throttled_to_four_refreshes_a_second() -> None:
     d = _fed_doctor()
-    view = LiveView(d, title="t", console=_live_console())
+    con = _live_console()
+    clock = Clock()
+    view = LiveView(d, title="t", console=con, clock=clock, ticker=False)
     view.start()
-    t0 = time.monotonic()
-    step = 1000
-    while time.monotonic() - t0 < 0.6:
-        step += 1
-        d.observe(Observation(name="train/loss", step=step, value=0.3))
+    for tick in range(1, 33):  # one second in steps of 1/32 s, a new step each time
+        clock.now = tick / 32
+        d.observe(Observation(name="train/loss", step=1000 + tick, value=0.3))
         view.update()
-    n = len(calls)
+        view.repaint()
+    # The first frame, then one each 0.25 s (8 ticks): the steps in between are never drawn.
+    assert _steps_in_frames(con) == [199, 1008, 1016, 1024, 1032]
     view.stop()
-    assert 2 <= n <= 4  # start + at most one rebuild per 0.25 s over 0.6 s
 
 
-def test_nothing_new_nothing_redrawn(monkeypatch: pytest.MonkeyPatch) -> None:
-    import muvo_doctor.face.dashboard as dash
-
-    calls: list[int] = []
-    real = dash.render_dashboard
-    monkeypatch.setattr(dash, "render_dashboard", lambda *a, **k: calls.append(1) or real(*a, **k))
-    view = LiveView(_fed_doctor(), title="t", console=_live_console())
+def test_nothing_new_nothing_redrawn() -> None:
+    con = _live_console()
+    clock = Clock()
+    view = LiveView(_fed_doctor(), title="t", console=con, clock=clock, ticker=False)
     view.start()
-    for _ in range(3):
-        time.sleep(0.26)
+    for tick in range(1, 4):
+        clock.now = tick * 0.26
         view.update()
-    assert len(calls) == 1
+        view.repaint()
+    assert _steps_in_frames(con) == [199]  # the first frame only
     view.stop()
-    # The final frame is drawn once more only because "no evidence yet" then reads "inconclusive".
-    assert view.doctor.verdict == "inconclusive" and len(calls) == 2
+    # Drawn again at the end only because "no evidence yet" then reads "inconclusive".
+    last = strip_ansi(con.file.getvalue())
+    assert "NO EVIDENCE YET" not in last[last.rindex(" muvo-doctor ") :]
+    assert "INCONCLUSIVE" in last[last.rindex(" muvo-doctor ") :]
 
 
 def test_plain_view_one_line_per_finding_no_ansi(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -269,8 +303,6 @@ def test_live_stdout_writes_whole_frames_with_crlf_on_a_nonblocking_fd() -> None
     import os
     import threading
 
-    from muvo_doctor.face.dashboard import _CRLFWriter
-
     r, w = os.pipe()
     os.set_blocking(w, False)
     stream = open(w, "w", encoding="utf-8", closefd=True)  # noqa: SIM115
@@ -284,7 +316,7 @@ def test_live_stdout_writes_whole_frames_with_crlf_on_a_nonblocking_fd() -> None
     t = threading.Thread(target=reader)
     t.start()
     text = "".join(f"line {i} ✓\n" for i in range(20_000))  # ~200 KB, far over a pipe buffer
-    writer = _CRLFWriter(stream)
+    writer = StdoutCRLF(stream)
     assert writer.write(text) == len(text)
     stream.close()
     t.join(timeout=10)
@@ -295,7 +327,7 @@ def test_live_stdout_writes_whole_frames_with_crlf_on_a_nonblocking_fd() -> None
 def test_plain_default_streams_are_stdout_bytes_and_stderr_lines(
     capfdbinary: pytest.CaptureFixture[bytes],
 ) -> None:
-    d = Doctor(checks=())
+    d = Doctor(checks=(Scripted(),))  # type: ignore[arg-type]
     view = make_view(d, title="t", plain=True)
     data = b"\x1b[1mbold\x1b[0m\r\nloss=0.3331\rloss=0.3330\n\xff"
     view.child_output(data)
@@ -307,30 +339,22 @@ def test_plain_default_streams_are_stdout_bytes_and_stderr_lines(
     assert captured.err.endswith(b"\n") and b"\r" not in captured.err  # not a terminal: plain newlines
 
 
-def test_live_panel_is_current_when_the_child_prints_between_refreshes():
+def test_live_panel_is_current_when_the_child_prints_between_refreshes() -> None:
     """Regression: child output printed above the live panel used to repaint a stale panel."""
-    import io
-    import time as _time
-
-    from rich.console import Console
-
-    from muvo_doctor.core.doctor import Doctor
-    from muvo_doctor.core.observation import Observation
-    from muvo_doctor.face.dashboard import make_view
-
-    buf = io.StringIO()
+    con = _live_console(width=120, height=40)
+    clock = Clock()
     doctor = Doctor()
-    view = make_view(
-        doctor, title="t", plain=False, console=Console(file=buf, force_terminal=True, width=120, height=40)
-    )
+    view = LiveView(doctor, title="t", console=con, clock=clock, ticker=False)
     view.start()
     try:
         for i in range(30):
             doctor.observe(Observation(name="train/loss", step=i, value=1.0 / (i + 1)))
-        _time.sleep(0.3)
+        clock.now = 0.3
         view.update()
         view.child_output(b"a line from the child\n")
-        _time.sleep(0.4)
-        assert "step 29" in buf.getvalue()
+        view.repaint()
+        text = strip_ansi(con.file.getvalue())  # type: ignore[attr-defined]
+        assert "a line from the child" in text
+        assert _steps_in_frames(con)[-1] == 29
     finally:
         view.stop()

@@ -201,7 +201,8 @@ def main(args: argparse.Namespace) -> int:
         if reports:
             print(json.dumps(payload, indent=2))
     else:
-        from muvo_doctor.face.report import render_report, use_color
+        from muvo_doctor.face.report import render_report
+        from muvo_doctor.face.style import use_color
 
         color = use_color(sys.stdout, args.plain)
         width = min(shutil.get_terminal_size((100, 24)).columns, 120)

@@ -233,7 +233,7 @@ def main(args: argparse.Namespace) -> int:
             f"--fault {fault}: unknown fault; known faults: {', '.join(FAULTS)} (see --list-faults)"
         )
     if args.snapshot is not None:
-        from muvo_doctor.face.dashboard import SnapshotError, check_snapshot_path
+        from muvo_doctor.face.frame import SnapshotError, check_snapshot_path
 
         try:
             check_snapshot_path(args.snapshot)

@@ -1,4 +1,4 @@
-"""Terminal line charts as text, drawn by plotext.
+"""Terminal line charts as rich ``Text``, drawn by plotext.
 
 This is the only module that imports plotext, and it does so inside :func:`line_chart`, so
 importing muvo_doctor (or any command that never draws) does not pay for it.
@@ -6,28 +6,26 @@ importing muvo_doctor (or any command that never draws) does not pay for it.
 Both plotext APIs are supported: 6.x (``plt.figure.signal(...)`` / ``figure.build().string()``)
 and 5.x (``plt.plot`` / ``plt.build()``). The legend is drawn by us, one line under the chart:
 plotext's boxed legend covers a third of a 15-row chart and hides the curves it explains.
+plotext writes colours as ANSI codes; they are read into styled ``Text`` here, once, so the report
+and the dashboard print the chart as any other renderable.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+from rich.color import Color
+from rich.style import Style
+from rich.text import Text
 
 # xterm-256 colour codes: series in turn, then the baseline (red, so it reads as "the floor").
 PALETTE = (12, 10, 14, 13, 11, 208, 6, 5)
 BASELINE_COLOR = 9
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # plotext keeps one global figure; a chart is built start to finish under this lock.
 _LOCK = threading.Lock()
-
-
-def strip_ansi(text: str) -> str:
-    """Remove ANSI escape sequences (colour codes) from ``text``."""
-    return _ANSI.sub("", text)
 
 
 def _clean(xs: Sequence[float], ys: Sequence[float], log_y: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -98,30 +96,27 @@ def _x_ticks(lo: float, hi: float, width: int) -> tuple[list[float], list[str]]:
     return pos, labels
 
 
-def _colored(text: str, code: int, color: bool) -> str:
-    return f"\x1b[38;5;{code}m{text}\x1b[0m" if color else text
-
-
-def _legend(labels: list[tuple[str, str, int]], width: int, color: bool) -> str:
+def _legend(labels: list[tuple[str, str, int]], width: int, color: bool) -> Text:
     """One or more lines ``▄ name  ─ baseline`` wrapped at ``width``."""
-    lines: list[str] = []
-    cur, cur_len = "", 0
+    lines: list[Text] = []
+    cur, cur_len = Text(), 0
     for symbol, label, code in labels:
         item_len = len(symbol) + 1 + len(label)
-        if cur and cur_len + 2 + item_len > width:
+        if cur_len and cur_len + 2 + item_len > width:
             lines.append(cur)
-            cur, cur_len = "", 0
-        if cur:
-            cur += "  "
+            cur, cur_len = Text(), 0
+        if cur_len:
+            cur.append("  ")
             cur_len += 2
-        cur += _colored(symbol, code, color) + " " + label
+        cur.append(symbol, style=Style(color=Color.from_ansi(code)) if color else None)
+        cur.append(" " + label)
         cur_len += item_len
-    if cur:
+    if cur_len:
         lines.append(cur)
-    return "\n".join(lines)
+    return Text("\n").join(lines)
 
 
-def _empty(title: str, width: int, height: int, message: str) -> str:
+def _empty(title: str, width: int, height: int, message: str) -> Text:
     inner = max(width - 2, len(message) + 2)
     rows = [title.center(inner + 2).rstrip()] if title else []
     rows.append("┌" + "─" * inner + "┐")
@@ -130,7 +125,25 @@ def _empty(title: str, width: int, height: int, message: str) -> str:
         text = message if i == body // 2 else ""
         rows.append("│" + text.center(inner) + "│")
     rows.append("└" + "─" * inner + "┘")
-    return "\n".join(rows)
+    return Text("\n".join(rows), no_wrap=True, overflow="crop")
+
+
+def _limits(
+    clean: list[tuple[str, np.ndarray, np.ndarray]],
+    tr: Callable[[np.ndarray], np.ndarray],
+    base: float | None,
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The x and y ranges to draw (y in axis units, padded 5%, the baseline inside)."""
+    ys_all = np.concatenate([tr(y) for _, _, y in clean])
+    xs_all = np.concatenate([x for _, x, _ in clean])
+    y_lo, y_hi = float(ys_all.min()), float(ys_all.max())
+    if base is not None:
+        y_lo, y_hi = min(y_lo, base), max(y_hi, base)
+    pad = (y_hi - y_lo) * 0.05 or (abs(y_hi) * 0.5 if y_hi else 1.0)
+    x_lo, x_hi = float(xs_all.min()), float(xs_all.max())
+    if x_hi <= x_lo:
+        x_lo, x_hi = x_lo - 1.0, x_hi + 1.0
+    return (x_lo, x_hi), (y_lo - pad, y_hi + pad)
 
 
 def line_chart(
@@ -143,7 +156,7 @@ def line_chart(
     width: int = 80,
     height: int = 15,
     color: bool = True,
-) -> str:
+) -> Text:
     """Draw named ``(x, y)`` series (and an optional horizontal baseline) as a text chart.
 
     Non-finite points are dropped (and non-positive ones on a log axis); series longer than
@@ -161,7 +174,8 @@ def line_chart(
         color: ANSI colours; False gives plain text.
 
     Returns:
-        The chart, lines joined by ``\\n``, without a trailing newline.
+        The chart as styled rich ``Text`` (plain when ``color`` is False), lines joined by
+        ``\\n``, without a trailing newline; it neither wraps nor overflows its ``width``.
     """
     width = max(int(width), 20)
     height = max(int(height), 5)
@@ -181,21 +195,11 @@ def line_chart(
     if baseline is not None:
         labels.append(("─", baseline_label or f"baseline {_fmt(baseline)}", BASELINE_COLOR))
     legend = _legend(labels, width, color)
-    legend_rows = legend.count("\n") + 1
+    legend_rows = legend.plain.count("\n") + 1
     plot_height = max(height - legend_rows, 4)
 
     tr = np.log10 if log_y else (lambda a: a)
-    ys_all = np.concatenate([tr(y) for _, _, y in clean])
-    xs_all = np.concatenate([x for _, x, _ in clean])
-    y_lo, y_hi = float(ys_all.min()), float(ys_all.max())
-    if baseline is not None:
-        b = math.log10(baseline) if log_y else baseline
-        y_lo, y_hi = min(y_lo, b), max(y_hi, b)
-    pad = (y_hi - y_lo) * 0.05 or (abs(y_hi) * 0.5 if y_hi else 1.0)
-    y_lo, y_hi = y_lo - pad, y_hi + pad
-    x_lo, x_hi = float(xs_all.min()), float(xs_all.max())
-    if x_hi <= x_lo:
-        x_lo, x_hi = x_lo - 1.0, x_hi + 1.0
+    (x_lo, x_hi), (y_lo, y_hi) = _limits(clean, tr, None if baseline is None else float(tr(baseline)))
     ticks = _log_ticks(y_lo, y_hi) if log_y else None
     xticks = _x_ticks(x_lo, x_hi, width)
 
@@ -208,10 +212,13 @@ def line_chart(
         else:
             text = _draw_v6(plt, clean, tr, baseline, log_y, title, width, plot_height, color,
                             (x_lo, x_hi), (y_lo, y_hi), ticks, xticks)  # fmt: skip
-    if not color:
-        text = strip_ansi(text)
     lines = [ln.rstrip() for ln in text.rstrip("\n").split("\n")]
-    return "\n".join([*lines, legend])
+    chart = Text.from_ansi("\n".join(lines), no_wrap=True, overflow="crop")
+    if not color:
+        chart = Text(chart.plain, no_wrap=True, overflow="crop")
+    chart.append("\n")
+    chart.append_text(legend)
+    return chart
 
 
 def _draw_v6(plt, clean, tr, baseline, log_y, title, width, height, color, xlim, ylim, ticks, xticks) -> str:  # type: ignore[no-untyped-def]

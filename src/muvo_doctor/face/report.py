@@ -3,37 +3,24 @@ the findings (the headline first; resolved ones last, dimmed, with the step they
 evidence of learning, and a summary line coloured by the verdict.
 
 ``render_report`` returns a string, so commands, tests and snapshots all use the same code.
-``use_color`` is the one place that decides colour (``--plain``, NO_COLOR, TERM=dumb, not a TTY).
+Whether to colour is decided in ``face/style.py`` (``use_color``), as for the dashboard.
 """
 
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Sequence
-from typing import TextIO
+
+from rich.text import Text
 
 from muvo_doctor.core.doctor import order_findings
 from muvo_doctor.core.finding import Finding, Report
 from muvo_doctor.core.history import History
-from muvo_doctor.face.dashboard import SEVERITY_STYLE as _STYLE
-from muvo_doctor.face.dashboard import VERDICT_STYLE as _VERDICT_STYLE
+from muvo_doctor.face.style import SEVERITY_ORDER, SEVERITY_STYLE, VERDICT_STYLE, baseline_of
 
 # Signals charted, in order of preference; the first present is the main one, its partner joins it.
 _MAIN = ("train/loss", "val/loss", "train/acc", "val/acc", "val/auroc", "val/map")
 _PARTNER = {"train/loss": "val/loss", "train/acc": "val/acc", "val/loss": "train/loss"}
-# Evidence keys that are a horizontal reference for the charted loss (prior_baseline's entropy).
-_BASELINE_KEYS = ("baseline_loss", "prior_entropy", "baseline")
-
-
-def use_color(stream: TextIO, plain: bool = False) -> bool:
-    """Colour only for a terminal, and never with ``--plain``, ``NO_COLOR`` or ``TERM=dumb``."""
-    if plain or os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
-        return False
-    if os.environ.get("FORCE_COLOR"):
-        return True
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
 
 
 def main_series(history: History) -> list[str]:
@@ -48,17 +35,16 @@ def main_series(history: History) -> list[str]:
     return [main] + ([partner] if partner in names else [])
 
 
-def baseline_of(findings: Sequence[Finding]) -> tuple[float, str] | None:
+def _baseline(findings: Sequence[Finding]) -> tuple[float, str] | None:
     """A loss baseline from a finding's evidence (the prior's entropy), with its legend label."""
-    for f in findings:
-        for key in _BASELINE_KEYS:
-            v = f.evidence.get(key)
-            if isinstance(v, int | float) and not isinstance(v, bool):
-                return float(v), f"{f.check}: {key} {v:.4g}"
-    return None
+    got = baseline_of(findings)
+    if got is None:
+        return None
+    f, key, v = got
+    return v, f"{f.check}: {key} {f.evidence[key]:.4g}"
 
 
-def chart_text(report: Report, history: History, *, width: int, color: bool) -> str | None:
+def chart_text(report: Report, history: History, *, width: int, color: bool) -> Text | None:
     """The chart of the main series, or None when there is nothing to draw or no chart module."""
     names = main_series(history)
     if not names:
@@ -72,7 +58,7 @@ def chart_text(report: Report, history: History, *, width: int, color: bool) -> 
         s = history.series(n)
         if s is not None:
             series[n] = (s.steps.tolist(), s.values.tolist())
-    base = baseline_of(report.findings) if "loss" in names[0] else None
+    base = _baseline(report.findings) if "loss" in names[0] else None
     return line_chart(
         series,
         title=", ".join(names),
@@ -90,7 +76,7 @@ def summary_line(report: Report) -> str:
     Counts are of the findings that hold; an inconclusive verdict says why in a few words.
     """
     holding = [f for f in report.findings if f.resolved_step is None]
-    counts = {s: sum(1 for f in holding if f.severity == s) for s in ("critical", "warning", "info")}
+    counts = {s: sum(1 for f in holding if f.severity == s) for s in SEVERITY_ORDER}
     parts = [f"{n} {s}" for s, n in counts.items() if n]
     resolved = len(report.findings) - len(holding)
     if resolved:
@@ -134,7 +120,6 @@ def render_report(
         header: a first line (e.g. the file and its format).
     """
     from rich.console import Console
-    from rich.text import Text
 
     buf = io.StringIO()
     console = Console(
@@ -153,7 +138,7 @@ def render_report(
     if chart and history is not None:
         text = chart_text(report, history, width=width, color=color)
         if text:
-            console.print(Text.from_ansi(text) if color else Text(text))
+            console.print(text)
     for f in order_findings(report.findings):
         line = Text()
         if f.resolved_step is not None:
@@ -163,7 +148,7 @@ def render_report(
             line.append(f" (was {f.severity}{since}, resolved at step {f.resolved_step})", style="dim")
             line.append(f": {f.message}", style="dim")
         else:
-            line.append(f"{f.severity.upper():8s} ", style=_STYLE[f.severity])
+            line.append(f"{f.severity.upper():8s} ", style=SEVERITY_STYLE[f.severity])
             line.append(f"{f.check}", style="bold")
             line.append(f" (step {f.step})" if f.step is not None else "")
             line.append(f": {f.message}")
@@ -176,5 +161,5 @@ def render_report(
         console.print(Text(f"         what to do: {f.advice}", style="dim"))
     if report.evidence_for_health:
         console.print(Text(f"evidence of learning: {report.evidence_for_health}", style="green"))
-    console.print(Text(summary_line(report), style=_VERDICT_STYLE[report.verdict]))
+    console.print(Text(summary_line(report), style=VERDICT_STYLE[report.verdict]))
     return buf.getvalue()

@@ -216,7 +216,8 @@ class Session:
         """Print the report (colour only on a terminal; never wrapped when not one)."""
         if not self.print_report or self.report is None:
             return
-        from muvo_doctor.face.report import render_report, use_color
+        from muvo_doctor.face.report import render_report
+        from muvo_doctor.face.style import use_color
 
         out = self.stream or sys.stdout
         color = use_color(out)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import stat
 import time
 from pathlib import Path
@@ -21,9 +22,17 @@ def write_all(fd: int, data: bytes) -> None:
         try:
             n = os.write(fd, view)
         except BlockingIOError:
-            time.sleep(0.001)
+            select.select([], [fd], [], 1.0)  # until the reader drains it, without spinning
             continue
         view = view[n:]
+
+
+def fd_of(stream: object) -> int | None:
+    """The file descriptor under ``stream``, or None for a StringIO, a closed or a fake stream."""
+    try:
+        return int(stream.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 class SymlinkRefused(OSError):
