@@ -1,9 +1,19 @@
-"""The text report of the new verdicts: inconclusive, the evidence line, resolved findings, the headline first."""
+"""The text report of the new verdicts: inconclusive, the evidence line, resolved findings, the headline first;
+and when it (and the dashboard) is coloured."""
 
 from __future__ import annotations
 
+import io
+
+import pytest
+from rich.console import Console
+
+from muvo_doctor.core.doctor import Doctor
 from muvo_doctor.core.finding import Finding, Report
+from muvo_doctor.face.dashboard import make_view
+from muvo_doctor.face.live import LiveView
 from muvo_doctor.face.report import render_report, summary_line
+from muvo_doctor.face.style import use_color
 
 
 def _f(check: str, severity: str, step: int = 10, resolved: int | None = None) -> Finding:
@@ -58,3 +68,34 @@ def test_the_headline_cause_comes_first_in_the_text_report() -> None:
     text = render_report(rep, chart=False, width=200)
     assert text.index("frozen_parameters") < text.index("prior_baseline")
     assert summary_line(rep) == "dead: 1 critical, 1 warning in 300 steps (t)"
+
+
+@pytest.mark.parametrize(
+    ("env", "tty", "plain", "colour"),
+    [
+        ({}, True, False, True),
+        ({}, False, False, False),  # a pipe or a file
+        ({}, True, True, False),  # --plain
+        ({"NO_COLOR": "1"}, True, False, False),
+        ({"NO_COLOR": "1", "FORCE_COLOR": "1"}, True, False, False),  # NO_COLOR wins
+        ({"FORCE_COLOR": "1"}, False, False, True),
+        ({"TERM": "dumb"}, True, False, False),
+    ],
+)
+def test_report_and_dashboard_agree_on_colour(
+    monkeypatch: pytest.MonkeyPatch, env: dict, tty: bool, plain: bool, colour: bool
+) -> None:
+    for name in ("NO_COLOR", "FORCE_COLOR", "TERM", "TTY_COMPATIBLE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    class Stream(io.StringIO):
+        def isatty(self) -> bool:
+            return tty
+
+    assert use_color(Stream(), plain) is colour
+    view = make_view(Doctor(checks=()), title="t", plain=plain, console=Console(file=Stream()), err=Stream())
+    assert isinstance(view, LiveView) is colour
+    rep = Report(source="t", verdict="dead", steps=3, findings=[_f("prior_baseline", "critical")])
+    assert ("\x1b[" in render_report(rep, chart=False, color=use_color(Stream(), plain))) is colour
