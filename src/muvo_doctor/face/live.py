@@ -27,6 +27,7 @@ from muvo_doctor.face.frame import render_dashboard, snapshot_dashboard
 from muvo_doctor.run.fdio import fd_of, write_all
 
 REFRESH_SECONDS = 0.25  # at most 4 dashboard refreshes a second
+ALERT_STYLE = "bold bright_white on red"
 
 
 class StdoutCRLF:
@@ -86,7 +87,7 @@ class LiveView:
         self._use_ticker = ticker
         self._lock = threading.RLock()
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._pending: list[str] = []  # complete lines not yet printed
+        self._pending: list[str | Text] = []  # complete lines not yet printed: the child's, our alerts
         self._partial = ""  # the current unfinished line (a progress bar redrawn with \r)
         self._renderable: RenderableType = Text("")
         self._built_at = -math.inf
@@ -183,7 +184,7 @@ class LiveView:
         """The confirmed alert (Alerts calls it): scrolled above the dashboard in red, with the bell."""
         lines = [line for line in text.replace("\a", "").splitlines() if line.strip()]
         with self._lock:
-            self._pending.extend(f"\x1b[1;41;97m{line}\x1b[0m" for line in lines)
+            self._pending.extend(Text(line, style=ALERT_STYLE) for line in lines)
             self._dirty = True
         if "\a" in text:
             self.console.bell()
@@ -230,7 +231,25 @@ class LiveView:
                 # (rich sets it only in refresh), so the panel would stay stale while the child prints.
                 self._live.update(self._current(), refresh=True)
             if lines:
-                self.console.print(Text.from_ansi("\n".join(lines)), soft_wrap=True, highlight=False)
+                self.console.print(_scrolled(lines), soft_wrap=True, highlight=False)
+
+
+def _scrolled(lines: list[str | Text]) -> Text:
+    """The lines to print above the dashboard; the child's runs of lines are read as one ANSI text
+    (a colour it leaves open goes on to its next line, as in a terminal)."""
+    parts: list[Text] = []
+    run: list[str] = []
+    for line in lines:
+        if isinstance(line, str):
+            run.append(line)
+            continue
+        if run:
+            parts.append(Text.from_ansi("\n".join(run)))
+            run = []
+        parts.append(line)
+    if run:
+        parts.append(Text.from_ansi("\n".join(run)))
+    return Text("\n").join(parts)
 
 
 def _last_cr_segment(line: str) -> str:
