@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from muvo_doctor.core.config import DoctorConfig
-from muvo_doctor.recorder import DEFAULT_SAMPLE_EVERY, Recorder
+from muvo_doctor.recorder import Recorder
+from muvo_doctor.recorder.schedule import DEFAULT_SAMPLE_EVERY
 
 MODES = ("off", "watch", "global")
 BOOTSTRAP = 10_000  # resamples of the rounds for the 95% interval
