@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from muvo_doctor.core.history import History
-from muvo_doctor.logs import LogSource, NoRecords, find_sources, load, sniff
+from muvo_doctor.logs import LogSource, NoRecords, find_sources, load, sniff, text_points
 from muvo_doctor.logs import text as text_mod
 from muvo_doctor.logs.text import read_text
 
@@ -240,7 +240,7 @@ def test_mixed_encodings(tmp_path):
 
 
 def test_a_new_key_on_every_line_is_bounded(tmp_path, monkeypatch):
-    monkeypatch.setattr(text_mod, "_MAX_SIGNALS", 50)
+    monkeypatch.setattr(text_points, "MAX_SIGNALS", 50)
     p = write(tmp_path, "keys.log", "".join(f"loss: 0.5 sample_{i}: {i}\n" for i in range(500)))
     h = History()
     read_text(str(p), h.add_point)
