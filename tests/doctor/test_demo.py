@@ -81,11 +81,22 @@ def test_story_is_the_incident_in_order() -> None:
     assert all(a.fault in FAULTS for a in demo.STORY[:2])
 
 
-def test_per_act_paths_only_for_the_story(tmp_path: Path) -> None:
-    p = tmp_path / "dash.svg"
-    assert demo._per_act(p, 2, "random-labels", story=True) == tmp_path / "dash-2-random-labels.svg"
-    assert demo._per_act(p, 1, "random-labels", story=False) == p
-    assert demo._per_act(None, 1, "x", story=True) is None
+def test_one_run_writes_the_report_and_snapshot_where_asked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The story writes one file per act (test_story_runs_three_acts...); one run writes the paths as given.
+    files: list[tuple[Path | None, Path | None]] = []
+
+    def fake_run(command, title, plain, report, snapshot):  # type: ignore[no-untyped-def]
+        files.append((report, snapshot))
+        return 0, SimpleNamespace(findings=[_f("prior_baseline")], verdict="dead")
+
+    monkeypatch.setattr(demo, "_run_once", fake_run)
+    report, snapshot = tmp_path / "r.json", tmp_path / "dash.svg"
+    argv = ["demo", "--fault", "random-labels", "--plain"]
+    assert main([*argv, "--report", str(report), "--snapshot", str(snapshot)]) == 0
+    assert main(argv) == 0
+    assert files == [(report, snapshot), (None, None)]
 
 
 def _demo(
@@ -148,7 +159,8 @@ def test_story_runs_three_acts_with_narrative_and_per_act_files(
         return 0, SimpleNamespace(findings=caught[fault], verdict="dead" if caught[fault] else "healthy")
 
     monkeypatch.setattr(demo, "_run_once", fake_run)
-    rc = main(["demo", "--story", "--plain", "--report", str(tmp_path / "r.json"), "--steps", "7"])
+    files = ["--report", str(tmp_path / "r.json"), "--snapshot", str(tmp_path / "dash.svg")]
+    rc = main(["demo", "--story", "--plain", *files, "--steps", "7"])
     out = capsys.readouterr().out
     assert rc == 0
     assert [c[1] for c in calls] == [
@@ -160,6 +172,11 @@ def test_story_runs_three_acts_with_narrative_and_per_act_files(
         tmp_path / "r-1-self-supervised-mean.json",
         tmp_path / "r-2-random-labels.json",
         tmp_path / "r-3-none.json",
+    ]
+    assert [c[3] for c in calls] == [
+        tmp_path / "dash-1-self-supervised-mean.svg",
+        tmp_path / "dash-2-random-labels.svg",
+        tmp_path / "dash-3-none.svg",
     ]
     assert all("train.steps=7" in c[0] for c in calls)
     # Narrative before each act, the judgement after it, in order.
