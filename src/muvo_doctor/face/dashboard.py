@@ -71,7 +71,8 @@ def make_view(
         title: what is being watched (the command line, "demo: random-labels").
         plain: force plain output (``--plain``).
         console: the rich console to draw on (tests pass one writing to a StringIO);
-            by default stdout, and rich decides colour and TTY (NO_COLOR, TERM=dumb, isatty).
+            by default stdout; ``style.wants_plain`` picks the view by rich's rules (NO_COLOR,
+            TERM=dumb, isatty).
         out: where plain mode writes the child's bytes (default: ``sys.stdout.buffer``).
         err: where plain mode writes finding lines (default: the given console's file, else stderr).
     """
