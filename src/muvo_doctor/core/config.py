@@ -106,6 +106,9 @@ class Thresholds(BaseModel):
     pb_window: int = 100  # points the loss must sit at the prior (one sampled step each). Not shorter:
     # with half the points seen (at least 50), bench/detection.py called a healthy 10%-prior run (rare10
     # seed 1, AUROC 0.53 at the time) dead at the pos_weight prior before it learned (final AUROC 0.91)
+    pb_window_heldout: int = 60  # ... with 3+ held-out AUROC evaluations at chance (a second witness). In
+    # bench/detection.py (an evaluation every 50 steps) windows of 50-100 gave the same first steps for
+    # random labels (3 seeds) and for that one healthy transient: the third evaluation decides there
     pb_rel_band: float = 0.03  # |loss - prior loss| within 3% of the prior loss (plus noise) ...
     pb_noise_z: float = 3.0  # ... or within this many standard errors of the window median
     pb_acc_tol: float = 0.01  # accuracy within 1 point of the majority rate

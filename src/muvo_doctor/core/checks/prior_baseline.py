@@ -13,7 +13,7 @@ What it does:
     message adds the accuracy (vs the majority rate, ``pb_acc_tol``) and AUROC (vs 0.5,
     ``pb_auroc_tol``) when they were recorded. When a held-out AUROC is recorded it must confirm:
     3 evaluations whose median is at most 0.5 + ``pb_auroc_tol`` (a slow learner sits at the prior for
-    a while too). A latest AUROC above 0.5 + 2 ``ms_auroc_tol``, or an accuracy clearly above the
+    a while too); with that second witness the loss window is ``pb_window_heldout`` points. A latest AUROC above 0.5 + 2 ``ms_auroc_tol``, or an accuracy clearly above the
     majority rate, vetoes it: the model uses its input. Without labels (logs) the prior is inferred
     split by split from an accuracy that does not improve: above 0.5 it is a binary majority rate a
     and the loss of predicting it is H(1 - a) (0.325 at 90%); at or below 0.5 it is chance over
@@ -144,7 +144,7 @@ class _Hit(NamedTuple):
 
 
 def _at_baseline(
-    history: History, t, prior, pl: tuple[np.ndarray, np.ndarray, float, float, float]
+    history: History, t, prior, pl: tuple[np.ndarray, np.ndarray, float, float, float], window: int
 ) -> _Hit | None:
     """The first prior baseline the loss plateau ``pl`` sits on, or None.
 
@@ -158,8 +158,8 @@ def _at_baseline(
     for label, c, weighted in cands:
         tries = [(pl, False)]
         adj = _batch_adjusted(history, prior, weighted)
-        if adj is not None and len(adj[1]) >= t.pb_window // 2:
-            got = _plateau(history, t, min(t.pb_window, len(adj[1])), adj)
+        if adj is not None and len(adj[1]) >= window // 2:
+            got = _plateau(history, t, min(window, len(adj[1])), adj)
             if got is not None:
                 tries.insert(0, (got, True))
         se_c = _baseline_se(history, prior, weighted)
@@ -190,12 +190,7 @@ def _recent_median(history: History, name: str, window: int) -> tuple[float, flo
 
 
 def _with_labels(history: History, t, prior) -> Finding | None:
-    pl = _plateau(history, t, t.pb_window)
-    # Training accuracy only: the majority rate comes from the training labels, and a held-out split
-    # has its own class balance (64 frames with 4 positives "beat" a 10% prior at 93.75%).
-    acc = _recent_median(history, "train/acc", t.pb_window)
     auroc = _recent_median(history, "val/auroc", 3)
-    acc_at = acc is not None and abs(acc[0] - prior.majority) <= t.pb_acc_tol + 2 * acc[1]
     # "At chance" includes below it: scores that do not beat chance carry no signal either.
     auroc_at = auroc is not None and auroc[0] <= 0.5 + t.pb_auroc_tol
     if auroc_learns(history, t) is not None:
@@ -203,13 +198,21 @@ def _with_labels(history: History, t, prior) -> Finding | None:
     evals = finite(history, "val/auroc")
     if evals is not None and (len(evals[1]) < 3 or not auroc_at):
         return None  # with a held-out AUROC, wait for 3 evaluations and require them at chance
+    # A held-out AUROC at chance is a second, independent witness: the training loss then needs a
+    # shorter stay at the prior to rule out a slow start.
+    window = t.pb_window_heldout if evals is not None else t.pb_window
+    pl = _plateau(history, t, window)
+    # Training accuracy only: the majority rate comes from the training labels, and a held-out split
+    # has its own class balance (64 frames with 4 positives "beat" a 10% prior at 93.75%).
+    acc = _recent_median(history, "train/acc", window)
+    acc_at = acc is not None and abs(acc[0] - prior.majority) <= t.pb_acc_tol + 2 * acc[1]
     if acc is not None and acc[0] > prior.majority + t.pb_acc_tol + 2 * acc[1]:
         return None  # beats the majority rate
     evidence: dict = {"prior_p": prior.p, "prior_entropy": prior.entropy, "majority_rate": prior.majority}
     parts: list[str] = []
     step = None
     if pl is not None and prior.entropy > 0:
-        hit = _at_baseline(history, t, prior, pl)
+        hit = _at_baseline(history, t, prior, pl, window)
         if hit is None:
             return None  # the loss is away from every prior baseline: whatever acc says, it learns
         label, c, band, adjusted, (steps, v, med, se, _), se_c = hit
