@@ -129,7 +129,8 @@ def _per_act(path: Path | None, act_index: int, fault: str, story: bool) -> Path
 
 # The demo evaluates on the held-out split every 20 steps (muvo-train's default: 40). prior_baseline waits
 # for 3 held-out AUROC evaluations at chance before it calls a run dead (a slow learner sits at the prior
-# for a while too): at 40 that is step 120, the end of a default demo run; at 20 it is step 60.
+# for a while too): at 40 that is step 120, the end of a default demo run; at 20 it is step 60, and with
+# the loss 60 points at the prior the random-labels run shows DEAD at the grid step 75.
 DEMO_EVAL_EVERY = 20
 
 
