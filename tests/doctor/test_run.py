@@ -25,39 +25,34 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "fixtures" / "scripts"
 PY = sys.executable
 
 
-def wrap(*args: str, **kw) -> subprocess.CompletedProcess[bytes]:
-    """Run `muvo-doctor run ARGS` with pipes (plain mode) and return what a user would see."""
-    return subprocess.run([PY, "-m", "muvo_doctor", "run", *args], capture_output=True, timeout=60, **kw)
-
-
-def test_exit_code_is_the_childs():
-    p = wrap("--", "sh", "-c", "echo bye; exit 3")
+def test_exit_code_is_the_childs(doctor_run):
+    p = doctor_run("--", "sh", "-c", "echo bye; exit 3")
     assert p.returncode == 3
     assert p.stdout == b"bye\n"
 
 
-def test_child_killed_by_a_signal_exits_128_plus_signal():
-    p = wrap("--", "sh", "-c", "kill -9 $$")
+def test_child_killed_by_a_signal_exits_128_plus_signal(doctor_run):
+    p = doctor_run("--", "sh", "-c", "kill -9 $$")
     assert p.returncode == 137
 
 
-def test_missing_command_is_127_with_one_clear_line():
-    p = wrap("--", "no-such-program-muvo")
+def test_missing_command_is_127_with_one_clear_line(doctor_run):
+    p = doctor_run("--", "no-such-program-muvo")
     assert p.returncode == 127
     assert b"cannot start 'no-such-program-muvo'" in p.stderr
     assert b"Traceback" not in p.stderr
 
 
-def test_usage_errors_exit_2_without_traceback(tmp_path):
-    p = wrap()
+def test_usage_errors_exit_2_without_traceback(doctor_run, tmp_path):
+    p = doctor_run()
     assert p.returncode == 2 and b"no command given" in p.stderr
-    p = wrap("--config", str(tmp_path / "missing.toml"), "--", "true")
+    p = doctor_run("--config", str(tmp_path / "missing.toml"), "--", "true")
     assert p.returncode == 2 and b"missing.toml" in p.stderr and b"Traceback" not in p.stderr
-    p = wrap("--snapshot", str(tmp_path / "x.png"), "--", "true")
+    p = doctor_run("--snapshot", str(tmp_path / "x.png"), "--", "true")
     assert p.returncode == 2 and b".svg or .html" in p.stderr
 
 
-def test_output_passes_through_byte_for_byte():
+def test_output_passes_through_byte_for_byte(doctor_run):
     # \r rewrites, no final newline, bytes that are not UTF-8, NUL, stderr interleaved.
     code = (
         "import sys\n"
@@ -67,7 +62,7 @@ def test_output_passes_through_byte_for_byte():
         "o.write(b'loss=0.5\\x00 tail \\xe2\\x82'); o.flush()\n"
     )
     direct = subprocess.run([PY, "-c", code], capture_output=True, timeout=30)
-    wrapped = wrap("--", PY, "-c", code)
+    wrapped = doctor_run("--", PY, "-c", code)
     assert wrapped.returncode == direct.returncode == 0
     assert wrapped.stdout == direct.stdout
     # The wrapper adds only its own muvo-doctor lines after the child's stderr.
@@ -99,12 +94,12 @@ def _read_all(fd: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> 
     return out
 
 
-def test_under_a_terminal_the_child_sees_a_terminal_of_the_same_size():
+def test_under_a_terminal_the_child_sees_a_terminal_of_the_same_size(doctor_run):
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
     env = dict(os.environ, NO_COLOR="1")  # a terminal, but no live screen: plain lines
     proc = subprocess.Popen(
-        [PY, "-m", "muvo_doctor", "run", "--", PY, str(SCRIPTS / "tty_probe.py")],
+        [*doctor_run.argv, "--", PY, str(SCRIPTS / "tty_probe.py")],
         stdin=slave,
         stdout=slave,
         stderr=slave,
@@ -120,9 +115,9 @@ def test_under_a_terminal_the_child_sees_a_terminal_of_the_same_size():
     assert "size=101x33" in text
 
 
-def test_ctrl_c_reaches_the_childs_handler_and_its_exit_code_is_kept():
+def test_ctrl_c_reaches_the_childs_handler_and_its_exit_code_is_kept(doctor_run):
     proc = subprocess.Popen(
-        [PY, "-m", "muvo_doctor", "run", "--", PY, str(SCRIPTS / "sigint_child.py")],
+        [*doctor_run.argv, "--", PY, str(SCRIPTS / "sigint_child.py")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -134,7 +129,7 @@ def test_ctrl_c_reaches_the_childs_handler_and_its_exit_code_is_kept():
     assert proc.returncode == 7
 
 
-def test_a_second_ctrl_c_terminates_a_child_that_ignores_the_first():
+def test_a_second_ctrl_c_terminates_a_child_that_ignores_the_first(doctor_run):
     code = (
         "import signal, time\n"
         "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
@@ -142,7 +137,7 @@ def test_a_second_ctrl_c_terminates_a_child_that_ignores_the_first():
         "time.sleep(30)\n"
     )
     proc = subprocess.Popen(
-        [PY, "-m", "muvo_doctor", "run", "--", PY, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*doctor_run.argv, "--", PY, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"ready\n"
@@ -155,9 +150,9 @@ def test_a_second_ctrl_c_terminates_a_child_that_ignores_the_first():
     assert time.monotonic() - t0 < 10
 
 
-def test_sigterm_to_the_wrapper_is_forwarded():
+def test_sigterm_to_the_wrapper_is_forwarded(doctor_run):
     proc = subprocess.Popen(
-        [PY, "-m", "muvo_doctor", "run", "--", PY, str(SCRIPTS / "sigint_child.py")],
+        [*doctor_run.argv, "--", PY, str(SCRIPTS / "sigint_child.py")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -168,7 +163,7 @@ def test_sigterm_to_the_wrapper_is_forwarded():
     assert proc.returncode == 128 + signal.SIGTERM
 
 
-def test_a_sitecustomize_the_user_had_still_runs(tmp_path):
+def test_a_sitecustomize_the_user_had_still_runs(doctor_run, tmp_path):
     (tmp_path / "sitecustomize.py").write_text(
         "import os, sys\nsys.stdout.write(f'user sitecustomize ran, wrapped={\"MUVO_DOCTOR_FIFO\" in os.environ}\\n')\n"
     )
@@ -177,7 +172,7 @@ def test_a_sitecustomize_the_user_had_still_runs(tmp_path):
     direct = subprocess.run([PY, "-c", code], capture_output=True, env=env, timeout=30)
     assert direct.stdout == b"user sitecustomize ran, wrapped=False\nmain\n"
     # The wrapper is a Python program too: it runs the user's sitecustomize itself, then the child does.
-    wrapped = wrap("--", PY, "-c", code, env=env)
+    wrapped = doctor_run("--", PY, "-c", code, env=env)
     assert (
         wrapped.stdout
         == b"user sitecustomize ran, wrapped=False\nuser sitecustomize ran, wrapped=True\nmain\n"
@@ -185,15 +180,17 @@ def test_a_sitecustomize_the_user_had_still_runs(tmp_path):
     assert wrapped.returncode == 0
 
 
-def test_a_program_that_never_imports_torch_does_not_import_it(tmp_path):
+def test_a_program_that_never_imports_torch_does_not_import_it(doctor_run, tmp_path):
     code = "import sys; print('torch' in sys.modules, 'muvo_doctor' in sys.modules)"
-    p = wrap("--", PY, "-c", code)
+    p = doctor_run("--", PY, "-c", code)
     assert p.stdout == b"False False\n"
 
 
-def test_non_python_command_is_judged_by_its_printed_numbers(tmp_path):
+def test_non_python_command_is_judged_by_its_printed_numbers(doctor_run, tmp_path):
     report, record = tmp_path / "report.json", tmp_path / "run.jsonl"
-    p = wrap("--report", str(report), "--record", str(record), "--", str(SCRIPTS / "flat_loss.sh"), "60")
+    p = doctor_run(
+        "--report", str(report), "--record", str(record), "--", str(SCRIPTS / "flat_loss.sh"), "60"
+    )
     assert p.returncode == 0  # no --fail-on: the command's own exit code
     assert p.stdout.count(b"loss=0.6931") == 60
     data = json.loads(report.read_text())
@@ -219,23 +216,25 @@ def test_non_python_command_is_judged_by_its_printed_numbers(tmp_path):
     assert again["verdict"] == "dead" and "flat_loss" in {f["check"] for f in again["findings"]}
 
 
-def test_fail_on_dead_exits_1_and_fail_on_warning_too():
-    p = wrap("--fail-on", "dead", "--", str(SCRIPTS / "flat_loss.sh"), "60")
+def test_fail_on_dead_exits_1_and_fail_on_warning_too(doctor_run):
+    p = doctor_run("--fail-on", "dead", "--", str(SCRIPTS / "flat_loss.sh"), "60")
     assert p.returncode == 1
-    p = wrap("--fail-on", "warning", "--", str(SCRIPTS / "flat_loss.sh"), "60")
+    p = doctor_run("--fail-on", "warning", "--", str(SCRIPTS / "flat_loss.sh"), "60")
     assert p.returncode == 1
-    p = wrap("--fail-on", "dead", "--", "sh", "-c", "echo 'loss=0.9'; echo 'loss=0.5'")
+    p = doctor_run("--fail-on", "dead", "--", "sh", "-c", "echo 'loss=0.9'; echo 'loss=0.5'")
     assert p.returncode == 0
 
 
-def test_stop_on_dead_interrupts_a_dead_run_once_confirmed(tmp_path):
+def test_stop_on_dead_interrupts_a_dead_run_once_confirmed(doctor_run, tmp_path):
     # A confirmation window of 100 steps (the default, 600, is tested with a slow learner in
     # test_verdict_run.py): flat from step 0, dead at the grid step 25, confirmed at step 125.
     cfg = tmp_path / "doctor.toml"
     cfg.write_text("confirm_dead_steps = 100\n", encoding="utf-8")
     t0 = time.monotonic()
     # 2000 lines at 10 ms would take 20+ s; the doctor stops it once the dead verdict held 100 steps.
-    p = wrap("--stop-on", "dead", "--config", str(cfg), "--", str(SCRIPTS / "flat_loss.sh"), "2000", "0.01")
+    p = doctor_run(
+        "--stop-on", "dead", "--config", str(cfg), "--", str(SCRIPTS / "flat_loss.sh"), "2000", "0.01"
+    )
     elapsed = time.monotonic() - t0
     assert p.returncode == 128 + signal.SIGINT
     assert elapsed < 10
@@ -254,17 +253,17 @@ def test_stop_on_dead_interrupts_a_dead_run_once_confirmed(tmp_path):
     assert since + 100 <= p.stdout.count(b"\n") < 2000
 
 
-def test_a_record_that_cannot_be_written_does_not_stop_the_training_but_exits_2():
+def test_a_record_that_cannot_be_written_does_not_stop_the_training_but_exits_2(doctor_run):
     # /dev/full: every write of the record fails with "no space left"; the run goes on, and the
     # lost record is an error (exit 2) since the command itself succeeded.
-    p = wrap("--record", "/dev/full", "--", str(SCRIPTS / "flat_loss.sh"), "30")
+    p = doctor_run("--record", "/dev/full", "--", str(SCRIPTS / "flat_loss.sh"), "30")
     assert p.returncode == 2
     assert p.stdout.count(b"loss=0.6931") == 30
     assert p.stderr.count(b"--record") == 1
 
 
 @pytest.mark.slow
-def test_start_up_overhead_is_under_a_second():
+def test_start_up_overhead_is_under_a_second(doctor_run):
     # Wall time on a shared CI box swings with the load; the CPU time the wrapper adds does not,
     # so that is the assertion (the wall numbers are printed, and measured on an idle machine in docs/run.md).
     def best(cmd: list[str]) -> tuple[float, float]:
@@ -279,16 +278,12 @@ def test_start_up_overhead_is_under_a_second():
         return min(walls), min(cpus)
 
     direct = best([PY, "-c", "pass"])
-    wrapped = best([PY, "-m", "muvo_doctor", "run", "--", PY, "-c", "pass"])
+    wrapped = best([*doctor_run.argv, "--", PY, "-c", "pass"])
     print(
         f"start-up: python -c pass {direct[0]:.3f} s wall / {direct[1]:.3f} s CPU, "
         f"under muvo-doctor run {wrapped[0]:.3f} s wall / {wrapped[1]:.3f} s CPU"
     )
     assert wrapped[1] - direct[1] < 1.0
-
-
-def _wrap_in_terminal(*command: str) -> tuple[int, subprocess.Popen[bytes]]:
-    return _in_terminal(PY, "-m", "muvo_doctor", "run", "--", *command)
 
 
 def _in_terminal(*command: str) -> tuple[int, subprocess.Popen[bytes]]:
@@ -315,7 +310,7 @@ def _read_until(fd: int, marker: bytes, timeout: float = 30.0) -> bytes:
     return out
 
 
-def test_typed_input_and_ctrl_c_in_a_terminal_reach_the_child():
+def test_typed_input_and_ctrl_c_in_a_terminal_reach_the_child(doctor_run):
     code = (
         "import signal, sys\n"
         "signal.signal(signal.SIGINT, lambda *a: (print('graceful stop', flush=True), sys.exit(7)))\n"
@@ -323,7 +318,7 @@ def test_typed_input_and_ctrl_c_in_a_terminal_reach_the_child():
         "print('hello ' + input(), flush=True)\n"
         "signal.pause()\n"
     )
-    master, proc = _wrap_in_terminal(PY, "-c", code)
+    master, proc = _in_terminal(*doctor_run.argv, "--", PY, "-c", code)
     assert b"name?" in _read_until(master, b"name?")
     os.write(master, b"muvo\r")  # typed keys go through our raw-mode stdin to the child's terminal
     assert b"hello muvo" in _read_until(master, b"hello muvo")
@@ -349,13 +344,13 @@ def test_an_internal_error_leaves_the_training_running_and_its_output_whole(monk
     assert err.count("simulated doctor bug") == 1 and "goes on unmonitored" in err
 
 
-def test_under_a_terminal_line_endings_arrive_as_without_the_wrapper():
+def test_under_a_terminal_line_endings_arrive_as_without_the_wrapper(doctor_run):
     # Before: the inner pty turned \n into \r\n and our terminal did it again (\r\r\r\n for \r\n).
     code = (
         "import sys; sys.stdout.buffer.write(b'crlf\\r\\nlf\\nbar 10%\\rbar 20%\\r\\n'); sys.stdout.flush()"
     )
     outputs = []
-    for master, proc in (_in_terminal(PY, "-c", code), _wrap_in_terminal(PY, "-c", code)):
+    for master, proc in (_in_terminal(PY, "-c", code), _in_terminal(*doctor_run.argv, "--", PY, "-c", code)):
         outputs.append(_read_all(master, proc))
         proc.wait(timeout=30)
         os.close(master)

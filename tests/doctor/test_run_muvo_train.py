@@ -28,17 +28,13 @@ def muvo_train() -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_dead_muvo_train_run_is_caught_and_stopped_gracefully(tmp_path):
+def test_a_dead_muvo_train_run_is_caught_and_stopped_gracefully(doctor_run, tmp_path):
     report, record = tmp_path / "report.json", tmp_path / "run.jsonl"
-    p = subprocess.run(
-        [
-            *(PY, "-m", "muvo_doctor", "run", "--stop-on", "dead"),
-            *("--report", str(report), "--record", str(record), "--"),
-            *muvo_train(),
-            *TINY,
-            *("--fault", "any-voxel-label", "--set", "train.steps=3000"),
-        ],
-        capture_output=True,
+    p = doctor_run(
+        *("--stop-on", "dead", "--report", str(report), "--record", str(record), "--"),
+        *muvo_train(),
+        *TINY,
+        *("--fault", "any-voxel-label", "--set", "train.steps=3000"),
         timeout=300,
     )
     data = json.loads(report.read_text())
@@ -57,16 +53,12 @@ def test_a_dead_muvo_train_run_is_caught_and_stopped_gracefully(tmp_path):
     assert {o.value for o in obs if o.name == "label/positive_fraction"} == {1.0}
 
 
-def test_a_healthy_muvo_train_run_loss_and_labels_describe_the_printed_loss(tmp_path):
+def test_a_healthy_muvo_train_run_loss_and_labels_describe_the_printed_loss(doctor_run, tmp_path):
     """Two BCE calls per step (frame (N,), points (N, P)); the program prints and optimises their sum."""
     report, record = tmp_path / "report.json", tmp_path / "run.jsonl"
-    p = subprocess.run(
-        [
-            *(PY, "-m", "muvo_doctor", "run", "--plain", "--report", str(report), "--record", str(record)),
-            *("--", PY, "-m", "muvo_model.train", *TINY, "--set", "train.steps=60"),
-        ],
-        capture_output=True,
-        timeout=120,
+    p = doctor_run(
+        *("--plain", "--report", str(report), "--record", str(record)),
+        *("--", PY, "-m", "muvo_model.train", *TINY, "--set", "train.steps=60"),
     )
     assert p.returncode == 0, p.stderr.decode(errors="replace")[-2000:]
     live = {f["check"] for f in json.loads(report.read_text())["findings"]}

@@ -82,36 +82,30 @@ def test_a_device_is_written_in_place_never_replaced():
 
 
 # -- through the CLI ------------------------------------------------------------------------------
-def wrap(*args: str, **kw) -> subprocess.CompletedProcess[bytes]:
-    """Run `muvo-doctor run ARGS` with pipes (plain mode)."""
-    kw.setdefault("capture_output", True)
-    return subprocess.run([PY, "-m", "muvo_doctor", "run", *args], timeout=120, **kw)
-
-
-def test_a_symlinked_report_or_record_target_is_left_untouched(tmp_path):
+def test_a_symlinked_report_or_record_target_is_left_untouched(doctor_run, tmp_path):
     precious = tmp_path / "precious.txt"
     precious.write_text("keep me")
     for flag in ("--report", "--record"):
         link = tmp_path / f"link{flag}"
         link.symlink_to(precious)
-        p = wrap(flag, str(link), "--", "sh", "-c", "echo loss=0.5")
+        p = doctor_run(flag, str(link), "--", "sh", "-c", "echo loss=0.5")
         assert p.returncode == 2 and b"--follow-symlinks" in p.stderr and b"Traceback" not in p.stderr
         assert p.stdout == b""  # refused before the command ran
         assert precious.read_text() == "keep me" and link.is_symlink()
-    p = wrap(
+    p = doctor_run(
         "--follow-symlinks", "--report", str(tmp_path / "link--report"), "--", "sh", "-c", "echo loss=0.5"
     )
     assert p.returncode == 0
     assert json.loads(precious.read_text())["schema"] == "muvo-doctor/report/v1"
 
 
-def test_a_report_that_cannot_be_written_is_an_error_exit_2(tmp_path):
+def test_a_report_that_cannot_be_written_is_an_error_exit_2(doctor_run, tmp_path):
     (tmp_path / "report.json").mkdir()  # a folder where the file should go
-    p = wrap("--report", str(tmp_path / "report.json"), "--", "sh", "-c", "echo loss=0.5")
+    p = doctor_run("--report", str(tmp_path / "report.json"), "--", "sh", "-c", "echo loss=0.5")
     assert p.returncode == 2
     assert b"--report" in p.stderr and b"cannot write" in p.stderr and b"Traceback" not in p.stderr
     # ... but the command's own failure comes first.
-    p = wrap("--report", str(tmp_path / "report.json"), "--", "sh", "-c", "exit 3")
+    p = doctor_run("--report", str(tmp_path / "report.json"), "--", "sh", "-c", "exit 3")
     assert p.returncode == 3
 
 
@@ -139,13 +133,13 @@ class _Hook(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_a_secret_in_the_command_line_is_absent_from_every_output(tmp_path):
+def test_a_secret_in_the_command_line_is_absent_from_every_output(doctor_run, tmp_path):
     server = http.server.HTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/hook"
     files = {name: tmp_path / name for name in ("report.json", "run.jsonl", "dash.svg", "env.txt")}
     try:
-        p = wrap(
+        p = doctor_run(
             "--plain", "--report", str(files["report.json"]), "--record", str(files["run.jsonl"]),
             "--snapshot", str(files["dash.svg"]), "--notify", url,
             "--notify-cmd", f"env > {files['env.txt']}", "--", *_secret_command(),
@@ -163,21 +157,25 @@ def test_a_secret_in_the_command_line_is_absent_from_every_output(tmp_path):
     source = json.loads(files["report.json"].read_text())["source"]
     assert "--api-key REDACTED" in source and "HF_TOKEN=REDACTED" in source and "bob:REDACTED@" in source
     # --no-redact: the user asked for the command as it was.
-    p = wrap("--no-redact", "--report", str(files["report.json"]), "--", *_secret_command())
+    p = doctor_run("--no-redact", "--report", str(files["report.json"]), "--", *_secret_command())
     assert all(s in json.loads(files["report.json"].read_text())["source"] for s in SECRETS)
 
 
-def test_a_background_grandchild_is_drained_until_it_closes_the_output():
-    p = wrap("--", "sh", "-c", "(for i in 1 2 3 4; do sleep 0.2; echo grandchild $i; done) & echo main done")
+def test_a_background_grandchild_is_drained_until_it_closes_the_output(doctor_run):
+    p = doctor_run(
+        "--", "sh", "-c", "(for i in 1 2 3 4; do sleep 0.2; echo grandchild $i; done) & echo main done"
+    )
     assert p.returncode == 0
     assert p.stdout.count(b"grandchild") == 4, p.stdout
 
 
-def test_the_doctors_lines_never_split_a_childs_line():
+def test_the_doctors_lines_never_split_a_childs_line(doctor_run):
     # The child writes half a line, makes the doctor speak (a bad telemetry line), then ends its line.
     # The first pause lets the wrapper pass the half line on before it reads the bad telemetry.
     script = "printf 'half '; sleep 0.3; echo garbage > \"$MUVO_DOCTOR_FIFO\"; sleep 0.5; echo line"
-    p = wrap("--", "sh", "-c", script, stderr=subprocess.STDOUT, stdout=subprocess.PIPE, capture_output=False)
+    p = doctor_run(
+        "--", "sh", "-c", script, stderr=subprocess.STDOUT, stdout=subprocess.PIPE, capture_output=False
+    )
     assert b"half line\n" in p.stdout, p.stdout
     assert b"muvo-doctor: skipped bad telemetry" in p.stdout
 
@@ -218,11 +216,11 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_kill_9_of_the_wrapper_ends_the_child_and_cleans_up(tmp_path):
+def test_kill_9_of_the_wrapper_ends_the_child_and_cleans_up(doctor_run, tmp_path):
     pid_file, record = tmp_path / "child.pid", tmp_path / "run.jsonl"
     env = dict(os.environ, TMPDIR=str(tmp_path))
     wrapper = subprocess.Popen(
-        [PY, "-m", "muvo_doctor", "run", "--record", str(record), "--",
+        [*doctor_run.argv, "--record", str(record), "--",
          PY, str(SCRIPTS / "prints_then_waits.py"), str(pid_file), "20"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )  # fmt: skip
@@ -246,13 +244,13 @@ def test_kill_9_of_the_wrapper_ends_the_child_and_cleans_up(tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_under_a_terminal_restores_the_terminal_and_cursor(tmp_path):
+def test_kill_9_under_a_terminal_restores_the_terminal_and_cursor(doctor_run, tmp_path):
     pid_file = tmp_path / "child.pid"
     master, slave = pty.openpty()
     before = termios.tcgetattr(slave)
     env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM")} | {"TERM": "xterm-256color"}
     wrapper = subprocess.Popen(
-        [PY, "-m", "muvo_doctor", "run", "--", PY, str(SCRIPTS / "prints_then_waits.py"), str(pid_file), "5"],
+        [*doctor_run.argv, "--", PY, str(SCRIPTS / "prints_then_waits.py"), str(pid_file), "5"],
         stdin=slave, stdout=slave, stderr=slave, env=env | {"TMPDIR": str(tmp_path)}, start_new_session=True,
     )  # fmt: skip
     os.close(slave)
@@ -291,9 +289,9 @@ def _read_some(fd: int, seconds: float) -> bytes:
 
 
 @pytest.mark.slow
-def test_a_helper_process_that_trains_with_lr_0_is_not_merged_into_the_verdict(tmp_path):
+def test_a_helper_process_that_trains_with_lr_0_is_not_merged_into_the_verdict(doctor_run, tmp_path):
     report, record = tmp_path / "report.json", tmp_path / "run.jsonl"
-    p = wrap(
+    p = doctor_run(
         "--report", str(report), "--record", str(record), "--", PY, str(SCRIPTS / "trains_with_a_helper.py")
     )
     assert p.returncode == 0, p.stderr
@@ -309,9 +307,11 @@ def test_a_helper_process_that_trains_with_lr_0_is_not_merged_into_the_verdict(t
 
 
 @pytest.mark.slow
-def test_mp_spawn_workers_without_rank_are_each_their_own_rank(tmp_path):
+def test_mp_spawn_workers_without_rank_are_each_their_own_rank(doctor_run, tmp_path):
     report, record = tmp_path / "report.json", tmp_path / "run.jsonl"
-    p = wrap("--report", str(report), "--record", str(record), "--", PY, str(SCRIPTS / "spawn_train.py"))
+    p = doctor_run(
+        "--report", str(report), "--record", str(record), "--", PY, str(SCRIPTS / "spawn_train.py")
+    )
     assert p.returncode == 0, p.stderr
     losses = [o for o in read_observations(record) if o.name == "train/loss"]
     assert sorted(o.rank for o in losses) == [0] * 30 + [1] * 30
@@ -349,10 +349,10 @@ def test_which_process_is_a_rank_and_which_a_helper(tmp_path, env, argv, hello):
     assert {k: got.get(k) for k in hello} == hello
 
 
-def test_a_flood_of_output_passes_through_whole_and_what_was_not_parsed_is_counted():
+def test_a_flood_of_output_passes_through_whole_and_what_was_not_parsed_is_counted(doctor_run):
     code = "import sys\nfor i in range(200_000): sys.stdout.write(f'step {i} loss={1 / (i + 1):.6f}\\n')"
     direct = subprocess.run([PY, "-c", code], capture_output=True, timeout=60)
-    p = wrap("--", PY, "-c", code)
+    p = doctor_run("--", PY, "-c", code)
     assert p.returncode == 0 and p.stdout == direct.stdout  # 5.3 MB, byte for byte
     counted = re.search(rb"muvo-doctor: (\d+) output lines \([\d.]+ MB\) were not read for numbers", p.stderr)
     assert counted and 0 < int(counted[1]) < 200_000, p.stderr

@@ -16,13 +16,12 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "fixtures" / "scripts"
 PY = sys.executable
 
 
-def wrap(tmp_path: Path, *command: str) -> tuple[subprocess.CompletedProcess[bytes], dict, list]:
+def judged(
+    doctor_run, tmp_path: Path, *command: str
+) -> tuple[subprocess.CompletedProcess[bytes], dict, list]:
+    """`muvo-doctor run` of ``command``: what it printed, its report and its record."""
     report, record = tmp_path / "report.json", tmp_path / "run.jsonl"
-    p = subprocess.run(
-        [PY, "-m", "muvo_doctor", "run", "--report", str(report), "--record", str(record), "--", *command],
-        capture_output=True,
-        timeout=120,
-    )
+    p = doctor_run("--report", str(report), "--record", str(record), "--", *command)
     assert report.exists(), p.stderr.decode(errors="replace")
     return p, json.loads(report.read_text()), list(read_observations(record))
 
@@ -32,9 +31,11 @@ def checks_of(report: dict) -> set[str]:
 
 
 @pytest.mark.slow
-def test_functional_losses_with_zero_lr_are_dead_and_seen(tmp_path):
+def test_functional_losses_with_zero_lr_are_dead_and_seen(doctor_run, tmp_path):
     # 120 steps: the loss-trend window of the checks needs 100 points before a run is called dead.
-    p, report, obs = wrap(tmp_path, PY, str(SCRIPTS / "functional_losses.py"), "--lr", "0", "--steps", "120")
+    p, report, obs = judged(
+        doctor_run, tmp_path, PY, str(SCRIPTS / "functional_losses.py"), "--lr", "0", "--steps", "120"
+    )
     assert p.returncode == 0
     assert p.stdout.count(b" loss=") == 120  # the program's output is all there
     assert b"scripted ok 1.0986" in p.stdout  # torch.jit.script over a wrapped F.cross_entropy
@@ -52,8 +53,8 @@ def test_functional_losses_with_zero_lr_are_dead_and_seen(tmp_path):
 
 
 @pytest.mark.slow
-def test_loss_modules_learning_run_is_not_dead(tmp_path):
-    p, report, obs = wrap(tmp_path, PY, str(SCRIPTS / "module_losses.py"))
+def test_loss_modules_learning_run_is_not_dead(doctor_run, tmp_path):
+    p, report, obs = judged(doctor_run, tmp_path, PY, str(SCRIPTS / "module_losses.py"))
     assert p.returncode == 0
     assert p.stdout.count(b"Loss: ") == 60
     names = {o.name for o in obs}
@@ -64,8 +65,10 @@ def test_loss_modules_learning_run_is_not_dead(tmp_path):
 
 
 @pytest.mark.slow
-def test_printed_zeros_while_the_loss_is_not_zero_is_a_display_precision_finding(tmp_path):
-    p, report, obs = wrap(tmp_path, PY, str(SCRIPTS / "functional_losses.py"), "--print-scale", "1e-5")
+def test_printed_zeros_while_the_loss_is_not_zero_is_a_display_precision_finding(doctor_run, tmp_path):
+    p, report, obs = judged(
+        doctor_run, tmp_path, PY, str(SCRIPTS / "functional_losses.py"), "--print-scale", "1e-5"
+    )
     assert b"loss=0.0000" in p.stdout
     found = [f for f in report["findings"] if f["check"] == "display_precision"]
     assert found, report["findings"]
@@ -73,8 +76,9 @@ def test_printed_zeros_while_the_loss_is_not_zero_is_a_display_precision_finding
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_both_report(tmp_path):
-    p, report, obs = wrap(
+def test_torchrun_two_ranks_both_report(doctor_run, tmp_path):
+    p, report, obs = judged(
+        doctor_run,
         tmp_path,
         PY,
         "-m",
@@ -91,17 +95,17 @@ def test_torchrun_two_ranks_both_report(tmp_path):
 
 
 @pytest.mark.slow
-def test_telemetry_bigger_than_the_pipe_arrives_complete(tmp_path):
+def test_telemetry_bigger_than_the_pipe_arrives_complete(doctor_run, tmp_path):
     # 60 modules sampled every step: one flush (50 steps) is ~750 kB of JSON lines (3.0 MB for the
     # 200 steps, measured), far over a 64 KiB pipe. Chunks the pipe refuses wait in the child and
     # follow; none is dropped.
     cfg = tmp_path / "doctor.toml"
     cfg.write_text("sample_every = 1\n")
     report, record = tmp_path / "report.json", tmp_path / "run.jsonl"
-    p = subprocess.run(
-        [PY, "-m", "muvo_doctor", "run", "--plain", "--record", str(record), "--report", str(report), "--",
-         PY, str(SCRIPTS / "deep_mlp.py"), "--steps", "200"],
-        capture_output=True, timeout=120, env={**os.environ, "MUVO_DOCTOR_CONFIG": str(cfg)},
+    p = doctor_run(
+        "--plain", "--record", str(record), "--report", str(report), "--",
+        PY, str(SCRIPTS / "deep_mlp.py"), "--steps", "200",
+        env={**os.environ, "MUVO_DOCTOR_CONFIG": str(cfg)},
     )  # fmt: skip
     assert p.returncode == 0, p.stderr.decode(errors="replace")
     assert b"dropped" not in p.stderr

@@ -4,7 +4,6 @@ learner never stopped, and the same printed output giving the same report every 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,18 +12,13 @@ import pytest
 PY = sys.executable
 
 
-def wrap(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
-    """`muvo-doctor run ARGS` with pipes (plain mode), as a user or CI would call it."""
-    return subprocess.run([PY, "-m", "muvo_doctor", "run", *args], capture_output=True, timeout=timeout)
-
-
 def report_of(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def test_sleep_is_inconclusive_not_healthy(tmp_path: Path) -> None:
+def test_sleep_is_inconclusive_not_healthy(doctor_run, tmp_path: Path) -> None:
     rep = tmp_path / "r.json"
-    p = wrap("--report", str(rep), "--", "sleep", "1")
+    p = doctor_run("--report", str(rep), "--", "sleep", "1")
     assert p.returncode == 0  # the child's exit code
     data = report_of(rep)
     assert data["verdict"] == "inconclusive" and data["evidence_for_health"] is None
@@ -32,10 +26,10 @@ def test_sleep_is_inconclusive_not_healthy(tmp_path: Path) -> None:
     assert b"muvo-doctor: verdict inconclusive" in p.stderr
 
 
-def test_a_python_child_that_crashes_before_training_is_inconclusive(tmp_path: Path) -> None:
+def test_a_python_child_that_crashes_before_training_is_inconclusive(doctor_run, tmp_path: Path) -> None:
     rep = tmp_path / "r.json"
     code = "print('epoch 0: loading data', flush=True)\nimport muvo_no_such_module_torch  # crash at import\n"
-    p = wrap("--report", str(rep), "--fail-on", "warning", "--", PY, "-c", code)
+    p = doctor_run("--report", str(rep), "--fail-on", "warning", "--", PY, "-c", code)
     assert p.returncode == 1  # the child's own code: --fail-on warning is not reached by inconclusive
     assert b"ModuleNotFoundError" in p.stderr
     data = report_of(rep)
@@ -59,14 +53,14 @@ for s in range(steps):
 
 @pytest.mark.parametrize("exact", ["exact", "noisy"])
 def test_a_slow_learner_at_ln2_for_400_steps_is_never_stopped_and_ends_healthy(
-    tmp_path: Path, exact: str
+    doctor_run, tmp_path: Path, exact: str
 ) -> None:
     # Printed-only (no torch): the loss sits at ln 2 (exactly 0.6931 at 4 decimals, or noisy) for 450
     # steps, then learns. Dead while it sits there, but never for the confirmation window.
     script = tmp_path / "slow.py"
     script.write_text(SLOW_LEARNER, encoding="utf-8")
     rep = tmp_path / "r.json"
-    p = wrap("--stop-on", "dead", "--report", str(rep), "--", PY, str(script), "450", "1000", exact)
+    p = doctor_run("--stop-on", "dead", "--report", str(rep), "--", PY, str(script), "450", "1000", exact)
     err = p.stderr.decode(errors="replace")
     assert p.returncode == 0, err[-2000:]
     assert "--stop-on dead" not in err and "training DEAD" not in err
@@ -102,13 +96,13 @@ sys.stdout.flush()
 """
 
 
-def test_the_same_printed_output_gives_the_same_report_10_times_out_of_10(tmp_path: Path) -> None:
+def test_the_same_printed_output_gives_the_same_report_10_times_out_of_10(doctor_run, tmp_path: Path) -> None:
     script = tmp_path / "repro.py"
     script.write_text(REPRO, encoding="utf-8")
     reports = []
     for i in range(10):
         rep = tmp_path / f"r{i}.json"
-        p = wrap("--report", str(rep), "--", PY, str(script))
+        p = doctor_run("--report", str(rep), "--", PY, str(script))
         assert p.returncode == 0, p.stderr.decode(errors="replace")[-2000:]
         reports.append(rep.read_text(encoding="utf-8"))  # no timing fields in a report
     first = json.loads(reports[0])

@@ -88,6 +88,7 @@ class Runner(ChildProcess, Passthrough, Session, RunFiles):
     """Runs one wrapped command under the doctor. Use :func:`run`."""
 
     def __init__(self, opts: RunOptions) -> None:
+        # The state of every part (child, passthrough, session, files) is set here: one place to read it.
         self.opts = opts
         self.source = command_line(opts.command, redact=opts.redact)  # the only form any output shows
         self.doctor: Any = None  # made in _setup, after the child started
