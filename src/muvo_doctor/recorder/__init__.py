@@ -54,6 +54,8 @@ from muvo_doctor.recorder.stats import batch_stats
 Sink = Callable[[list[Observation]], None]
 
 
+# One object whose parts (one module each) share its state: the per-step hooks reach that state as
+# plain attributes, with no call through a component on the path that runs every step.
 class Recorder(LossCalls, Discovery, OptimizerStats, Buffer, Schedule):
     """Turns a training loop into observations for a :class:`~muvo_doctor.core.doctor.Doctor` and/or a sink.
 
