@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from muvo_doctor.run import fdio
-from muvo_doctor.run.fdio import SymlinkRefused, create_replacing, write_atomic
+from muvo_doctor import fdio
+from muvo_doctor.fdio import SymlinkRefused, create_replacing, write_atomic
 from muvo_doctor.run.stream import StreamError, read_observations
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "fixtures" / "scripts"

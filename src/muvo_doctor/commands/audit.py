@@ -21,8 +21,8 @@ from pathlib import Path
 from muvo_doctor.core.config import ConfigError, DoctorConfig, load_config
 from muvo_doctor.core.doctor import Doctor
 from muvo_doctor.core.finding import Finding, Report, SkippedRecords, verdict_of
+from muvo_doctor.fdio import SymlinkRefused, write_atomic
 from muvo_doctor.logs import LogSource, NoRecords, ReadStats, find_sources, load
-from muvo_doctor.run.fdio import SymlinkRefused, write_atomic
 
 HELP = "judge finished training logs (text, tqdm, Keras, CSV, JSON lines, trainer_state.json, TensorBoard)"
 # Fewer records than this from a log with carriage-return rewrites: it was one long progress bar,
@@ -136,6 +136,23 @@ def _err(msg: str) -> None:
     print(f"muvo-doctor audit: {msg}", file=sys.stderr)
 
 
+def _write_report(path: Path, payload: object, follow_symlinks: bool) -> bool:
+    """Write ``--report`` whole or not at all; False (said on stderr) when it could not be written."""
+    data = (json.dumps(payload, indent=2) + "\n").encode("utf-8")
+    try:  # all or nothing: a full disk leaves the previous report whole, never a part
+        write_atomic(path, data, follow_symlinks=follow_symlinks)
+    except SymlinkRefused:
+        _err(
+            f"--report {path}: a symbolic link; its target is left untouched. Pass "
+            "--follow-symlinks to write through it, or pick another path"
+        )
+        return False
+    except OSError as exc:
+        _err(f"--report {path}: cannot write ({exc.strerror or exc}); pass a writable path")
+        return False
+    return True
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
@@ -184,19 +201,8 @@ def main(args: argparse.Namespace) -> int:
         if len(reports) == 1
         else [r.model_dump(by_alias=True) for r in reports]
     )
-    if args.report and reports:
-        data = (json.dumps(payload, indent=2) + "\n").encode("utf-8")
-        try:  # all or nothing: a full disk leaves the previous report whole, never a part
-            write_atomic(args.report, data, follow_symlinks=args.follow_symlinks)
-        except SymlinkRefused:
-            _err(
-                f"--report {args.report}: a symbolic link; its target is left untouched. Pass "
-                "--follow-symlinks to write through it, or pick another path"
-            )
-            return 2
-        except OSError as exc:
-            _err(f"--report {args.report}: cannot write ({exc.strerror or exc}); pass a writable path")
-            return 2
+    if args.report and reports and not _write_report(args.report, payload, args.follow_symlinks):
+        return 2
     if args.json:
         if reports:
             print(json.dumps(payload, indent=2))

@@ -34,7 +34,7 @@ import numpy as np
 from muvo_doctor.core.checks import ALL_CHECKS
 from muvo_doctor.core.checks._common import finite, fmt, label_prior, median_se, progress, step_noise
 from muvo_doctor.core.config import DoctorConfig
-from muvo_doctor.core.finding import SEVERITY_RANK, Finding, Report, Verdict, verdict_of
+from muvo_doctor.core.finding import BASELINE_KEYS, SEVERITY_RANK, Finding, Report, Verdict, verdict_of
 from muvo_doctor.core.history import History
 from muvo_doctor.core.observation import Observation
 
@@ -420,7 +420,7 @@ class Doctor:
         out = []
         for f in self._findings.values():
             if f.resolved_step is None:
-                for key in ("baseline_loss", "prior_entropy"):
+                for key in BASELINE_KEYS:
                     v = f.evidence.get(key)
                     if isinstance(v, (int, float)) and math.isfinite(v):
                         out.append(float(v))

@@ -13,6 +13,9 @@ EvidenceValue = float | int | str | bool | None | list[float] | list[int] | list
 
 SCHEMA = "muvo-doctor/report/v1"
 SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
+# Evidence keys that hold the loss of predicting the label prior (checks/prior_baseline.py): the chart
+# draws its line there, and a loss resting on it is no evidence of learning.
+BASELINE_KEYS = ("baseline_loss", "prior_entropy")
 
 
 class Finding(BaseModel):

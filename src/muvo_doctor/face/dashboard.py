@@ -40,7 +40,7 @@ from muvo_doctor.core.finding import Finding
 from muvo_doctor.face.frame import snapshot_dashboard
 from muvo_doctor.face.live import LiveView, StdoutCRLF
 from muvo_doctor.face.style import wants_plain
-from muvo_doctor.run.fdio import fd_of, write_all
+from muvo_doctor.fdio import fd_of, write_all
 
 
 class View(Protocol):

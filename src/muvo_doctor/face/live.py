@@ -24,7 +24,7 @@ from rich.text import Text
 from muvo_doctor.core.doctor import Doctor
 from muvo_doctor.core.finding import Finding
 from muvo_doctor.face.frame import render_dashboard, snapshot_dashboard
-from muvo_doctor.run.fdio import fd_of, write_all
+from muvo_doctor.fdio import fd_of, write_all
 
 REFRESH_SECONDS = 0.25  # at most 4 dashboard refreshes a second
 ALERT_STYLE = "bold bright_white on red"

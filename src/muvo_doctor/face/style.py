@@ -13,7 +13,7 @@ from typing import TextIO
 
 from rich.console import Console
 
-from muvo_doctor.core.finding import Finding
+from muvo_doctor.core.finding import BASELINE_KEYS, Finding
 
 SEVERITY_ORDER = ("critical", "warning", "info")  # worst first, as summaries count them
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
@@ -23,9 +23,6 @@ VERDICT_STYLE = {
     "healthy": "bold black on green",
     "inconclusive": "bold black on white",
 }
-# Evidence keys that hold the loss of predicting the label prior (checks/prior_baseline.py): the
-# charted loss gets a horizontal line there, so the line matches the finding's message.
-BASELINE_KEYS = ("baseline_loss", "prior_entropy")
 
 
 def wants_plain(plain: bool, console: Console) -> bool:

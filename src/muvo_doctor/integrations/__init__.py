@@ -39,8 +39,8 @@ import torch
 from muvo_doctor.core.config import DoctorConfig
 from muvo_doctor.core.doctor import Doctor, confirmed_dead
 from muvo_doctor.core.finding import Finding, Report
-from muvo_doctor.core.observation import Observation
 from muvo_doctor.core.names import classify
+from muvo_doctor.core.observation import Observation
 from muvo_doctor.recorder import Recorder
 
 StopOn = Literal["dead"]

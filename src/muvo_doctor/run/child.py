@@ -15,7 +15,7 @@ import tty
 from pathlib import Path
 from typing import Any
 
-from muvo_doctor.run.fdio import write_all
+from muvo_doctor.fdio import write_all
 from muvo_doctor.run.inject import PYTHONPATH_DIR
 from muvo_doctor.run.lines import LineSplitter
 

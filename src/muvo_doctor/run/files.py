@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from muvo_doctor.run.fdio import SymlinkRefused, create_replacing, write_atomic
+from muvo_doctor.fdio import SymlinkRefused, create_replacing, write_atomic
 
 RECORD_FLUSH_S = 0.5  # the --record file is flushed this often: a SIGKILL loses at most ~0.75 s of it
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from muvo_doctor.run.fdio import write_all
+from muvo_doctor.fdio import write_all
 
 SELECT_TIMEOUT_S = 0.25  # the loop wakes at least 4 times a second (timers, signals, the view)
 READ_BURST = 1 << 20  # bytes read and passed through from one output before the others get a turn

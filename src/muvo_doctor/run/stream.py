@@ -31,7 +31,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from muvo_doctor.core.observation import Observation
-from muvo_doctor.run.fdio import write_all
+from muvo_doctor.fdio import write_all
 
 SCHEMA = "muvo-doctor/telemetry/v1"
 # Writes of at most PIPE_BUF bytes to a pipe or FIFO are atomic, so lines from several ranks
