@@ -50,22 +50,27 @@ class _Buffer:
     def __len__(self) -> int:
         return self.n + len(self.tail_values)
 
+    def _reserve(self, need: int, cap_limit: int) -> None:
+        """Room for ``need`` points: capacity doubles (amortised O(1) per point), up to ``cap_limit``."""
+        if need <= len(self.values):
+            return
+        cap = max(64, len(self.values))
+        while cap < need:
+            cap *= 2
+        cap = max(min(cap, cap_limit), need)
+        steps = np.empty(cap, dtype=np.int64)
+        values = np.empty(cap, dtype=np.float64)
+        steps[: self.n] = self.steps[: self.n]
+        values[: self.n] = self.values[: self.n]
+        self.steps, self.values = steps, values
+
     def flush(self, cap_limit: int) -> None:
         """Move the tail into the arrays (amortised O(1) per point)."""
         k = len(self.tail_values)
         if not k:
             return
         need = self.n + k
-        if need > len(self.values):
-            cap = max(64, len(self.values))
-            while cap < need:
-                cap *= 2
-            cap = max(min(cap, cap_limit), need)
-            steps = np.empty(cap, dtype=np.int64)
-            values = np.empty(cap, dtype=np.float64)
-            steps[: self.n] = self.steps[: self.n]
-            values[: self.n] = self.values[: self.n]
-            self.steps, self.values = steps, values
+        self._reserve(need, cap_limit)
         self.steps[self.n : need] = self.tail_steps
         self.values[self.n : need] = self.tail_values
         self.n = need
@@ -78,16 +83,7 @@ class _Buffer:
         self.flush(cap_limit)
         m = len(values)
         need = self.n + m
-        if need > len(self.values):
-            cap = max(64, len(self.values))
-            while cap < need:
-                cap *= 2
-            cap = max(min(cap, cap_limit), need)
-            grown_s = np.empty(cap, dtype=np.int64)
-            grown_v = np.empty(cap, dtype=np.float64)
-            grown_s[: self.n] = self.steps[: self.n]
-            grown_v[: self.n] = self.values[: self.n]
-            self.steps, self.values = grown_s, grown_v
+        self._reserve(need, cap_limit)
         self.steps[self.n : need] = steps
         self.values[self.n : need] = values
         self.n = need
