@@ -275,6 +275,18 @@ def test_whitespace_table_with_a_header_row(tmp_path):
     assert not [n for n in h.names() if "images" in n or "instances" in n or "size" in n]
 
 
+def test_fastai_table_from_the_first_line_with_a_time_column(tmp_path):
+    # fastai's progress table: the header is the file's first line; the "time" cells are durations.
+    text = "epoch     train_loss  valid_loss  accuracy  time    \n" + "".join(
+        f"{e:<10}{0.9 - 0.1 * e:<12.6f}{0.8 - 0.05 * e:<12.6f}{0.6 + 0.03 * e:<10.6f}00:12     \n"
+        for e in range(4)
+    )
+    h, _ = read(tmp_path, "fastai.log", text)
+    assert values(h, "train/loss") == [0.9, 0.8, 0.7, 0.6] and values(h, "val/loss") == [0.8, 0.75, 0.7, 0.65]
+    assert steps(h, "train/loss") == [0, 1, 2, 3]
+    assert not [n for n in h.names() if "time" in n]
+
+
 def test_yolov5_results_txt_columns(tmp_path):
     rows = "".join(
         f"{e:>10}/29{'1.93G':>10}{0.09 - e / 1000:>10.4g}{0.1:>10.4g}{0:>10.4g}{0.19:>10.4g}{30:>10}{416:>10}"

@@ -16,10 +16,12 @@ _RULE_CELL_RE = re.compile(r"^:?-{2,}:?$|^=+$")
 # Anchored on "\n" (a literal the engine skips to) with possessive quantifiers: it runs on every
 # chunk, so it must fail fast on ordinary lines.
 _HEADER_RE = re.compile(
-    r"\n[ \t]*+([A-Za-z][\w()@.\-%/]*+(?:[ \t]++[A-Za-z][\w()@.\-%/]*+){2,}+[ \t]*+(?::[ \t][^\n]*%\|[^\n]*)?)(?=\n)"
+    r"(?:\A|\n)[ \t]*+([A-Za-z][\w()@.\-%/]*+(?:[ \t]++[A-Za-z][\w()@.\-%/]*+){2,}+[ \t]*+(?::[ \t][^\n]*%\|[^\n]*)?)(?=\n)"
 )
 _NAN_RE = re.compile(r"^(?:nan|inf|infinity)$", re.IGNORECASE)
 _CELL_NUM_RE = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(%|/\d+|[KMG])?$")
+# A duration cell ("00:12", "1:02:03", fastai's "time" column): fits a row, is not a value.
+_TIME_CELL_RE = re.compile(r"^\d+(?::\d\d){1,2}$")
 # Table column titles that are not keys by themselves.
 _COLUMN_ALIASES = {"p": "precision", "r": "recall", "box(p": "precision", "mask(p": "mask_precision"}
 
@@ -37,7 +39,7 @@ def _row_tokens(line: str) -> list[str]:
 
 def _row_fits(line: str, n: int) -> bool:
     toks = _row_tokens(line)
-    return len(toks) == n and all(_CELL_NUM_RE.match(t) for t in toks[1:])
+    return len(toks) == n and all(_CELL_NUM_RE.match(t) or _TIME_CELL_RE.match(t) for t in toks[1:])
 
 
 def _next_line(text: str, pos: int) -> str | None:
