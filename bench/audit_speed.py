@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 _CHILD = {
@@ -122,22 +123,38 @@ def write_log(path: Path, mb: float, seed: int = 0) -> int:
     return path.stat().st_size
 
 
-def write_dense_log(path: Path, mb: float, seed: int = 0) -> int:
-    """A log where every line is a record (``step N loss: x acc: y% lr: z``): the reader's worst case."""
-    rng = random.Random(seed)
+def _write_steps(
+    path: Path, mb: float, lines_of: Callable[[int, float, random.Random], list[str]], head: str = ""
+) -> int:
+    """About ``mb`` megabytes of ``head`` then ``lines_of(step, loss)`` for steps 0, 1, ... (a slowly
+    falling loss with noise, seeded); returns the size in bytes."""
+    rng = random.Random(0)
     target = int(mb * 1e6)
-    size = step = 0
-    with open(path, "w", encoding="utf-8") as f:
+    step = 0
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write(head)
+        size = len(head)
         while size < target:
             lines = []
             for _ in range(10_000):
                 loss = 0.3 + 0.7 * math.exp(-step / 1e6) + rng.gauss(0, 0.02)
-                lines.append(f"step {step} loss: {loss:.4f} acc: {90 + rng.gauss(0, 1):.2f}% lr: 1.000e-03\n")
+                lines += lines_of(step, loss, rng)
                 step += 1
             chunk = "".join(lines)
             f.write(chunk)
             size += len(chunk)
     return path.stat().st_size
+
+
+def write_dense_log(path: Path, mb: float) -> int:
+    """A log where every line is a record (``step N loss: x acc: y% lr: z``): the reader's worst case."""
+    return _write_steps(
+        path,
+        mb,
+        lambda step, loss, rng: [
+            f"step {step} loss: {loss:.4f} acc: {90 + rng.gauss(0, 1):.2f}% lr: 1.000e-03\n"
+        ],
+    )
 
 
 def measure(code: str, log: Path) -> tuple[float, float, float]:
@@ -151,54 +168,35 @@ def measure(code: str, log: Path) -> tuple[float, float, float]:
     return float(out[0]), int(out[1]) / 1024, float(out[2])
 
 
-def write_jsonl(path: Path, mb: float, seed: int = 0) -> int:
+def write_jsonl(path: Path, mb: float) -> int:
     """Dense JSON lines, one training record per step (step, loss, acc, lr, epoch) and an
     evaluation record every 1,000 steps, numbers as a Python logger writes them."""
-    rng = random.Random(seed)
-    target = int(mb * 1e6)
-    size = step = 0
-    with open(path, "w", encoding="utf-8") as f:
-        while size < target:
-            lines = []
-            for _ in range(10_000):
-                loss = 0.3 + 0.7 * math.exp(-step / 1e6) + rng.gauss(0, 0.02)
-                lr = 1e-3 * 0.999 ** (step // 1000)
-                lines.append(
-                    f'{{"step": {step}, "loss": {loss:.6f}, "acc": {0.9 + rng.gauss(0, 0.01):.4f}, '
-                    f'"lr": {lr!r}, "epoch": {round(step / 5000, 3)!r}}}\n'
-                )
-                if step % 1000 == 999:
-                    lines.append(f'{{"step": {step}, "val_loss": {loss + 0.05:.6f}, "val_acc": 0.8912}}\n')
-                step += 1
-            chunk = "".join(lines)
-            f.write(chunk)
-            size += len(chunk)
-    return path.stat().st_size
+
+    def lines_of(step: int, loss: float, rng: random.Random) -> list[str]:
+        lr = 1e-3 * 0.999 ** (step // 1000)
+        out = [
+            f'{{"step": {step}, "loss": {loss:.6f}, "acc": {0.9 + rng.gauss(0, 0.01):.4f}, '
+            f'"lr": {lr!r}, "epoch": {round(step / 5000, 3)!r}}}\n'
+        ]
+        if step % 1000 == 999:
+            out.append(f'{{"step": {step}, "val_loss": {loss + 0.05:.6f}, "val_acc": 0.8912}}\n')
+        return out
+
+    return _write_steps(path, mb, lines_of)
 
 
-def write_csv(path: Path, mb: float, seed: int = 0) -> int:
+def write_csv(path: Path, mb: float) -> int:
     """A dense Lightning-style metrics.csv: a training row per step (floats as reprs), a validation
     row every 1,000 steps with the training columns empty."""
-    rng = random.Random(seed)
-    target = int(mb * 1e6)
-    size = step = 0
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        head = "step,epoch,train_loss,train_acc,lr-Adam,val_loss,val_acc\n"
-        f.write(head)
-        size = len(head)
-        while size < target:
-            lines = []
-            for _ in range(10_000):
-                loss = 0.3 + 0.7 * math.exp(-step / 1e6) + rng.gauss(0, 0.02)
-                lr = 1e-3 * 0.999 ** (step // 1000)
-                lines.append(f"{step},{step // 5000},{loss!r},{0.9 + rng.gauss(0, 0.01)!r},{lr!r},,\n")
-                if step % 1000 == 999:
-                    lines.append(f"{step},{step // 5000},,,,{loss + 0.05!r},{0.89 + rng.gauss(0, 0.01)!r}\n")
-                step += 1
-            chunk = "".join(lines)
-            f.write(chunk)
-            size += len(chunk)
-    return path.stat().st_size
+
+    def lines_of(step: int, loss: float, rng: random.Random) -> list[str]:
+        lr = 1e-3 * 0.999 ** (step // 1000)
+        out = [f"{step},{step // 5000},{loss!r},{0.9 + rng.gauss(0, 0.01)!r},{lr!r},,\n"]
+        if step % 1000 == 999:
+            out.append(f"{step},{step // 5000},,,,{loss + 0.05!r},{0.89 + rng.gauss(0, 0.01)!r}\n")
+        return out
+
+    return _write_steps(path, mb, lines_of, head="step,epoch,train_loss,train_acc,lr-Adam,val_loss,val_acc\n")
 
 
 WRITERS = {"console": write_log, "jsonl": write_jsonl, "csv": write_csv, "dense": write_dense_log}
