@@ -166,9 +166,9 @@ class Session:
         norms, the learning rate, ...) are skipped.
         """
         for key, v in values.items():
-            if isinstance(v, bool) or not isinstance(v, int | float) or str(key).startswith("doctor/"):
+            if isinstance(v, bool) or not isinstance(v, int | float):
                 continue
-            name, _, is_step = classify(str(key))
+            name, _, is_step = classify(str(key))  # our own doctor/* keys classify as no signal
             if name is None or is_step or name.startswith(RECORDED):
                 continue
             # Held until the doctor's grid passes `step`: the recorder's flushes may lag behind the logger.
