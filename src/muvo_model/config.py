@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message is one line naming the fix."""
+# One reader and one error line for every --config of the project (muvo-doctor's and muvo-train's).
+from muvo_doctor.core.config import ConfigError as ConfigError
+from muvo_doctor.core.config import read_toml, validation_line
 
 
 class _Section(BaseModel):
@@ -96,27 +96,6 @@ class RunConfig(_Section):
     doctor: DoctorSection = DoctorSection()
 
 
-def _section_at(loc: tuple[Any, ...]) -> type[BaseModel]:
-    section: type[BaseModel] = RunConfig
-    for part in loc:
-        field = section.model_fields.get(str(part))
-        if field is None or not (
-            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-        ):
-            break
-        section = field.annotation
-    return section
-
-
-def _one_line(err: ValidationError, where: str) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"])
-    if e["type"] == "extra_forbidden":
-        valid = ", ".join(sorted(_section_at(e["loc"][:-1]).model_fields))
-        return f"{where}: unknown key '{loc}'; valid keys here are: {valid}"
-    return f"{where}: bad value for '{loc}': {e['msg']}"
-
-
 def _parse_value(text: str) -> Any:
     """A ``--set`` value as TOML (numbers, booleans, quoted strings, arrays); a bare word stays a string."""
     try:
@@ -155,20 +134,14 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
     data: dict[str, Any] = {}
     where = "--set"
     if path is not None:
-        p = Path(path)
-        where = str(p)
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: no such config file; pass an existing TOML file to --config") from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{p}: not a readable TOML file ({exc}); fix the syntax") from None
+        where = str(Path(path))
+        data = read_toml(path)
     try:
         RunConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_one_line(err, where)) from None
+        raise ConfigError(validation_line(err, where, RunConfig)) from None
     data = apply_overrides(data, overrides or [])
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_one_line(err, "--set" if overrides else where)) from None
+        raise ConfigError(validation_line(err, "--set" if overrides else where, RunConfig)) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -162,16 +163,41 @@ class DoctorConfig(BaseModel):
     thresholds: Thresholds = Thresholds()
 
 
-def _unknown_keys_message(err: ValidationError, where: str) -> str | None:
-    for e in err.errors():
-        if e["type"] == "extra_forbidden":
-            loc = ".".join(str(p) for p in e["loc"])
-            section: type[BaseModel] = DoctorConfig
-            for part in e["loc"][:-1]:
-                section = section.model_fields[str(part)].annotation  # type: ignore[assignment]
-            valid = ", ".join(sorted(section.model_fields))
-            return f"{where}: unknown key '{loc}'; valid keys here are: {valid}"
-    return None
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The tables of a TOML config file, for any of our commands' ``--config``.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or not TOML (one line naming the fix).
+    """
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{p}: no such config file; pass an existing TOML file to --config or drop it"
+        ) from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{p}: not a readable TOML file ({exc}); fix the syntax or drop --config") from None
+
+
+def validation_line(err: ValidationError, where: str, root: type[BaseModel]) -> str:
+    """The first problem pydantic found in a config, as one line: an unknown key lists the valid keys of its
+    table (the commonest mistake is a typo), a bad value says what was expected."""
+    errors = err.errors()
+    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
+    loc = ".".join(str(p) for p in e["loc"])
+    if e["type"] != "extra_forbidden":
+        return f"{where}: bad value for '{loc}': {e['msg']}"
+    section = root
+    for part in e["loc"][:-1]:
+        field = section.model_fields.get(str(part))
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
+            break
+        section = field.annotation
+    valid = ", ".join(sorted(section.model_fields))
+    return f"{where}: unknown key '{loc}'; valid keys here are: {valid}"
 
 
 def load_config(path: str | Path | None = None) -> DoctorConfig:
@@ -182,19 +208,8 @@ def load_config(path: str | Path | None = None) -> DoctorConfig:
     """
     if path is None:
         return DoctorConfig()
-    p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such config file; pass an existing TOML file or drop --config") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{p}: not a readable TOML file ({exc}); fix the syntax or drop --config") from None
+    data = read_toml(path)
     try:
         return DoctorConfig.model_validate(data)
     except ValidationError as err:
-        msg = _unknown_keys_message(err, str(p))
-        if msg is None:
-            first = err.errors()[0]
-            loc = ".".join(str(x) for x in first["loc"])
-            msg = f"{p}: bad value for '{loc}': {first['msg']}"
-        raise ConfigError(msg) from None
+        raise ConfigError(validation_line(err, str(Path(path)), DoctorConfig)) from None
