@@ -32,7 +32,7 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Mapping
-from typing import Any, Literal, TextIO
+from typing import Any, ClassVar, Literal, TextIO
 
 import torch
 
@@ -147,17 +147,6 @@ class Session:
         if self.recorder is None:
             self.recorder = Recorder(model, unwrap_optimizer(optimizer), doctor=self.doctor)
 
-    def record(
-        self,
-        step: int,
-        loss: torch.Tensor | float,
-        outputs: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-    ) -> None:
-        """One optimizer step (call after it); tensors stay on their device."""
-        if self.recorder is not None:
-            self.recorder.record(step, loss=loss, outputs=outputs, labels=labels)
-
     def metrics(self, step: int, values: Mapping[str, Any]) -> None:
         """Metrics the framework logged at ``step``: host numbers only (a tensor would cost a sync).
 
@@ -227,9 +216,23 @@ class Session:
 
 
 class Watching:
-    """What a callback shows after training: its report and its Doctor (both callbacks inherit it)."""
+    """The callbacks' common face: their keyword arguments, and what they show after training (their report
+    and their Doctor). Both callbacks inherit it first, so this ``__init__`` is theirs."""
 
-    session: Session
+    source: ClassVar[str]  # the framework, as the report names it until the model is known
+
+    def __init__(
+        self,
+        *,
+        stop_on: StopOn | None = None,
+        config: DoctorConfig | None = None,
+        print_report: bool = True,
+        stream: TextIO | None = None,
+    ) -> None:
+        super().__init__()
+        self.session = Session(
+            stop_on=stop_on, config=config, source=self.source, print_report=print_report, stream=stream
+        )
 
     @property
     def doctor(self) -> Doctor:

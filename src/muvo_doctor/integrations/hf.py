@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 
-from muvo_doctor.core.config import DoctorConfig
-from muvo_doctor.integrations import Session, StopOn, Watching
+from muvo_doctor.integrations import Watching
 
 try:
     from transformers import TrainerCallback
@@ -39,7 +38,7 @@ except ImportError:
     ) from None
 
 
-class DoctorCallback(TrainerCallback, Watching):
+class DoctorCallback(Watching, TrainerCallback):
     """Watch a Trainer run with the doctor: findings to the Trainer's logs, optional stop, the report at the end.
 
     Args:
@@ -54,21 +53,11 @@ class DoctorCallback(TrainerCallback, Watching):
     After ``train()``: ``callback.report`` (the report of docs/contract.md) and ``callback.doctor``.
     """
 
-    def __init__(
-        self,
-        *,
-        stop_on: StopOn | None = None,
-        config: DoctorConfig | None = None,
-        print_report: bool = True,
-        stream: TextIO | None = None,
-    ) -> None:
-        self.session = Session(
-            stop_on=stop_on, config=config, source="transformers", print_report=print_report, stream=stream
-        )
-        self._batch: tuple[Any, Any, Any] | None = None  # (loss, logits, labels) of the last training forward
-        self._hook: torch.utils.hooks.RemovableHandle | None = None
-        self._forward_loss = False  # the model returned its loss at least once
-        self._finished = False
+    source = "transformers"
+    _batch: tuple[Any, Any, Any] | None = None  # (loss, logits, labels) of the last training forward
+    _hook: torch.utils.hooks.RemovableHandle | None = None
+    _forward_loss = False  # the model returned its loss at least once
+    _finished = False
 
     # -- Trainer events ------------------------------------------------------------------------------
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -97,7 +86,8 @@ class DoctorCallback(TrainerCallback, Watching):
         if self._batch is not None:
             loss, logits, labels = self._batch
             self._batch = None
-            self.session.record(step, loss, logits, labels)
+            if (recorder := self.session.recorder) is not None:
+                recorder.record(step, loss=loss, outputs=logits, labels=labels)
         why = self.session.should_stop()
         if why is not None:
             control.should_training_stop = True
@@ -114,8 +104,9 @@ class DoctorCallback(TrainerCallback, Watching):
             # final evaluation goes into it, so the final findings reach the loggers.
             self._finish()
         elif not self._finished:
-            if not self._forward_loss and isinstance(logs.get("loss"), int | float):
-                self.session.record(step, float(logs["loss"]))  # a model that does not return its loss
+            recorder = self.session.recorder
+            if recorder is not None and not self._forward_loss and isinstance(logs.get("loss"), int | float):
+                recorder.record(step, loss=float(logs["loss"]))  # a model that does not return its loss
             self.session.metrics(step, logs)
         scalars, texts = self.session.updates()
         if not scalars:

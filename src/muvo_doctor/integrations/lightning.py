@@ -16,12 +16,11 @@ early-stopping callbacks make; never one per step). What it writes to the traine
 
 from __future__ import annotations
 
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 
-from muvo_doctor.core.config import DoctorConfig
-from muvo_doctor.integrations import Session, StopOn, Watching, labels_of
+from muvo_doctor.integrations import Watching, labels_of
 
 try:
     import lightning.pytorch as pl
@@ -50,7 +49,7 @@ def _step_outputs(outputs: Any) -> tuple[torch.Tensor | None, torch.Tensor | Non
     )
 
 
-class DoctorCallback(pl.Callback, Watching):
+class DoctorCallback(Watching, pl.Callback):
     """Watch a Lightning fit with the doctor: findings to the loggers, optional stop, the report at the end.
 
     Args:
@@ -64,19 +63,8 @@ class DoctorCallback(pl.Callback, Watching):
     After ``fit``: ``callback.report`` (the report of docs/contract.md) and ``callback.doctor``.
     """
 
-    def __init__(
-        self,
-        *,
-        stop_on: StopOn | None = None,
-        config: DoctorConfig | None = None,
-        print_report: bool = True,
-        stream: TextIO | None = None,
-    ) -> None:
-        super().__init__()
-        self.session = Session(
-            stop_on=stop_on, config=config, source="lightning", print_report=print_report, stream=stream
-        )
-        self._last_step = -1
+    source = "lightning"
+    _last_step = -1
 
     # -- Lightning hooks -------------------------------------------------------------------------
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -100,7 +88,10 @@ class DoctorCallback(pl.Callback, Watching):
         loss, out, labels = _step_outputs(outputs)
         if loss is None:
             return  # training_step skipped this batch (returned None)
-        self.session.record(step, loss, out, labels if labels is not None else labels_of(batch))
+        if (recorder := self.session.recorder) is not None:
+            recorder.record(
+                step, loss=loss, outputs=out, labels=labels if labels is not None else labels_of(batch)
+            )
         self._log(trainer, step)
         why = self.session.should_stop()
         if why is not None:
