@@ -10,6 +10,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import termios
@@ -167,6 +168,92 @@ def test_a_background_grandchild_is_drained_until_it_closes_the_output(doctor_ru
     )
     assert p.returncode == 0
     assert p.stdout.count(b"grandchild") == 4, p.stdout
+
+
+def _in_a_terminal(doctor_run, *args: str) -> tuple[int, subprocess.Popen[bytes]]:
+    """`muvo-doctor run ARGS` with a terminal as stdin, stdout and stderr: (the terminal's master, it)."""
+    master, slave = pty.openpty()
+    wrapper = subprocess.Popen(
+        [*doctor_run.argv, *args], stdin=slave, stdout=slave, stderr=slave,
+        env=dict(os.environ, NO_COLOR="1"), start_new_session=True,
+    )  # fmt: skip
+    os.close(slave)
+    return master, wrapper
+
+
+def _read_to_end(master: int, until: bytes | None = None, timeout: float = 60) -> bytes:
+    """What the terminal shows until ``until`` appears, or until every holder of it closed it."""
+    out = b""
+    while (until is None or until not in out) and select.select([master], [], [], timeout)[0]:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the wrapper and everything it left have closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def _under_a_terminal(doctor_run, *args: str, timeout: float = 60) -> tuple[int, bytes]:
+    master, wrapper = _in_a_terminal(doctor_run, *args)
+    out = _read_to_end(master, timeout=timeout)
+    os.close(master)
+    return wrapper.wait(timeout=timeout), out
+
+
+def test_under_a_terminal_a_background_grandchild_outlives_the_command_and_is_drained(doctor_run):
+    # Under a terminal the command no longer leads the inner terminal's session: its exit does not
+    # hang up (SIGHUP) the background job its shell left, as in a terminal without the wrapper.
+    code, out = _under_a_terminal(
+        doctor_run,
+        "--",
+        "sh",
+        "-c",
+        "(for i in 1 2 3 4; do sleep 0.2; echo grandchild $i; done) & echo main done",
+    )
+    assert code == 0
+    assert out.count(b"grandchild") == 4, out
+
+
+_TTY_CHILD = (
+    "import os\n"
+    "fd = os.open('/dev/tty', os.O_WRONLY)\n"  # a controlling terminal, not just a terminal on stdout
+    "os.write(fd, b'via /dev/tty\\n')\n"
+    "print('isatty', os.isatty(0), os.isatty(1), os.isatty(2), flush=True)\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("command", "code", "shown"),
+    [
+        (["sh", "-c", "exit 3"], 3, b""),
+        (["sh", "-c", "kill -TERM $$"], 128 + signal.SIGTERM, b""),
+        ([PY, "-c", _TTY_CHILD], 0, b"via /dev/tty\r\nisatty True True True\r\n"),
+        (["no-such-command-muvo"], 127, b"cannot start 'no-such-command-muvo'"),
+    ],
+)
+def test_under_a_terminal_the_command_keeps_its_exit_code_and_its_terminal(doctor_run, command, code, shown):
+    got, out = _under_a_terminal(doctor_run, "--", *command)
+    assert got == code, out
+    assert shown in out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_under_a_terminal_a_signal_to_the_wrapper_reaches_the_command_once(doctor_run, sig):
+    code = (
+        "import signal, sys, time\n"
+        "def on(s, f): print('got', signal.Signals(s).name, flush=True); sys.exit(40 + s)\n"
+        "for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP): signal.signal(s, on)\n"
+        "print('ready', flush=True); time.sleep(30)\n"
+    )
+    master, wrapper = _in_a_terminal(doctor_run, "--", PY, "-c", code)
+    out = _read_to_end(master, until=b"ready")
+    wrapper.send_signal(sig)
+    out += _read_to_end(master)
+    os.close(master)
+    assert wrapper.wait(timeout=30) == 40 + sig, out
+    assert out.count(b"got ") == 1 and f"got {sig.name}".encode() in out, out
 
 
 def test_the_doctors_lines_never_split_a_childs_line(doctor_run):

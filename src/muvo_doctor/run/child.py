@@ -17,6 +17,7 @@ from typing import Any
 
 from muvo_doctor.fdio import write_all
 from muvo_doctor.run.inject import PYTHONPATH_DIR
+from muvo_doctor.run.leader import LeaderChild, spawn_led
 from muvo_doctor.run.lines import LineSplitter
 
 KILL_GRACE_S = 10.0  # SIGTERM -> SIGKILL (after a second Ctrl-C), SIGINT -> SIGTERM (--stop-on)
@@ -93,30 +94,24 @@ class ChildProcess:
             size = winsize(1)
             if size is not None:
                 fcntl.ioctl(slave, termios.TIOCSWINSZ, size)
-            stderr: Any = slave if is_tty(2) else subprocess.PIPE
-
-            def make_controlling_tty() -> None:
-                # A session of its own with the pty as controlling terminal: job control, Ctrl-C
-                # (the \x03 we forward) and window-size signals reach the child as in a terminal.
-                os.setsid()
-                fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-
             # No output processing on the child's side: our terminal does it once, as it would
             # without us (with both, every \r\n the child wrote arrived as \r\r\n).
             attrs = termios.tcgetattr(slave)
             attrs[1] &= ~termios.OPOST
             termios.tcsetattr(slave, termios.TCSANOW, attrs)
-
-            self.child = subprocess.Popen(
-                cmd,
-                stdin=slave if stdin_tty else None,
-                stdout=slave,
-                stderr=stderr,
-                env=env,
-                preexec_fn=make_controlling_tty,
-            )
-            os.close(slave)
+            # A session of its own with the pty as controlling terminal, led by a small process of
+            # ours (run/leader.py: the command's exit must not hang up its background jobs): job
+            # control, Ctrl-C (the \x03 we forward) and window-size signals reach the child as in a
+            # terminal.
+            try:
+                self.child = spawn_led(cmd, slave, stdin_tty=stdin_tty, stderr_tty=is_tty(2), env=env)
+            except OSError:
+                os.close(master)
+                raise
+            finally:
+                os.close(slave)
             self.master = master
+            self._register(self.child.status_fd, "status")
             self._register(master, "out")
             if self.child.stderr is not None:
                 self._register(self.child.stderr.fileno(), "err")
@@ -182,6 +177,17 @@ class ChildProcess:
             return
         with contextlib.suppress(OSError):
             write_all(self.master, data)
+
+    def _child_status(self, fd: int) -> None:
+        """The command's leader said something (the command ended) or left: its pipe is done then."""
+        assert isinstance(self.child, LeaderChild)
+        if not self.child.read_status():
+            self.sel.unregister(fd)
+
+    def _release_child(self) -> None:
+        """Every holder of the output has closed it: a session leader may go now."""
+        if isinstance(self.child, LeaderChild):
+            self.child.release()
 
     def _signal_child(self, sig: int) -> None:
         assert self.child is not None

@@ -100,6 +100,8 @@ class Passthrough:
                 elif what in ("wake", "fifo"):
                     with contextlib.suppress(OSError):
                         os.read(fd, 1 << 16)
+                elif what == "status":
+                    self._child_status(fd)
             self._handle_signals()
             self._timers()
         self.returncode = self.child.returncode

@@ -43,6 +43,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 from muvo_doctor.run.child import KILL_GRACE_S, ChildProcess, is_tty, same_file, widen_pipe
 from muvo_doctor.run.files import RunFiles
+from muvo_doctor.run.leader import LeaderChild
 from muvo_doctor.run.passthrough import (
     GATHER_BYTES,
     GATHER_PTY_S,
@@ -93,7 +94,7 @@ class Runner(ChildProcess, Passthrough, Session, RunFiles):
         self.source = command_line(opts.command, redact=opts.redact)  # the only form any output shows
         self.doctor: Any = None  # made in _setup, after the child started
         self.use_pty = is_tty(1)
-        self.child: subprocess.Popen[bytes] | None = None
+        self.child: subprocess.Popen[bytes] | LeaderChild | None = None
         self.returncode: int | None = None
         self.sel = selectors.DefaultSelector()
         self._said: set[str] = set()
@@ -209,6 +210,8 @@ class Runner(ChildProcess, Passthrough, Session, RunFiles):
                 elif what == "wake":
                     with contextlib.suppress(OSError):
                         os.read(key.fd, 512)
+                elif what == "status":
+                    self._child_status(key.fd)
             self._handle_signals()
             self._timers()
             self._parse_on_the_side()
@@ -263,6 +266,7 @@ class Runner(ChildProcess, Passthrough, Session, RunFiles):
             self._judge_and_write()
         with contextlib.suppress(Exception):
             self.sel.close()
+        self._release_child()
         if getattr(self, "master", -1) >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.master)
