@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from muvo_doctor.core.checks._common import finite, make
-from muvo_doctor.core.config import DoctorConfig
+from muvo_doctor.core.config import DoctorConfig, Thresholds
 from muvo_doctor.core.finding import Finding
 from muvo_doctor.core.history import History
 
@@ -36,50 +36,57 @@ ADVICE = (
 
 
 def check(history: History, config: DoctorConfig) -> list[Finding]:
-    t = config.thresholds
-    got = finite(history, "label/positive_fraction")
-    if got is not None:
-        steps, v = got
-        if len(v) < t.li_min_batches:
-            return []
-        p = float(np.clip(v.mean(), 0.0, 1.0))
-        single = float(np.mean((v <= 0) | (v >= 1)))
-        ev = {"positive_fraction": p, "batches": len(v), "single_class_batch_share": single}
-        if p <= 0.0 or p >= 1.0:
-            cls = "positive" if p >= 1.0 else "negative"
-            msg = f"All {len(v)} recorded batches are {cls} only (label/positive_fraction = {p:.4g}): there is one class and nothing to learn."
-            return [make(ID, "critical", int(steps[0]), msg, ev, ADVICE)]
-        if p < t.li_min_fraction or p > 1 - t.li_min_fraction:
-            rare = min(p, 1 - p)
-            msg = (
-                f"Labels are {p:.2%} positive over {len(v)} batches ({single:.0%} of batches hold a single class): "
-                f"the rare class is 1 in {1 / rare:.0f}, beyond the 1 in {1 / t.li_min_fraction:.0f} limit."
-            )
-            return [make(ID, "warning", int(steps[0]), msg, ev, ADVICE)]
+    # A binary run records the positive share; a multi-class run the share of each class id.
+    binary = finite(history, "label/positive_fraction")
+    if binary is not None:
+        return _positive_share(*binary, config.thresholds)
+    return _one_class(history, config.thresholds) or _majority_class(history, config.thresholds)
+
+
+def _positive_share(steps: np.ndarray, v: np.ndarray, t: Thresholds) -> list[Finding]:
+    if len(v) < t.li_min_batches:
         return []
-    cls = finite(history, "label/classes")
-    if cls is not None and len(cls[1]) >= t.li_min_batches and float(cls[1].max()) <= 1:
-        msg = f"Only one label class was seen in {len(cls[1])} recorded batches (label/classes = 1): there is nothing to learn."
-        return [make(ID, "critical", int(cls[0][0]), msg, {"classes": 1, "batches": len(cls[1])}, ADVICE)]
-    names = [n for n in history.names("label/fraction/") if n.rsplit("/", 1)[-1].isdigit()]
-    if len(names) >= 2:
-        means = {}
-        first_step, count = None, 0
-        for n in names:
-            g = finite(history, n)
-            if g is None:
-                continue
-            means[n] = float(g[1].mean())
-            count = max(count, len(g[1]))
-            first_step = int(g[0][0]) if first_step is None else min(first_step, int(g[0][0]))
-        if count < t.li_min_batches or not means:
-            return []
-        top = max(means, key=means.__getitem__)
-        total = sum(means.values())
-        share = means[top] / total if total > 0 else 0.0
-        if share > 1 - t.li_min_fraction:
-            msg = f"Class {top.rsplit('/', 1)[-1]} holds {share:.2%} of the labels over {count} batches: the other {len(means) - 1} classes are almost absent."
-            return [
-                make(ID, "warning", first_step, msg, {"majority_class": top, "majority_share": share}, ADVICE)
-            ]
+    p = float(np.clip(v.mean(), 0.0, 1.0))
+    single = float(np.mean((v <= 0) | (v >= 1)))
+    ev = {"positive_fraction": p, "batches": len(v), "single_class_batch_share": single}
+    if p <= 0.0 or p >= 1.0:
+        cls = "positive" if p >= 1.0 else "negative"
+        msg = f"All {len(v)} recorded batches are {cls} only (label/positive_fraction = {p:.4g}): there is one class and nothing to learn."
+        return [make(ID, "critical", int(steps[0]), msg, ev, ADVICE)]
+    if p < t.li_min_fraction or p > 1 - t.li_min_fraction:
+        rare = min(p, 1 - p)
+        msg = (
+            f"Labels are {p:.2%} positive over {len(v)} batches ({single:.0%} of batches hold a single class): "
+            f"the rare class is 1 in {1 / rare:.0f}, beyond the 1 in {1 / t.li_min_fraction:.0f} limit."
+        )
+        return [make(ID, "warning", int(steps[0]), msg, ev, ADVICE)]
     return []
+
+
+def _one_class(history: History, t: Thresholds) -> list[Finding]:
+    cls = finite(history, "label/classes")
+    if cls is None or len(cls[1]) < t.li_min_batches or float(cls[1].max()) > 1:
+        return []
+    msg = f"Only one label class was seen in {len(cls[1])} recorded batches (label/classes = 1): there is nothing to learn."
+    return [make(ID, "critical", int(cls[0][0]), msg, {"classes": 1, "batches": len(cls[1])}, ADVICE)]
+
+
+def _majority_class(history: History, t: Thresholds) -> list[Finding]:
+    names = [n for n in history.names("label/fraction/") if n.rsplit("/", 1)[-1].isdigit()]
+    means: dict[str, float] = {}
+    first_step, count = 0, 0
+    for n in names:
+        g = finite(history, n)
+        if g is None:
+            continue
+        first_step = int(g[0][0]) if not means else min(first_step, int(g[0][0]))
+        means[n] = float(g[1].mean())
+        count = max(count, len(g[1]))
+    if len(means) < 2 or count < t.li_min_batches:
+        return []
+    top, total = max(means, key=means.__getitem__), sum(means.values())
+    share = means[top] / total if total > 0 else 0.0
+    if share <= 1 - t.li_min_fraction:
+        return []
+    msg = f"Class {top.rsplit('/', 1)[-1]} holds {share:.2%} of the labels over {count} batches: the other {len(means) - 1} classes are almost absent."
+    return [make(ID, "warning", first_step, msg, {"majority_class": top, "majority_share": share}, ADVICE)]
