@@ -242,15 +242,16 @@ def _rebound(history: History, t) -> Finding | None:
         tb, ta = got
         if ta < tb:
             continue  # the training side still improves: overfitting's business
+        now = float(v[-1])
         msg = (
-            f"{name} rose from its best {fmt(best)} at step {int(steps[best_i])} to {fmt(float(v[-1]))} and stayed "
+            f"{name} rose from its best {fmt(best)} at step {int(steps[best_i])} to {fmt(now)} and stayed "
             f"{t.div_rebound:g}x or more above it in each of the last {k} evaluations, while {LOSS} did not fall either "
             f"({fmt(tb)} -> {fmt(ta)}): both sides got worse, so the learning rate is too high."
         )
         ev = {
             "series": name,
             "best": best,
-            "now": float(v[-1]),
+            "now": now,
             "train_before": tb,
             "train_after": ta,
             "rule": "rebound",

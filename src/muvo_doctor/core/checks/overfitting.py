@@ -177,22 +177,17 @@ def _memorised(history: History, t) -> Finding | None:
         return None
     if not np.all(acc[1][-k:] >= 0.999) or not np.all(loss[1][-k:] * 10 < vloss[1][-k:]):
         return None
+    train, val = float(loss[1][-1]), float(vloss[1][-1])
     for name, ms, mv in scores(history, k + 1, ("val",)):
-        best = float(mv.max())
+        best, now = float(mv.max()), float(mv[-1])
         if not np.all(mv[-k:] < best - t.of_metric_tol):
             continue  # a score at its best (0.999 vs 1.0) is not hurt by the memorising
         msg = (
-            f"The training set is memorised: train/acc is 100% and {LOSS} {fmt(float(loss[1][-1]))} is "
-            f"{float(vloss[1][-1]) / max(float(loss[1][-1]), 1e-30):.0f}x below val/loss {fmt(float(vloss[1][-1]))} "
-            f"in each of the last {k} evaluations, while {name} ({float(mv[-1]):.4g}) stays below its best {best:.4g}."
+            f"The training set is memorised: train/acc is 100% and {LOSS} {fmt(train)} is "
+            f"{val / max(train, 1e-30):.0f}x below val/loss {fmt(val)} "
+            f"in each of the last {k} evaluations, while {name} ({now:.4g}) stays below its best {best:.4g}."
         )
-        ev = {
-            "series": name,
-            "best": best,
-            "now": float(mv[-1]),
-            "train_loss": float(loss[1][-1]),
-            "val_loss": float(vloss[1][-1]),
-        }
+        ev = {"series": name, "best": best, "now": now, "train_loss": train, "val_loss": val}
         return make(ID, "warning", int(ms[-k]), msg, ev, ADVICE)
     return None
 
