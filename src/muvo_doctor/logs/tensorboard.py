@@ -15,7 +15,7 @@ import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -73,6 +73,15 @@ def _fields(buf: bytes):  # -> Iterator[tuple[int, int, int | bytes]]
             i += 4
         else:  # groups (3, 4) are not used by these messages
             raise ValueError(f"unsupported wire type {wire}")
+
+
+def _last(buf: bytes, *wanted: tuple[int, int]) -> dict[tuple[int, int], Any]:
+    """The last value of each (field, wire type) asked for: how protobuf reads a non-repeated field."""
+    got: dict[tuple[int, int], Any] = {}
+    for field, wire, val in _fields(buf):
+        if (field, wire) in wanted:
+            got[field, wire] = val
+    return got
 
 
 def _tensor_scalar(buf: bytes) -> float | None:
@@ -216,13 +225,8 @@ def _u32(arr: np.ndarray, at: np.ndarray) -> np.ndarray:
 def _event(
     data: bytes, add: AddPoint, st: ReadStats, steps: set[int], names: dict, split: str | None
 ) -> None:
-    step = 0
-    summary = b""
-    for field, wire, val in _fields(data):
-        if field == 2 and wire == 0:
-            step = int(val)  # type: ignore[arg-type]
-        elif field == 5 and wire == 2:
-            summary = bytes(val)  # type: ignore[arg-type]
+    top = _last(data, (2, 0), (5, 2))  # step, summary
+    step, summary = int(top.get((2, 0), 0)), bytes(top.get((5, 2), b""))
     if not summary:
         return
     if step >= MAX_STEP:  # a corrupt varint or a writer bug: not a step
@@ -231,14 +235,13 @@ def _event(
     for field, wire, val in _fields(summary):
         if field != 1 or wire != 2:
             continue
-        tag, value = "", None
-        for f2, w2, v2 in _fields(bytes(val)):  # type: ignore[arg-type]
-            if f2 == 1 and w2 == 2:
-                tag = bytes(v2).decode("utf-8", errors="replace")  # type: ignore[arg-type]
-            elif f2 == 2 and w2 == 5:
-                value = struct.unpack("<f", v2)[0]
-            elif f2 == 8 and w2 == 2:
-                value = _tensor_scalar(bytes(v2))  # type: ignore[arg-type]
+        got = _last(bytes(val), (1, 2), (2, 5), (8, 2))  # tag, simple_value, tensor
+        tag = bytes(got.get((1, 2), b"")).decode("utf-8", errors="replace")
+        value = None
+        if (2, 5) in got:
+            value = struct.unpack("<f", got[2, 5])[0]
+        if (8, 2) in got:  # writers set one of the two (TF1 simple_value, TF2 and torch tensor)
+            value = _tensor_scalar(bytes(got[8, 2]))
         if not tag or value is None:
             continue
         kind = names.get(tag)
