@@ -86,15 +86,15 @@ def test_watch_hooks_run_only_around_samples_and_record_every_sampled_signal() -
     assert sorted(s["loss_input/logits/min"]) == [4, 8, 12]
 
 
-def test_global_recorder_keeps_the_loss_every_step_and_pre_hook_only_around_samples() -> None:
+def test_global_recorder_keeps_the_loss_every_step_and_its_hooks_only_around_samples() -> None:
     model, opt, crit = setup()
     got: list[Observation] = []
-    pre: dict[int, int] = {}
+    pre: dict[int, tuple[int, int]] = {}
     losses: dict[int, float] = {}
     rec = Recorder.install_global(sink=got.extend, sample_every=EVERY)
     try:
         for step in range(STEPS):
-            pre[step] = hooks_seen(opt, crit)[0]
+            pre[step] = hooks_seen(opt, crit)
             x, y = data(step)
             out = model(x)
             loss = crit(out, y)
@@ -107,10 +107,40 @@ def test_global_recorder_keeps_the_loss_every_step_and_pre_hook_only_around_samp
         rec.close()
     s = by_name(got)
     assert s["train/loss"] == pytest.approx(losses)
-    for step in range(1, STEPS):
-        assert pre[step] == (1 if step % EVERY in (0, EVERY - 1) else 0), step
+    # backward() runs on the loss module's output itself: after discovery (3 steps) the loss-module hook,
+    # like the pre-hook, is there on a sampled step and the step before it only; train/loss still every step.
+    for step in range(3, STEPS):
+        on = int(step % EVERY in (0, EVERY - 1))
+        assert pre[step] == (on, on), step
     for name in ("grad/norm/total", "update/ratio/total", "output/mean", "loss_input/logits/max"):
         assert sorted(s[name]) == [0, 4, 8, 12], name  # outputs: the loss module's input, every sample
+
+
+@pytest.mark.parametrize("switch", [2, 5, 6, 7])
+def test_global_recorder_never_records_a_scaled_loss_when_the_program_starts_scaling(switch: int) -> None:
+    # From step `switch` on, backward() runs on the loss times a gradient scale (GradScaler switched on
+    # mid-run): between samples the loss-module hook is off, so the recorder must notice from backward().
+    model, opt, crit = setup()
+    got: list[Observation] = []
+    losses: dict[int, float] = {}
+    rec = Recorder.install_global(sink=got.extend, sample_every=EVERY)
+    try:
+        for step in range(STEPS):
+            x, y = data(step)
+            loss = crit(model(x), y)
+            opt.zero_grad()
+            scaled = loss * torch.tensor(1024.0) if step >= switch else loss
+            rec.observe_backward(scaled)
+            scaled.backward()
+            opt.step()
+            losses[step] = loss.item()
+    finally:
+        rec.close()
+    train_loss = by_name(got)["train/loss"]
+    # The loss call's value or nothing: a step whose loss call nobody saw is left out, never scaled.
+    assert train_loss == pytest.approx({k: v for k, v in losses.items() if k in train_loss})
+    assert set(range(STEPS)) - set(train_loss) <= {switch}
+    assert set(range(switch + 1, STEPS)) <= set(train_loss)  # the hooks are on every step from then on
 
 
 def test_update_ratios_stay_right_when_the_snapshot_is_reused() -> None:

@@ -122,9 +122,9 @@ class Recorder(LossCalls, Discovery, OptimizerStats, Buffer, Schedule):
         self._init_discovery(model)
         self._init_loss_calls()
         if optimizer is not None:
-            self._attach(optimizer)
+            st = self._attach(optimizer)
             self._arm_pre_hook(optimizer.register_step_pre_hook)
-            self._handles.append(optimizer.register_step_post_hook(self._guard(self._on_post_step)))
+            self._arm_post_hook(optimizer.register_step_post_hook, self._counter(st))
 
     # ------------------------------------------------------------------ public API
 
@@ -154,7 +154,9 @@ class Recorder(LossCalls, Discovery, OptimizerStats, Buffer, Schedule):
         rec.is_global = True
         rec._discovery_steps = max(1, int(discovery_steps))
         rec._arm_pre_hook(_optim_hooks.register_optimizer_step_pre_hook)
-        rec._handles.append(_optim_hooks.register_optimizer_step_post_hook(rec._guard(rec._on_post_step)))
+        rec._handles.append(
+            _optim_hooks.register_optimizer_step_post_hook(rec._guard(rec._on_post_step_global))
+        )
         rec._install_discovery()
         atexit.register(rec.close)
         return rec
@@ -227,11 +229,11 @@ class Recorder(LossCalls, Discovery, OptimizerStats, Buffer, Schedule):
                 return
             # Detached when the step closes: the reference ends with the step.
             self._step_backward = loss if n == 1 else loss.detach().float().mean()
-            if (
-                not self._step_formula
-                and loss is not self._last_loss_out  # backward() on the loss call's output itself
-                and not self._from_loss_call(loss.grad_fn)
-            ):
+            if self._step_formula or loss is self._last_loss_out:  # backward() on the loss call's output
+                return
+            if self._plain_node is not None and not self._main_set:
+                self._backward_unhooked(loss)  # between samples: no loss call seen, none to compare with
+            elif not self._from_loss_call(loss.grad_fn):
                 self._step_formula = True
         except Exception as exc:
             self._fail(exc)
@@ -306,6 +308,7 @@ class Recorder(LossCalls, Discovery, OptimizerStats, Buffer, Schedule):
         self._discovery_handles = []
         self._loss_handles = []
         self._pre_handle = None
+        self._post_handle = None
 
     # ------------------------------------------------------------------ explicit mode
 

@@ -152,7 +152,7 @@ class Buffer:
         if not isinstance(loss, torch.Tensor):
             self._loss_host.append((step, float(loss)))
             return
-        lt = loss.detach() if loss.requires_grad else loss  # no graph held, no new tensor when detached
+        lt = loss.detach()  # no graph held (an alias when already detached: cheaper than asking)
         if lt.numel() != 1:
             lt = lt.float().mean()
         refs = self._loss_refs
@@ -163,7 +163,7 @@ class Buffer:
         self._loss_steps.append(step)
 
     def _flush(self) -> list[Observation]:
-        self._last_flush = time.perf_counter()
+        self._flush_at = time.perf_counter() + self._flush_seconds
         self._sampled_since_flush = 0
         rows, loss_steps, loss_host = self._rows, self._loss_steps, self._loss_host
         if not rows and not loss_steps and not loss_host:

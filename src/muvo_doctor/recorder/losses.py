@@ -31,6 +31,15 @@ class LossCalls:
         self._step_formula = False  # a backward() tensor combined several loss calls (or none)
         self._last_loss_out: torch.Tensor | None = None
         self._pending: dict[str, tuple[tuple[str, ...], torch.Tensor, str]] = {}
+        # Global mode: once every hooked step showed backward() run on the main loss call's output itself
+        # (``loss = crit(out, y); loss.backward()``), the loss-module hooks are on only around sampled
+        # steps, as in explicit mode (a hooked module takes torch's slower call path, ~30 us a step on a
+        # CPU), and between samples train/loss is the backward() tensor. Its autograd node type is checked
+        # on those steps: another type (a scaled or combined loss) turns the hooks on for good and leaves
+        # that one step without train/loss rather than with a wrong value.
+        self._plain_node: type | None = None  # the main loss call's node type, while hooks may be off
+        self._plain_ok = True  # no hooked step contradicted it yet
+        self._step_unknown = False  # hooks off and backward() ran on something else: no train/loss
 
     def _from_loss_call(self, fn: Any) -> bool:
         """Whether a backward() tensor is one loss call's output, maybe scaled (AMP, accumulation, mean).
@@ -105,22 +114,53 @@ class LossCalls:
     def _close_loss_calls(self, step: int) -> None:
         """Write the main loss call's statistics (and, in global mode, the step's loss); reset."""
         if self.is_global:
+            if self._plain_ok and (self._loss_handles or self._discovery_handles):  # hooks saw its calls
+                self._check_plain()
             # train/loss: the main loss call, unless backward() ran on a combination of calls (what the
             # program optimises, and prints): then that tensor. A scaled call (GradScaler) is still the call.
             formula = self._step_formula or self._main_loss is None
             loss = self._step_backward if formula else self._main_loss
-            if loss is not None:
+            if loss is not None and not self._step_unknown:
                 self._append_loss(step, loss)
+            self._step_backward = None
+            self._step_unknown = False
         if self._pending:
             for names, values, kind in self._pending.values():
                 self._append(step, names, values, kind)
             self._pending.clear()
-        self._main_loss = None
-        self._main_set, self._main_size = False, math.inf
-        self._call_outs = []
-        self._step_backward = None
-        self._step_formula = False
-        self._last_loss_out = None
+        if self._main_set or self._last_loss_out is not None:  # a loss call this step (hooks on)
+            self._main_loss = None
+            self._main_set, self._main_size = False, math.inf
+            self._step_formula = False
+            self._last_loss_out = None
+            if self._call_outs:
+                self._call_outs = []
+        elif self._step_formula:
+            self._step_formula = False
+
+    def _check_plain(self) -> None:
+        """Global mode, a step whose loss-module calls were hooked: is backward() on the main call's output?"""
+        main = self._main_loss
+        if main is not None and not self._step_formula and self._step_backward is main:
+            node = type(main.grad_fn)
+            if self._plain_node is None and self._plain_ok:
+                self._plain_node = node
+                return
+            if node is self._plain_node:
+                return
+        self._no_plain()
+
+    def _no_plain(self) -> None:
+        """The loss-module hooks on every step from now on (train/loss from the loss call each step)."""
+        self._plain_ok = False
+        self._plain_node = None
+        self._arm_loss_hooks(True)
+
+    def _backward_unhooked(self, loss: torch.Tensor) -> None:
+        """backward() on a step whose loss calls nobody saw (global mode, loss-module hooks off)."""
+        if type(loss.grad_fn) is not self._plain_node:
+            self._step_unknown = True  # scaled or combined: the loss call's own value is unknown
+            self._no_plain()
 
     def _close_global_step(self) -> None:
         """Write the loss and the batch statistics of the step about to be taken."""

@@ -149,7 +149,7 @@ class Discovery:
         self._remove_discovery()
         self._arm_loss_hooks(False)
         self._loss_modules = [self._loss_module_objs[mid] for mid in steps[0]] if steps else []
-        if self.is_global:  # every step: the main loss call is train/loss
+        if self.is_global and self._plain_node is None:  # every step: the main loss call is train/loss
             self._arm_loss_hooks(True)
         else:
             self._sync_step_hooks()

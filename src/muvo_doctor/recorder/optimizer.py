@@ -218,35 +218,59 @@ class OptimizerStats:
         st.before = st.snap
 
     def _on_post_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Explicit mode, from the step before a sampled step until it is recorded (else ``_counter``)."""
         st = self._opts.get(id(opt)) or self._attach(opt)
-        if not st.sampled and not self.is_global:
-            st.count += 1  # explicit mode between samples: only the count
-            return
-        if self.is_global and st is self._primary:
-            # The step's loss and loss-call statistics; after the step, so a closure's calls are this step's.
-            self._close_loss_calls(st.count)
-        if st.sampled and st.before is not None:
-            t0 = time.perf_counter()
-            step = self.step if self.is_global else None
-            with torch.no_grad():
-                if st.closure:
-                    self._grad_stats(st, step)
-                    self._param_states(st, step)
-                self._update_stats(st, step)
-                self._arm_probe(st)
-            st.before = None
-            self._cost += time.perf_counter() - t0
+        if st.sampled:
+            self._post_step_sample(st)
+            st.sampled = False  # the pre-hook that sets it runs only around samples
         st.count += 1
-        if self.is_global and st is self._primary:
-            self._depth = 0  # a forward that raised never ran its post-hook
-            if self._discovery_handles and st.count >= self._discovery_steps:
-                # Global hooks stay (up to NAME_STEPS steps) until every parameter has a module name.
-                if st.count >= NAME_STEPS or self._all_named(st):
-                    self._end_discovery()
-            self._end_step(st.count - 1 if st.sampled else None)
-            if (st.count + 1 >= self._next_sample) != self._armed:
-                self._sync_step_hooks()
-        st.sampled = False  # explicit mode: the pre-hook that sets it runs only around samples
+
+    def _counter(self, st: _OptState) -> Callable[..., None]:
+        """Explicit mode's post-hook between samples: one count, no other work (it runs every step)."""
+
+        def count(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            st.count += 1
+
+        return count
+
+    def _on_post_step_global(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        st = self._opts.get(id(opt)) or self._attach(opt)
+        if st is not self._primary:  # other optimizers: their statistics on the primary's sampled steps
+            if st.sampled:
+                self._post_step_sample(st)
+                st.sampled = False
+            st.count += 1
+            return
+        # The step's loss and loss-call statistics; after the step, so a closure's calls are this step's.
+        self._close_loss_calls(st.count)
+        sampled = st.sampled
+        if sampled:
+            self._post_step_sample(st)
+            st.sampled = False
+        st.count += 1
+        self._depth = 0  # a forward that raised never ran its post-hook
+        if self._discovery_handles and st.count >= self._discovery_steps:
+            # Global hooks stay (up to NAME_STEPS steps) until every parameter has a module name.
+            if st.count >= NAME_STEPS or self._all_named(st):
+                self._end_discovery()
+        self._end_step(st.count - 1 if sampled else None)
+        if (st.count + 1 >= self._next_sample) != self._armed:
+            self._sync_step_hooks()
+
+    def _post_step_sample(self, st: _OptState) -> None:
+        """A sampled step's statistics measured after ``optimizer.step()``."""
+        if st.before is None:
+            return
+        t0 = time.perf_counter()
+        step = self.step if self.is_global else None
+        with torch.no_grad():
+            if st.closure:
+                self._grad_stats(st, step)
+                self._param_states(st, step)
+            self._update_stats(st, step)
+            self._arm_probe(st)
+        st.before = None
+        self._cost += time.perf_counter() - t0
 
     def _heads(self, st: _OptState) -> list[torch.Tensor]:
         # Whole tensors when they fit the snapshot budget (no view ops: host time is the cost here).

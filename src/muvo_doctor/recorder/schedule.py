@@ -24,8 +24,8 @@ class Schedule:
 
     def _init_schedule(self) -> None:
         self._sampled_since_flush = 0
-        self._last_flush = time.perf_counter()
         self._flush_seconds = float(self.config.flush_seconds)
+        self._flush_at = time.perf_counter() + self._flush_seconds  # flush by this clock time at the latest
         # Step bookkeeping.
         self._records = 0
         self._next_sample = 0  # counter value (optimizer steps, or records without optimizer) to sample next
@@ -33,18 +33,30 @@ class Schedule:
         self._cost = 0.0  # host seconds the recorder spent on the sampled step in progress (and flushes)
         self._n_samples = 0
         self._step_time: float | None = None  # EMA of wall seconds per unsampled step
-        self._last_tick: float | None = None
+        self._last_tick = time.perf_counter()  # the last step's end (the first step is sampled, not timed)
         self._next_step = 0
         self._pre_handle: RemovableHandle | None = None  # explicit mode: the optimizer pre-hook while armed
         self._armed = True  # step hooks on (the first step is sampled)
         self._register_pre: Callable[[Callable[..., Any]], RemovableHandle] | None = None
         self._pre_hook: Callable[..., Any] | None = None
+        # Explicit mode's optimizer post-hook: the full one while armed, a bare counter between samples.
+        self._post_handle: RemovableHandle | None = None
+        self._register_post: Callable[[Callable[..., Any]], RemovableHandle] | None = None
+        self._post_hooks: tuple[Callable[..., Any], Callable[..., Any]] | None = None  # (counter, full)
 
     def _arm_pre_hook(self, register: Callable[[Callable[..., Any]], RemovableHandle]) -> None:
         self._register_pre = register
         self._pre_hook = self._guard(self._on_pre_step)
         self._pre_handle = register(self._pre_hook)
         self._handles.append(self._pre_handle)
+
+    def _arm_post_hook(
+        self, register: Callable[[Callable[..., Any]], RemovableHandle], counter: Callable[..., Any]
+    ) -> None:
+        self._register_post = register
+        self._post_hooks = (counter, self._guard(self._on_post_step))
+        self._post_handle = register(self._post_hooks[self._armed])
+        self._handles.append(self._post_handle)
 
     def _sample_due(self, counter: int) -> bool:
         return counter >= self._next_sample
@@ -53,11 +65,9 @@ class Schedule:
         """Close a step: schedule the next sample (``counter`` is set when this step was sampled)."""
         now = time.perf_counter()
         if counter is None:
-            last = self._last_tick
-            if last is not None:
-                dt = now - last
-                prev = self._step_time
-                self._step_time = dt if prev is None else 0.9 * prev + 0.1 * dt
+            dt = now - self._last_tick
+            prev = self._step_time
+            self._step_time = dt if prev is None else 0.9 * prev + 0.1 * dt
         else:
             self._sampled_since_flush += 1
             self._n_samples += 1
@@ -69,7 +79,7 @@ class Schedule:
             self._cost = 0.0
             self._sampled_count = None
         self._last_tick = now
-        if self._sampled_since_flush >= self.flush_every or now - self._last_flush >= self._flush_seconds:
+        if now >= self._flush_at or self._sampled_since_flush >= self.flush_every:
             t0 = time.perf_counter()
             self._flush()
             self._cost += time.perf_counter() - t0  # flushes count against the budget too
@@ -81,7 +91,7 @@ class Schedule:
         mode, with the loss-module hooks, keeps train/loss)."""
         nxt = self._primary.count if self._primary is not None else self._records
         on = self._armed = nxt + 1 >= self._next_sample
-        if not self.is_global:  # global mode: every step (the main loss call is train/loss)
+        if not self.is_global or self._plain_node is not None:  # else global: every step (train/loss)
             self._arm_loss_hooks(on)
         if self._register_pre is None or on == (self._pre_handle is not None):
             return
@@ -92,3 +102,8 @@ class Schedule:
             self._pre_handle.remove()  # type: ignore[union-attr]
             self._handles.remove(self._pre_handle)  # type: ignore[arg-type]
             self._pre_handle = None
+        if self._post_hooks is not None and self._post_handle is not None:
+            self._post_handle.remove()
+            self._handles.remove(self._post_handle)
+            self._post_handle = self._register_post(self._post_hooks[on])  # type: ignore[misc]
+            self._handles.append(self._post_handle)
