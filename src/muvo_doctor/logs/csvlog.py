@@ -25,6 +25,7 @@ from muvo_doctor.logs.base import (
     digits_of,
     sane_step,
 )
+from muvo_doctor.logs.numbers import Fields, decimals
 
 _STEP_COLUMNS = ("step", "global_step", "iteration", "iter", "trainer/global_step", "_step")
 _FIXED_PROBE = 20  # rows read to decide whether a column has a fixed number of decimals
@@ -34,8 +35,6 @@ _CHUNK = 2 << 20  # bytes per read
 _MAX_LINE = 8 << 20  # bytes of one line held before it is checked for a field the csv module rejects
 _LINE_END_RE = re.compile(rb"\r\n?|\n")
 _FIELD_LIMIT = 128 << 10  # the csv module's field limit: a longer line goes through it (it rejects the row)
-_BLANK_RE = re.compile(r"[^\S\n]")  # whitespace a cell may carry (str.strip removes it)
-_ASCII_BLANKS = (" ", "\t", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f")
 _PART_LOSS = re.compile(r"^(train|val)/\w+_loss$")
 
 
@@ -270,19 +269,18 @@ class _Columns:
             chunk = chunk.replace("\r\n", "\n")
         body = chunk[:-1] if chunk.endswith("\n") else chunk
         n = body.count("\n") + 1
-        flat = body.replace("\n", ",").split(",")
-        if len(flat) != n * width:
+        data = body.encode("utf-8")
+        got = decimals(data, b",\n")
+        if len(got.values) != n * width:
             return False
-        b = np.frombuffer(body.encode("utf-8"), np.uint8)
-        ends = np.flatnonzero(b == 10)
-        per_line = np.bincount(np.searchsorted(ends, np.flatnonzero(b == 44)), minlength=n)
-        if (per_line != width - 1).any() or np.diff(ends, prepend=-1, append=len(b)).max() > _FIELD_LIMIT:
+        # every line has ``width`` cells: the line ends are the ends of every width-th cell
+        ends = got.ends[width - 1 :: width]
+        b = np.frombuffer(data, np.uint8)
+        if (b[ends[:-1]] != 10).any() or np.diff(ends, prepend=-1).max() > _FIELD_LIMIT:
             return False
-        blanks = _has_blanks(body)
 
         def get(i: int) -> _Col | None:
-            col = flat[i::width]
-            return _parse(list(map(str.strip, col)) if blanks else col, self.fixed.get(i, False))
+            return _text_column(data, got, slice(i, None, width), self.fixed.get(i, False))
 
         if not self._bulk(get, n, self.index):
             return False
@@ -442,6 +440,30 @@ def _parse(cells: list[str], fixed: bool) -> _Col | None:
     return _Col(ok, vals, filled, _digits(cells, ok) if fixed else None)
 
 
+def _text_column(data: bytes, got: Fields, cells: slice, fixed: bool) -> _Col | None:
+    """The column ``cells`` of a chunk's parsed cells (``numbers.decimals``) as ``_parse`` reads it:
+    the cells the bulk parse left (spaces, an exponent, nan, text) are read here one by one."""
+    ok, vals = got.ok[cells].copy(), got.values[cells].copy()
+    starts, ends = got.starts[cells], got.ends[cells]
+    filled = ends > starts
+    dig = np.where(ok, np.maximum(got.places[cells], 0), -1) if fixed else None
+    for k in np.flatnonzero(filled & ~ok).tolist():
+        cell = data[starts[k] : ends[k]].decode("utf-8").strip()
+        if not cell:
+            filled[k] = False
+            continue
+        val = _number_or_none(cell)
+        if val is None:
+            continue
+        if math.isinf(val) and cell.lstrip("+-")[:1].isdigit():
+            return None  # "1e999", 400 digits: a number too large to be a training value
+        ok[k], vals[k] = True, val
+        if dig is not None:
+            d = digits_of(cell)
+            dig[k] = -1 if d is None else d
+    return _Col(ok, vals, filled, dig)
+
+
 def _finish(col: _Col, frac: bool) -> tuple[np.ndarray, int | None]:
     """A column's values as the per-row rules add them (a percentage of a fraction column becomes a
     fraction, ``as_fraction``) and the fewest digits they show."""
@@ -458,13 +480,6 @@ def _finish(col: _Col, frac: bool) -> tuple[np.ndarray, int | None]:
         return vals, None
     shown = col.ok & (dig >= 0)
     return vals, (int(dig[shown].min()) if shown.any() else None)
-
-
-def _has_blanks(text: str) -> bool:
-    """Whether any cell may carry whitespace that str.strip removes (newlines apart)."""
-    if text.isascii():  # substring tests: a regex over every character costs ~10 ms per chunk
-        return any(c in text for c in _ASCII_BLANKS)
-    return _BLANK_RE.search(text) is not None
 
 
 def _number_or_none(cell: str) -> float | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -23,6 +22,7 @@ from muvo_doctor.logs.base import (
     load_json,
     sane_step,
 )
+from muvo_doctor.logs.numbers import decimals
 
 _MAX_RECORD = 1 << 20  # a JSON line longer than this is not a metrics record: skipped, counted
 _CHUNK = 2 << 20  # bytes per read
@@ -30,8 +30,9 @@ _MAX_LINE = 8 << 20  # bytes without a newline after which a line is skipped unr
 
 # The fast path: runs of lines that are flat objects of plain numbers with the same keys
 # ({"step": 3, "loss": 0.25}, the records of a dense log) are read a run at a time: one regex match
-# per run checks every line's shape, the keys are cut out with str.replace and numpy parses what is
-# left, instead of json.loads and Python work per line. What json.loads gives for such a line is
+# per run checks every line's shape, the keys are cut out with str.replace and what is left is
+# parsed all at once (numbers.decimals; float() for the few it leaves), instead of json.loads and
+# Python work per line. What json.loads gives for such a line is
 # known exactly: keys without escapes or JSON punctuation, each once; numbers in JSON's grammar,
 # short enough that an integer fits an int64 and no float overflows. Every other line (NaN, strings,
 # nesting, a bad record) goes through json.loads, so what is read is the same either way.
@@ -56,7 +57,7 @@ def read_jsonl(path: str, add: AddPoint | Sink) -> ReadStats:
 
     Floats are parsed as strings first so the digits they were written with are kept. Read in
     chunks of whole lines (memory bounded for any file size); runs of flat numeric lines with the
-    same keys are read in bulk, every other line with json.loads.
+    same keys are read in bulk (``numbers.decimals``), every other line with json.loads.
     """
     reader = _JsonLines(as_sink(add))
     for text in _chunks(path, reader):
@@ -170,16 +171,18 @@ class _JsonLines:
         num = num.replace(plan.pieces[-1], ",").rstrip()  # "v, v, v,\n v, ..., v,"
         if _NEG_ZERO_RE.search(num):
             return False
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # numpy warns instead of failing on text it cannot read
-            try:
-                vals = np.fromstring(num, sep=",")
-            except (ValueError, DeprecationWarning):
-                return False
-        if len(vals) != n * c:
+        data = num.encode("ascii").replace(b" ", b"").replace(b"\t", b"").replace(b"\n", b"")
+        got = decimals(data)
+        if len(got.values) != n * c + 1:  # (the last field is empty: "v,")
             return False
+        vals = got.values[:-1]
+        places = got.places[:-1]
+        for k in np.flatnonzero(~got.ok[:-1]).tolist():  # an exponent ("1e-05"), many digits
+            cell = data[got.starts[k] : got.ends[k]]
+            vals[k] = float(cell)
+            places[k] = 0 if any(x in cell for x in b".eE") else -1
         vals = vals.reshape(n, c)
-        is_int = _integers(num, n * c).reshape(n, c) if plan.signals else None
+        is_int = (places < 0).reshape(n, c) if plan.signals else None
         bad = np.zeros(n, bool)
         for j in plan.step_cols:
             s = vals[:, j]
@@ -380,16 +383,6 @@ class _Plan:
         )
         plan.epoch_col = keys.index("epoch") if "epoch" in keys else None
         return plan
-
-
-def _integers(num: str, count: int) -> np.ndarray:
-    """Which of the ``count`` comma-separated numbers in ``num`` are integers (no ".", "e", "E")."""
-    b = np.frombuffer(num.encode("ascii"), np.uint8)
-    seps = np.flatnonzero(b == 44)  # ","
-    marks = np.flatnonzero((b == 46) | (b == 101) | (b == 69))  # ".", "e", "E"
-    is_int = np.ones(count, bool)
-    is_int[np.searchsorted(seps, marks)] = False  # a mark before the k-th comma belongs to number k
-    return is_int
 
 
 def _column(v: np.ndarray, is_int: np.ndarray | None, frac: bool) -> tuple[np.ndarray, int | None]:
