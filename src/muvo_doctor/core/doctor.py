@@ -85,8 +85,14 @@ _HIGHER_IS_BETTER = frozenset(
         "bleu",
         "rouge",
         "r2",
+        "psnr",
+        "ssim",
     }
 )
+# Error metrics (last part of a name): like a loss, they show learning by falling. Regression and language
+# logs often print only these (``train_mse``, ``val_ppl``) beside or instead of a loss. A classification
+# error rate is not one of them: it falls to the minority rate when a model learns only the prior.
+_LOWER_IS_BETTER = frozenset({"mse", "mae", "rmse", "l1", "l2", "nll", "ppl", "perplexity", "wer", "cer"})
 
 
 def next_grid_step(step: int, config: DoctorConfig) -> int:
@@ -150,12 +156,13 @@ def confirmed_dead(verdict: str, since: int | None, step: int, config: DoctorCon
 
 
 def _loss_evidence(
-    history: History, config: DoctorConfig, name: str, baselines: Sequence[float] = ()
+    history: History, config: DoctorConfig, name: str, baselines: Sequence[float] = (), priors: bool = True
 ) -> tuple[float, str] | None:
     """(strength, sentence) when the loss ``name`` fell beyond its noise and not just to the label prior.
 
     ``baselines``: other prior losses (those of prior_baseline findings that hold, e.g. a prior a log's
-    accuracy plateau revealed); falling onto one of them is not evidence either.
+    accuracy plateau revealed); falling onto one of them is not evidence either. ``priors=False`` for an
+    error metric (MSE, perplexity, ...), which no label prior's entropy bounds.
     """
     t = config.thresholds
     p = progress(history, t, name)
@@ -169,10 +176,10 @@ def _loss_evidence(
     if p.drop <= t.lnd_noise_z * se:
         return None
     # Falling onto the prior's loss is learning the label frequencies, not the task.
-    prior = label_prior(history)
-    priors = [*((prior.entropy, prior.weighted) if prior is not None else ()), *baselines]
+    prior = label_prior(history) if priors else None
+    floors = [*((prior.entropy, prior.weighted) if prior is not None else ()), *(baselines if priors else ())]
     band_noise = t.pb_noise_z * median_se(last)
-    for c in priors:
+    for c in floors:
         if c is not None and c > 0 and abs(p.recent - c) <= t.pb_rel_band * c + band_noise:
             return None
     ratio = p.drop / se if se > 0 else math.inf
@@ -236,11 +243,15 @@ def evidence_for_health(
             break  # one loss is enough; a metric is the independent second witness
     # Held-out metrics first: they show learning that generalises; a training accuracy is the fallback.
     for name in sorted(history.names(), key=lambda n: (n.startswith("train/"), n)):
-        if name.startswith("printed/") or "@rank" in name or "/" not in name:
+        if name.startswith("printed/") or "@rank" in name:
             continue
-        if name.rsplit("/", 1)[-1] not in _HIGHER_IS_BETTER:
+        metric = name.rsplit("/", 1)[-1]
+        if metric in _HIGHER_IS_BETTER:
+            got = _metric_evidence(history, config, name)
+        elif metric in _LOWER_IS_BETTER:
+            got = _loss_evidence(history, config, name, priors=metric == "nll")  # nats only for an NLL
+        else:
             continue
-        got = _metric_evidence(history, config, name)
         if got is not None:
             found.append(got[1])
             break
