@@ -22,7 +22,12 @@ _X87 = np.finfo(np.longdouble).nmant == 63 and np.dtype(np.longdouble).itemsize 
 _WIDTH = 24  # digits in a field's window (3 words of 8)
 _HALF = np.uint64(0x400)  # the low 11 bits of a long double exactly half way between two doubles
 _POW10 = np.array([np.longdouble(10) ** k for k in range(_WIDTH + 1)])  # exact: 5**24 < 2**64
-_KEEP = np.array([(1 << 64) - (1 << 8 * k) if k < 8 else 0 for k in range(9)], np.uint64)  # bytes >= k
+# _MASK[k]: the 3 words of a window that keep its last k bytes (the digits of a field of k digits)
+_MASK = np.array(
+    [[(1 << 64) - (1 << 8 * min(max(_WIDTH - k - 8 * j, 0), 8)) if _WIDTH - k - 8 * j < 8 else 0 for j in range(3)]
+     for k in range(_WIDTH + 1)],
+    np.uint64,
+)  # fmt: skip
 _PIECE = 1 << 18  # bytes parsed at once: larger temporaries cost more in page faults than they save
 
 
@@ -98,12 +103,11 @@ def _decimals(data: bytes, seps: bytes) -> Fields:
     bad |= (ndots > 1) | (ndig <= 0) | (ndig > _WIDTH)
     # Without its "." and "-", a plain field is its digits: its window is the _WIDTH bytes that end
     # where it ends, all but its own digits masked out. (A bad field's window is not read.)
-    flat = np.frombuffer(b"0" * _WIDTH + data.replace(b".", b"").replace(b"-", b""), np.uint8)
+    flat = b"0" * _WIDTH + data.replace(b".", b"").replace(b"-", b"")
+    rows = np.ndarray((len(flat) - _WIDTH + 1,), f"V{_WIDTH}", flat, strides=(1,))  # every window
     dend = ends - np.cumsum(removed)
-    win = np.lib.stride_tricks.sliding_window_view(flat, _WIDTH)[dend]  # (fields, _WIDTH): a copy
-    w = win.view(np.uint64) ^ np.uint64(0x3030303030303030)  # (fields, 3); "0".."9" -> 0..9
-    masked = (_WIDTH - np.where(bad, 0, ndig))[:, None] - np.arange(0, _WIDTH, 8)
-    w &= _KEEP[np.clip(masked, 0, 8)]  # byte 0 of a word is its most significant digit
+    w = rows[dend].view(np.uint64).reshape(nf, 3) ^ np.uint64(0x3030303030303030)  # "0".."9" -> 0..9
+    w &= _MASK[np.where(bad, 0, ndig)]  # byte 0 of a word is its most significant digit
     w = (w * np.uint64(2561)) >> np.uint64(8)  # pairs of digits: 10 * 2**8 + 1
     w = ((w & np.uint64(0x00FF00FF00FF00FF)) * np.uint64(6553601)) >> np.uint64(16)  # 100 * 2**16 + 1
     w = ((w & np.uint64(0x0000FFFF0000FFFF)) * np.uint64(42949672960001)) >> np.uint64(
