@@ -385,3 +385,20 @@ def test_a_loss_logged_during_lr_warm_up_is_no_best() -> None:
     assert divergence.check(history_of({"train/loss": loss, "optim/lr": lr}, complete=True), CFG) == []
     # Without the lr, the same series is read as a rise from its best (the rule cannot know).
     assert divergence.check(history_of({"train/loss": loss}, complete=True), CFG)
+
+
+# ---------------------------------------------------------------- metric_stuck: K from the loss
+def test_a_one_class_guess_is_named_with_the_k_its_loss_shows() -> None:
+    # 10 classes, held-out accuracy at one class's share (11.35%, MNIST's test set) and the loss at ln 10:
+    # the message names K = 10, not the 1/9 that 11.35% is closest to.
+    n = T.ms_min_evals
+    rows = {"val/loss": [2.3026] * n, "val/acc": [0.1135] * n}
+    out = metric_stuck.check(history_of(rows, complete=True), CFG)
+    assert out and out[0].severity == "critical" and "chance 1/10 (its loss sits at ln 10" in out[0].message
+    assert "1/9" not in out[0].message
+    # The same accuracy with a loss that learnt (far below ln 10) is no guess over 10 classes.
+    learnt = {"val/loss": [0.9] * n, "val/acc": [0.1135] * n}
+    assert all("ln 10" not in f.message for f in metric_stuck.check(history_of(learnt, complete=True), CFG))
+    # At ln 10 but an accuracy beyond a one-class share (20%): not a guess.
+    better = {"val/loss": [2.3026] * n, "val/acc": [0.2] * n}
+    assert all(f.severity != "critical" for f in metric_stuck.check(history_of(better, complete=True), CFG))

@@ -133,6 +133,7 @@ class Thresholds(BaseModel):
     # 0.5 + 2x this): chance. A random scorer on a few hundred held-out frames lands within +-0.05 of 0.5
     ms_map_floor: float = 0.01  # mAP below this on every recent evaluation: nothing detected
     ms_acc_tol: float = 0.005  # accuracy within half a point of 1/K or of the majority rate
+    ms_one_class_rel: float = 0.2  # a one-class guess scores that class's share: MNIST's 10 hold 8.9-11.4%
     ms_zero_evals: int = 2  # logs: a held-out score exactly 0 in this many evaluations recognised nothing
     ms_train_rel_drop: float = 0.1  # ... critical unless a training loss fell 10% (early mAP rounds to 0)
 

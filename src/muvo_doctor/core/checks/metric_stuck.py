@@ -29,6 +29,8 @@ What to do:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from muvo_doctor.core.checks._common import (
@@ -163,16 +165,44 @@ def _learns(history: History, t: Thresholds) -> bool:
     )
 
 
-def _accuracy_at_chance(history: History, t: Thresholds) -> Finding | None:
-    """Accuracy at the majority rate or 1/K (K from the labels, else 2..10), or one value for every evaluation."""
-    k = t.ms_min_evals
+def _loss_classes(history: History, t: Thresholds) -> int | None:
+    """K when the log's loss (held-out first) sits at ln K for a K of 2..10: the loss of a uniform guess."""
+    for name in ("val/loss", "test/loss", LOSS):
+        got = finite(history, name)
+        if got is None or len(got[1]) < t.ms_min_evals:
+            continue
+        med = float(np.median(got[1][-t.ms_min_evals :]))
+        k = round(math.exp(min(med, 5.0)))
+        if 2 <= k <= 10 and abs(med - math.log(k)) <= t.pb_rel_band * math.log(k):
+            return k
+    return None
+
+
+def _chance_targets(history: History, t: Thresholds) -> list[tuple[str, float, float]]:
+    """(how the message names it, accuracy, tolerance) of a model that guesses.
+
+    From the labels: the majority rate (and 1/K). Without them, 1/K for K = 2..10; when the loss sits at
+    ln K, that K alone, with the tolerance of a guess that always names one class, whose accuracy is that
+    class's share of the evaluated set (11.35% for MNIST's test set, not 1/9).
+    """
     prior = label_prior(history)
     if prior is not None:
-        targets = [(f"the majority rate {prior.majority:.1%}", prior.majority)]
+        targets = [(f"the majority rate {prior.majority:.1%}", prior.majority, t.ms_acc_tol)]
         if prior.kind == "multiclass":
-            targets.append((f"chance 1/{prior.classes}", 1.0 / prior.classes))
-    else:
-        targets = [(f"chance 1/{c}", 1.0 / c) for c in range(2, 11)]
+            targets.append((f"chance 1/{prior.classes}", 1.0 / prior.classes, t.ms_acc_tol))
+        return targets
+    k = _loss_classes(history, t)
+    if k is not None:
+        tol = max(t.ms_acc_tol, t.ms_one_class_rel / k)
+        return [(f"chance 1/{k} (its loss sits at ln {k}, a uniform guess over {k} classes)", 1.0 / k, tol)]
+    return [(f"chance 1/{c}", 1.0 / c, t.ms_acc_tol) for c in range(2, 11)]
+
+
+def _accuracy_at_chance(history: History, t: Thresholds) -> Finding | None:
+    """Accuracy at the majority rate or 1/K (K from the labels or the loss, else 2..10), or one value for every
+    evaluation."""
+    k = t.ms_min_evals
+    targets = _chance_targets(history, t)
     for name in ("val/acc", "train/acc"):
         # Evaluations are few and exact; per-step training accuracy is noisy, so it is judged by its median.
         per_step = name == "train/acc"
@@ -182,11 +212,11 @@ def _accuracy_at_chance(history: History, t: Thresholds) -> Finding | None:
         steps, v, w = ac
         med = float(np.median(w))
         se = median_se(w) if per_step else 0.0
-        for label, target in targets:
+        for label, target, tol in targets:
             if per_step:
-                at = abs(med - target) <= t.ms_acc_tol + 2 * se
+                at = abs(med - target) <= tol + 2 * se
             else:
-                at = bool(np.all(np.abs(w - target) <= t.ms_acc_tol)) and v.max() <= target + 4 * t.ms_acc_tol
+                at = bool(np.all(np.abs(w - target) <= tol)) and v.max() <= target + 4 * tol
             if at:
                 msg = (
                     f"{name} is {med:.2%} over the last {len(w)} {'steps' if per_step else 'evaluations'} ≈ {label}: "
