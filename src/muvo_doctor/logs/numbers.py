@@ -84,17 +84,17 @@ def _decimals(data: bytes, seps: bytes) -> Fields:
         return Fields(np.zeros(nf), np.zeros(nf, bool), np.full(nf, -1), starts, ends)
     is_dot = c == ord(".")
     is_minus = c == ord("-")
-    dots, minus = nd[is_dot], nd[is_minus]
+    field = np.cumsum(is_sep)  # the field of each non-digit (a separator: the field it starts)
     # a field is plain when it holds only digits, at most one ".", and a "-" only as its first byte
     bad = np.zeros(nf, bool)
-    bad[np.searchsorted(ends, nd[~(is_sep | is_dot | is_minus)])] = True
-    neg = np.zeros(nf, bool)
-    at = np.searchsorted(ends, minus)
+    bad[field[~(is_sep | is_dot | is_minus)]] = True
+    at, minus = field[is_minus], nd[is_minus]
     first = starts[at] == minus
     bad[at[~first]] = True
+    neg = np.zeros(nf, bool)
     neg[at[first]] = True
     removed = np.bincount(at, minlength=nf)
-    at = np.searchsorted(ends, dots)
+    at, dots = field[is_dot], nd[is_dot]
     ndots = np.bincount(at, minlength=nf)
     removed += ndots
     places = np.full(nf, -1, np.int64)
@@ -108,11 +108,15 @@ def _decimals(data: bytes, seps: bytes) -> Fields:
     dend = ends - np.cumsum(removed)
     w = rows[dend].view(np.uint64).reshape(nf, 3) ^ np.uint64(0x3030303030303030)  # "0".."9" -> 0..9
     w &= _MASK[np.where(bad, 0, ndig)]  # byte 0 of a word is its most significant digit
-    w = (w * np.uint64(2561)) >> np.uint64(8)  # pairs of digits: 10 * 2**8 + 1
-    w = ((w & np.uint64(0x00FF00FF00FF00FF)) * np.uint64(6553601)) >> np.uint64(16)  # 100 * 2**16 + 1
-    w = ((w & np.uint64(0x0000FFFF0000FFFF)) * np.uint64(42949672960001)) >> np.uint64(
-        32
-    )  # 10**4 * 2**32 + 1
+    # pairs of digits (10 * 2**8 + 1), then fours (100 * 2**16 + 1), then eights (10**4 * 2**32 + 1)
+    w *= np.uint64(2561)
+    w >>= np.uint64(8)
+    w &= np.uint64(0x00FF00FF00FF00FF)
+    w *= np.uint64(6553601)
+    w >>= np.uint64(16)
+    w &= np.uint64(0x0000FFFF0000FFFF)
+    w *= np.uint64(42949672960001)
+    w >>= np.uint64(32)
     hi, mid, lo = w[:, 0], w[:, 1], w[:, 2]
     bad |= hi >= 1000  # more than 19 digits after the leading zeros: the integer overflows 64 bits
     q = (hi * np.uint64(10**16) + mid * np.uint64(10**8) + lo).astype(np.longdouble)
