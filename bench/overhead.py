@@ -10,9 +10,12 @@ Modes: ``off`` (plain loop), ``watch`` (``Recorder(model, opt)`` + ``record()`` 
 each ``backward()``: what ``run`` injects, its patched ``Tensor.backward`` included).
 
 Method: ``--repeats`` rounds; a round runs one block per mode in a random order (``--seed``). A
-block is a fresh recorder, ``--warmup`` untimed steps (loss-module discovery, the adaptive schedule
-settling), then ``--steps`` timed steps. Time is CUDA events around the block on a GPU (no host
-sync inside it), ``perf_counter_ns`` on a CPU (``--clock cpu``: this process's CPU time, for a
+watch or global block is a fresh recorder, at least ``--warmup`` untimed steps (loss-module discovery,
+the adaptive schedule settling: two samples taken) ending with a sampled step, then timed steps up to
+and including the ``--samples``-th sampled step after it: every block holds the same number of samples,
+one per sampling gap, so a block's mean is the amortized cost exactly (not one more or one fewer sample
+by chance). An off block is ``--steps`` timed steps. Time is CUDA events around the block on a GPU (no
+host sync inside it), ``perf_counter_ns`` on a CPU (``--clock cpu``: this process's CPU time, for a
 machine others are loading). A mode's ratio in a round is its block against the same round's ``off``
 block, so slow drifts of the machine cancel; the summary is the median over rounds with a 95%
 bootstrap interval (rounds resampled), and the same for the absolute cost (ms per step).
@@ -43,7 +46,7 @@ from torch import nn
 
 from muvo_doctor.core.config import DoctorConfig
 from muvo_doctor.recorder import Recorder
-from muvo_doctor.recorder.schedule import DEFAULT_SAMPLE_EVERY
+from muvo_doctor.recorder.schedule import DEFAULT_SAMPLE_EVERY, MAX_SAMPLE_GAP
 
 MODES = ("off", "watch", "global")
 BOOTSTRAP = 10_000  # resamples of the rounds for the 95% interval
@@ -108,8 +111,8 @@ def bootstrap_median(values: list[float], rng: np.random.Generator) -> tuple[flo
 class _HookTimed(Recorder):
     """A recorder that adds the host time spent inside each of its entry points to ``spent_ns``.
 
-    Every hook it registers goes through ``_guard``; ``record`` and ``observe_backward`` are called
-    by the training loop. Torch's own cost of calling a hook is not included.
+    Every hook it registers goes through ``_guard`` (or is ``_counter``'s); ``record`` and
+    ``observe_backward`` are called by the training loop. Torch's own cost of calling a hook is not included.
     """
 
     spent_ns = 0
@@ -120,6 +123,16 @@ class _HookTimed(Recorder):
         def timed(*args: Any, **kwargs: Any) -> None:
             t0 = time.perf_counter_ns()
             hook(*args, **kwargs)
+            _HookTimed.spent_ns += time.perf_counter_ns() - t0
+
+        return timed
+
+    def _counter(self, st: Any) -> Callable[..., None]:
+        count = super()._counter(st)  # explicit mode's optimizer post-hook between samples: not guarded
+
+        def timed(*args: Any) -> None:
+            t0 = time.perf_counter_ns()
+            count(*args)
             _HookTimed.spent_ns += time.perf_counter_ns() - t0
 
         return timed
@@ -166,9 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         "--arch", default="original", help="mlp (tiny MLP) | original | fusion (muvo_model.model.build_model)"
     )
     ap.add_argument("--batch", type=int, default=None, help="default: 64 for mlp, 8 otherwise")
-    ap.add_argument("--steps", type=int, default=200, help="timed steps per block (several samples each)")
-    ap.add_argument("--warmup", type=int, default=20, help="untimed steps at the start of each block")
-    ap.add_argument("--repeats", type=int, default=40, help="rounds (one block per mode each)")
+    ap.add_argument("--steps", type=int, default=100, help="timed steps per off block")
+    ap.add_argument(
+        "--samples", type=int, default=1, help="sampled steps per watch/global block (one sampling gap each)"
+    )
+    ap.add_argument(
+        "--warmup", type=int, default=10, help="untimed steps at least at the start of each block"
+    )
+    ap.add_argument("--repeats", type=int, default=60, help="rounds (one block per mode each)")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--points", type=int, default=1024)
@@ -192,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad or "off" not in modes or len(set(modes)) != len(modes):
         ap.error(f"--modes: use a comma list of off, watch, global including off (got {a.modes!r})")
     batch = a.batch if a.batch is not None else (64 if a.arch == "mlp" else 8)
-    if min(batch, a.steps, a.repeats) < 1 or a.warmup < 0:
-        ap.error("--batch, --steps and --repeats must be >= 1, --warmup >= 0")
+    if min(batch, a.steps, a.samples, a.repeats) < 1 or a.warmup < 0:
+        ap.error("--batch, --steps, --samples and --repeats must be >= 1, --warmup >= 0")
     if a.repeats < 5:
         ap.error("--repeats: at least 5 rounds for an interval")
     try:
@@ -277,9 +295,23 @@ def main(argv: list[str] | None = None) -> int:
     }
     times: dict[str, list[float]] = {m: [] for m in modes}  # ms per step, one entry per round
     flush_ms: dict[str, list[float]] = {m: [] for m in modes}  # recorder flush, doctor evaluations excluded
-    samples: dict[str, list[int]] = {m: [] for m in modes}  # sampled steps per block
+    block_steps: dict[str, list[int]] = {m: [] for m in modes}  # timed steps per block
+    # A sampled step at least every this many steps (the adaptive gap's cap, or a fixed schedule's).
+    longest_gap = max(MAX_SAMPLE_GAP, a.sample_every or 0) + 1
     order_rng = random.Random(a.seed)
     step = 0
+
+    def until_sample(rec: Recorder, limit: int) -> int:
+        """Steps run until one ends with a new sample (its samples' count grew); ``limit`` at most."""
+        nonlocal step
+        for n in range(1, limit + 1):
+            n0 = rec._n_samples
+            step_fn(step, rec)
+            step += 1
+            if rec._n_samples > n0:
+                return n
+        raise SystemExit(f"overhead.py: no sampled step in {limit} steps; the recorder does not sample")
+
     for _ in range(a.warmup + 10):  # caches, allocator, first-call costs: before any timed block
         step_fn(step, None)
         step += 1
@@ -288,24 +320,31 @@ def main(argv: list[str] | None = None) -> int:
         order_rng.shuffle(order)
         for mode in order:
             rec = make[mode]()
-            for _ in range(a.warmup):
-                step_fn(step, rec)
-                step += 1
-            n0 = rec._n_samples if rec is not None else 0
+            if rec is not None:
+                for _ in range(a.warmup):
+                    step_fn(step, rec)
+                    step += 1
+                while rec._n_samples < 2:  # the adaptive gap is set at the second sample
+                    until_sample(rec, longest_gap)
+                until_sample(rec, longest_gap)  # the timed block starts right after a sampled step
             timer.sync()
             t0 = timer.mark()
-            for _ in range(a.steps):
-                step_fn(step, rec)
-                step += 1
+            if rec is None:
+                n_steps = a.steps
+                for _ in range(n_steps):
+                    step_fn(step, None)
+                    step += 1
+            else:
+                n_steps = sum(until_sample(rec, longest_gap) for _ in range(a.samples))
             t1 = timer.mark()
             n_eval = len(eval_ms)
             if rec is not None:
                 rec.flush()
             t2 = timer.mark()
             timer.sync()
-            times[mode].append(timer.ms(t0, t1) / a.steps)
+            times[mode].append(timer.ms(t0, t1) / n_steps)
             flush_ms[mode].append(max(0.0, timer.ms(t1, t2) - sum(eval_ms[n_eval:])))
-            samples[mode].append(rec._n_samples - n0 if rec is not None else 0)
+            block_steps[mode].append(n_steps)
             if rec is not None:
                 if not rec.enabled:
                     print(f"muvo-doctor recorder disabled itself in mode {mode}", file=sys.stderr)
@@ -325,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(a.warmup):
             step_fn(step, rec)
             step += 1
+        while rec._n_samples < 3:  # past the first (setup) and second (gap-setting) samples, as the blocks
+            until_sample(rec, longest_gap)
         plain: list[float] = []
         sampled: list[float] = []
         for _ in range(4 * a.steps):
@@ -352,20 +393,21 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.get_num_threads()} CPU thread(s), clock={clock}"
     )
     print(
-        f"{a.repeats} rounds x {len(modes)} blocks of {a.steps} timed steps (+{a.warmup} warm-up), random "
-        "order; per round: mode / off (flush amortized); median and 95% bootstrap interval over rounds"
+        f"{a.repeats} rounds x {len(modes)} blocks in random order: off {a.steps} timed steps, watch/global "
+        f"{a.samples} sampled step(s) each (+>={a.warmup} warm-up); per round: mode / off (flush amortized); "
+        "median and 95% bootstrap interval over rounds"
     )
     print(
-        f"{'mode':<7} {'ms/step':>8} {'flush ms':>8} {'steps/flush':>11} {'sampled':>7} "
+        f"{'mode':<7} {'ms/step':>8} {'flush ms':>8} {'steps/flush':>11} {'steps/block':>11} "
         f"{'overhead [95% CI]':>26} {'ms/step added [95% CI]':>30}"
     )
     summary: dict[str, Any] = {}
     for mode in modes:
         med = statistics.median(times[mode])
-        n_samp = sum(samples[mode]) / len(samples[mode])
+        steps = statistics.median(block_steps[mode])
         per_flush = 0.0
         if mode != "off":
-            steps_per_sample = a.steps / n_samp if n_samp else float(a.steps)
+            steps_per_sample = sum(block_steps[mode]) / (a.samples * len(block_steps[mode]))
             per_flush = min(user.flush_every * steps_per_sample, user.flush_seconds * 1e3 / med)
         cost = [
             t + (f / per_flush if per_flush else 0.0)
@@ -376,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         fl = statistics.median(flush_ms[mode]) if mode != "off" else 0.0
         pct = f"{100 * (ratio[0] - 1):+.2f}% [{100 * (ratio[1] - 1):+.2f}, {100 * (ratio[2] - 1):+.2f}]"
         ms = f"{added[0]:+.4f} [{added[1]:+.4f}, {added[2]:+.4f}]"
-        print(f"{mode:<7} {med:>8.3f} {fl:>8.2f} {per_flush:>11.0f} {n_samp:>7.1f} {pct:>26} {ms:>30}")
+        print(f"{mode:<7} {med:>8.3f} {fl:>8.2f} {per_flush:>11.0f} {steps:>11.0f} {pct:>26} {ms:>30}")
         summary[mode] = {
             "median_ms_per_step": med,
             "ratio": ratio[0],
@@ -385,17 +427,12 @@ def main(argv: list[str] | None = None) -> int:
             "added_ms_ci95": [added[1], added[2]],
             "flush_ms": fl,
             "steps_per_flush": per_flush,
-            "sampled_per_block": n_samp,
+            "sampled_per_block": a.samples if mode != "off" else 0,
+            "steps_per_block": steps,
+            "steps_per_block_rounds": block_steps[mode],
             "ms_per_step_rounds": times[mode],
             "flush_ms_rounds": flush_ms[mode],
         }
-    thin = [m for m in modes if m != "off" and summary[m]["sampled_per_block"] < 1]
-    if thin:
-        print(
-            f"note: {', '.join(thin)} blocks held fewer than one sampled step on average (the adaptive schedule "
-            "samples rarely here): the medians above are mostly unsampled steps; use a larger --steps, and see "
-            "the amortized host time below"
-        )
     for mode, h in hooks.items():
         print(
             f"{mode:<7} host time inside the recorder (perf_counter_ns around its hooks, medians): "
@@ -412,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         doctor = {"evaluations": len(eval_ms), "median_ms": ev, "max_ms": max(eval_ms)}
         print(
             f"doctor (watch, in-process): {len(eval_ms)} evaluations, median {ev:.2f} ms (max {max(eval_ms):.2f}) "
-            f"on histories of <= {a.warmup + a.steps} steps, not in the ratios above; one every "
+            f"on histories of <= {max(max(v) for v in block_steps.values()) + a.warmup + 2 * longest_gap} "
+            "steps, not in the ratios above; one every "
             + ", ".join(
                 f"{g} steps at step {s:,} (+{ev / g:.4f} ms/step, {100 * ev / g / off_ms:.2f}%)"
                 for s, g in at.items()
@@ -430,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             "points": a.points,
             "sample_every": a.sample_every,
             "steps": a.steps,
+            "samples": a.samples,
             "warmup": a.warmup,
             "repeats": a.repeats,
             "clock": clock,

@@ -16,7 +16,7 @@ import torch.optim.optimizer as optim_hooks
 from torch import nn
 
 from muvo_doctor.core.observation import Observation
-from muvo_doctor.recorder import Recorder
+from muvo_doctor.recorder import Recorder, schedule
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 13
@@ -193,6 +193,8 @@ def test_overhead_bench_prints_intervals_and_writes_its_summary(tmp_path: Path) 
         lo, hi = summary["modes"][mode]["ratio_ci95"]
         assert lo <= summary["modes"][mode]["ratio"] <= hi
         assert len(summary["modes"][mode]["ms_per_step_rounds"]) == 5
+        # A block runs from just after a sampled step to the end of the next one: one whole sampling gap.
+        assert min(summary["modes"][mode]["steps_per_block_rounds"]) >= schedule.DEFAULT_SAMPLE_EVERY
         assert summary["hooks"][mode]["unsampled_us"] > 0
 
 

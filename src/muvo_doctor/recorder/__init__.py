@@ -11,9 +11,10 @@ Public API, stable:
 How it stays cheap:
 - Official hooks only: ``optimizer.register_step_pre_hook`` / ``register_step_post_hook`` (or their
   global versions), forward hooks on loss modules (found by a global forward hook in the first steps).
-- Between samples the hooks only count: the optimizer pre-hook (and, in explicit mode, the loss-module
-  hooks) are registered from the step before a sampled step until it is recorded; the post-hook adds
-  one to a counter (global mode: and keeps a reference to the step's loss).
+- Between samples the hooks only count: the optimizer pre-hook and the loss-module hooks are registered
+  from the step before a sampled step until it is recorded; the post-hook adds one to a counter (global
+  mode: and keeps a reference to the step's loss, the ``backward()`` tensor; there the loss-module hooks
+  stay on every step when ``backward()`` runs on anything but the main loss call's output itself).
 - The loss costs no kernel per step: a reference to it (detached) is kept, and every 256 of them are
   stacked into one device tensor.
 - Everything else (gradient norms, update ratios, parameter states, outputs, labels) runs on sampled
@@ -231,8 +232,9 @@ class Recorder(LossCalls, Discovery, OptimizerStats, Buffer, Schedule):
             self._step_backward = loss if n == 1 else loss.detach().float().mean()
             if self._step_formula or loss is self._last_loss_out:  # backward() on the loss call's output
                 return
-            if self._plain_node is not None and not self._main_set:
-                self._backward_unhooked(loss)  # between samples: no loss call seen, none to compare with
+            if self._plain_node is not None and not self._main_set:  # loss-module hooks off: no call seen
+                if type(loss.grad_fn) is not self._plain_node:
+                    self._backward_unhooked()  # scaled or combined: the loss call's own value is unknown
             elif not self._from_loss_call(loss.grad_fn):
                 self._step_formula = True
         except Exception as exc:

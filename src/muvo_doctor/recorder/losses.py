@@ -156,11 +156,10 @@ class LossCalls:
         self._plain_node = None
         self._arm_loss_hooks(True)
 
-    def _backward_unhooked(self, loss: torch.Tensor) -> None:
-        """backward() on a step whose loss calls nobody saw (global mode, loss-module hooks off)."""
-        if type(loss.grad_fn) is not self._plain_node:
-            self._step_unknown = True  # scaled or combined: the loss call's own value is unknown
-            self._no_plain()
+    def _backward_unhooked(self) -> None:
+        """backward() between samples (loss-module hooks off) on another autograd node than the loss call's."""
+        self._step_unknown = True  # this step's train/loss left out
+        self._no_plain()
 
     def _close_global_step(self) -> None:
         """Write the loss and the batch statistics of the step about to be taken."""
