@@ -379,18 +379,37 @@ def _read_some(fd: int, seconds: float) -> bytes:
 def test_a_helper_process_that_trains_with_lr_0_is_not_merged_into_the_verdict(doctor_run, tmp_path):
     report, record = tmp_path / "report.json", tmp_path / "run.jsonl"
     p = doctor_run(
-        "--report", str(report), "--record", str(record), "--", PY, str(SCRIPTS / "trains_with_a_helper.py")
-    )
+        "--report", str(report), "--record", str(record), "--",
+        PY, str(SCRIPTS / "trains_with_a_helper.py"), "--api-key", "hunter2-helper-secret",
+    )  # fmt: skip
     assert p.returncode == 0, p.stderr
     verdict = json.loads(report.read_text())
     assert verdict["verdict"] != "dead", verdict["findings"]
     assert "frozen_parameters" not in {f["check"] for f in verdict["findings"]}
     losses = [o for o in read_observations(record) if o.name == "train/loss"]
     assert len(losses) == 150  # the parent's 150 steps; none of the helper's 150
-    assert re.search(
-        rb"process \d+ \(\S*python\S* \S*functional_losses.py --lr 0 --steps 150\) steps an optimizer",
-        p.stderr,
-    )
+    shown = rb"process (\d+) \((\S*python\S* \S*functional_losses.py --lr 0 --steps 150 --api-key REDACTED)\)"
+    said = re.search(shown + rb" steps an optimizer", p.stderr)
+    assert said, p.stderr
+    # The report names it too, by pid and command (secret masked), apart from the verdict.
+    assert verdict["helper_processes"] == [{"pid": int(said[1]), "command": said[2].decode()}]
+    assert b"hunter2" not in p.stderr + report.read_bytes() + record.read_bytes()
+
+
+def test_the_text_report_names_the_helper_processes():
+    from muvo_doctor.core.finding import HelperProcess, Report
+    from muvo_doctor.face.report import render_report
+
+    helpers = [HelperProcess(pid=4242, command="python eval.py --lr 0"), HelperProcess(pid=7, command=None)]
+    report = Report(source="python train.py", verdict="inconclusive", steps=3, findings=[])
+    assert "helper process" not in render_report(report)
+    text = render_report(report.model_copy(update={"helper_processes": helpers}))
+    assert "helper process 4242 (python eval.py --lr 0) trained on its own; not part of this verdict" in text
+    assert "helper process 7 trained on its own" in text
+    # A report written before the field existed still reads.
+    old = json.loads(report.to_json())
+    del old["helper_processes"]
+    assert Report.model_validate(old).helper_processes == []
 
 
 @pytest.mark.slow

@@ -47,6 +47,16 @@ class SkippedRecords(BaseModel):
     first_reason: str
 
 
+class HelperProcess(BaseModel):
+    """A process of a wrapped command that stepped an optimizer of its own but is not a rank of the
+    run (docs/run.md, Which processes are watched): named, its numbers not part of the verdict."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pid: int
+    command: str | None  # its command line, secrets masked unless --no-redact; None when it never said
+
+
 class Report(BaseModel):
     """The final report: ``schema: muvo-doctor/report/v1``."""
 
@@ -59,6 +69,7 @@ class Report(BaseModel):
     evidence_for_health: str | None = None  # what shows learning; None when nothing does (yet)
     skipped_records: SkippedRecords | None = None  # audit: bad records skipped by the reader
     findings: list[Finding]
+    helper_processes: list[HelperProcess] = Field(default_factory=list)  # run: they trained, not judged
 
     def to_json(self, indent: int | None = 2) -> str:
         return self.model_dump_json(by_alias=True, indent=indent)

@@ -159,6 +159,11 @@ def render_report(
         if ev:
             console.print(Text(f"         evidence: {ev}", style="dim"))
         console.print(Text(f"         what to do: {f.advice}", style="dim"))
+    for h in report.helper_processes:
+        named = f" ({h.command})" if h.command else ""
+        console.print(
+            Text(f"helper process {h.pid}{named} trained on its own; not part of this verdict", style="dim")
+        )
     if report.evidence_for_health:
         console.print(Text(f"evidence of learning: {report.evidence_for_health}", style="green"))
     console.print(Text(summary_line(report), style=VERDICT_STYLE[report.verdict]))

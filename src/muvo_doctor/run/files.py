@@ -68,6 +68,7 @@ class RunFiles:
         if self.opts.report is not None:
             try:
                 report = self.doctor.report(source=self.source)
+                report = report.model_copy(update={"helper_processes": self._helper_processes()})
                 data = (report.to_json() + "\n").encode("utf-8")
                 write_atomic(self.opts.report, data, follow_symlinks=self.opts.follow_symlinks)
             except OSError as exc:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from muvo_doctor.run.redact import redact_text
 
 if TYPE_CHECKING:
-    from muvo_doctor.core.finding import Finding
+    from muvo_doctor.core.finding import Finding, HelperProcess
     from muvo_doctor.core.observation import Observation
 
 # The signals the recorder measures itself.
@@ -112,13 +112,24 @@ class Session:
                 self.say_once("stream", f"skipped bad telemetry lines ({self.reader.first_error})")
 
     def _helper_trains(self, pid: int) -> None:
-        command = self.helpers.get(pid)
-        shown = (redact_text(command) if self.opts.redact else command) if command else "a helper process"
+        if pid not in self.training_helpers:
+            self.training_helpers.append(pid)
+        shown = self._helper_command(pid) or "a helper process"
         self.say_once(
             f"helper:{pid}",
             f"process {pid} ({shown}) steps an optimizer of its own; it is not a rank of this run, "
             "so its numbers are not part of this verdict",
         )
+
+    def _helper_command(self, pid: int) -> str | None:
+        command = self.helpers.get(pid)
+        return (redact_text(command) if self.opts.redact else command) if command else None
+
+    def _helper_processes(self) -> list[HelperProcess]:
+        """The helpers that trained, for the report: named there as on stderr, never judged."""
+        from muvo_doctor.core.finding import HelperProcess
+
+        return [HelperProcess(pid=pid, command=self._helper_command(pid)) for pid in self.training_helpers]
 
     def _observe(self, obs: Observation, telemetry: bool = False) -> None:
         from muvo_doctor.run.stream import encode_observation
