@@ -462,3 +462,33 @@ def test_a_flood_of_output_passes_through_whole_and_what_was_not_parsed_is_count
     assert p.returncode == 0 and p.stdout == direct.stdout  # 5.3 MB, byte for byte
     counted = re.search(rb"muvo-doctor: (\d+) output lines \([\d.]+ MB\) were not read for numbers", p.stderr)
     assert counted and 0 < int(counted[1]) < 200_000, p.stderr
+
+
+def test_the_child_is_not_kept_waiting_while_the_doctor_sets_up(monkeypatch, capfd, tmp_path):
+    from muvo_doctor.run import runner
+
+    # The set-up goes on only once the child has written 4 MB and said so: more than a pipe or a
+    # pty holds, so it can only happen if its output is passed on meanwhile.
+    written = tmp_path / "written"
+    set_up = runner.Runner._setup
+    waited: list[bool] = []
+
+    def setup_after_the_child_wrote(self) -> None:
+        end = time.monotonic() + 30
+        while not written.exists() and time.monotonic() < end:
+            time.sleep(0.01)
+        waited.append(written.exists())
+        set_up(self)
+
+    monkeypatch.setattr(runner.Runner, "_setup", setup_after_the_child_wrote)
+    code = (
+        "import sys\n"
+        "for i in range(40_000): sys.stdout.write(f'step {i} loss={1 / (i + 1):.6f} ' + 'x' * 70 + '\\n')\n"
+        "sys.stdout.write('an open line at the end of the set-up'); sys.stdout.flush()\n"
+        f"open({str(written)!r}, 'w').close()\n"
+    )
+    assert runner.Runner(runner.RunOptions(command=[PY, "-c", code])).run() == 0
+    out, err = capfd.readouterr()
+    direct = subprocess.run([PY, "-c", code], capture_output=True, timeout=60)
+    assert waited == [True]
+    assert out.encode() == direct.stdout, out[-200:]  # whole, in order, the open line included

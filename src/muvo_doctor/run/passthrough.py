@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import selectors
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +27,26 @@ PARSE_DUTY = 0.05  # share of the time parsing may take while output floods in (
 PARSE_BURST_S = 0.05  # parse time saved up while the output is quiet, spent at once when it comes
 PARSE_BACKLOG = 64 << 10  # output waiting for the parser beyond this is dropped (counted), never waited on
 LINE_HOLD_S = 1.0  # the doctor's lines wait at most this long for the child to end its line
+EARLY_SWITCH_S = 0.0005  # the GIL's switch interval while a thread copies the output (see _copy_during)
+EARLY_LINE_MAX = 64 << 10  # ... it holds back an open line up to this long (a progress bar rewritten by \r)
+
+
+def read_burst(fd: int) -> tuple[bytes, bool]:
+    """What the output ``fd`` holds now, up to ``READ_BURST``, and whether it is closed."""
+    chunks: list[bytes] = []
+    got = 0
+    while got < READ_BURST:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        except OSError:  # EIO: the pty's other side is closed
+            data = b""
+        if not data:
+            return b"".join(chunks), True
+        chunks.append(data)
+        got += len(data)
+    return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), False
 
 
 class Passthrough:
@@ -80,6 +102,7 @@ class Passthrough:
     def _passthrough_rest(self) -> None:
         """After an internal error: only copy bytes and forward signals until the child ends."""
         assert self.child is not None
+        self._pass_early(raw=True)
         while self.child.poll() is None or self._has_outputs():
             for key, _ in self.sel.select(0.1):
                 fd, what = key.fd, key.data
@@ -114,29 +137,89 @@ class Passthrough:
         for the parser. One write: a child on a terminal writes line by line, the pty hands them over
         ~1 KiB at a time, and each write to our terminal has a cost of its own (20 MB through a pty,
         3 runs: 3.1 s wrapped with one write per burst, 4.0 s with writes of at most 128 KiB or 16 KiB)."""
-        chunks: list[bytes] = []
-        got = 0
-        closed = False
-        while got < READ_BURST:
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                break
-            except OSError:  # EIO: the pty's other side is closed
-                data = b""
-            if not data:
-                closed = True
-                break
-            chunks.append(data)
-            got += len(data)
-        if chunks:
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            self._read_this_turn += got
+        data, closed = read_burst(fd)
+        if data:
+            self._read_this_turn += len(data)
             self._pass_through(what, data)
             self._queue_parse(fd, data)
         if closed:
             self.sel.unregister(fd)
             self._parse_q.append((fd, None))
+
+    def _copy_during(self, work: Callable[[], None]) -> None:
+        """Run ``work`` (the doctor's set-up: ~0.5 s of imports, after the child started) while a
+        thread passes the child's output through. Else a child that prints at once waits for us
+        all that time: a pty holds 20 KiB, 2 ms of a child printing 10 MB/s (a child printing 20 MB
+        under a pty: its first bytes reached the terminal 0.5-0.9 s after it started, and it was
+        blocked until then). The thread writes whole lines only; a line still open when ``work``
+        ends goes through the view (``_pass_early``), which then knows it is open. All of it is
+        queued for the parser, as the loop would have."""
+        outputs = {fd: key.data for fd, key in self.sel.get_map().items() if key.data in ("out", "err")}
+        tails = dict.fromkeys(outputs, b"")
+        read: list[tuple[int, bytes | None]] = []  # in order, for the parser; None: that output closed
+        failed: list[tuple[str, OSError]] = []
+        stop_r, stop_w = os.pipe()
+
+        def copy(fd: int, data: bytes) -> None:
+            held = tails[fd] + data
+            cut = held.rfind(b"\n") + 1 if len(held) < EARLY_LINE_MAX else len(held)
+            tails[fd] = held[cut:]
+            if cut:
+                try:
+                    write_all(1 if outputs[fd] == "out" else 2, held[:cut])
+                except OSError as exc:
+                    failed.append((outputs[fd], exc))
+
+        def run() -> None:
+            with selectors.DefaultSelector() as sel:
+                for fd in (*outputs, stop_r):
+                    sel.register(fd, selectors.EVENT_READ)
+                while len(sel.get_map()) > 1:
+                    for key, _ in sel.select():
+                        if key.fd == stop_r:
+                            return
+                        data, closed = read_burst(key.fd)
+                        if data:
+                            read.append((key.fd, data))
+                            copy(key.fd, data)
+                        if closed:
+                            sel.unregister(key.fd)
+                            read.append((key.fd, None))
+
+        # The thread waits for the GIL after each read and write: a shorter switch interval than the
+        # default 5 ms keeps the imports from leaving the pty full that long.
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(EARLY_SWITCH_S)
+        thread = threading.Thread(target=run, name="muvo-doctor-copy", daemon=True)
+        thread.start()
+        try:
+            work()
+        finally:
+            os.write(stop_w, b"x")
+            thread.join()
+            sys.setswitchinterval(interval)
+            os.close(stop_r)
+            os.close(stop_w)
+            for what, exc in failed:
+                self.say_once(what, f"cannot write the training's {what} ({exc.strerror}); it goes on")
+            self._early = [(outputs[fd], tail) for fd, tail in tails.items() if tail]
+            for fd, data in read:
+                if data is not None:
+                    self._queue_parse(fd, data)
+                else:
+                    self.sel.unregister(fd)
+                    self._parse_q.append((fd, None))
+
+    def _pass_early(self, raw: bool = False) -> None:
+        """The open lines ``_copy_during`` left: through the view, or only copied (``raw``: the
+        set-up failed, there is no view)."""
+        early, self._early = self._early, []
+        for what, data in early:
+            if raw:
+                with contextlib.suppress(OSError):
+                    write_all(1 if what == "out" else 2, data)
+            else:
+                self._pass_through(what, data)
 
     def _pass_through(self, what: str, data: bytes) -> None:
         if self._held and (what == "err" or self._out_shares_err):
