@@ -2,6 +2,7 @@
 
     python bench/passthrough.py                  # 50 MB of numeric log lines, 3 rounds
     python bench/passthrough.py --mb 10 --rounds 1
+    git worktree add /tmp/before main~3 && python bench/passthrough.py --compare /tmp/before/src
 
 The child is one Python process printing ``--mb`` MB of training-log lines (``step 12 loss=0.6931
 lr=3.000e-04 grad_norm=1.2345 acc=0.5012``) as fast as it can. Each mode runs it directly and under
@@ -17,7 +18,9 @@ rounds): what the wrapper itself costs, which slows the child only where every C
 The wrapped output of the last round must equal the direct one byte for byte (checked with ``cmp``),
 after removing the doctor's own lines (``muvo-doctor: ...`` and the alert banner, on stderr: in pty
 mode it shares the terminal; they must be whole lines between the child's for the rest to match).
-Exit 1 when a ratio is under ``--target`` or the bytes differ.
+Exit 1 when a ratio is under ``--target`` or the bytes differ. ``--compare SRC`` adds a wrapped run by
+the package in SRC (another checkout's ``src``), alternated with the others in the same rounds: a
+before/after on a busy machine, where runs apart in time are not comparable.
 """
 
 from __future__ import annotations
@@ -108,12 +111,28 @@ def child_part(out: bytes) -> bytes:
     return b"\n".join([*kept, last])
 
 
+def _same(mode: str, direct: Path, wrapped: Path) -> bool:
+    diff = subprocess.run(["cmp", str(direct), str(wrapped)], capture_output=True, text=True)
+    if diff.returncode != 0:
+        at = int(diff.stdout.split("byte ")[1].split(",")[0]) - 1 if "byte " in diff.stdout else 0
+        got = wrapped.read_bytes()[max(at - 200, 0) : at + 200]
+        print(f"{mode}: {(diff.stdout or diff.stderr).strip()}; wrapped there: {got!r}", file=sys.stderr)
+    return diff.returncode == 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=float, default=50.0, help="megabytes the child prints (default 50)")
     ap.add_argument("--rounds", type=int, default=3, help="direct/wrapped pairs per mode (default 3)")
     ap.add_argument("--target", type=float, default=0.9, help="lowest acceptable ratio (default 0.9)")
+    ap.add_argument(
+        "--compare", metavar="SRC", action="append", default=[],
+        help="also wrap with the muvo_doctor package under SRC (e.g. another checkout's src), side by side",
+    )  # fmt: skip
     args = ap.parse_args()
+    for src in args.compare:
+        if not Path(src, "muvo_doctor", "__init__.py").is_file():
+            ap.error(f"--compare {src}: no muvo_doctor package there; give a checkout's src folder")
 
     n = int(args.mb * 1e6)
     env = dict(os.environ, NO_COLOR="1")
@@ -126,36 +145,36 @@ def main() -> int:
         script.write_text(CHILD)
         child = [sys.executable, str(script), str(n)]
         wrapped = [sys.executable, "-m", "muvo_doctor", "run", "--plain", "--", *child]
+        here = str(
+            Path(__file__).resolve().parents[1] / "src"
+        )  # this checkout's package, whatever is installed
+        kinds = [("direct", child, env), ("wrapped", wrapped, dict(env, PYTHONPATH=here))]
+        kinds += [(src, wrapped, dict(env, PYTHONPATH=src)) for src in args.compare]
         for mode, runner in (("pipe", run_pipe), ("pty", run_pty)):
-            best = {"direct": float("inf"), "wrapped": float("inf")}
-            cpu = {"direct": float("inf"), "wrapped": float("inf")}
+            best = {kind: float("inf") for kind, _, _ in kinds}
+            cpu = dict(best)
             outs: dict[str, bytes] = {}
             for _ in range(args.rounds):
-                for kind, cmd in (("direct", child), ("wrapped", wrapped)):
-                    t, c, out = runner(cmd, env)
+                for kind, cmd, kind_env in kinds:
+                    t, c, out = runner(cmd, kind_env)
                     best[kind] = min(best[kind], t)
                     cpu[kind] = min(cpu[kind], c)
                     outs[kind] = out
-            direct_file, wrapped_file = Path(tmp, f"{mode}.direct"), Path(tmp, f"{mode}.wrapped")
+            direct_file = Path(tmp, f"{mode}.direct")
             direct_file.write_bytes(outs["direct"])
-            wrapped_file.write_bytes(child_part(outs["wrapped"]) if mode == "pty" else outs["wrapped"])
-            diff = subprocess.run(
-                ["cmp", str(direct_file), str(wrapped_file)], capture_output=True, text=True
-            )
-            same = diff.returncode == 0
-            if not same:
-                at = int(diff.stdout.split("byte ")[1].split(",")[0]) - 1 if "byte " in diff.stdout else 0
-                got = wrapped_file.read_bytes()[max(at - 200, 0) : at + 200]
-                print(
-                    f"{mode}: {(diff.stdout or diff.stderr).strip()}; wrapped there: {got!r}", file=sys.stderr
-                )
-            ratio = best["direct"] / best["wrapped"]
-            ok &= same and ratio >= args.target
-            size = len(outs["direct"]) / 1e6
-            verdict = f"identical ({size:.1f} MB, cmp)" if same else "DIFFER (cmp)"
-            own = cpu["wrapped"] - cpu["direct"]
-            times = f"{best['direct']:>10.2f}{best['wrapped']:>11.2f}{ratio:>7.2f}x{own:>13.2f}"
-            print(f"{mode:<6}{times}  {verdict}", flush=True)
+            for kind, _, _ in kinds[1:]:
+                wrapped_file = Path(tmp, f"{mode}.wrapped")
+                wrapped_file.write_bytes(child_part(outs[kind]) if mode == "pty" else outs[kind])
+                same = _same(mode, direct_file, wrapped_file)
+                ratio = best["direct"] / best[kind]
+                if kind == "wrapped":
+                    ok &= same and ratio >= args.target
+                size = len(outs["direct"]) / 1e6
+                verdict = f"identical ({size:.1f} MB, cmp)" if same else "DIFFER (cmp)"
+                own = cpu[kind] - cpu["direct"]
+                times = f"{best['direct']:>10.2f}{best[kind]:>11.2f}{ratio:>7.2f}x{own:>13.2f}"
+                label = "" if kind == "wrapped" else f"  wrapped by {kind}"
+                print(f"{mode:<6}{times}  {verdict}{label}", flush=True)
     print(f"target >= {args.target:g}x and identical bytes: {'met' if ok else 'NOT met'}")
     return 0 if ok else 1
 

@@ -249,22 +249,36 @@ class Passthrough:
 
     # -- the parser on the side ---------------------------------------------------------------
     def _queue_parse(self, fd: int, data: bytes) -> None:
+        if len(data) > PARSE_BACKLOG:
+            # Only its last PARSE_BACKLOG bytes can wait for the parser: the rest, and all that waits
+            # already, is dropped at once (a flood hands over up to 1 MiB a turn: no slicing of it).
+            while self._parse_q:
+                self._drop_oldest()
+            cut = len(data) - PARSE_BACKLOG
+            self._dropped(fd, cut, data.count(b"\n", 0, cut))
+            data = data[cut:]
         for i in range(0, len(data), PARSE_SLICE):
             piece = data[i : i + PARSE_SLICE]
             self._parse_q.append((fd, piece))
             self._parse_q_bytes += len(piece)
         # The parser is behind: drop its oldest work rather than make the child wait for it.
         while self._parse_q_bytes > PARSE_BACKLOG:
-            old_fd, old = self._parse_q.popleft()
-            if old is None:
-                self._close_splitter(old_fd)
-                continue
-            self._parse_q_bytes -= len(old)
-            self.unparsed_bytes += len(old)
-            self.unparsed_lines += old.count(b"\n")
-            splitter = self.splitters.get(old_fd)
-            if splitter is not None:
-                splitter.gap()
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        fd, data = self._parse_q.popleft()
+        if data is None:
+            self._close_splitter(fd)
+            return
+        self._parse_q_bytes -= len(data)
+        self._dropped(fd, len(data), data.count(b"\n"))
+
+    def _dropped(self, fd: int, size: int, lines: int) -> None:
+        self.unparsed_bytes += size
+        self.unparsed_lines += lines
+        splitter = self.splitters.get(fd)
+        if splitter is not None:
+            splitter.gap()
 
     def _select_timeout(self) -> float:
         """Parse work waiting: only look at the output (no wait) when there is parse time to spend,
