@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import statistics
 import sys
@@ -301,16 +300,22 @@ def main(argv: list[str] | None = None) -> int:
     order_rng = random.Random(a.seed)
     step = 0
 
-    def until_sample(rec: Recorder, limit: int) -> int:
-        """Steps run until one ends with a new sample (its samples' count grew); ``limit`` at most."""
+    class _Never:
+        _n_samples = 0  # what an off block's loop reads: the same per-step work as a recorder's block
+
+    def run_steps(rec: Recorder | None, samples: int, limit: int) -> int:
+        """Steps run until ``samples`` more sampled steps ended, ``limit`` at most (an off block: ``limit``)."""
         nonlocal step
+        counter = rec if rec is not None else _Never
+        target = counter._n_samples + samples
         for n in range(1, limit + 1):
-            n0 = rec._n_samples
             step_fn(step, rec)
             step += 1
-            if rec._n_samples > n0:
+            if counter._n_samples >= target:
                 return n
-        raise SystemExit(f"overhead.py: no sampled step in {limit} steps; the recorder does not sample")
+        if rec is not None:
+            raise SystemExit(f"overhead.py: no sampled step in {limit} steps; the recorder does not sample")
+        return limit
 
     for _ in range(a.warmup + 10):  # caches, allocator, first-call costs: before any timed block
         step_fn(step, None)
@@ -325,17 +330,14 @@ def main(argv: list[str] | None = None) -> int:
                     step_fn(step, rec)
                     step += 1
                 while rec._n_samples < 2:  # the adaptive gap is set at the second sample
-                    until_sample(rec, longest_gap)
-                until_sample(rec, longest_gap)  # the timed block starts right after a sampled step
+                    run_steps(rec, 1, longest_gap)
+                run_steps(rec, 1, longest_gap)  # the timed block starts right after a sampled step
             timer.sync()
             t0 = timer.mark()
             if rec is None:
-                n_steps = a.steps
-                for _ in range(n_steps):
-                    step_fn(step, None)
-                    step += 1
+                n_steps = run_steps(None, 1, a.steps)
             else:
-                n_steps = sum(until_sample(rec, longest_gap) for _ in range(a.samples))
+                n_steps = run_steps(rec, a.samples, a.samples * longest_gap)
             t1 = timer.mark()
             n_eval = len(eval_ms)
             if rec is not None:
@@ -365,16 +367,20 @@ def main(argv: list[str] | None = None) -> int:
             step_fn(step, rec)
             step += 1
         while rec._n_samples < 3:  # past the first (setup) and second (gap-setting) samples, as the blocks
-            until_sample(rec, longest_gap)
+            run_steps(rec, 1, longest_gap)
         plain: list[float] = []
         sampled: list[float] = []
-        for _ in range(4 * a.steps):
+        while len(sampled) < 4 * a.samples:  # whole sampling gaps, as the timed blocks
+            if len(plain) + len(sampled) > 4 * a.samples * longest_gap:
+                raise SystemExit(
+                    "overhead.py: no sampled step in the host-time block; the recorder does not sample"
+                )
             n0, t0 = rec._n_samples, _HookTimed.spent_ns
             step_fn(step, rec)
             step += 1
             (sampled if rec._n_samples > n0 else plain).append((_HookTimed.spent_ns - t0) / 1e3)
         rec.close()
-        every = 4 * a.steps / len(sampled) if sampled else math.inf
+        every = (len(plain) + len(sampled)) / len(sampled)
         us_plain = statistics.median(plain) if plain else 0.0
         us_sampled = statistics.median(sampled) if sampled else 0.0
         hooks[mode] = {

@@ -86,9 +86,9 @@ class Schedule:
             self._last_tick = time.perf_counter()
 
     def _sync_step_hooks(self) -> None:
-        """The optimizer pre-hook (and, in explicit mode, the loss-module hooks) are on from the step before
-        a sampled step until it is recorded. Between samples the post-hook counts steps (and, in global
-        mode, with the loss-module hooks, keeps train/loss)."""
+        """The optimizer pre-hook and the loss-module hooks are on from the step before a sampled step until it
+        is recorded (global mode: the loss-module hooks on every step unless backward() runs on the main loss
+        call's output itself). Between samples the post-hook counts steps (global mode: and keeps train/loss)."""
         nxt = self._primary.count if self._primary is not None else self._records
         on = self._armed = nxt + 1 >= self._next_sample
         if not self.is_global or self._plain_node is not None:  # else global: every step (train/loss)
