@@ -2,8 +2,8 @@
 
     python bench/overhead.py --device cpu --arch mlp --clock cpu          # tiny MLP, ~4 ms step, 1 thread
     O="--device cuda --arch original --image-size 224 --points 4096"
-    python bench/overhead.py $O --batch 8 --json overhead_b8.json       # ~4 min on an H200
-    python bench/overhead.py $O --batch 256 --repeats 12 --json overhead_b256.json   # ~5 min
+    python bench/overhead.py $O --batch 8 --json overhead_b8.json
+    python bench/overhead.py $O --batch 256 --repeats 12 --json overhead_b256.json
 
 Modes: ``off`` (plain loop), ``watch`` (``Recorder(model, opt)`` + ``record()`` every step, what
 ``muvo_doctor.watch`` does), ``global`` (``Recorder.install_global`` and ``observe_backward`` before
@@ -13,12 +13,13 @@ Method: ``--repeats`` rounds; a round runs one block per mode in a random order 
 watch or global block is a fresh recorder, at least ``--warmup`` untimed steps (loss-module discovery,
 the adaptive schedule settling: two samples taken) ending with a sampled step, then timed steps up to
 and including the ``--samples``-th sampled step after it: every block holds the same number of samples,
-one per sampling gap, so a block's mean is the amortized cost exactly (not one more or one fewer sample
-by chance). An off block is ``--steps`` timed steps. Time is CUDA events around the block on a GPU (no
-host sync inside it), ``perf_counter_ns`` on a CPU (``--clock cpu``: this process's CPU time, for a
-machine others are loading). A mode's ratio in a round is its block against the same round's ``off``
-block, so slow drifts of the machine cancel; the summary is the median over rounds with a 95%
-bootstrap interval (rounds resampled), and the same for the absolute cost (ms per step).
+one per sampling gap, so a block's mean is the amortized cost exactly (a 200-step block held 1 or 2 by
+chance before: +-1.3 ms on the tiny MLP). An off block is ``--steps`` timed steps, through the same step
+loop. Time is CUDA events around the block on a GPU (no host sync inside it), ``perf_counter_ns`` on a
+CPU (``--clock cpu``: this process's CPU time, for a machine others are loading). A mode's ratio in a
+round is its block against the same round's ``off`` block, so slow drifts of the machine cancel; the
+summary is the median over rounds with a 95% bootstrap interval (rounds resampled), and the same for the
+absolute cost (ms per step).
 
 The recorder's flush (one host sync, observations built) is timed apart after each block and
 amortized over the steps a real run makes between flushes (``flush_every`` samples or
@@ -304,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         _n_samples = 0  # what an off block's loop reads: the same per-step work as a recorder's block
 
     def run_steps(rec: Recorder | None, samples: int, limit: int) -> int:
-        """Steps run until ``samples`` more sampled steps ended, ``limit`` at most (an off block: ``limit``)."""
+        """Steps until ``samples`` more sampled steps ended, ``limit`` at most (an off block: ``limit``)."""
         nonlocal step
         counter = rec if rec is not None else _Never
         target = counter._n_samples + samples

@@ -143,6 +143,35 @@ def test_global_recorder_never_records_a_scaled_loss_when_the_program_starts_sca
     assert set(range(switch + 1, STEPS)) <= set(train_loss)  # the hooks are on every step from then on
 
 
+def test_global_recorder_with_a_formula_of_two_loss_modules_keeps_the_formula_and_the_frame_call() -> None:
+    # backward() on frame + 0.5 * point (the incident pipeline's shape): train/loss is that sum every step,
+    # the loss-input statistics come from the per-sample (frame) call on sampled steps only.
+    model, opt, _ = setup()
+    frame_crit, point_crit = nn.CrossEntropyLoss(), nn.BCEWithLogitsLoss()
+    got: list[Observation] = []
+    hooked: dict[int, int] = {}
+    totals, frame_max = {}, {}
+    rec = Recorder.install_global(sink=got.extend, sample_every=EVERY)
+    try:
+        for step in range(STEPS):
+            hooked[step] = len(frame_crit._forward_hooks) + len(point_crit._forward_hooks)
+            x, y = data(step)
+            out = model(x)
+            total = frame_crit(out, y) + 0.5 * point_crit(out, (out > 0).float())
+            opt.zero_grad()
+            rec.observe_backward(total)
+            total.backward()
+            opt.step()
+            totals[step], frame_max[step] = total.item(), out.max().item()
+    finally:
+        rec.close()
+    s = by_name(got)
+    assert s["train/loss"] == pytest.approx(totals)
+    for step in range(3, STEPS):
+        assert hooked[step] == (2 if step % EVERY in (0, EVERY - 1) else 0), step
+    assert s["loss_input/logits/max"] == pytest.approx({k: frame_max[k] for k in (0, 4, 8, 12)})
+
+
 def test_update_ratios_stay_right_when_the_snapshot_is_reused() -> None:
     model, opt, crit = setup()
     got: list[Observation] = []

@@ -31,13 +31,14 @@ class LossCalls:
         self._step_formula = False  # a backward() tensor combined several loss calls (or none)
         self._last_loss_out: torch.Tensor | None = None
         self._pending: dict[str, tuple[tuple[str, ...], torch.Tensor, str]] = {}
-        # Global mode: once every hooked step showed backward() run on the main loss call's output itself
-        # (``loss = crit(out, y); loss.backward()``), the loss-module hooks are on only around sampled
-        # steps, as in explicit mode (a hooked module takes torch's slower call path, ~30 us a step on a
-        # CPU), and between samples train/loss is the backward() tensor. Its autograd node type is checked
-        # on those steps: another type (a scaled or combined loss) turns the hooks on for good and leaves
-        # that one step without train/loss rather than with a wrong value.
-        self._plain_node: type | None = None  # the main loss call's node type, while hooks may be off
+        # Global mode: once every hooked step showed train/loss to be the backward() tensor itself (backward()
+        # on the main loss call's output, ``loss = crit(out, y); loss.backward()``, or on a formula of calls),
+        # the loss-module hooks are on only around sampled steps, as in explicit mode (a hooked module takes
+        # torch's slower call path: ~30 us a step on a CPU with ours), and between samples train/loss is the
+        # backward() tensor. Its autograd node type is checked on those steps: another type (say, the loss
+        # now scaled by a GradScaler) turns the hooks on for good and leaves that one step without
+        # train/loss rather than with a wrong value.
+        self._plain_node: type | None = None  # the backward() tensor's node type, while hooks may be off
         self._plain_ok = True  # no hooked step contradicted it yet
         self._step_unknown = False  # hooks off and backward() ran on something else: no train/loss
 
@@ -139,15 +140,20 @@ class LossCalls:
             self._step_formula = False
 
     def _check_plain(self) -> None:
-        """Global mode, a step whose loss-module calls were hooked: is backward() on the main call's output?"""
-        main = self._main_loss
-        if main is not None and not self._step_formula and self._step_backward is main:
-            node = type(main.grad_fn)
-            if self._plain_node is None and self._plain_ok:
-                self._plain_node = node
-                return
-            if node is self._plain_node:
-                return
+        """Global mode, a step whose loss calls were hooked: is train/loss the backward() tensor itself?
+
+        It is when backward() ran on the main call's output, or on a combination of calls (a formula).
+        Not when the top node only scales (a scaled call's train/loss is the call: the hooks stay on).
+        """
+        back = self._step_backward
+        if back is not None and (back is self._main_loss or self._step_formula):
+            node = type(back.grad_fn)
+            if node.__name__ not in _SCALE_NODES:
+                if self._plain_node is None and self._plain_ok:
+                    self._plain_node = node
+                    return
+                if node is self._plain_node:
+                    return
         self._no_plain()
 
     def _no_plain(self) -> None:
