@@ -171,7 +171,7 @@ class _JsonLines:
         num = num.replace(plan.pieces[-1], ",").rstrip()  # "v, v, v,\n v, ..., v,"
         if _NEG_ZERO_RE.search(num):
             return False
-        data = num.encode("ascii").replace(b" ", b"").replace(b"\t", b"").replace(b"\n", b"")
+        data = num.encode("ascii").translate(None, b" \t\n")
         got = decimals(data)
         if len(got.values) != n * c + 1:  # (the last field is empty: "v,")
             return False

@@ -3,12 +3,13 @@
 ``float()`` costs 0.1-0.6 us a value on our machines, most of what reading a dense log costs. Here
 the fields of a chunk are parsed by numpy, all at once: the digits of each field (at most 24, at
 most 19 after leading zeros) are put together eight at a time in 64-bit words (no loop per digit),
-and the integer they make is divided by the power of ten of its decimals in x87 extended precision
-(64-bit mantissa: both are exact, and the division is correctly rounded). Rounding that to a double
-gives the correctly rounded value, except when it lies exactly half way between two doubles (double
-rounding). Those fields, fields in any other spelling (an exponent, "nan", a space, "+"), and every
-field where long double is not x87's, are left to the caller (``ok`` False), which parses them one
-by one with ``float``: what a reader gets never depends on the path.
+and the integer they make is divided by the power of ten of its decimals: in doubles when both are
+exact doubles (below 2**53, at most 22 decimals: one correctly rounded division), else in x87
+extended precision (64-bit mantissa: both exact, the division correctly rounded), where rounding
+the result to a double is correct except when it lies exactly half way between two doubles (double
+rounding). Those fields, fields in any other spelling (an exponent, "nan", a space, "+"), and the
+long ones where long double is not x87's, are left to the caller (``ok`` False), which parses them
+one by one with ``float``: what a reader gets never depends on the path.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ _X87 = np.finfo(np.longdouble).nmant == 63 and np.dtype(np.longdouble).itemsize 
 _WIDTH = 24  # digits in a field's window (3 words of 8)
 _HALF = np.uint64(0x400)  # the low 11 bits of a long double exactly half way between two doubles
 _POW10 = np.array([np.longdouble(10) ** k for k in range(_WIDTH + 1)])  # exact: 5**24 < 2**64
+_POW10_D = np.array([10.0**k for k in range(_WIDTH + 1)])  # exact up to 10**22
 # _MASK[k]: the 3 words of a window that keep its last k bytes (the digits of a field of k digits)
 _MASK = np.array(
     [[(1 << 64) - (1 << 8 * min(max(_WIDTH - k - 8 * j, 0), 8)) if _WIDTH - k - 8 * j < 8 else 0 for j in range(3)]
@@ -80,8 +82,6 @@ def _decimals(data: bytes, seps: bytes) -> Fields:
     ends = np.empty(nf, np.int64)
     ends[:-1] = cuts
     ends[-1] = len(b)
-    if not _X87:
-        return Fields(np.zeros(nf), np.zeros(nf, bool), np.full(nf, -1), starts, ends)
     is_dot = c == ord(".")
     is_minus = c == ord("-")
     field = np.cumsum(is_sep)  # the field of each non-digit (a separator: the field it starts)
@@ -119,10 +119,19 @@ def _decimals(data: bytes, seps: bytes) -> Fields:
     w >>= np.uint64(32)
     hi, mid, lo = w[:, 0], w[:, 1], w[:, 2]
     bad |= hi >= 1000  # more than 19 digits after the leading zeros: the integer overflows 64 bits
-    q = (hi * np.uint64(10**16) + mid * np.uint64(10**8) + lo).astype(np.longdouble)
-    q /= _POW10[np.clip(places, 0, _WIDTH)]
-    bad |= (q.view(np.uint64).reshape(nf, -1)[:, 0] & np.uint64(0x7FF)) == _HALF
-    vals = q.astype(np.float64)
+    m = hi * np.uint64(10**16) + mid * np.uint64(10**8) + lo
+    k = np.where(bad, 0, np.maximum(places, 0))
+    # Where the integer and 10**k are exact doubles (< 2**53, k <= 22) one division is correctly
+    # rounded; the others are divided in long double.
+    small = (m < np.uint64(1 << 53)) & (k <= 22)
+    vals = m.astype(np.float64) / _POW10_D[np.minimum(k, 22)]
+    big = np.flatnonzero(~small & ~bad)
+    if big.size and not _X87:
+        bad[big] = True
+    elif big.size:
+        q = m[big].astype(np.longdouble) / _POW10[k[big]]
+        bad[big[(q.view(np.uint64).reshape(big.size, -1)[:, 0] & np.uint64(0x7FF)) == _HALF]] = True
+        vals[big] = q.astype(np.float64)
     np.negative(vals, out=vals, where=neg)
     vals[bad] = 0.0
     return Fields(vals, ~bad, places, starts, ends)
