@@ -134,7 +134,7 @@ def spawn_led(
             if fd >= 0:
                 os.close(fd)
         os.waitpid(pid, 0)
-        code = int(value) if what == "error" else errno.EIO  # EIO: setsid or TIOCSCTTY failed
+        code = (int(value) if what == "error" else 0) or errno.EIO  # EIO: setsid or TIOCSCTTY failed
         raise OSError(code, os.strerror(code))
     stderr = os.fdopen(err_r, "rb", buffering=0) if err_r >= 0 else None
     return LeaderChild(pid, int(value), status_r, release_w, stderr)
@@ -159,9 +159,11 @@ def _lead(
                     os.close(fd)
         os.closerange(max(keep) + 1, 1 << 16)
         null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-        os.close(null)
+        for fd in (1, 2):
+            if fd not in keep:  # (a closed stderr may have made one of ours fd 2)
+                os.dup2(null, fd)
+        if null not in (1, 2, *keep):
+            os.close(null)
         os.setsid()
         fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
         try:
