@@ -9,7 +9,7 @@ memory, ru_maxrss, is its own), ``--repeat`` times in turn, best run kept:
      for JSON lines ``json.loads`` per line; for CSV ``csv.DictReader`` with float() per cell.
 MB/s are given per wall second and per CPU second (user + system of the child): on a shared
 machine wall time depends on the load, CPU time much less. ``--rss-gb 1`` also audits a 1 GB
-console log once and reports its peak memory (generating it takes a minute or two).
+log of each format once and reports its peak memory (generating one takes a minute or two).
 
     python bench/audit_speed.py [--mb 200] [--formats console jsonl csv] [--repeat 3] [--rss-gb 1]
 """
@@ -261,17 +261,18 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=[*sorted(_CHILD), "naive"], help="default: audit naive")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each, the best kept (default 3)")
     ap.add_argument("--keep", action="store_true", help="keep the generated logs and print their paths")
-    ap.add_argument("--rss-gb", type=float, default=0.0, help="also audit a console log this large once")
+    ap.add_argument("--rss-gb", type=float, default=0.0, help="also audit a log this large once, per format")
     args = ap.parse_args()
     kinds = args.only or ["audit", "naive"]
     results: dict[str, object] = {}
     for fmt in args.formats:
         results[fmt] = bench(fmt, args.mb, kinds, args.repeat, args.keep)
-    if args.rss_gb:
-        results["rss"] = got = bench("console", args.rss_gb * 1000, ["audit"], 1, args.keep)
+    for fmt in args.formats if args.rss_gb else []:
+        results[f"rss_{fmt}"] = got = bench(fmt, args.rss_gb * 1000, ["audit"], 1, args.keep)
         peak = got["audit"]["peak_mb"]  # type: ignore[index]
         print(
-            f"  peak memory auditing {args.rss_gb:g} GB: {peak} MB ({'under' if peak < 200 else 'OVER'} 200 MB)"
+            f"  peak memory auditing {args.rss_gb:g} GB of {fmt}: {peak} MB "
+            f"({'under' if peak < 200 else 'OVER'} 200 MB)"
         )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(json.dumps({"cpus": os.cpu_count(), "load_avg_1m": round(load, 2), **results}))
