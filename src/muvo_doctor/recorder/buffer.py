@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,30 +59,19 @@ def _stack_losses(refs: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([r.reshape(1).float().to(dev) for r in refs])
 
 
+@dataclass(slots=True)
 class _Row:
     """Host-side layout of one appended block of the device buffer (or of host values)."""
 
-    __slots__ = ("step", "names", "pos", "n", "kind", "host", "layout")
-
-    def __init__(
-        self,
-        step: int | None,
-        names: tuple[str, ...],
-        pos: int,
-        n: int,
-        kind: str,
-        host: list[float] | None = None,
-        layout: Any = None,
-    ) -> None:
-        self.step = step
-        self.names = names
-        self.pos = pos
-        self.n = n
-        # "plain", "binary" (positive fraction first), "classes" (counts), "loss", and per-parameter
-        # norms the flush sums per module on the host: "grad" (_grad_values), "update" (_update_values).
-        self.kind = kind
-        self.host = host
-        self.layout = layout  # what the host needs to turn a "grad" or "update" row into its names' values
+    step: int | None
+    names: tuple[str, ...]
+    pos: int  # where the row starts in the device buffer; -1 for host values
+    n: int
+    # "plain", "binary" (positive fraction first), "classes" (counts), "loss", and per-parameter
+    # norms the flush sums per module on the host: "grad" (_grad_values), "update" (_update_values).
+    kind: str
+    host: list[float] | None = None
+    layout: Any = None  # what the host needs to turn a "grad" or "update" row into its names' values
 
 
 class Buffer:
