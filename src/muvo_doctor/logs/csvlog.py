@@ -447,7 +447,17 @@ def _text_column(data: bytes, got: Fields, cells: slice, fixed: bool) -> _Col | 
     starts, ends = got.starts[cells], got.ends[cells]
     filled = ends > starts
     dig = np.where(ok, np.maximum(got.places[cells], 0), -1) if fixed else None
-    for k in np.flatnonzero(filled & ~ok).tolist():
+    rest = np.flatnonzero(filled & ~ok)
+    if rest.size and dig is None:  # (an exponent column, "1e-05"): float() over them at once
+        cells = [data[s:e] for s, e in zip(starts[rest].tolist(), ends[rest].tolist(), strict=True)]
+        try:
+            got_vals = np.fromiter(map(float, cells), np.float64, len(cells))  # (float strips blanks)
+        except ValueError:  # text, a blank cell: one by one below
+            got_vals = None
+        if got_vals is not None and np.isfinite(got_vals).all():
+            ok[rest], vals[rest] = True, got_vals
+            return _Col(ok, vals, filled, dig)
+    for k in rest.tolist():
         cell = data[starts[k] : ends[k]].decode("utf-8").strip()
         if not cell:
             filled[k] = False

@@ -177,10 +177,13 @@ class _JsonLines:
             return False
         vals = got.values[:-1]
         places = got.places[:-1]
-        for k in np.flatnonzero(~got.ok[:-1]).tolist():  # an exponent ("1e-05"), many digits
-            cell = data[got.starts[k] : got.ends[k]]
-            vals[k] = float(cell)
-            places[k] = 0 if any(x in cell for x in b".eE") else -1
+        rest = np.flatnonzero(~got.ok[:-1])  # an exponent ("1e-05"), many digits: float() each
+        if rest.size:
+            cells = [
+                data[s:e] for s, e in zip(got.starts[rest].tolist(), got.ends[rest].tolist(), strict=True)
+            ]
+            vals[rest] = np.fromiter(map(float, cells), np.float64, len(cells))
+            places[rest] = [0 if b"." in x or b"e" in x or b"E" in x else -1 for x in cells]
         vals = vals.reshape(n, c)
         is_int = (places < 0).reshape(n, c) if plan.signals else None
         bad = np.zeros(n, bool)
