@@ -79,3 +79,14 @@ def judge(
 
 
 # -- end of the check tests' block -----------------------------------------------------------------
+
+
+def assert_same_series(a: History, b: History) -> None:
+    """Two histories hold the same series: names, steps, values to the bit (the sign of zero too), digits."""
+    assert a.names() == b.names() and a.names()
+    for name in a.names():
+        x, y = a.series(name), b.series(name)
+        np.testing.assert_array_equal(x.steps, y.steps, err_msg=name)
+        np.testing.assert_array_equal(x.values, y.values, err_msg=name)
+        assert np.array_equal(np.signbit(x.values), np.signbit(y.values)), name
+        assert x.digits == y.digits, name

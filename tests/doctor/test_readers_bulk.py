@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_same_series
 
 from muvo_doctor.core.history import History
 from muvo_doctor.logs.jsonl import read_json_array, read_jsonl
@@ -56,13 +57,8 @@ def test_json_lines_read_in_bulk_match_the_same_records_one_by_one(tmp_path: Pat
     array.write_text(json.dumps(records), encoding="utf-8")
     a, b = History(64), History(64)
     sa, sb = read_jsonl(str(lines), a.add_point), read_json_array(str(array), b.add_point)
-    assert a.names() == b.names() and len(a.names()) >= 6
-    for name in a.names():
-        x, y = a.series(name), b.series(name)
-        np.testing.assert_array_equal(x.steps, y.steps, err_msg=name)
-        np.testing.assert_array_equal(x.values, y.values, err_msg=name)
-        assert np.array_equal(np.signbit(x.values), np.signbit(y.values)), name
-        assert x.digits == y.digits, name
+    assert_same_series(a, b)
+    assert len(a.names()) >= 6
     assert (sa.records, sa.points, sa.last_step, sa.skipped) == (
         sb.records,
         sb.points,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_same_series
 
 from muvo_doctor.core.history import History
 from muvo_doctor.logs import csvlog, numbers
@@ -96,16 +97,6 @@ def test_bulk_parse_across_pieces_and_separators(monkeypatch: pytest.MonkeyPatch
         assert got.values[i] == float(fields[i]) and np.signbit(got.values[i]) == np.signbit(float(fields[i]))
 
 
-def _same(a: History, b: History) -> None:
-    assert a.names() == b.names() and a.names()
-    for name in a.names():
-        x, y = a.series(name), b.series(name)
-        np.testing.assert_array_equal(x.steps, y.steps, err_msg=name)
-        np.testing.assert_array_equal(x.values, y.values, err_msg=name)
-        assert np.array_equal(np.signbit(x.values), np.signbit(y.values)), name
-        assert x.digits == y.digits, name
-
-
 def test_json_lines_with_awkward_numbers_read_as_records_one_by_one(tmp_path: Path) -> None:
     rng = random.Random(3)
     lines = []
@@ -135,7 +126,7 @@ def test_json_lines_with_awkward_numbers_read_as_records_one_by_one(tmp_path: Pa
     array.write_text(json.dumps(records), encoding="utf-8")
     a, b = History(64), History(64)
     sa, sb = read_jsonl(str(log), a.add_point), read_json_array(str(array), b.add_point)
-    _same(a, b)
+    assert_same_series(a, b)
     assert (sa.records, sa.points, sa.skipped) == (sb.records, sb.points, sb.skipped)
 
 
@@ -155,7 +146,7 @@ def test_csv_with_awkward_cells_reads_as_the_per_row_rules(
     monkeypatch.setattr(csvlog._Columns, "text", lambda self, chunk, width: False)
     per_row = History(64)
     sr = csvlog.read_csv(str(path), per_row.add_point)
-    _same(bulk, per_row)
+    assert_same_series(bulk, per_row)
     assert (sb.records, sb.points, sb.skipped, sb.first_reason) == (
         sr.records,
         sr.points,
