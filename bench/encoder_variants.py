@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from muvo_model.model import image_encoder
+
 
 def max4(x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(
@@ -50,17 +52,7 @@ def main() -> int:
     args = ap.parse_args()
     dev = torch.device("cuda")
     torch.manual_seed(0)
-    seq = nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(64, 128, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d((4, 4)),
-    ).to(dev, memory_format=torch.channels_last)
+    seq = image_encoder(128, 4).to(dev, memory_format=torch.channels_last)  # the original architecture's
     x3 = torch.rand(args.batch, 3, 224, 224, device=dev).to(torch.bfloat16)
     x3 = x3.contiguous(memory_format=torch.channels_last)
     x8 = F.pad(x3, (0, 0, 0, 0, 0, 5)).contiguous(memory_format=torch.channels_last)
