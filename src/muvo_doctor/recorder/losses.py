@@ -149,7 +149,7 @@ class LossCalls:
         if back is not None and (back is self._main_loss or self._step_formula):
             node = type(back.grad_fn)
             if node.__name__ not in _SCALE_NODES:
-                if self._plain_node is None and self._plain_ok:
+                if self._plain_node is None:  # the first hooked step sets the type
                     self._plain_node = node
                     return
                 if node is self._plain_node:

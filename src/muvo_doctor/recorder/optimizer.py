@@ -219,7 +219,10 @@ class OptimizerStats:
 
     def _on_post_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Explicit mode, from the step before a sampled step until it is recorded (else ``_counter``)."""
-        st = self._opts.get(id(opt)) or self._attach(opt)
+        self._after_step(self._opts.get(id(opt)) or self._attach(opt))
+
+    def _after_step(self, st: _OptState) -> None:
+        """One optimizer step taken: its statistics when it was sampled, and one count."""
         if st.sampled:
             self._post_step_sample(st)
             st.sampled = False  # the pre-hook that sets it runs only around samples
@@ -236,18 +239,12 @@ class OptimizerStats:
     def _on_post_step_global(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         st = self._opts.get(id(opt)) or self._attach(opt)
         if st is not self._primary:  # other optimizers: their statistics on the primary's sampled steps
-            if st.sampled:
-                self._post_step_sample(st)
-                st.sampled = False
-            st.count += 1
+            self._after_step(st)
             return
         # The step's loss and loss-call statistics; after the step, so a closure's calls are this step's.
         self._close_loss_calls(st.count)
         sampled = st.sampled
-        if sampled:
-            self._post_step_sample(st)
-            st.sampled = False
-        st.count += 1
+        self._after_step(st)
         self._depth = 0  # a forward that raised never ran its post-hook
         if self._discovery_handles and st.count >= self._discovery_steps:
             # Global hooks stay (up to NAME_STEPS steps) until every parameter has a module name.
