@@ -123,9 +123,8 @@ class Runner(ChildProcess, Passthrough, Session, RunFiles):
         self._midline_since = 0.0
         self._held: list[Callable[[], None]] = []
         self.helpers: dict[int, str | None] = {}  # pid -> command of descendants that are not ranks
-        self.training_helpers: list[
-            int
-        ] = []  # those of them that stepped an optimizer (the report names them)
+        # ... those of them that stepped an optimizer (the report names them)
+        self.training_helpers: list[int] = []
         self._watchdog: tuple[int, int] | None = None
         self._read_this_turn = 0
         self._early: list[tuple[str, bytes]] = []  # ("out"/"err", an open line) copied during the set-up
