@@ -106,7 +106,8 @@ def _decimals(data: bytes, seps: bytes) -> Fields:
     flat = b"0" * _WIDTH + data.replace(b".", b"").replace(b"-", b"")
     rows = np.ndarray((len(flat) - _WIDTH + 1,), f"V{_WIDTH}", flat, strides=(1,))  # every window
     dend = ends - np.cumsum(removed)
-    w = rows[dend].view(np.uint64).reshape(nf, 3) ^ np.uint64(0x3030303030303030)  # "0".."9" -> 0..9
+    # read as little-endian words on any machine: the digit arithmetic below counts on the byte order
+    w = rows[dend].view("<u8").reshape(nf, 3).astype(np.uint64, copy=False) ^ np.uint64(0x3030303030303030)
     w &= _MASK[np.where(bad, 0, ndig)]  # byte 0 of a word is its most significant digit
     # pairs of digits (10 * 2**8 + 1), then fours (100 * 2**16 + 1), then eights (10**4 * 2**32 + 1)
     w *= np.uint64(2561)
