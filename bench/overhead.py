@@ -9,17 +9,19 @@ Modes: ``off`` (plain loop), ``watch`` (``Recorder(model, opt)`` + ``record()`` 
 ``muvo_doctor.watch`` does), ``global`` (``Recorder.install_global`` and ``observe_backward`` before
 each ``backward()``: what ``run`` injects, its patched ``Tensor.backward`` included).
 
-Method: ``--repeats`` rounds; a round runs one block per mode in a random order (``--seed``). A
-watch or global block is a fresh recorder, at least ``--warmup`` untimed steps (loss-module discovery,
-the adaptive schedule settling: two samples taken) ending with a sampled step, then timed steps up to
-and including the ``--samples``-th sampled step after it: every block holds the same number of samples,
-one per sampling gap, so a block's mean is the amortized cost exactly (a 200-step block held 1 or 2 by
-chance before: +-1.3 ms on the tiny MLP). An off block is ``--steps`` timed steps, through the same step
-loop. Time is CUDA events around the block on a GPU (no host sync inside it), ``perf_counter_ns`` on a
-CPU (``--clock cpu``: this process's CPU time, for a machine others are loading). A mode's ratio in a
-round is its block against the same round's ``off`` block, so slow drifts of the machine cancel; the
-summary is the median over rounds with a 95% bootstrap interval (rounds resampled), and the same for the
-absolute cost (ms per step).
+Method: one model, one optimizer and one recorder per mode for the whole run. Modes take turns in
+sub-blocks of ``--steps`` steps (default 1: step by step), in a random order each turn (``--seed``);
+while one mode steps, the other recorders' hooks are parked (taken out of torch's hook tables and put
+back, outside the timed part), so every step is a plain step of its own mode. A round lasts until every
+recorder has run one whole sampling gap (``--samples`` sampled steps, starting right after a sampled
+step, each recorder first warmed up for ``--warmup`` steps and two samples): a mode's round mean is its
+amortized cost exactly, and ``off`` steps are interleaved with the others all along. Time is CUDA events
+around each sub-block on a GPU (one sync per sub-block, outside the events), ``perf_counter_ns`` on a CPU
+(``--clock cpu``: this process's CPU time, for a machine others are loading). A mode's ratio in a round is
+its ms/step against the same round's ``off`` steps: the machine's drifts and bursts hit neighbouring steps
+of all modes alike (100-step blocks per mode spread the tiny MLP's ratios over +-5%; single steps,
++-1%). The summary is the median over rounds with a 95% bootstrap interval (rounds resampled), and the
+same for the absolute cost (ms per step).
 
 The recorder's flush (one host sync, observations built) is timed apart after each block and
 amortized over the steps a real run makes between flushes (``flush_every`` samples or
@@ -172,6 +174,72 @@ class _Timer:
         return a.elapsed_time(b) if self.cuda else (b - a) / 1e6
 
 
+class _HookTables:
+    """Torch's hook tables, so that a recorder's hooks can be parked while another mode's steps run.
+
+    Modes share one model and one optimizer (two copies would differ in memory placement, a bias of
+    its own). A recorder registers only official hooks, into these tables: the global module and
+    optimizer tables, the optimizer's and each module's own, and a parameter's gradient hooks. Entries
+    present before any recorder existed are never moved.
+    """
+
+    def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, crit: nn.Module) -> None:
+        from torch.nn.modules import module as module_hooks
+        from torch.optim import optimizer as optim_hooks
+
+        self.fixed: list[dict[Any, Any]] = [
+            v
+            for mod in (module_hooks, optim_hooks)
+            for k, v in vars(mod).items()
+            if k.startswith("_global_") and isinstance(v, dict)
+        ]
+        self.fixed += [v for k, v in vars(opt).items() if "hook" in k and isinstance(v, dict)]
+        self.modules = [*model.modules(), crit]
+        self.params = list(model.parameters())
+        self.baseline = {id(t): set(t) for t in self.tables()}
+        self.parked_at: dict[int, float] = {}
+
+    def tables(self) -> list[dict[Any, Any]]:
+        found = list(self.fixed)
+        for m in self.modules:
+            found += [v for k, v in vars(m).items() if "hook" in k and isinstance(v, dict)]
+        found += [p._backward_hooks for p in self.params if p._backward_hooks]
+        return found
+
+    def park(self, rec: Recorder) -> list[tuple[dict[Any, Any], dict[Any, Any]]]:
+        """Take every hook registered since construction out of its table; returns them for ``restore``."""
+        self.parked_at[id(rec)] = time.perf_counter()
+        parked = []
+        for t in self.tables():
+            keep = self.baseline.get(id(t), set())
+            moved = {k: v for k, v in t.items() if k not in keep}
+            for k in moved:
+                del t[k]
+            if moved:
+                parked.append((t, moved))
+        return parked
+
+    def restore(self, rec: Recorder, parked: list[tuple[dict[Any, Any], dict[Any, Any]]]) -> None:
+        for t, moved in parked:
+            t.update(moved)
+        # The adaptive schedule paces samples by the wall time between its steps: the time parked is not
+        # a step of this recorder's run (counted, it shortened the sampling gap 3x).
+        rec._last_tick += time.perf_counter() - self.parked_at.pop(id(rec))
+
+
+def _until_sample(
+    step_fn: Callable[[int, Recorder | None], None], step: int, rec: Recorder, limit: int
+) -> int:
+    """Steps until the recorder took one more sample (``limit`` at most); returns the next step."""
+    target = rec._n_samples + 1
+    for _ in range(limit):
+        step_fn(step, rec)
+        step += 1
+        if rec._n_samples >= target:
+            return step
+    raise SystemExit(f"overhead.py: no sampled step in {limit} steps; the recorder does not sample")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -179,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "--arch", default="original", help="mlp (tiny MLP) | original | fusion (muvo_model.model.build_model)"
     )
     ap.add_argument("--batch", type=int, default=None, help="default: 64 for mlp, 8 otherwise")
-    ap.add_argument("--steps", type=int, default=100, help="timed steps per off block")
+    ap.add_argument("--steps", type=int, default=1, help="steps per turn of a mode (interleaved sub-block)")
     ap.add_argument(
         "--samples", type=int, default=1, help="sampled steps per watch/global block (one sampling gap each)"
     )
@@ -295,64 +363,92 @@ def main(argv: list[str] | None = None) -> int:
     }
     times: dict[str, list[float]] = {m: [] for m in modes}  # ms per step, one entry per round
     flush_ms: dict[str, list[float]] = {m: [] for m in modes}  # recorder flush, doctor evaluations excluded
-    block_steps: dict[str, list[int]] = {m: [] for m in modes}  # timed steps per block
+    block_steps: dict[str, list[int]] = {m: [] for m in modes}  # timed steps per round
     # A sampled step at least every this many steps (the adaptive gap's cap, or a fixed schedule's).
     longest_gap = max(MAX_SAMPLE_GAP, a.sample_every or 0) + 1
     order_rng = random.Random(a.seed)
     step = 0
 
-    class _Never:
-        _n_samples = 0  # what an off block's loop reads: the same per-step work as a recorder's block
-
-    def run_steps(rec: Recorder | None, samples: int, limit: int) -> int:
-        """Steps until ``samples`` more sampled steps ended, ``limit`` at most (an off block: ``limit``)."""
-        nonlocal step
-        counter = rec if rec is not None else _Never
-        target = counter._n_samples + samples
-        for n in range(1, limit + 1):
-            step_fn(step, rec)
-            step += 1
-            if counter._n_samples >= target:
-                return n
-        if rec is not None:
-            raise SystemExit(f"overhead.py: no sampled step in {limit} steps; the recorder does not sample")
-        return limit
-
-    for _ in range(a.warmup + 10):  # caches, allocator, first-call costs: before any timed block
+    for _ in range(a.warmup + 10):  # caches, allocator, first-call costs: before any recorder exists
         step_fn(step, None)
         step += 1
+    hooks_table = _HookTables(model, opt, crit)
+    recs: dict[str, Recorder] = {}
+    parked: dict[str, list[tuple[dict[Any, Any], dict[Any, Any]]]] = {}
+    for mode in modes:
+        if mode == "off":
+            continue
+        rec = recs[mode] = make[mode]()  # type: ignore[assignment]
+        for _ in range(a.warmup):
+            step_fn(step, rec)
+            step += 1
+        while rec._n_samples < 2:  # the adaptive gap is set at the second sample
+            step = _until_sample(step_fn, step, rec, longest_gap)
+        step = _until_sample(step_fn, step, rec, longest_gap)  # rounds start right after a sampled step
+        rec.flush()
+        parked[mode] = hooks_table.park(rec)
+
     for _ in range(a.repeats):
-        order = modes[:]
-        order_rng.shuffle(order)
-        for mode in order:
-            rec = make[mode]()
-            if rec is not None:
-                for _ in range(a.warmup):
+        # One round: every recorder runs one whole sampling gap, in short sub-blocks interleaved with
+        # the other modes' (random order each turn), so a drift of the machine hits all modes alike.
+        target = {m: recs[m]._n_samples + a.samples for m in recs}
+        spent = {m: 0.0 for m in modes}
+        taken = {m: 0 for m in modes}
+        open_modes = set(recs)
+        while open_modes:
+            order = modes[:]
+            order_rng.shuffle(order)
+            for mode in order:
+                if mode != "off" and mode not in open_modes:
+                    continue
+                rec = recs.get(mode)
+                if rec is not None:
+                    hooks_table.restore(rec, parked.pop(mode))
+                timer.sync()
+                t0 = timer.mark()
+                n = 0
+                while n < a.steps:
                     step_fn(step, rec)
                     step += 1
-                while rec._n_samples < 2:  # the adaptive gap is set at the second sample
-                    run_steps(rec, 1, longest_gap)
-                run_steps(rec, 1, longest_gap)  # the timed block starts right after a sampled step
-            timer.sync()
-            t0 = timer.mark()
+                    n += 1
+                    # The round ends once its sample is taken and its stale-gradient probe (armed for the
+                    # next backward) has run: no hook of this mode is left for another mode's step.
+                    if rec is not None and rec._n_samples >= target[mode] and rec._probe_handle is None:
+                        open_modes.discard(mode)
+                        break
+                if rec is not None and n >= a.samples * longest_gap * 2 and mode in open_modes:
+                    raise SystemExit(
+                        f"overhead.py: no sampled step in {n} steps; the recorder does not sample"
+                    )
+                t1 = timer.mark()
+                timer.sync()
+                spent[mode] += timer.ms(t0, t1)
+                taken[mode] += n
+                if rec is not None:
+                    parked[mode] = hooks_table.park(rec)
+        for mode in modes:
+            times[mode].append(spent[mode] / taken[mode])
+            block_steps[mode].append(taken[mode])
+            rec = recs.get(mode)
             if rec is None:
-                n_steps = run_steps(None, 1, a.steps)
-            else:
-                n_steps = run_steps(rec, a.samples, a.samples * longest_gap)
-            t1 = timer.mark()
+                flush_ms[mode].append(0.0)
+                continue
+            hooks_table.restore(rec, parked.pop(mode))
             n_eval = len(eval_ms)
-            if rec is not None:
-                rec.flush()
+            timer.sync()
+            t1 = timer.mark()
+            rec.flush()
             t2 = timer.mark()
             timer.sync()
-            times[mode].append(timer.ms(t0, t1) / n_steps)
             flush_ms[mode].append(max(0.0, timer.ms(t1, t2) - sum(eval_ms[n_eval:])))
-            block_steps[mode].append(n_steps)
-            if rec is not None:
-                if not rec.enabled:
-                    print(f"muvo-doctor recorder disabled itself in mode {mode}", file=sys.stderr)
-                    return 1
-                rec.close()
+            rec._last_tick = time.perf_counter()  # as after the recorder's own flush: not a step's time
+            parked[mode] = hooks_table.park(rec)
+    for mode, rec in recs.items():
+        hooks_table.restore(rec, parked.pop(mode))
+        if not rec.enabled:
+            print(f"muvo-doctor recorder disabled itself in mode {mode}", file=sys.stderr)
+            return 1
+        rec.close()
 
     # Host time inside the recorder per step, one extra block per mode (instrumented, so not timed above):
     # medians per step, robust to the machine's other load, sampled and unsampled steps apart.
@@ -368,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
             step_fn(step, rec)
             step += 1
         while rec._n_samples < 3:  # past the first (setup) and second (gap-setting) samples, as the blocks
-            run_steps(rec, 1, longest_gap)
+            step = _until_sample(step_fn, step, rec, longest_gap)
         plain: list[float] = []
         sampled: list[float] = []
         while len(sampled) < 4 * a.samples:  # whole sampling gaps, as the timed blocks
@@ -400,12 +496,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.get_num_threads()} CPU thread(s), clock={clock}"
     )
     print(
-        f"{a.repeats} rounds x {len(modes)} blocks in random order: off {a.steps} timed steps, watch/global "
-        f"{a.samples} sampled step(s) each (+>={a.warmup} warm-up); per round: mode / off (flush amortized); "
+        f"{a.repeats} rounds; modes interleaved {a.steps} step(s) a turn in random order, each recorder one "
+        f"sampling gap ({a.samples} sampled step(s)) a round; per round: mode / off (flush amortized); "
         "median and 95% bootstrap interval over rounds"
     )
     print(
-        f"{'mode':<7} {'ms/step':>8} {'flush ms':>8} {'steps/flush':>11} {'steps/block':>11} "
+        f"{'mode':<7} {'ms/step':>8} {'flush ms':>8} {'steps/flush':>11} {'steps/round':>11} "
         f"{'overhead [95% CI]':>26} {'ms/step added [95% CI]':>30}"
     )
     summary: dict[str, Any] = {}
