@@ -68,6 +68,22 @@ def test_json_lines_read_in_bulk_match_the_same_records_one_by_one(tmp_path: Pat
     assert sa.skipped > 0
 
 
+@pytest.mark.parametrize("key", ["loss", "l\u00f6ss_\u00e9"])
+def test_json_lines_with_other_scripts_digits_or_keys_read_like_json_loads(tmp_path: Path, key: str) -> None:
+    # "1\u0663" (ARABIC-INDIC DIGIT THREE) is not a JSON number: json.loads rejects the line, so the
+    # bulk path must not take it for one (it did: a crash, then the text reader read it as 13)
+    records = [{"step": i, key: round(0.5 - i / 1000, 4)} for i in range(40)]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    lines = tmp_path / "log.jsonl"
+    lines.write_text(text.replace("0.48,", "1\u0663,").replace("0.48}", "1\u0663}"), encoding="utf-8")
+    array = tmp_path / "log.json"
+    array.write_text(json.dumps(records[:20] + records[21:]), encoding="utf-8")
+    a, b = History(64), History(64)
+    sa, sb = read_jsonl(str(lines), a.add_point), read_json_array(str(array), b.add_point)
+    assert_same_series(a, b)
+    assert (sa.records, sa.points, sa.last_step) == (sb.records, sb.points, sb.last_step) == (39, 39, 39)
+
+
 def _csv(seed: int, n: int, crlf: bool) -> str:
     """A CSV log: sparse train/val rows, a fixed-decimals column, percentages, per-part losses, two
     columns of one signal, padded cells, and now and then an impossible step, an overflowing or

@@ -38,14 +38,15 @@ _MAX_LINE = 8 << 20  # bytes without a newline after which a line is skipped unr
 # nesting, a bad record) goes through json.loads, so what is read is the same either way.
 # (possessive: a number is followed by "," or "}", never by a digit it could give back)
 _NUM = r"-?+(?:0|[1-9]\d{0,17}+)(?:\.\d{1,30}+)?+(?:[eE][-+]?+\d{1,2}+)?+"
-_VALUE_RE = re.compile(rf":[ \t]*{_NUM}(?=[ \t]*[,}}])")
+# ASCII: a JSON number's digits are 0-9 (str patterns' \d also takes other scripts' digits, "1\u0663")
+_VALUE_RE = re.compile(rf":[ \t]*{_NUM}(?=[ \t]*[,}}])", re.ASCII)
 _MARK = "\x00"  # where a value was, in a line's skeleton (a raw NUL makes the chunk take the per-line path)
 _KEY = r'"[^"\\\x00-\x1f{},:]*"'
 _PLAIN_RE = re.compile(
     rf"[ \t]*\{{[ \t]*{_KEY}[ \t]*:{_MARK}[ \t]*(?:,[ \t]*{_KEY}[ \t]*:{_MARK}[ \t]*)*\}}[ \t]*\r?"
 )
 _KEYS_RE = re.compile(_KEY)
-_NEG_ZERO_RE = re.compile(r"-0(?=[ \t\r\n]*,)")  # the integer -0: json.loads gives 0, numpy -0.0
+_NEG_ZERO_RE = re.compile(rb"-0(?=[ \t\r\n]*,)")  # the integer -0: json.loads gives 0, numpy -0.0
 _MAX_SKELETON = 10_000  # a skeleton this short cannot be a line over _MAX_RECORD characters
 _MIN_RUN = 4  # shorter runs are cheaper line by line
 _MAX_PLANS = 1000  # line shapes remembered (a log with a new key on every line reads line by line)
@@ -60,8 +61,8 @@ def read_jsonl(path: str, add: AddPoint | Sink) -> ReadStats:
     same keys are read in bulk (``numbers.decimals``), every other line with json.loads.
     """
     reader = _JsonLines(as_sink(add))
-    for text in _chunks(path, reader):
-        reader.feed(text)
+    for raw in _chunks(path, reader):
+        reader.feed(raw)
     st = reader.st
     if not st.records:
         st.unparsed = reader.bad > reader.index  # mostly not JSON: Python dicts, or text that starts with "{"
@@ -73,8 +74,8 @@ def read_jsonl(path: str, add: AddPoint | Sink) -> ReadStats:
     return st
 
 
-def _chunks(path: str, reader: _JsonLines) -> Iterator[str]:
-    """The file as text chunks of whole lines. A line of more than ``_MAX_LINE`` bytes is skipped
+def _chunks(path: str, reader: _JsonLines) -> Iterator[bytes]:
+    """The file in chunks of whole lines. A line of more than ``_MAX_LINE`` bytes is skipped
     as it streams past (never held whole) and counted as too long."""
     with open(path, "rb") as f:
         carry = b""
@@ -85,7 +86,7 @@ def _chunks(path: str, reader: _JsonLines) -> Iterator[str]:
                 if skipping:
                     reader.too_long(skipping + len(carry))
                 elif carry:
-                    yield carry.decode("utf-8", errors="replace")
+                    yield carry
                 return
             buf = carry + raw if carry else raw
             cut = buf.rfind(b"\n")
@@ -106,7 +107,7 @@ def _chunks(path: str, reader: _JsonLines) -> Iterator[str]:
                     carry = buf
                 continue
             carry = buf[cut + 1 :]
-            yield buf[: cut + 1].decode("utf-8", errors="replace")
+            yield buf[: cut + 1]
             if len(carry) > _MAX_LINE:
                 skipping, carry = len(carry), b""
 
@@ -126,12 +127,15 @@ class _JsonLines:
     def too_long(self, nbytes: int) -> None:
         self.st.skip(f"a {nbytes >> 10} KB line (line {self.index + self.bad + 1})")
 
-    def feed(self, text: str) -> None:
+    def feed(self, raw: bytes) -> None:
         """Whole lines of a chunk, in order."""
+        text = raw.decode("utf-8", errors="replace")
         if _MARK in text:
             for line in text.split("\n"):
                 self.line(line)
             return
+        # runs are found in the bytes where they are the text's (ASCII): a bytes pattern is ~25% faster
+        ascii = raw.isascii()
         pos, size = 0, len(text)
         while pos < size:
             eol = text.find("\n", pos)
@@ -141,15 +145,15 @@ class _JsonLines:
             # _Splits.place changes only evaluation records after a training step: those go line by line
             m = None
             if plan is not None and (plan.training or self.ctx.train_step < 0 or not plan.signals):
-                m = plan.run_re.match(text, pos)
+                m = plan.run_b.match(raw, pos) if ascii else plan.run_re.match(text, pos)
             if m is None:
                 self.line(text[pos:eol])
                 pos = eol + 1
                 continue
-            run = text[pos : m.end()]
-            n = run.count("\n") + (not run.endswith("\n"))
+            run = raw[pos : m.end()] if ascii else text[pos : m.end()].encode()
+            n = run.count(b"\n") + (not run.endswith(b"\n"))
             if n < _MIN_RUN or not self._run(plan, run, n):
-                for line in run.split("\n")[:n]:
+                for line in text[pos : m.end()].split("\n")[:n]:
                     self.line(line)
             pos = m.end()
 
@@ -161,17 +165,18 @@ class _JsonLines:
             self.plans[skel] = plan
         return plan
 
-    def _run(self, plan: _Plan, run: str, n: int) -> bool:
-        """``n`` lines of one plain shape, read in bulk; a line whose step cannot be a step goes
-        through ``line`` (which skips and counts it). False when the run needs the per-line path."""
+    def _run(self, plan: _Plan, run: bytes, n: int) -> bool:
+        """``n`` lines of one plain shape (UTF-8), read in bulk; a line whose step cannot be a step
+        goes through ``line`` (which skips and counts it). False when the run needs the per-line path."""
         c = len(plan.keys)
-        num = run.replace(plan.pieces[0], "")
-        for piece in plan.pieces[1:-1]:
-            num = num.replace(piece, ",")
-        num = num.replace(plan.pieces[-1], ",").rstrip()  # "v, v, v,\n v, ..., v,"
+        pieces = plan.pieces_b
+        num = run.replace(pieces[0], b"")
+        for piece in pieces[1:-1]:
+            num = num.replace(piece, b",")
+        num = num.replace(pieces[-1], b",").rstrip()  # "v, v, v,\n v, ..., v,"
         if _NEG_ZERO_RE.search(num):
             return False
-        data = num.encode("ascii").translate(None, b" \t\n")
+        data = num.translate(None, b" \t\n")
         got = decimals(data)
         if len(got.values) != n * c + 1:  # (the last field is empty: "v,")
             return False
@@ -191,7 +196,7 @@ class _JsonLines:
             s = vals[:, j]
             bad |= ~((s >= 0) & (s < MAX_STEP))
         done = 0
-        lines = run.split("\n") if bad.any() else []
+        lines = run.decode().split("\n") if bad.any() else []
         for b in np.flatnonzero(bad).tolist():
             self._bulk(plan, vals[done:b], None if is_int is None else is_int[done:b])
             self.line(lines[b])
@@ -345,8 +350,9 @@ class _Plan:
 
     __slots__ = (
         "keys",
-        "pieces",
+        "pieces_b",
         "run_re",
+        "run_b",
         "signals",
         "step_cols",
         "npoints",
@@ -366,9 +372,10 @@ class _Plan:
         plan.keys = keys
         # The text between values ('{"step":', ', "loss":', ... '}'), and the run of lines that have it.
         between = skel.split(_MARK)
-        plan.pieces = between
+        plan.pieces_b = [p.encode() for p in between]
         line = re.escape(between[0]) + "".join(rf"[ \t]*{_NUM}{re.escape(p)}" for p in between[1:])
-        plan.run_re = re.compile(rf"(?:{line}(?:\n|\Z))+")
+        plan.run_re = re.compile(rf"(?:{line}(?:\n|\Z))+", re.ASCII)
+        plan.run_b = re.compile(rf"(?:{line}(?:\n|\Z))+".encode())
         plan.signals = {}
         plan.step_cols = []
         names = []

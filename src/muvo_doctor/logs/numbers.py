@@ -88,13 +88,15 @@ def _decimals(data: bytes, seps: bytes) -> Fields:
     # a field is plain when it holds only digits, at most one ".", and a "-" only as its first byte
     bad = np.zeros(nf, bool)
     bad[field[~(is_sep | is_dot | is_minus)]] = True
-    at, minus = field[is_minus], nd[is_minus]
+    mi = np.flatnonzero(is_minus)
+    at, minus = field[mi], nd[mi]
     first = starts[at] == minus
     bad[at[~first]] = True
     neg = np.zeros(nf, bool)
     neg[at[first]] = True
     removed = np.bincount(at, minlength=nf)
-    at, dots = field[is_dot], nd[is_dot]
+    di = np.flatnonzero(is_dot)
+    at, dots = field[di], nd[di]
     ndots = np.bincount(at, minlength=nf)
     removed += ndots
     places = np.full(nf, -1, np.int64)
@@ -108,7 +110,7 @@ def _decimals(data: bytes, seps: bytes) -> Fields:
     dend = ends - np.cumsum(removed)
     # read as little-endian words on any machine: the digit arithmetic below counts on the byte order
     w = rows[dend].view("<u8").reshape(nf, 3).astype(np.uint64, copy=False) ^ np.uint64(0x3030303030303030)
-    w &= _MASK[np.where(bad, 0, ndig)]  # byte 0 of a word is its most significant digit
+    w &= np.take(_MASK, np.where(bad, 0, ndig), axis=0)  # byte 0 of a word is its most significant digit
     # pairs of digits (10 * 2**8 + 1), then fours (100 * 2**16 + 1), then eights (10**4 * 2**32 + 1)
     w *= np.uint64(2561)
     w >>= np.uint64(8)
@@ -133,6 +135,7 @@ def _decimals(data: bytes, seps: bytes) -> Fields:
         q = m[big].astype(np.longdouble) / _POW10[k[big]]
         bad[big[(q.view(np.uint64).reshape(big.size, -1)[:, 0] & np.uint64(0x7FF)) == _HALF]] = True
         vals[big] = q.astype(np.float64)
-    np.negative(vals, out=vals, where=neg)
+    ni = np.flatnonzero(neg)
+    vals[ni] = -vals[ni]
     vals[bad] = 0.0
     return Fields(vals, ~bad, places, starts, ends)
