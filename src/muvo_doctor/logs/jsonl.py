@@ -46,7 +46,13 @@ _PLAIN_RE = re.compile(
     rf"[ \t]*\{{[ \t]*{_KEY}[ \t]*:{_MARK}[ \t]*(?:,[ \t]*{_KEY}[ \t]*:{_MARK}[ \t]*)*\}}[ \t]*\r?"
 )
 _KEYS_RE = re.compile(_KEY)
-_NEG_ZERO_RE = re.compile(rb"-0(?=[ \t\r\n]*,)")  # the integer -0: json.loads gives 0, numpy -0.0
+# A run's lines without their keys: "v,v,...,v," per line. A piece between values holds one "," (a
+# key holds none) and the last piece the line's "}": deleting every other byte of the pieces leaves
+# that, in one bytes.translate, where no such byte can be part of a number; a piece holding one
+# ("step", "epoch": an "e", a digit) is cut out with bytes.replace first.
+_CLOSE_AS_SEP = bytes.maketrans(b"}", b",")
+_NUMBER_BYTES = frozenset(b"0123456789.eE+-")
+_NEG_ZERO_RE = re.compile(rb"-0(?=,)")  # the integer -0: json.loads gives 0, numpy -0.0
 _MAX_SKELETON = 10_000  # a skeleton this short cannot be a line over _MAX_RECORD characters
 _MIN_RUN = 4  # shorter runs are cheaper line by line
 _MAX_PLANS = 1000  # line shapes remembered (a log with a new key on every line reads line by line)
@@ -169,14 +175,12 @@ class _JsonLines:
         """``n`` lines of one plain shape (UTF-8), read in bulk; a line whose step cannot be a step
         goes through ``line`` (which skips and counts it). False when the run needs the per-line path."""
         c = len(plan.keys)
-        pieces = plan.pieces_b
-        num = run.replace(pieces[0], b"")
-        for piece in pieces[1:-1]:
-            num = num.replace(piece, b",")
-        num = num.replace(pieces[-1], b",").rstrip()  # "v, v, v,\n v, ..., v,"
-        if _NEG_ZERO_RE.search(num):
+        data = run
+        for piece, sep in plan.replaced:
+            data = data.replace(piece, sep)
+        data = data.translate(_CLOSE_AS_SEP, plan.dropped)  # "v,v,v,v,...,v,"
+        if _NEG_ZERO_RE.search(data):
             return False
-        data = num.translate(None, b" \t\n")
         got = decimals(data)
         if len(got.values) != n * c + 1:  # (the last field is empty: "v,")
             return False
@@ -350,7 +354,8 @@ class _Plan:
 
     __slots__ = (
         "keys",
-        "pieces_b",
+        "replaced",
+        "dropped",
         "run_re",
         "run_b",
         "signals",
@@ -372,7 +377,12 @@ class _Plan:
         plan.keys = keys
         # The text between values ('{"step":', ', "loss":', ... '}'), and the run of lines that have it.
         between = skel.split(_MARK)
-        plan.pieces_b = [p.encode() for p in between]
+        pieces = [p.encode() for p in between]
+        plan.replaced = [
+            (p, b"" if j == 0 else b",") for j, p in enumerate(pieces[:-1]) if _NUMBER_BYTES.intersection(p)
+        ]
+        kept = [p for j, p in enumerate(pieces) if j == len(pieces) - 1 or not _NUMBER_BYTES.intersection(p)]
+        plan.dropped = bytes(set(b"".join(kept)) - set(b",}") | set(b" \t\r\n"))
         line = re.escape(between[0]) + "".join(rf"[ \t]*{_NUM}{re.escape(p)}" for p in between[1:])
         plan.run_re = re.compile(rf"(?:{line}(?:\n|\Z))+", re.ASCII)
         plan.run_b = re.compile(rf"(?:{line}(?:\n|\Z))+".encode())

@@ -105,7 +105,7 @@ def _decimals(data: bytes, seps: bytes) -> Fields:
     bad |= (ndots > 1) | (ndig <= 0) | (ndig > _WIDTH)
     # Without its "." and "-", a plain field is its digits: its window is the _WIDTH bytes that end
     # where it ends, all but its own digits masked out. (A bad field's window is not read.)
-    flat = b"0" * _WIDTH + data.replace(b".", b"").replace(b"-", b"")
+    flat = b"0" * _WIDTH + data.translate(None, b".-")
     rows = np.ndarray((len(flat) - _WIDTH + 1,), f"V{_WIDTH}", flat, strides=(1,))  # every window
     dend = ends - np.cumsum(removed)
     # read as little-endian words on any machine: the digit arithmetic below counts on the byte order
