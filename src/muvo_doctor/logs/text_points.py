@@ -11,7 +11,8 @@ import numpy as np
 
 from muvo_doctor.core.names import EPOCH, STEP, key_of, kind_of
 from muvo_doctor.logs.base import MAX_STEP
-from muvo_doctor.logs.text_pairs import CTR_KEY, KV_RE, NL_KEY, NL_MARK, to_float, to_int
+from muvo_doctor.logs.text_pairs import CTR_KEY, NL_KEY, to_float, to_int
+from muvo_doctor.logs.text_scan import PairScanner
 
 NEWLINE, COUNTER = 4, 5  # axis kinds next to core.names.SIGNAL/STEP/EPOCH/NOISE
 # Distinct signals kept per log: a log that prints a new key on every line ("sample_123 0.5")
@@ -123,6 +124,7 @@ class PointReader:
     def __init__(self) -> None:
         self.st = TextStats()
         self.kinds = Kinds()
+        self.scanner = PairScanner()
         self.epoch = -1  # the last epoch printed
         self.epoch_base = -1  # the first epoch printed (0 or 1): counters count from it
         # records of a log that prints epochs but no steps (see _epoch_steps)
@@ -166,11 +168,11 @@ class PointReader:
 
     def _scan(self, text: str) -> _Pairs | None:
         """Every pair of the batch, newline marks included, as columns; None when there is none."""
-        pairs = KV_RE.findall(text.replace("\n", NL_MARK))
-        if not pairs:
+        cols = self.scanner.columns(text)
+        if cols is None:
             return None
         kinds = self.kinds
-        ks, vs, fs, xs, ps, ds = zip(*pairs, strict=True)  # columns: key, value, decimals, exponent, %, ratio
+        ks, vs, fs, xs, ps, ds = cols  # key, value, decimals, exponent, %, ratio
         n = len(ks)
         for k in dict.fromkeys(ks):  # first-appearance order, so the signal cap keeps the earliest keys
             if k not in kinds.code:
