@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import selectors
 import sys
 import threading
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from muvo_doctor.fdio import write_all
+from muvo_doctor.run.child import widen_pipe
 
 SELECT_TIMEOUT_S = 0.25  # the loop wakes at least 4 times a second (timers, signals, the view)
 READ_BURST = 1 << 20  # bytes read and passed through from one output before the others get a turn
@@ -19,15 +21,16 @@ READ_BURST = 1 << 20  # bytes read and passed through from one output before the
 # turn costs CPU (a core the child may need). A pipe (1 MiB here) holds far more; a pty holds 20 KiB,
 # 2 ms of a child printing 10 MB/s, and hands it over ~0.5 KiB a read when read at once (10 MB
 # read back at once: 17-23k reads, 0.18-0.27 s CPU; after 1 ms: 2.7k reads, 0.06 s; same speed).
+# So the loop reads a pty through a pipe that a thread of its own keeps filled (see _drain_pty).
 GATHER_S = 0.002
-GATHER_PTY_S = 0.001
+GATHER_PTY_S = 0.001  # ... the thread that drains a pty
 GATHER_BYTES = 32 << 10  # ... unless a turn already read this much
 PARSE_SLICE = 2 << 10  # bytes parsed between two looks at the output: ~2 ms, what a pty holds of a fast child
 PARSE_DUTY = 0.05  # share of the time parsing may take while output floods in (the CPU is the child's)
 PARSE_BURST_S = 0.05  # parse time saved up while the output is quiet, spent at once when it comes
 PARSE_BACKLOG = 64 << 10  # output waiting for the parser beyond this is dropped (counted), never waited on
 LINE_HOLD_S = 1.0  # the doctor's lines wait at most this long for the child to end its line
-EARLY_SWITCH_S = 0.0005  # the GIL's switch interval while a thread copies the output (see _copy_during)
+EARLY_SWITCH_S = 0.0005  # the GIL's switch interval while a thread copies or drains the output
 EARLY_LINE_MAX = 64 << 10  # ... it holds back an open line up to this long (a progress bar rewritten by \r)
 
 
@@ -47,6 +50,28 @@ def read_burst(fd: int) -> tuple[bytes, bool]:
         chunks.append(data)
         got += len(data)
     return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), False
+
+
+def drain_into(src: int, dst: int) -> None:
+    """Copy the non-blocking ``src`` into the blocking ``dst`` until ``src`` closes, then close
+    ``dst``. Reads wait ``GATHER_PTY_S`` after a small one: fewer, larger reads (each wake-up of
+    this thread may take the CPU from the child). A full ``dst`` makes the copy, then ``src``'s
+    writer, wait. Ends quietly if either side goes away (the wrapper is leaving)."""
+    try:
+        while True:
+            select.select([src], [], [])
+            data, closed = read_burst(src)
+            if data:
+                write_all(dst, data)
+            if closed:
+                return
+            if len(data) < GATHER_BYTES:
+                time.sleep(GATHER_PTY_S)
+    except (OSError, ValueError):
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(dst)
 
 
 class Passthrough:
@@ -114,7 +139,7 @@ class Passthrough:
                     except OSError:
                         data = b""
                     if not data:
-                        self.sel.unregister(fd)
+                        self._output_closed(fd)
                         continue
                     with contextlib.suppress(OSError):
                         write_all(1 if what == "out" else 2, data)
@@ -143,8 +168,43 @@ class Passthrough:
             self._pass_through(what, data)
             self._queue_parse(fd, data)
         if closed:
+            self._output_closed(fd)
+
+    def _drain_pty(self) -> None:
+        """Read the child's pseudo-terminal through a pipe that a thread keeps filled (``drain_into``).
+
+        The pty holds 20 KiB, 2 ms of a child printing 10 MB/s, and the loop is often away longer:
+        writing to our terminal (it waits for the terminal's reader), parsing (a slice may cross a
+        grid step, and an evaluation takes ~10 ms). Then the child waited (50 MB printed: blocked
+        1.2-1.6 s, 0.2-0.4 s without the wrapper). The thread only reads and writes, the GIL released
+        in both; the pipe holds 1 MiB. The pty's other uses (typed keys, window size) stay the loop's.
+        """
+        for fd, key in list(self.sel.get_map().items()):
+            if key.data != "out" or not os.isatty(fd):
+                continue
+            r, w = os.pipe()
+            widen_pipe(w)
+            os.set_blocking(r, False)
             self.sel.unregister(fd)
-            self._parse_q.append((fd, None))
+            self.sel.register(r, selectors.EVENT_READ, "out")
+            self.splitters[r] = self.splitters.pop(fd)
+            thread = threading.Thread(target=drain_into, args=(fd, w), name="muvo-doctor-pty", daemon=True)
+            self._drain = (thread, r, sys.getswitchinterval())
+            # The thread takes the GIL after each read and write: within 0.5 ms, not the default 5 ms
+            # (the loop may be parsing), or the pty fills meanwhile.
+            sys.setswitchinterval(EARLY_SWITCH_S)
+            thread.start()
+
+    def _output_closed(self, fd: int) -> None:
+        """``fd`` read its end: no more output there (and a pty's drain has ended)."""
+        self.sel.unregister(fd)
+        self._parse_q.append((fd, None))
+        if self._drain is not None and fd == self._drain[1]:
+            thread, _, interval = self._drain
+            self._drain = None
+            thread.join()  # it closed the pipe: it has ended, or is about to
+            sys.setswitchinterval(interval)
+            os.close(fd)
 
     def _copy_during(self, work: Callable[[], None]) -> None:
         """Run ``work`` (the doctor's set-up: ~0.5 s of imports, after the child started) while a
@@ -207,8 +267,7 @@ class Passthrough:
                 if data is not None:
                     self._queue_parse(fd, data)
                 else:
-                    self.sel.unregister(fd)
-                    self._parse_q.append((fd, None))
+                    self._output_closed(fd)
 
     def _pass_early(self, raw: bool = False) -> None:
         """The open lines ``_copy_during`` left: through the view, or only copied (``raw``: the

@@ -47,7 +47,6 @@ from muvo_doctor.run.files import RunFiles
 from muvo_doctor.run.leader import LeaderChild
 from muvo_doctor.run.passthrough import (
     GATHER_BYTES,
-    GATHER_PTY_S,
     GATHER_S,
     PARSE_BURST_S,
     Passthrough,
@@ -57,6 +56,8 @@ from muvo_doctor.run.session import Session
 from muvo_doctor.run.watchdog import TEMP_PREFIX, remove_stale_temp_folders, start_watchdog, stop_watchdog
 
 if TYPE_CHECKING:
+    import threading
+
     from muvo_doctor.core.config import DoctorConfig
     from muvo_doctor.core.finding import Finding
     from muvo_doctor.run.lines import LineSplitter
@@ -128,6 +129,7 @@ class Runner(ChildProcess, Passthrough, Session, RunFiles):
         self._watchdog: tuple[int, int] | None = None
         self._read_this_turn = 0
         self._early: list[tuple[str, bytes]] = []  # ("out"/"err", an open line) copied during the set-up
+        self._drain: tuple[threading.Thread, int, float] | None = None  # a pty's (thread, pipe, GIL interval)
         self.view: Any = None
         self.alerts: Any = None
         self._dirty = False
@@ -172,6 +174,7 @@ class Runner(ChildProcess, Passthrough, Session, RunFiles):
                     "watchdog", f"no watchdog ({exc.strerror}): if killed, the training may outlive us"
                 )
             try:
+                self._drain_pty()
                 self._copy_during(self._setup)
                 self._safe(self.view.start, "view")
                 self._pass_early()
@@ -221,7 +224,7 @@ class Runner(ChildProcess, Passthrough, Session, RunFiles):
             self._timers()
             self._parse_on_the_side()
             if 0 < self._read_this_turn < GATHER_BYTES and not exited:
-                time.sleep(GATHER_PTY_S if self.use_pty else GATHER_S)
+                time.sleep(GATHER_S)
             if not exited:
                 code = self.child.poll()
                 if code is not None:
