@@ -84,6 +84,34 @@ def test_json_lines_with_other_scripts_digits_or_keys_read_like_json_loads(tmp_p
     assert (sa.records, sa.points, sa.last_step) == (sb.records, sb.points, sb.last_step) == (39, 39, 39)
 
 
+_NOT_JSON = ["01", "-01", ".5", "-.5", "5.", "1e", "1e+", "+1", "1.2.3", "--1", "1e5e5", "-", "0x1", "1_0"]
+_ODD_JSON = [
+    "-0",
+    "-0.0",
+    "0e5",
+    "1E+05",
+    "1.5e-07",
+    "1234567890123456789",
+    "0.1000000000000000055511151231257827",
+]
+
+
+@pytest.mark.parametrize("number", _NOT_JSON + _ODD_JSON)
+def test_a_run_holding_an_unusual_number_reads_like_json_loads(tmp_path: Path, number: str) -> None:
+    # the bulk path takes a run's values by their bytes and checks JSON's grammar after: a number
+    # json.loads rejects makes its line not JSON, one it takes is read as json.loads reads it
+    lines = [f'{{"step": {i}, "loss": 0.{i:03d}, "lr": 1e-05}}' for i in range(12)]
+    lines[6] = lines[6].replace("0.006", number)
+    (tmp_path / "log.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    kept = lines[:6] + lines[7:] if number in _NOT_JSON else lines
+    (tmp_path / "log.json").write_text("[" + ",".join(kept) + "]", encoding="utf-8")
+    a, b = History(64), History(64)
+    sa = read_jsonl(str(tmp_path / "log.jsonl"), a.add_point)
+    sb = read_json_array(str(tmp_path / "log.json"), b.add_point)
+    assert_same_series(a, b)
+    assert (sa.records, sa.points) == (sb.records, sb.points) == (len(kept), 2 * len(kept))
+
+
 def _csv(seed: int, n: int, crlf: bool) -> str:
     """A CSV log: sparse train/val rows, a fixed-decimals column, percentages, per-part losses, two
     columns of one signal, padded cells, and now and then an impossible step, an overflowing or

@@ -22,7 +22,7 @@ from muvo_doctor.logs.base import (
     load_json,
     sane_step,
 )
-from muvo_doctor.logs.numbers import decimals
+from muvo_doctor.logs.numbers import Fields, decimals
 
 _MAX_RECORD = 1 << 20  # a JSON line longer than this is not a metrics record: skipped, counted
 _CHUNK = 2 << 20  # bytes per read
@@ -38,12 +38,17 @@ _MAX_LINE = 8 << 20  # bytes without a newline after which a line is skipped unr
 # nesting, a bad record) goes through json.loads, so what is read is the same either way.
 # (possessive: a number is followed by "," or "}", never by a digit it could give back)
 _NUM = r"-?+(?:0|[1-9]\d{0,17}+)(?:\.\d{1,30}+)?+(?:[eE][-+]?+\d{1,2}+)?+"
-# ASCII: a JSON number's digits are 0-9 (str patterns' \d also takes other scripts' digits, "1\u0663")
-_VALUE_RE = re.compile(rf":[ \t]*{_NUM}(?=[ \t]*[,}}])", re.ASCII)
+# A value in a line's skeleton: a number after ":" and blanks, which stay (a run's pattern spells its
+# blanks exactly). ASCII: a JSON number's digits are 0-9 (str \d also takes other scripts', "1\u0663").
+_VALUE_RE = re.compile(rf"(?<=[: \t]){_NUM}(?=[ \t]*[,}}])", re.ASCII)
+# A run's values, checked against _NUM after the bulk parse (``_json_numbers``): a pattern that only
+# takes a number's bytes, between pieces spelled exactly, reads a run ~1.6x faster.
+_LOOSE_NUM = r"[-+.0-9eE]++"
+_NUM_B = re.compile(_NUM.encode())
 _MARK = "\x00"  # where a value was, in a line's skeleton (a raw NUL makes the chunk take the per-line path)
 _KEY = r'"[^"\\\x00-\x1f{},:]*"'
 _PLAIN_RE = re.compile(
-    rf"[ \t]*\{{[ \t]*{_KEY}[ \t]*:{_MARK}[ \t]*(?:,[ \t]*{_KEY}[ \t]*:{_MARK}[ \t]*)*\}}[ \t]*\r?"
+    rf"[ \t]*\{{[ \t]*{_KEY}[ \t]*:[ \t]*{_MARK}[ \t]*(?:,[ \t]*{_KEY}[ \t]*:[ \t]*{_MARK}[ \t]*)*\}}[ \t]*\r?"
 )
 _KEYS_RE = re.compile(_KEY)
 # A run's lines without their keys: "v,v,...,v," per line. A piece between values holds one "," (a
@@ -164,7 +169,7 @@ class _JsonLines:
             pos = m.end()
 
     def _plan(self, line: str) -> _Plan | None:
-        skel = _VALUE_RE.sub(":" + _MARK, line)
+        skel = _VALUE_RE.sub(_MARK, line)
         plan = self.plans.get(skel, False)
         if plan is False:
             plan = _Plan.of(skel) if len(self.plans) < _MAX_PLANS else None
@@ -182,7 +187,7 @@ class _JsonLines:
         if _NEG_ZERO_RE.search(data):
             return False
         got = decimals(data)
-        if len(got.values) != n * c + 1:  # (the last field is empty: "v,")
+        if len(got.values) != n * c + 1 or not _plain_numbers(data, got):  # (the last field is empty: "v,")
             return False
         vals = got.values[:-1]
         places = got.places[:-1]
@@ -191,6 +196,8 @@ class _JsonLines:
             cells = [
                 data[s:e] for s, e in zip(got.starts[rest].tolist(), got.ends[rest].tolist(), strict=True)
             ]
+            if not all(map(_NUM_B.fullmatch, cells)):
+                return False
             vals[rest] = np.fromiter(map(float, cells), np.float64, len(cells))
             places[rest] = [0 if b"." in x or b"e" in x or b"E" in x else -1 for x in cells]
         vals = vals.reshape(n, c)
@@ -383,7 +390,7 @@ class _Plan:
         ]
         kept = [p for j, p in enumerate(pieces) if j == len(pieces) - 1 or not _NUMBER_BYTES.intersection(p)]
         plan.dropped = bytes(set(b"".join(kept)) - set(b",}") | set(b" \t\r\n"))
-        line = re.escape(between[0]) + "".join(rf"[ \t]*{_NUM}{re.escape(p)}" for p in between[1:])
+        line = re.escape(between[0]) + "".join(rf"{_LOOSE_NUM}{re.escape(p)}" for p in between[1:])
         plan.run_re = re.compile(rf"(?:{line}(?:\n|\Z))+", re.ASCII)
         plan.run_b = re.compile(rf"(?:{line}(?:\n|\Z))+".encode())
         plan.signals = {}
@@ -403,6 +410,23 @@ class _Plan:
         )
         plan.epoch_col = keys.index("epoch") if "epoch" in keys else None
         return plan
+
+
+def _plain_numbers(data: bytes, got: Fields) -> bool:
+    """Whether the fields ``decimals`` parsed (all but the last, empty one) are numbers as _NUM spells
+    them: no "." first or last, no leading zero, at most 18 digits before the "."."""
+    ok = np.flatnonzero(got.ok[:-1])
+    if not ok.size:
+        return True
+    b = np.frombuffer(data, np.uint8)
+    start, end, places = got.starts[ok], got.ends[ok], got.places[ok]
+    first = start + (b[start] == ord("-"))  # its first digit or "." (a parsed field holds a digit)
+    lead = b[first]
+    after = b[np.minimum(first + 1, len(b) - 1)]
+    whole = np.where(places >= 0, end - places - 1, end) - first  # digits before the "."
+    bad = (lead == ord(".")) | (b[end - 1] == ord(".")) | (whole > 18)
+    bad |= (lead == ord("0")) & (first + 1 < end) & (after != ord("."))
+    return not bad.any()
 
 
 def _column(v: np.ndarray, is_int: np.ndarray | None, frac: bool) -> tuple[np.ndarray, int | None]:
