@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -274,6 +275,50 @@ def test_default_schedule_stretches_to_the_overhead_budget() -> None:
             rec.record(step, loss=loss)
     assert sorted(series(got)["grad/norm/total"]) == [0, 10, 10 + schedule.MAX_SAMPLE_GAP]
     assert len(series(got)["train/loss"]) == 215
+
+
+@pytest.mark.parametrize("mode", ["watch", "global"])
+def test_the_budget_pays_for_all_work_around_a_sample(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    # The stale-gradient probe runs in the backward after a sampled step, outside the statistics. Made
+    # slow here (0.2 s, about 100x a step), it must stretch the gap like any other cost of sampling:
+    # with a 50% budget the next sample comes >= 25 steps later (when uncounted: every 10 steps).
+    arm = Recorder._on_probe_grad
+
+    def slow_probe(self: Recorder, p: torch.Tensor) -> object:
+        hook = arm(self, p)
+
+        def probe(grad: torch.Tensor) -> None:
+            time.sleep(0.2)
+            hook(grad)
+
+        return probe
+
+    monkeypatch.setattr(Recorder, "_on_probe_grad", slow_probe)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    got: list[Observation] = []
+    if mode == "watch":
+        rec = Recorder(model, opt, sink=got.extend, overhead_budget=0.5)
+    else:
+        rec = Recorder.install_global(sink=got.extend)
+        rec.overhead_budget = 0.5
+    try:
+        for step in range(60):
+            x, y = batch(step % 7)
+            out = model(x).squeeze(-1)
+            loss = F.binary_cross_entropy_with_logits(out, y)
+            opt.zero_grad()
+            if rec.is_global:
+                rec.observe_backward(loss)
+            loss.backward()
+            opt.step()
+            if not rec.is_global:
+                rec.record(step, loss=loss, outputs=out, labels=y)
+    finally:
+        rec.close()
+    sampled = sorted(series(got)["grad/norm/total"])
+    assert sampled[:2] == [0, 10]  # the first gap is the default; the second sample sets the next one
+    assert sampled[2:] == [] or sampled[2] - sampled[1] >= 25, sampled
 
 
 def test_no_host_sync_between_flushes(monkeypatch: pytest.MonkeyPatch) -> None:

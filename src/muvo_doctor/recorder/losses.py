@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import torch
@@ -96,7 +95,6 @@ class LossCalls:
             return
         if not isinstance(input, torch.Tensor) or input.numel() == 0:
             return
-        t0 = time.perf_counter()
         x = input.detach()
         x = x.float() if x.dtype != torch.float32 else x
         if kind in _LOGIT_KINDS:
@@ -110,7 +108,6 @@ class LossCalls:
             self._pending["loss_input"] = (("loss_input/logprobs/max",), x.max().reshape(1), "plain")
         if self.is_global:  # explicit mode has the outputs and labels from record()
             self._pending.update(batch_stats(x, target, kind=kind))
-        self._cost += time.perf_counter() - t0
 
     def _close_loss_calls(self, step: int) -> None:
         """Write the main loss call's statistics (and, in global mode, the step's loss); reset."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -196,10 +195,8 @@ class OptimizerStats:
             st.sampled = self._sampled_count is not None
         if not st.sampled:
             return
-        t0 = time.perf_counter()
         with torch.no_grad():  # hooks run in the caller's grad mode; parameters require grad
             self._pre_step_sample(st)
-        self._cost += time.perf_counter() - t0
 
     def _pre_step_sample(self, st: _OptState) -> None:
         self._inventory(st)
@@ -258,7 +255,6 @@ class OptimizerStats:
         """A sampled step's statistics measured after ``optimizer.step()``."""
         if st.before is None:
             return
-        t0 = time.perf_counter()
         step = self.step if self.is_global else None
         with torch.no_grad():
             if st.closure:
@@ -267,7 +263,6 @@ class OptimizerStats:
             self._update_stats(st, step)
             self._arm_probe(st)
         st.before = None
-        self._cost += time.perf_counter() - t0
 
     def _heads(self, st: _OptState) -> list[torch.Tensor]:
         # Whole tensors when they fit the snapshot budget (no view ops: host time is the cost here).

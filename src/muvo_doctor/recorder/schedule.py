@@ -30,9 +30,12 @@ class Schedule:
         self._records = 0
         self._next_sample = 0  # counter value (optimizer steps, or records without optimizer) to sample next
         self._sampled_count: int | None = None  # counter of the sampled step in progress
-        self._cost = 0.0  # host seconds the recorder spent on the sampled step in progress (and flushes)
+        self._cost = (
+            0.0  # host seconds spent around samples since the last one (see _sample_clock), and flushes
+        )
         self._n_samples = 0
         self._step_time: float | None = None  # EMA of wall seconds per unsampled step
+        self._cost_seen = 0.0  # _cost at the last step's end
         self._last_tick = time.perf_counter()  # the last step's end (the first step is sampled, not timed)
         self._next_step = 0
         self._pre_handle: RemovableHandle | None = None  # explicit mode: the optimizer pre-hook while armed
@@ -65,7 +68,9 @@ class Schedule:
         """Close a step: schedule the next sample (``counter`` is set when this step was sampled)."""
         now = time.perf_counter()
         if counter is None:
-            dt = now - self._last_tick
+            # The training's own step time: without the recorder's time in it (the probe after a sample, the
+            # armed step before one), which would otherwise shorten the gap it is divided into.
+            dt = max(now - self._last_tick - (self._cost - self._cost_seen), 0.0)
             prev = self._step_time
             self._step_time = dt if prev is None else 0.9 * prev + 0.1 * dt
         else:
@@ -82,8 +87,10 @@ class Schedule:
         if now >= self._flush_at or self._sampled_since_flush >= self.flush_every:
             t0 = time.perf_counter()
             self._flush()
-            self._cost += time.perf_counter() - t0  # flushes count against the budget too
+            if not (self._armed or self._probe_handle is not None):  # else the entry point's clock has it
+                self._cost += time.perf_counter() - t0  # flushes count against the budget too
             self._last_tick = time.perf_counter()
+        self._cost_seen = self._cost
 
     def _sync_step_hooks(self) -> None:
         """The optimizer pre-hook and the loss-module hooks are on from the step before a sampled step until it
