@@ -241,6 +241,15 @@ def bench(fmt: str, mb: float, kinds: list[str], repeat: int, keep: bool) -> dic
             out["x_naive_cpu"] = round(nv["cpu_seconds"] / a["cpu_seconds"], 2)
             out["x_naive_wall"] = round(nv["seconds"] / a["seconds"], 2)
             print(f"  audit vs naive: {out['x_naive_cpu']}x (CPU), {out['x_naive_wall']}x (wall)")
+            # the spread: each round's audit against the naive loop that ran right after it
+            pairs = sorted(n[2] / r[2] for r, n in zip(got["audit"], got["naive"], strict=True))
+            audit_mbs = sorted(mbs / r[2] for r in got["audit"])
+            out["x_naive_cpu_rounds"] = [round(x, 2) for x in pairs]
+            out["audit_mb_per_cpu_s_rounds"] = [round(x, 1) for x in audit_mbs]
+            print(
+                f"  per round: audit {audit_mbs[0]:.1f}-{audit_mbs[-1]:.1f} MB per CPU s, "
+                f"{pairs[0]:.2f}-{pairs[-1]:.2f}x naive (median {pairs[len(pairs) // 2]:.2f}x)"
+            )
             if fmt in TARGET_MB_S:  # issue 12's done-when
                 want, got = TARGET_MB_S[fmt], a["mb_per_cpu_s"]
                 print(
