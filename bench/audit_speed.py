@@ -2,7 +2,8 @@
 
 For each format (a tqdm console log, dense JSON lines, a dense Lightning-style CSV) a log of about
 ``--mb`` MB is generated in a temp dir, then each of these runs in a fresh child process (so peak
-memory, ru_maxrss, is its own), ``--repeat`` times in turn, best run kept:
+memory, ru_maxrss, is its own), ``--repeat`` times in turn (audit, naive, audit, ...), the best run
+kept and the spread over the rounds printed:
   1. the full audit (`muvo-doctor audit --json LOG`: read, check, report),
   2. the reader alone (the format's reader into a History; with ``--only reader``),
   3. a naive reference loop: for the console log ``re.finditer(KV, line)`` with float() per match;
