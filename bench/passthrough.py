@@ -15,6 +15,9 @@ A run's time is from its start to the end of its output. The ratio is direct tim
 (1.0: no slowdown), from the fastest round of each (the machine's other load only ever adds time).
 "wrapper CPU s" is the CPU time of the wrapped run less the direct one's (each the least over the
 rounds): what the wrapper itself costs, which slows the child only where every CPU is busy.
+"child blocked s" is the time the child waited for its output to be taken (its time less its time on
+a CPU and waiting for one, from /proc/self/schedstat; median of the rounds, direct / wrapped): what
+the wrapper's slowness to read costs the child, apart from the machine's load.
 The wrapped output of the last round must equal the direct one byte for byte (checked with ``cmp``),
 after removing the doctor's own lines (``muvo-doctor: ...`` and the alert banner, on stderr: in pty
 mode it shares the terminal; they must be whole lines between the child's for the rest to match).
@@ -26,9 +29,11 @@ before/after on a busy machine, where runs apart in time are not comparable.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pty
 import select
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,8 +41,16 @@ import time
 from pathlib import Path
 
 CHILD = """
-import sys
+import os, sys, time
+def cpu_and_queue():  # seconds on a CPU and waiting for one, so far (Linux); None elsewhere
+    try:
+        with open("/proc/self/schedstat") as f:
+            run, queued, _ = f.read().split()
+        return int(run) / 1e9, int(queued) / 1e9
+    except (OSError, ValueError):
+        return None
 n = int(sys.argv[1])
+t0, s0 = time.monotonic(), cpu_and_queue()
 out = sys.stdout
 written = 0
 i = 0
@@ -48,6 +61,10 @@ while written < n:
     written += len(line)
     i += 1
 out.flush()
+s1 = cpu_and_queue()
+if s0 and s1:  # the rest of its time it was blocked: its output was full
+    with open(os.environ["BENCH_BLOCKED"], "w") as f:
+        f.write(str(max(time.monotonic() - t0 - (s1[0] - s0[0]) - (s1[1] - s0[1]), 0.0)))
 """
 
 
@@ -138,7 +155,8 @@ def main() -> int:
     env = dict(os.environ, NO_COLOR="1")
     ok = True
     print(f"child: {args.mb:g} MB of log lines; {args.rounds} rounds; best time of each")
-    print(f"{'mode':<6}{'direct s':>10}{'wrapped s':>11}{'ratio':>8}{'wrapper CPU s':>14}  bytes")
+    head = f"{'mode':<6}{'direct s':>10}{'wrapped s':>11}{'ratio':>8}{'wrapper CPU s':>14}{'child blocked s':>18}"
+    print(f"{head}  bytes")
     with tempfile.TemporaryDirectory() as tmp:
         # A file, not `-c`: the doctor's lines name the command, and a one-line name is one line.
         script = Path(tmp, "print_logs.py")
@@ -153,13 +171,18 @@ def main() -> int:
         for mode, runner in (("pipe", run_pipe), ("pty", run_pty)):
             best = {kind: float("inf") for kind, _, _ in kinds}
             cpu = dict(best)
+            blocked: dict[str, list[float]] = {kind: [] for kind, _, _ in kinds}
             outs: dict[str, bytes] = {}
+            said = Path(tmp, "blocked")
             for _ in range(args.rounds):
                 for kind, cmd, kind_env in kinds:
-                    t, c, out = runner(cmd, kind_env)
+                    said.unlink(missing_ok=True)
+                    t, c, out = runner(cmd, dict(kind_env, BENCH_BLOCKED=str(said)))
                     best[kind] = min(best[kind], t)
                     cpu[kind] = min(cpu[kind], c)
                     outs[kind] = out
+                    if said.exists():
+                        blocked[kind].append(float(said.read_text()))
             direct_file = Path(tmp, f"{mode}.direct")
             direct_file.write_bytes(outs["direct"])
             for kind, _, _ in kinds[1:]:
@@ -173,6 +196,8 @@ def main() -> int:
                 verdict = f"identical ({size:.1f} MB, cmp)" if same else "DIFFER (cmp)"
                 own = cpu[kind] - cpu["direct"]
                 times = f"{best['direct']:>10.2f}{best[kind]:>11.2f}{ratio:>7.2f}x{own:>13.2f}"
+                direct_w, wrapped_w = (statistics.median(blocked[k] or [math.nan]) for k in ("direct", kind))
+                times += f"{direct_w:>11.2f} /{wrapped_w:>5.2f}"
                 label = "" if kind == "wrapped" else f"  wrapped by {kind}"
                 print(f"{mode:<6}{times}  {verdict}{label}", flush=True)
     print(f"target >= {args.target:g}x and identical bytes: {'met' if ok else 'NOT met'}")

@@ -1,8 +1,9 @@
 """The parent side of `muvo-doctor run`: spawn the child, pass its terminal through, feed the Doctor.
 
 One thread, one ``select`` loop over: the child's output (a pseudo-terminal when our stdout is a
-terminal, else pipes), our stdin (forwarded in raw mode under a pseudo-terminal), the telemetry
-FIFO every Python process of the child writes to, and a wake-up pipe for signals. The Doctor is
+terminal, read through a pipe that a second thread keeps drained; else pipes), our stdin (forwarded
+in raw mode under a pseudo-terminal), the telemetry FIFO every Python process of the child writes
+to, and a wake-up pipe for signals. The Doctor is
 evaluated at its grid of recorded steps (``evaluate_every_steps``), as the observations cross it, and
 once at the end, never on a wall clock: the same output gives the same findings however it was
 chunked. The step clock is the telemetry of rank 0 once the instrumented child reports a step
