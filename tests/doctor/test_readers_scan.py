@@ -83,3 +83,11 @@ def test_a_batch_of_mostly_new_shapes_is_scanned_whole_and_its_shapes_not_kept()
     scanner = PairScanner()
     assert scanner.columns(text) == _reference(text)
     assert not scanner.shapes
+
+
+def test_long_lines_are_scanned_whole_and_their_shapes_not_kept() -> None:
+    lines = [" ".join(f"k{j}={i}.{j}" for j in range(150)) for i in range(40)]  # ~1.3 KB a line
+    text = "\n" + "\n".join(lines)
+    scanner = PairScanner()
+    assert scanner.columns(text) == _reference(text)
+    assert not scanner.shapes

@@ -96,7 +96,7 @@ def _blank(seg: bytes) -> bool:
     """Whether str.strip() of the decoded segment is empty (it also strips \\x1c-\\x1f and Unicode
     blanks); decoded only when no printable ASCII character settles it (tqdm's bars have one)."""
     rest = seg.strip(_ASCII_BLANKS)
-    if not rest or _PRINTABLE_RE.search(rest):
+    if not rest or 32 < rest[0] < 127 or _PRINTABLE_RE.search(rest):  # (a bar starts with one)
         return not rest
     return not rest.decode("utf-8", "replace").strip()
 

@@ -9,7 +9,7 @@ per shape (a line with its digit runs collapsed), turns the pairs it finds into 
 shape, the shape's own text with the digit runs and the pairs' groups as captures, and reads all
 the lines of a shape in one ``findall``: a literal pattern, several times cheaper. What comes out
 is what ``KV_RE.findall(text.replace("\\n", NL_MARK))`` gives, column by column; a batch with too
-many new shapes (every line different) is scanned that way.
+many new shapes (every line different) or a long line is scanned that way.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ _DIGIT_RUN_RE = re.compile(r"\d+")  # str \d, as in KV_RE: other scripts' digits
 # stays itself, a literal in its shape's pattern.
 _ZEROS = bytes.maketrans(b"0123456789", b"0" * 10)
 _GROUPS = 6  # KV_RE's groups: key, value, decimals, exponent, percent, denominator
-_MAX_SHAPES = 2000  # line shapes remembered per read (their patterns are compiled)
+_MAX_SHAPES = 500  # line shapes remembered per read (their patterns are compiled)
+_MAX_SHAPE_BYTES = 1000  # a longer line is scanned whole: the shapes' memory stays bounded (~1 MB)
 
 Columns = tuple[tuple[str, ...], ...]
 
@@ -96,8 +97,12 @@ class PairScanner:
         skels = text.encode("utf-8", "surrogatepass").translate(_ZEROS).split(b"\n")[1:]
         shapes = self.shapes
         new = [s for s in dict.fromkeys(skels) if s not in shapes]
-        if len(new) > len(lines) // 8 + 16 or len(shapes) + len(new) > _MAX_SHAPES:
-            return _findall(text)  # mostly new shapes: a pattern per line would cost more than it saves
+        if (
+            len(new) > len(lines) // 8 + 16
+            or len(shapes) + len(new) > _MAX_SHAPES
+            or any(len(s) > _MAX_SHAPE_BYTES for s in new)
+        ):
+            return _findall(text)  # a pattern per line would cost more than it saves, or hold too much
         for s in new:
             shapes[s] = _Shape(NL_MARK + s.decode("utf-8", "surrogatepass"))
         index = {s: i for i, s in enumerate(dict.fromkeys(skels))}
