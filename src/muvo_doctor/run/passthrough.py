@@ -183,17 +183,24 @@ class Passthrough:
             if key.data != "out" or not os.isatty(fd):
                 continue
             r, w = os.pipe()
-            widen_pipe(w)
-            os.set_blocking(r, False)
+            thread = threading.Thread(target=drain_into, args=(fd, w), name="muvo-doctor-pty", daemon=True)
+            try:
+                widen_pipe(w)
+                os.set_blocking(r, False)
+                thread.start()
+            except (
+                BaseException
+            ):  # no thread: nothing changed, the pty is read directly (the error is reported)
+                os.close(r)
+                os.close(w)
+                raise
             self.sel.unregister(fd)
             self.sel.register(r, selectors.EVENT_READ, "out")
             self.splitters[r] = self.splitters.pop(fd)
-            thread = threading.Thread(target=drain_into, args=(fd, w), name="muvo-doctor-pty", daemon=True)
             self._drain = (thread, r, sys.getswitchinterval())
             # The thread takes the GIL after each read and write: within 0.5 ms, not the default 5 ms
             # (the loop may be parsing), or the pty fills meanwhile.
             sys.setswitchinterval(EARLY_SWITCH_S)
-            thread.start()
 
     def _output_closed(self, fd: int) -> None:
         """``fd`` read its end: no more output there (and a pty's drain has ended)."""
