@@ -188,9 +188,7 @@ class Passthrough:
                 widen_pipe(w)
                 os.set_blocking(r, False)
                 thread.start()
-            except (
-                BaseException
-            ):  # no thread: nothing changed, the pty is read directly (the error is reported)
+            except BaseException:  # no thread: nothing changed, the pty is read directly (error reported)
                 os.close(r)
                 os.close(w)
                 raise
