@@ -66,13 +66,14 @@ def drain_into(src: int, dst: int) -> None:
     writer, wait. Ends quietly if either side goes away (the wrapper is leaving)."""
     try:
         while True:
-            select.select([src], [], [])
             data, closed = read_burst(src)
             if data:
                 write_all(dst, data)
             if closed:
                 return
-            if len(data) < GATHER_BYTES:
+            if not data:
+                select.select([src], [], [])  # quiet: wait for it (while it prints, read after the sleep)
+            elif len(data) < GATHER_BYTES:
                 time.sleep(GATHER_PTY_S)
     except (OSError, ValueError):
         pass
