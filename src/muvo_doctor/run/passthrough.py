@@ -6,6 +6,7 @@ import contextlib
 import os
 import select
 import selectors
+import signal
 import sys
 import threading
 import time
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from muvo_doctor.fdio import write_all
-from muvo_doctor.run.child import widen_pipe
+from muvo_doctor.run.child import FORWARDED, widen_pipe
 
 SELECT_TIMEOUT_S = 0.25  # the loop wakes at least 4 times a second (timers, signals, the view)
 READ_BURST = 1 << 20  # bytes read and passed through from one output before the others get a turn
@@ -25,16 +26,16 @@ CAUGHT_UP = 2 << 10
 # turn costs CPU (a core the child may need). A pipe (1 MiB here) holds far more; a pty holds 20 KiB,
 # 2 ms of a child printing 10 MB/s, and hands it over ~0.5 KiB a read when read at once (10 MB
 # read back at once: 17-23k reads, 0.18-0.27 s CPU; after 1 ms: 2.7k reads, 0.06 s; same speed).
-# So the loop reads a pty through a pipe that a thread of its own keeps filled (see _drain_pty).
+# So the loop reads a pty through a pipe that a process of its own keeps filled (see _drain_pty).
 GATHER_S = 0.002
-GATHER_PTY_S = 0.001  # ... the thread that drains a pty
+GATHER_PTY_S = 0.001  # ... the process that drains a pty
 GATHER_BYTES = 32 << 10  # ... unless a turn already read this much
 PARSE_SLICE = 2 << 10  # bytes parsed between two looks at the output: ~2 ms, what a pty holds of a fast child
 PARSE_DUTY = 0.05  # share of the time parsing may take while output floods in (the CPU is the child's)
 PARSE_BURST_S = 0.05  # parse time saved up while the output is quiet, spent at once when it comes
 PARSE_BACKLOG = 64 << 10  # output waiting for the parser beyond this is dropped (counted), never waited on
 LINE_HOLD_S = 1.0  # the doctor's lines wait at most this long for the child to end its line
-EARLY_SWITCH_S = 0.0005  # the GIL's switch interval while a thread copies or drains the output
+EARLY_SWITCH_S = 0.0005  # the GIL's switch interval while a thread copies the output (see _copy_during)
 EARLY_LINE_MAX = 64 << 10  # ... it holds back an open line up to this long (a progress bar rewritten by \r)
 
 
@@ -59,27 +60,62 @@ def read_burst(fd: int) -> tuple[bytes, bool]:
     return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), False
 
 
-def drain_into(src: int, dst: int) -> None:
-    """Copy the non-blocking ``src`` into the blocking ``dst`` until ``src`` closes, then close
-    ``dst``. Reads wait ``GATHER_PTY_S`` after a small one: fewer, larger reads (each wake-up of
-    this thread may take the CPU from the child). A full ``dst`` makes the copy, then ``src``'s
-    writer, wait. Ends quietly if either side goes away (the wrapper is leaving)."""
+def start_drain(src: int) -> tuple[int, int, int]:
+    """Fork a process that copies the non-blocking ``src`` (a pty) into a pipe until ``src`` closes.
+
+    Returns (its pid, the pipe's read end, a descriptor to close to make it leave). A process, not a
+    thread: a thread needs the GIL after each read, and waited for it while the loop parsed (50 MB
+    through a thread: 0.8-1.1 s of its CPU and ~1.2 s more CPU for the wrapper than reading the pty
+    in the loop, load ~4). It leaves when ``src`` closes, when the wrapper leaves (the descriptor
+    closes, or the pipe: SIGPIPE) or is killed; its own session, so signals to the wrapper's group
+    do not reach it.
+    """
+    r, w = os.pipe()
+    stay_r, stay_w = os.pipe()
     try:
-        while True:
-            data, closed = read_burst(src)
-            if data:
-                write_all(dst, data)
-            if closed:
-                return
-            if not data:
-                select.select([src], [], [])  # quiet: wait for it (while it prints, read after the sleep)
-            elif len(data) < GATHER_BYTES:
-                time.sleep(GATHER_PTY_S)
-    except (OSError, ValueError):
-        pass
+        widen_pipe(w)
+        os.set_blocking(r, False)
+        pid = os.fork()
+    except BaseException:
+        for fd in (r, w, stay_r, stay_w):
+            os.close(fd)
+        raise
+    if pid:
+        os.close(w)
+        os.close(stay_r)
+        return pid, r, stay_w
+    try:  # the drain: only os calls, and never back into the caller's code
+        signal.set_wakeup_fd(-1)
+        for s in (*FORWARDED, signal.SIGWINCH, signal.SIGCHLD, signal.SIGPIPE):
+            signal.signal(s, signal.SIG_DFL)
+        os.setsid()
+        keep = sorted({src, w, stay_r})
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            if fd not in keep:
+                os.dup2(null, fd)
+        for lo, hi in zip([3, *(k + 1 for k in keep)], [*keep, 1 << 16], strict=True):
+            if lo < hi:
+                os.closerange(lo, hi)
+        _drain(src, w, stay_r)
     finally:
-        with contextlib.suppress(OSError):
-            os.close(dst)
+        os._exit(0)
+
+
+def _drain(src: int, dst: int, stay: int) -> None:
+    """Reads wait ``GATHER_PTY_S`` after a small one: fewer, larger reads (each wake-up may take the
+    CPU from the child). A full ``dst`` makes the copy, then the child, wait."""
+    while True:
+        data, closed = read_burst(src)
+        if data:
+            write_all(dst, data)
+        if closed:
+            return
+        if not data:  # quiet: wait for it (while it prints, read again after the sleep)
+            if stay in select.select([src, stay], [], [])[0]:
+                return
+        elif len(data) < GATHER_BYTES:
+            time.sleep(GATHER_PTY_S)
 
 
 class Passthrough:
@@ -179,45 +215,40 @@ class Passthrough:
             self._output_closed(fd)
 
     def _drain_pty(self) -> None:
-        """Read the child's pseudo-terminal through a pipe that a thread keeps filled (``drain_into``).
+        """Read the child's pseudo-terminal through a pipe that a process keeps filled (``start_drain``).
 
         The pty holds 20 KiB, 2 ms of a child printing 10 MB/s, and the loop is often away longer:
         writing to our terminal (it waits for the terminal's reader), parsing (a slice may cross a
         grid step, and an evaluation takes ~10 ms). Then the child waited (50 MB printed: blocked
-        1.2-1.6 s, 0.2-0.4 s without the wrapper). The thread only reads and writes, the GIL released
-        in both; the pipe holds 1 MiB. The pty's other uses (typed keys, window size) stay the loop's.
+        1.2-1.6 s, 0.2-0.4 s without the wrapper). The pipe holds 1 MiB. The pty's other uses (typed
+        keys, window size) stay the loop's.
         """
         for fd, key in list(self.sel.get_map().items()):
             if key.data != "out" or not os.isatty(fd):
                 continue
-            r, w = os.pipe()
-            thread = threading.Thread(target=drain_into, args=(fd, w), name="muvo-doctor-pty", daemon=True)
-            try:
-                widen_pipe(w)
-                os.set_blocking(r, False)
-                thread.start()
-            except BaseException:  # no thread: nothing changed, the pty is read directly (error reported)
-                os.close(r)
-                os.close(w)
-                raise
+            pid, r, stay = start_drain(fd)  # an error leaves the pty as it was, read directly
             self.sel.unregister(fd)
             self.sel.register(r, selectors.EVENT_READ, "out")
             self.splitters[r] = self.splitters.pop(fd)
-            self._drain = (thread, r, sys.getswitchinterval())
-            # The thread takes the GIL after each read and write: within 0.5 ms, not the default 5 ms
-            # (the loop may be parsing), or the pty fills meanwhile.
-            sys.setswitchinterval(EARLY_SWITCH_S)
+            self._drain = (pid, r, stay)
 
     def _output_closed(self, fd: int) -> None:
         """``fd`` read its end: no more output there (and a pty's drain has ended)."""
         self.sel.unregister(fd)
         self._parse_q.append((fd, None))
         if self._drain is not None and fd == self._drain[1]:
-            thread, _, interval = self._drain
-            self._drain = None
-            thread.join()  # it closed the pipe: it has ended, or is about to
-            sys.setswitchinterval(interval)
-            os.close(fd)
+            self._end_drain()
+
+    def _end_drain(self) -> None:
+        """The drain leaves (it has, when its pipe read its end) and is reaped."""
+        if self._drain is None:
+            return
+        pid, r, stay = self._drain
+        self._drain = None
+        os.close(stay)
+        os.close(r)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 
     def _copy_during(self, work: Callable[[], None]) -> None:
         """Run ``work`` (the doctor's set-up: ~0.5 s of imports, after the child started) while a

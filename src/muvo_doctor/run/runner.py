@@ -1,7 +1,7 @@
 """The parent side of `muvo-doctor run`: spawn the child, pass its terminal through, feed the Doctor.
 
 One thread, one ``select`` loop over: the child's output (a pseudo-terminal when our stdout is a
-terminal, read through a pipe that a second thread keeps drained; else pipes), our stdin (forwarded
+terminal, read through a pipe that a small process keeps drained; else pipes), our stdin (forwarded
 in raw mode under a pseudo-terminal), the telemetry FIFO every Python process of the child writes
 to, and a wake-up pipe for signals. The Doctor is
 evaluated at its grid of recorded steps (``evaluate_every_steps``), as the observations cross it, and
@@ -57,8 +57,6 @@ from muvo_doctor.run.session import Session
 from muvo_doctor.run.watchdog import TEMP_PREFIX, remove_stale_temp_folders, start_watchdog, stop_watchdog
 
 if TYPE_CHECKING:
-    import threading
-
     from muvo_doctor.core.config import DoctorConfig
     from muvo_doctor.core.finding import Finding
     from muvo_doctor.run.lines import LineSplitter
@@ -130,7 +128,7 @@ class Runner(ChildProcess, Passthrough, Session, RunFiles):
         self._watchdog: tuple[int, int] | None = None
         self._read_this_turn = 0
         self._early: list[tuple[str, bytes]] = []  # ("out"/"err", an open line) copied during the set-up
-        self._drain: tuple[threading.Thread, int, float] | None = None  # a pty's (thread, pipe, GIL interval)
+        self._drain: tuple[int, int, int] | None = None  # a pty's drain: (pid, its pipe, close to end it)
         self.view: Any = None
         self.alerts: Any = None
         self._dirty = False
@@ -275,6 +273,7 @@ class Runner(ChildProcess, Passthrough, Session, RunFiles):
             self._judge_and_write()
         with contextlib.suppress(Exception):
             self.sel.close()
+        self._end_drain()  # (an early exit: it has not read the pty to its end)
         self._release_child()
         if getattr(self, "master", -1) >= 0:
             with contextlib.suppress(OSError):
