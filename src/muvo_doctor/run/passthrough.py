@@ -103,8 +103,9 @@ def start_drain(src: int) -> tuple[int, int, int]:
 
 
 def _drain(src: int, dst: int, stay: int) -> None:
-    """Reads wait ``GATHER_PTY_S`` after a small one: fewer, larger reads (each wake-up may take the
-    CPU from the child). A full ``dst`` makes the copy, then the child, wait."""
+    """Copy ``src`` into ``dst`` until ``src`` closes or ``stay`` does (the wrapper left). Reads wait
+    ``GATHER_PTY_S`` after a small one: fewer, larger reads (each wake-up may take the CPU from the
+    child). A full ``dst`` makes the copy, then the child, wait."""
     while True:
         data, closed = read_burst(src)
         if data:
