@@ -178,6 +178,29 @@ def test_csv_read_column_by_column_matches_the_per_row_rules(
     assert sb.skipped > 0
 
 
+@pytest.mark.parametrize(
+    "late", [["9.98e-05", " 1E-5", "2.5e-07 ", "3.0e-2", "1e-450"], ["1e-05", "0e+450"], ["7.e+1", "1e400"]]
+)
+def test_a_fixed_decimals_column_that_turns_to_e_notation_reads_like_the_per_row_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, late: list[str]
+) -> None:
+    from muvo_doctor.logs import csvlog
+
+    # lr shows 5 decimals in the first rows (a fixed-decimals column, digits kept), then e-notation
+    rows = [f"{i},{0.5 - i / 1e4!r},{'0.00100' if i < 50 else late[i % len(late)]}" for i in range(3000)]
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,train_loss,lr\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    bulk = History(64)
+    sb = csvlog.read_csv(str(path), bulk.add_point)
+    monkeypatch.setattr(csvlog, "_SMALL", 1 << 30)  # every batch row by row
+    monkeypatch.setattr(csvlog._Columns, "text", lambda self, chunk, width: False)
+    by_row = History(64)
+    sr = csvlog.read_csv(str(path), by_row.add_point)
+    assert_same_series(bulk, by_row)
+    assert (sb.records, sb.points, sb.skipped) == (sr.records, sr.points, sr.skipped)
+    assert "optim/lr" in bulk.names()
+
+
 def test_a_csv_line_too_long_to_hold_is_skipped_as_it_streams_past(tmp_path: Path) -> None:
     from muvo_doctor.logs.csvlog import read_csv
 
