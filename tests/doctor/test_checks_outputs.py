@@ -36,6 +36,19 @@ def test_constant_output(std: float, mean: float, loss: np.ndarray, severity: st
         assert f"{std:.4g}" in out[0].message
 
 
+def test_constant_output_reads_apart_from_its_limit() -> None:
+    # Just under the relative limit: at 4 digits both read 1.459e-06; the message shows them apart.
+    mean = 0.014592
+    std = T.co_rel_std * mean * 0.9975
+    out = judge(constant_output, {"output/std": std, "output/mean": mean, "train/loss": STUCK}, n=N)
+    assert len(out) == 1
+    msg = out[0].message
+    said = msg.split("(output/std) is ")[1].split(" ")[0]
+    limit = msg.split("below ")[1].split(" ")[0]
+    assert said != limit and float(said) < float(limit), msg
+    assert f"{T.co_rel_std:g} x |mean|" in msg
+
+
 @pytest.mark.parametrize(
     ("saturated", "loss", "found"),
     [(T.co_saturated + 0.02, STUCK, True), (T.co_saturated - 0.02, STUCK, False), (0.99, LEARNING, False)],

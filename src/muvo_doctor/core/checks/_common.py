@@ -30,6 +30,17 @@ def fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
+def fmt_apart(x: float, limit: float) -> tuple[str, str]:
+    """A value and the limit it is compared with, with as many digits as it takes to read them apart
+    ("1.46e-06, below 1.46e-06" said nothing: 1.4555e-06 against 1.4592e-06)."""
+    a, b = fmt(x), fmt(limit)
+    digits = 4
+    while a == b and x != limit and digits < 17:
+        digits += 1
+        a, b = f"{x:.{digits}g}", f"{limit:.{digits}g}"
+    return a, b
+
+
 # One Series object per name per evaluation (16 checks read the same series; History.series() is
 # cheap now, views over growable arrays, but still a dict lookup and a dataclass). Keyed weakly by
 # the history object and checked against its point count, so any new point invalidates it.

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from muvo_doctor.core.checks._common import fmt, make, mechanism, outcome_failure, series
+from muvo_doctor.core.checks._common import fmt, fmt_apart, make, mechanism, outcome_failure, series
 from muvo_doctor.core.config import DoctorConfig, Thresholds
 from muvo_doctor.core.finding import Finding
 from muvo_doctor.core.history import History
@@ -71,9 +71,12 @@ def check(history: History, config: DoctorConfig) -> list[Finding]:
             steps, values = std[1], std[2]
             above = np.flatnonzero(~(values < limit))
             first = int(steps[above[-1] + 1]) if len(above) and above[-1] + 1 < len(steps) else int(steps[0])
+            shown, bound = fmt_apart(std[0], limit)
+            if limit > t.co_abs_std:
+                bound += f" ({t.co_rel_std:g} x |mean|)"
             what = (
-                f"The model's output spread across the batch (output/std) is {fmt(std[0])} around a mean of "
-                f"{fmt(mean[0]) if mean else 'unknown'} over the last {t.window} points, below {fmt(limit)}: "
+                f"The model's output spread across the batch (output/std) is {shown} around a mean of "
+                f"{fmt(mean[0]) if mean else 'unknown'} over the last {t.window} points, below {bound}: "
                 f"every sample gets the same output"
             )
             ev = {"output_std": std[0], "output_mean": mean[0] if mean else None, "limit": limit}

@@ -42,6 +42,7 @@ import numpy as np
 
 from muvo_doctor.core.checks._common import (
     fmt,
+    fmt_apart,
     make,
     module_names,
     outcome_failure,
@@ -92,10 +93,8 @@ def stall(history: History, t: Thresholds) -> str | None:
         return f"and the loss is not improving ({fmt(p.start)} -> {fmt(p.recent)} over {p.n} points)"
     flat = flat_output(history, t)
     if flat is not None:
-        return (
-            f"and the model's output is the same for every input (output/std {fmt(flat[0])}, "
-            f"below {fmt(flat[1])})"
-        )
+        shown, bound = fmt_apart(*flat)
+        return f"and the model's output is the same for every input (output/std {shown}, below {bound})"
     return None
 
 
