@@ -8,8 +8,8 @@ import math
 import random
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pytest
 from conftest import assert_same_series
 
@@ -148,26 +148,27 @@ def _csv(seed: int, n: int, crlf: bool) -> str:
     return end.join(rows) + end
 
 
-@pytest.mark.parametrize(("seed", "crlf"), [(0, False), (1, True), (2, False)])
-def test_csv_read_column_by_column_matches_the_per_row_rules(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int, crlf: bool
-) -> None:
+def _csv_bulk_and_by_row(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[tuple[History, Any], ...]:
+    """The CSV ``path`` read as audit reads it, then with every batch row by row: (history, stats) each."""
     from muvo_doctor.logs import csvlog
 
-    path = tmp_path / "metrics.csv"
-    path.write_bytes(_csv(seed, 6000, crlf).encode("utf-8"))
     bulk = History(64)
     sb = csvlog.read_csv(str(path), bulk.add_point)
     monkeypatch.setattr(csvlog, "_SMALL", 1 << 30)  # every batch row by row
     monkeypatch.setattr(csvlog._Columns, "text", lambda self, chunk, width: False)
     rows = History(64)
-    sr = csvlog.read_csv(str(path), rows.add_point)
-    assert bulk.names() == rows.names() and len(bulk.names()) >= 6
-    for name in bulk.names():
-        x, y = bulk.series(name), rows.series(name)
-        np.testing.assert_array_equal(x.steps, y.steps, err_msg=name)
-        np.testing.assert_array_equal(x.values, y.values, err_msg=name)
-        assert x.digits == y.digits, name
+    return (bulk, sb), (rows, csvlog.read_csv(str(path), rows.add_point))
+
+
+@pytest.mark.parametrize(("seed", "crlf"), [(0, False), (1, True), (2, False)])
+def test_csv_read_column_by_column_matches_the_per_row_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int, crlf: bool
+) -> None:
+    path = tmp_path / "metrics.csv"
+    path.write_bytes(_csv(seed, 6000, crlf).encode("utf-8"))
+    (bulk, sb), (rows, sr) = _csv_bulk_and_by_row(path, monkeypatch)
+    assert len(bulk.names()) >= 6
+    assert_same_series(bulk, rows)
     assert (sb.records, sb.points, sb.last_step, sb.skipped, sb.first_reason) == (
         sr.records,
         sr.points,
@@ -184,18 +185,11 @@ def test_csv_read_column_by_column_matches_the_per_row_rules(
 def test_a_fixed_decimals_column_that_turns_to_e_notation_reads_like_the_per_row_rules(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, late: list[str]
 ) -> None:
-    from muvo_doctor.logs import csvlog
-
     # lr shows 5 decimals in the first rows (a fixed-decimals column, digits kept), then e-notation
     rows = [f"{i},{0.5 - i / 1e4!r},{'0.00100' if i < 50 else late[i % len(late)]}" for i in range(3000)]
     path = tmp_path / "metrics.csv"
     path.write_text("step,train_loss,lr\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    bulk = History(64)
-    sb = csvlog.read_csv(str(path), bulk.add_point)
-    monkeypatch.setattr(csvlog, "_SMALL", 1 << 30)  # every batch row by row
-    monkeypatch.setattr(csvlog._Columns, "text", lambda self, chunk, width: False)
-    by_row = History(64)
-    sr = csvlog.read_csv(str(path), by_row.add_point)
+    (bulk, sb), (by_row, sr) = _csv_bulk_and_by_row(path, monkeypatch)
     assert_same_series(bulk, by_row)
     assert (sb.records, sb.points, sb.skipped) == (sr.records, sr.points, sr.skipped)
     assert "optim/lr" in bulk.names()

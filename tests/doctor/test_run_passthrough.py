@@ -29,6 +29,17 @@ def _read_to_end(master: int, timeout: float = 60) -> bytes:
     return out
 
 
+def _wrapped_on_a_terminal(argv: list[str], code: str) -> tuple[int, subprocess.Popen[bytes]]:
+    """``muvo-doctor run --plain -- python -c code`` with a fresh pty as its terminal: (its master side, the wrapper)."""
+    master, slave = pty.openpty()
+    wrapper = subprocess.Popen(
+        [*argv, "--plain", "--", PY, "-c", code], stdin=subprocess.DEVNULL, stdout=slave,
+        stderr=slave, env=dict(os.environ, NO_COLOR="1"), start_new_session=True,
+    )  # fmt: skip
+    os.close(slave)
+    return master, wrapper
+
+
 def test_a_terminal_slow_to_take_output_does_not_stop_the_child(doctor_run, tmp_path):
     # The child prints 512 KiB (a pty holds 20 KiB) and then says so; the terminal is read only
     # after that. The wrapper, blocked writing to the terminal, must still take the child's output.
@@ -38,12 +49,7 @@ def test_a_terminal_slow_to_take_output_does_not_stop_the_child(doctor_run, tmp_
         "for i in range(8192): sys.stdout.write(f'step {i:>8} loss={1 / (i + 1):.12f} ' + 'x' * 29 + '\\n')\n"
         f"sys.stdout.flush(); open({str(written)!r}, 'w').close()\n"
     )
-    master, slave = pty.openpty()
-    wrapper = subprocess.Popen(
-        [*doctor_run.argv, "--plain", "--", PY, "-c", code], stdin=subprocess.DEVNULL, stdout=slave,
-        stderr=slave, env=dict(os.environ, NO_COLOR="1"), start_new_session=True,
-    )  # fmt: skip
-    os.close(slave)
+    master, wrapper = _wrapped_on_a_terminal(doctor_run.argv, code)
     end = time.monotonic() + 30
     while not written.exists() and time.monotonic() < end and wrapper.poll() is None:
         time.sleep(0.01)
@@ -92,12 +98,7 @@ def test_kill_9_of_the_wrapper_leaves_nothing_holding_the_childs_terminal(doctor
         f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
         "time.sleep(60)\n"
     )
-    master, slave = pty.openpty()
-    wrapper = subprocess.Popen(
-        [*doctor_run.argv, "--plain", "--", PY, "-c", code], stdin=subprocess.DEVNULL, stdout=slave,
-        stderr=slave, env=dict(os.environ, NO_COLOR="1"), start_new_session=True,
-    )  # fmt: skip
-    os.close(slave)
+    master, wrapper = _wrapped_on_a_terminal(doctor_run.argv, code)
     end = time.monotonic() + 30
     out = b""
     while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < end:
