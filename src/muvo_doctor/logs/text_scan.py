@@ -96,7 +96,8 @@ class PairScanner:
         lines = parts[1:]
         skels = text.encode("utf-8", "surrogatepass").translate(_ZEROS).split(b"\n")[1:]
         shapes = self.shapes
-        new = [s for s in dict.fromkeys(skels) if s not in shapes]
+        uniq = dict.fromkeys(skels)  # the batch's shapes, in order of first line
+        new = [s for s in uniq if s not in shapes]
         if (
             len(new) > len(lines) // 8 + 16
             or len(shapes) + len(new) > _MAX_SHAPES
@@ -105,7 +106,7 @@ class PairScanner:
             return _findall(text)  # a pattern per line would cost more than it saves, or hold too much
         for s in new:
             shapes[s] = _Shape(NL_MARK + s.decode("utf-8", "surrogatepass"))
-        index = {s: i for i, s in enumerate(dict.fromkeys(skels))}
+        index = {s: i for i, s in enumerate(uniq)}
         order = [shapes[s] for s in index]
         sid = np.fromiter(map(index.__getitem__, skels), np.int64, len(skels))
         per_line = np.asarray([sh.pairs for sh in order], np.int64)[sid]

@@ -30,9 +30,7 @@ class Schedule:
         self._records = 0
         self._next_sample = 0  # counter value (optimizer steps, or records without optimizer) to sample next
         self._sampled_count: int | None = None  # counter of the sampled step in progress
-        self._cost = (
-            0.0  # host seconds spent around samples since the last one (see _sample_clock), and flushes
-        )
+        self._cost = 0.0  # host seconds spent around samples since the last sample (_sample_clock), flushes
         self._n_samples = 0
         self._step_time: float | None = None  # EMA of wall seconds per unsampled step
         self._cost_seen = 0.0  # _cost at the last step's end
@@ -87,7 +85,7 @@ class Schedule:
         if now >= self._flush_at or self._sampled_since_flush >= self.flush_every:
             t0 = time.perf_counter()
             self._flush()
-            if not (self._armed or self._probe_handle is not None):  # else the entry point's clock has it
+            if not self._sample_clock():  # else the entry point that called us times the flush too
                 self._cost += time.perf_counter() - t0  # flushes count against the budget too
             self._last_tick = time.perf_counter()
         self._cost_seen = self._cost

@@ -3,10 +3,9 @@
 One thread, one ``select`` loop over: the child's output (a pseudo-terminal when our stdout is a
 terminal, read through a pipe that a small process keeps drained; else pipes), our stdin (forwarded
 in raw mode under a pseudo-terminal), the telemetry FIFO every Python process of the child writes
-to, and a wake-up pipe for signals. The Doctor is
-evaluated at its grid of recorded steps (``evaluate_every_steps``), as the observations cross it, and
-once at the end, never on a wall clock: the same output gives the same findings however it was
-chunked. The step clock is the telemetry of rank 0 once the instrumented child reports a step
+to, and a wake-up pipe for signals. The Doctor is evaluated at its grid of recorded steps
+(``evaluate_every_steps``), as the observations cross it, and once at the end, never on a wall
+clock: the same output gives the same findings however it was chunked. The step clock is the telemetry of rank 0 once the instrumented child reports a step
 (printed numbers are held until the telemetry passes their step), else the printed numbers themselves.
 
 Transparency: output bytes are written through unchanged (the pseudo-terminal does no output
