@@ -11,8 +11,8 @@ import numpy as np
 
 from muvo_doctor.core.names import EPOCH, STEP, key_of, kind_of
 from muvo_doctor.logs.base import MAX_STEP
-from muvo_doctor.logs.text_pairs import CTR_KEY, NL_KEY, to_float, to_int
-from muvo_doctor.logs.text_scan import PairScanner
+from muvo_doctor.logs.text_pairs import CTR_KEY, NL_KEY
+from muvo_doctor.logs.text_scan import PairScanner, Scan
 
 NEWLINE, COUNTER = 4, 5  # axis kinds next to core.names.SIGNAL/STEP/EPOCH/NOISE
 # Distinct signals kept per log: a log that prints a new key on every line ("sample_123 0.5")
@@ -100,13 +100,10 @@ class Points:
 
 
 class _Pairs(NamedTuple):
-    """The ``n`` pairs of one batch as columns, in order: the captured strings and their arrays."""
+    """The ``n`` pairs of one batch as columns, in order: the scan and the arrays of each pair."""
 
     n: int
-    vs: tuple[str, ...]  # the values as printed
-    xs: tuple[str, ...]  # their exponents ("" for none)
-    ps: tuple[str, ...]  # "%" or ""
-    ds: tuple[str, ...]  # ratio denominators ("" for none)
+    scan: Scan  # exponents, percentages, ratio denominators (see text_scan.Scan)
     code: np.ndarray  # key code (Kinds)
     vals: np.ndarray
     axis: np.ndarray  # SIGNAL/STEP/EPOCH/NOISE/NEWLINE/COUNTER
@@ -168,28 +165,24 @@ class PointReader:
 
     def _scan(self, text: str) -> _Pairs | None:
         """Every pair of the batch, newline marks included, as columns; None when there is none."""
-        cols = self.scanner.columns(text)
-        if cols is None:
+        scan = self.scanner.scan(text)
+        if scan is None:
             return None
         kinds = self.kinds
-        ks, vs, fs, xs, ps, ds = cols  # key, value, decimals, exponent, %, ratio
-        n = len(ks)
-        for k in dict.fromkeys(ks):  # first-appearance order, so the signal cap keeps the earliest keys
-            if k not in kinds.code:
-                kinds.add(k)
-        code = np.fromiter(map(kinds.code.__getitem__, ks), np.int64, n)
-        try:
-            vals = np.fromiter(map(float, vs), np.float64, n)
-        except ValueError:  # "nanxxx" (a format's fill character): the slow path
-            vals = np.fromiter(map(to_float, vs), np.float64, n)
+        n = len(scan.key)
+        if any(k not in kinds.code for k in scan.keys):
+            # in order of first appearance, so the signal cap keeps the earliest keys
+            first = np.unique(scan.key, return_index=True)[1]
+            for i in np.argsort(first).tolist():
+                if scan.keys[i] not in kinds.code:
+                    kinds.add(scan.keys[i])
+        code = np.asarray([kinds.code[k] for k in scan.keys], np.int64)[scan.key]
+        vals = scan.vals
         axis = np.asarray(kinds.axis, np.int64)[code]
         line = np.cumsum(axis == NEWLINE)
         return _Pairs(
             n=n,
-            vs=vs,
-            xs=xs,
-            ps=ps,
-            ds=ds,
+            scan=scan,
             code=code,
             vals=vals,
             axis=axis,
@@ -197,7 +190,7 @@ class PointReader:
             nlines=int(line[-1]) + 1,
             sig=np.asarray(kinds.sig, np.int64)[code],
             finite=np.isfinite(vals),
-            decimals=np.fromiter(map(len, fs), np.int64, n),
+            decimals=scan.decimals,
         )
 
     def _printed_steps(self, p: _Pairs) -> tuple[np.ndarray, np.ndarray]:
@@ -207,7 +200,7 @@ class PointReader:
         bad_line = np.zeros(p.nlines, bool)
         overflow = ~p.finite & ~np.isnan(vals)
         if overflow.any():
-            overflow &= np.fromiter((v[-1:].isdigit() or v[-1:] == "." for v in p.vs), bool, p.n)
+            overflow &= np.fromiter((v[-1:].isdigit() or v[-1:] == "." for v in p.scan.printed()), bool, p.n)
             bad_line[line[overflow]] = True
             if overflow.any():
                 st.skip(int(np.unique(line[overflow]).size), "a number too large to be a training value")
@@ -241,8 +234,7 @@ class PointReader:
         if not is_ctr.any():
             return
         ci = np.flatnonzero(is_ctr)
-        tot_of = {x: to_int(x) for x in set(p.ds)}
-        tot = np.fromiter(map(tot_of.__getitem__, p.ds), np.int64, p.n)[ci]
+        tot = np.zeros(len(ci), np.int64) if p.scan.dens is None else p.scan.dens[ci]
         e = epoch_ff[p.line[ci]]
         e_idx = np.where(e >= 0, np.maximum(e - max(self.epoch_base, 0), 0), 0)
         ctr = p.vals[ci].astype(np.int64) + e_idx * tot
@@ -266,15 +258,13 @@ class PointReader:
     def _values_shown(self, p: _Pairs, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The values of the signal pairs ``idx`` and the digits each shows (-1 for nan/inf);
         percentages and ratios as fractions."""
-        n, xs, ps, ds = p.n, p.xs, p.ps, p.ds
+        scan = p.scan
         v = p.vals[idx]
         # Digits shown: decimals minus exponent ("5e-05" shows 5); nan/inf show none.
         dig = p.decimals[idx]
-        if xs.count("") != n:
-            exp_of = {x: to_int(x) for x in set(xs)}  # few distinct exponents: map, not a loop
-            exps = np.fromiter(map(exp_of.__getitem__, xs), np.int64, n)
-            dig = np.clip(dig - exps[idx], 0, 400)
-        pct = np.fromiter(map("%".__eq__, ps), bool, n)[idx] if "%" in ps else np.zeros(len(idx), bool)
+        if scan.exps is not None:
+            dig = np.clip(dig - scan.exps[idx], 0, 400)
+        pct = scan.pct[idx] if scan.pct is not None else np.zeros(len(idx), bool)
         frac_sig = np.asarray(self.kinds.frac, bool)[p.code[idx]]
         # Accuracy-like values printed 0..100 without "%" are percentages too (MMDetection "acc: 90.0").
         pct |= frac_sig & (v > 1.0) & (v <= 100.0)
@@ -283,13 +273,12 @@ class PointReader:
             for d in np.unique(dig[pct]):
                 m = pct & (dig == d)
                 v[m] = np.round(v[m] / 100.0, int(d))  # 89.93% is 0.8993, not 0.8993000000000001
-        if ds.count("") != n:
+        if scan.dens is not None and scan.den_len is not None:
             # A ratio "9832/10000" is the fraction 0.9832, shown to about 1/10000.
-            den_of = {x: to_int(x) for x in set(ds)}
-            den = np.fromiter(map(den_of.__getitem__, ds), np.int64, n)[idx]
+            den = scan.dens[idx]
             r = den > 0
             v[r] = v[r] / den[r]
-            dig[r] = np.maximum(np.fromiter(map(len, ds), np.int64, n)[idx][r] - 1, 0)
+            dig[r] = np.maximum(scan.den_len[idx][r] - 1, 0)
         return v, np.where(np.isfinite(v), dig, -1)
 
     def _epoch_steps(self, lines: list[int], sigs: list[int], epoch_of: np.ndarray) -> list[int]:
