@@ -8,7 +8,8 @@ Rows (all train the `original` 792,321-parameter architecture unless the row say
   fp32, Adam, BCEWithLogitsLoss, `loss.item()` every step. Kept in every run as the ratio's denominator.
 - ours: data generated on the device once (muvo_model.data.synthetic), batches gathered on the device,
   bf16 autocast, channels_last, fused AdamW, optional torch.compile, the doctor's Recorder on (no host sync
-  per step), the step of muvo_model.train.make_step.
+  per step), the step of muvo_model.train.make_step. `--s2d` / `--relu-after-pool` turn on the folded
+  path's exact encoder options (muvo_model.fastpath) in the folded rows and the --quality fast path.
 Also: synthetic generation speed on the device vs the CPU, and, with --quality, frame AUROC on a held-out
 synthetic split after the same number of training samples through the slow and the fast path.
 """
@@ -109,17 +110,23 @@ def make_ours(
     compile_: bool,
     doctor: bool,
     fold: bool = False,
+    s2d: bool = False,
+    relu_after_pool: bool = False,
 ) -> tuple[torch.nn.Module, Callable[[Frames], None], Callable[[], None]]:
     """Our fast step for `arch`; returns (model, step(batch_frames), close).
 
     fold: run the original architecture through muvo_model.fastpath.FoldedOriginal (same parameters and
     function, re-associated algebra); the returned model is the plain OriginalModel either way.
+    s2d, relu_after_pool: FoldedOriginal's options (the first block by space-to-depth; ReLU after the
+    other max-pools), folded rows only.
     """
+    if (s2d or relu_after_pool) and not fold:
+        raise ValueError("make_ours: s2d and relu_after_pool are options of the folded path; pass fold=True")
     torch.manual_seed(0)
     model = build_model(arch).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    runner = FoldedOriginal(model) if fold else model
+    runner = FoldedOriginal(model, s2d_stem=s2d, relu_after_pool=relu_after_pool) if fold else model
     # Linear scaling of the learning rate with the batch, from the incident's 1e-3 at batch 8, capped.
     lr = min(1e-3 * batch / 8, 3e-3)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, fused=device.type == "cuda")
@@ -199,6 +206,10 @@ def main() -> int:
     )
     ap.add_argument("--quality", action="store_true", help="also train slow vs fast to equal samples, AUROC")
     ap.add_argument("--quality-samples", type=int, default=120_000)
+    ap.add_argument(
+        "--s2d", action="store_true", help="folded rows compute the first conv block by space-to-depth"
+    )
+    ap.add_argument("--relu-after-pool", action="store_true", help="folded rows: ReLU after the max-pools")
     args = ap.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -258,12 +269,16 @@ def main() -> int:
         ("ours fusion (default arch) b256 bf16", "fusion", 256 if not args.quick else 8, cuda, False, False)
     )
     variants = [v for v in variants if args.only in v[0]]
+    options = {"s2d": args.s2d, "relu_after_pool": args.relu_after_pool}
+    suffix = "".join(f" {k.replace('_', '-')}" for k, on in options.items() if on)
     for label, arch, b, amp, comp, fold in variants:
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+        label = label + suffix if fold else label
         try:
-            _, one, close = make_ours(arch, device, b, amp=amp, compile_=comp, doctor=True, fold=fold)
+            opts = options if fold else {}
+            _, one, close = make_ours(arch, device, b, amp=amp, compile_=comp, doctor=True, fold=fold, **opts)
             warm = 15 if comp else 5
             sps, ms = time_ours(one, data, b, max(args.steps, 3), warm if not args.quick else 1, device)
             close()
@@ -274,9 +289,10 @@ def main() -> int:
         print(f"{label}: {sps:,.0f} samples/s", flush=True)
 
     print()
-    print(f"{'pipeline':52s} {'samples/s':>11s} {'ms/step':>9s} {'GiB':>6s} {'x base':>7s}")
+    w = max(52, *(len(r[0]) for r in rows))
+    print(f"{'pipeline':{w}s} {'samples/s':>11s} {'ms/step':>9s} {'GiB':>6s} {'x base':>7s}")
     for label, sps, ms, gib in rows:
-        print(f"{label:52s} {sps:11,.0f} {ms:9.2f} {gib:6.2f} {sps / base:7.2f}")
+        print(f"{label:{w}s} {sps:11,.0f} {ms:9.2f} {gib:6.2f} {sps / base:7.2f}")
     print(
         f"synthetic generation: {gpu_fps:,.0f} frames/s on {device.type}, {cpu_fps:,.1f} frames/s on cpu "
         f"({gpu_fps / cpu_fps:,.0f}x)"
@@ -292,7 +308,14 @@ def main() -> int:
         print(f"  slow path (baseline b8 fp32): AUROC {frame_auroc(slow, val, False):.4f}")
         b = max(batches)
         model, one, close = make_ours(
-            "original", device, b, amp=cuda, compile_=cuda and not args.no_compile, doctor=True, fold=True
+            "original",
+            device,
+            b,
+            amp=cuda,
+            compile_=cuda and not args.no_compile,
+            doctor=True,
+            fold=True,
+            **options,
         )
         time_ours(one, data, b, n // b, 0, device)
         print(f"  fast path (ours b{b}):        AUROC {frame_auroc(model, val, cuda):.4f}")
