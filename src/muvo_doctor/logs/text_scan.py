@@ -25,6 +25,7 @@ import numpy as np
 from muvo_doctor.logs.text_pairs import KV_RE, NL_MARK, to_float, to_int
 
 _DIGIT_RUN_RE = re.compile(r"\d+")  # str \d, as in KV_RE: other scripts' digits too
+_RUNS_RE = re.compile(rb"0+")  # the digit runs of a shape key
 # A line's shape key: its bytes with every ASCII digit a "0" (one translate, no regex). Lines
 # whose runs differ only in length get different keys but the same pattern; another script's digit
 # stays itself, a literal in its shape's pattern.
@@ -99,7 +100,7 @@ class _Shape:
     """One line shape: its pattern (over NL_MARK + line), the pairs per line, and per group of each
     pair either its text (no digit in it: the same on every line) or the index of its capture."""
 
-    __slots__ = ("rx", "pairs", "groups", "captures", "rows")
+    __slots__ = ("rx", "pairs", "groups", "captures", "rows", "keys", "captured", "printed")
 
     def __init__(self, unit: str) -> None:
         matches = list(KV_RE.finditer(unit))
@@ -151,6 +152,15 @@ class _Shape:
             _lens(const[_D]),
             np.asarray([x == "%" for x in const[_P]], bool),
         )
+        self.keys = [k if isinstance(k, str) else None for k in self.groups[_K]]  # None: captured
+        # (group, pair, capture index) of each captured group; per group, whether it printed anything
+        self.captured = [
+            (g, j, spec)
+            for g in range(_GROUPS)
+            for j, spec in enumerate(self.groups[g])
+            if isinstance(spec, int)
+        ]
+        self.printed = [any(x != "" for x in self.groups[g]) for g in range(_GROUPS)]
 
 
 def _literal(text: str) -> str:
@@ -164,6 +174,9 @@ class PairScanner:
 
     def __init__(self) -> None:
         self.shapes: dict[bytes, _Shape] = {}
+        # shapes by their digit runs collapsed: lines whose runs differ only in length ("5/525",
+        # "100/525") share a pattern, so they are read in one findall
+        self.patterns: dict[bytes, _Shape] = {}
 
     def scan(self, text: str) -> Scan | None:
         """The pairs of prepared text (lines after a newline) as ``Scan``; None when there is none."""
@@ -180,9 +193,19 @@ class PairScanner:
         ):
             return _whole(text)  # a pattern per line would cost more than it saves, or hold too much
         for s in new:
-            shapes[s] = _Shape(NL_MARK + s.decode("utf-8", "surrogatepass"))
-        index = {s: i for i, s in enumerate(uniq)}
-        order = [shapes[s] for s in index]
+            runs = _RUNS_RE.sub(b"0", s)
+            if runs not in self.patterns:
+                self.patterns[runs] = _Shape(NL_MARK + s.decode("utf-8", "surrogatepass"))
+            shapes[s] = self.patterns[runs]
+        ids: dict[int, int] = {}  # shape (by identity) -> its place in order
+        order: list[_Shape] = []
+        index: dict[bytes, int] = {}
+        for s in uniq:
+            sh = shapes[s]
+            if id(sh) not in ids:
+                ids[id(sh)] = len(order)
+                order.append(sh)
+            index[s] = ids[id(sh)]
         sid = np.fromiter(map(index.__getitem__, skels), np.int64, len(skels))
         per_line = np.asarray([sh.pairs for sh in order], np.int64)[sid]
         head = KV_RE.findall(parts[0]) if parts[0] else []
@@ -236,17 +259,13 @@ class _Columns:
         """The lines of one shape, whose first pairs are at ``starts``; ``caps``: its captures."""
         at = starts[:, None] + np.arange(sh.pairs)  # (lines, pairs): each pair's position
         keys = self.keys
-        self.key[at] = [keys.setdefault(k, len(keys)) if isinstance(k, str) else 0 for k in sh.groups[_K]]
+        self.key[at] = [0 if k is None else keys.setdefault(k, len(keys)) for k in sh.keys]  # (None: later)
         for col, row in zip(self.cols, sh.rows, strict=True):
             col[at] = row
-        for g in range(_GROUPS):
-            for j, spec in enumerate(sh.groups[g]):
-                if isinstance(spec, str):
-                    self.seen[g] = self.seen[g] or spec != ""
-                else:
-                    self.at[g].append(at[:, j])
-                    self.strs[g].append(caps[spec])
-                    self.seen[g] = True
+        for g, j, spec in sh.captured:
+            self.at[g].append(at[:, j])
+            self.strs[g].append(caps[spec])
+        self.seen = [a or b for a, b in zip(self.seen, sh.printed, strict=True)]
 
     def scan(self, text: str) -> Scan:
         vals, decimals, exps, dens, den_len, pct = self.cols
