@@ -7,6 +7,7 @@ as pairs. Tables and split words, which need state or the scan itself, are in ``
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 
 import numpy as np
 
@@ -75,6 +76,7 @@ def _drop_rewrites(raw: bytes) -> bytes:
     a completed bar is not copied either (``_last_shown``).
     """
     out: list[bytes] = []
+    bars = _bar_starts(raw)
     pos = 0  # the start of the text not yet copied: 0 or the newline that ends a rewritten line
     find, rfind = raw.find, raw.rfind
     while True:
@@ -86,13 +88,31 @@ def _drop_rewrites(raw: bytes) -> bytes:
         end = find(b"\n", cr)
         if end < 0:
             end = len(raw)
-        kept = _shown(raw[start:end]) if find(b"100%|", start, end) >= 0 else _last_shown(raw, start, end)
+        i = bisect_left(bars, start) if bars else 0
+        kept = _shown(raw[start:end]) if i < len(bars) and bars[i] < end else _last_shown(raw, start, end)
         if kept is None:
             out.append(raw[pos : start - 1])  # the line goes, with the newline before it
         else:
             out.append(raw[pos:start])
             out.append(kept)
         pos = end
+
+
+_PIECE = 1 << 18  # bytes compared at once: larger temporaries cost more in page faults than they save
+
+
+def _bar_starts(raw: bytes) -> list[int]:
+    """Where each ``100%|`` (a completed tqdm bar) starts in ``raw``, in order. By numpy compares, in
+    pieces: about twice as fast as a substring search per line (~0.8 ns a byte), on the batch's
+    largest part, its rewritten lines."""
+    b = np.frombuffer(raw, np.uint8)
+    out: list[int] = []
+    for s in range(0, len(b) - 4, _PIECE):
+        w = b[s : s + _PIECE + 4]  # (a bar that starts in this piece ends in it or 4 bytes after)
+        at = np.flatnonzero((w[4:] == ord("|")) & (w[3:-1] == ord("%")))
+        at = at[(w[at] == ord("1")) & (w[at + 1] == ord("0")) & (w[at + 2] == ord("0"))]
+        out += (at + s).tolist()
+    return out
 
 
 def _last_shown(raw: bytes, start: int, end: int) -> bytes | None:
@@ -146,14 +166,13 @@ def _darknet(m: re.Match[str]) -> str:
 
 
 def resolve_rewrites(raw: bytes, keep_rewrites: bool) -> tuple[str, bytes, int]:
-    """Complete lines of bytes in; out, the text after a newline (every line starts after one:
-    the header pattern's anchor) with carriage-return rewrites resolved, its bytes (the probe of
-    the "is it there?" tests), and the number of rewrites (not Windows line ends) it held.
+    """A newline then complete lines of bytes in (every line starts after a newline: the header
+    pattern's anchor); out, their text with carriage-return rewrites resolved, its bytes (the probe
+    of the "is it there?" tests), and the number of rewrites (not Windows line ends) it held.
 
     Rewrites: Windows line ends become newlines; otherwise every rewrite is a line
     (``keep_rewrites``) or only what a terminal shows is kept (``_drop_rewrites``).
     """
-    raw = b"\n" + raw
     # (numpy counts ~15 times faster than bytes.count, which has no fast path for one byte)
     rewrites = int(np.count_nonzero(np.frombuffer(raw, np.uint8) == ord("\r"))) if b"\r" in raw else 0
     if rewrites:
