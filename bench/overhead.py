@@ -224,7 +224,9 @@ class _HookTables:
             t.update(moved)
         # The adaptive schedule paces samples by the wall time between its steps: the time parked is not
         # a step of this recorder's run (counted, it shortened the sampling gap 3x).
-        rec._last_tick += time.perf_counter() - self.parked_at.pop(id(rec))
+        parked = time.perf_counter() - self.parked_at.pop(id(rec))
+        rec._last_tick += parked  # the gap being timed: its start and its last step's end
+        rec._gap_end += parked
 
 
 def _until_sample(
@@ -436,12 +438,15 @@ def main(argv: list[str] | None = None) -> int:
             hooks_table.restore(rec, parked.pop(mode))
             n_eval = len(eval_ms)
             timer.sync()
+            flushed_at = time.perf_counter()
             t1 = timer.mark()
             rec.flush()
             t2 = timer.mark()
             timer.sync()
             flush_ms[mode].append(max(0.0, timer.ms(t1, t2) - sum(eval_ms[n_eval:])))
-            rec._last_tick = time.perf_counter()  # as after the recorder's own flush: not a step's time
+            flush_s = time.perf_counter() - flushed_at  # the flush is not a step of its gap
+            rec._last_tick += flush_s
+            rec._gap_end += flush_s
             parked[mode] = hooks_table.park(rec)
     for mode, rec in recs.items():
         hooks_table.restore(rec, parked.pop(mode))

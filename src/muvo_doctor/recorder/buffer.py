@@ -142,7 +142,9 @@ class Buffer:
         if not isinstance(loss, torch.Tensor):
             self._loss_host.append((step, float(loss)))
             return
-        lt = loss.detach()  # no graph held (an alias when already detached: cheaper than asking)
+        # No graph held. ``.data`` rather than ``detach()``: the same storage, read only here, and ~1 us less
+        # on every step (detach also shares the version counter, which only in-place writes need).
+        lt = loss.data
         if lt.numel() != 1:
             lt = lt.float().mean()
         refs = self._loss_refs

@@ -32,9 +32,13 @@ class Schedule:
         self._sampled_count: int | None = None  # counter of the sampled step in progress
         self._cost = 0.0  # host seconds spent around samples since the last sample (_sample_clock), flushes
         self._n_samples = 0
-        self._step_time: float | None = None  # EMA of wall seconds per unsampled step
-        self._cost_seen = 0.0  # _cost at the last step's end
-        self._last_tick = time.perf_counter()  # the last step's end (the first step is sampled, not timed)
+        # The training's own seconds per step: the wall time of the steps between the last two samples, less
+        # the recorder's time in it, over their count. Set once per sample: the steps between pay one clock read.
+        self._step_time: float | None = None
+        self._last_tick = time.perf_counter()  # the last sampled step's end: the gap timed from here ...
+        self._gap_steps = 0  # ... over this many unsampled steps ...
+        self._gap_end = self._last_tick  # ... the last of which ended here ...
+        self._gap_cost = 0.0  # ... with this much of _cost spent by then
         self._next_step = 0
         self._pre_handle: RemovableHandle | None = None  # explicit mode: the optimizer pre-hook while armed
         self._armed = True  # step hooks on (the first step is sampled)
@@ -66,29 +70,38 @@ class Schedule:
         """Close a step: schedule the next sample (``counter`` is set when this step was sampled)."""
         now = time.perf_counter()
         if counter is None:
-            # The training's own step time: without the recorder's time in it (the probe after a sample, the
-            # armed step before one), which would otherwise shorten the gap it is divided into.
-            dt = max(now - self._last_tick - (self._cost - self._cost_seen), 0.0)
-            prev = self._step_time
-            self._step_time = dt if prev is None else 0.9 * prev + 0.1 * dt
-        else:
-            self._sampled_since_flush += 1
-            self._n_samples += 1
-            gap = self.sample_every
-            if self.adaptive and self._step_time and self._n_samples > 1:  # the first sample pays the setup
-                need = self._cost / (self.overhead_budget * self._step_time)
-                gap = min(max(gap, math.ceil(need)), max(MAX_SAMPLE_GAP, gap))
-            self._next_sample = counter + gap
-            self._cost = 0.0
-            self._sampled_count = None
-        self._last_tick = now
+            if now >= self._flush_at:
+                self._timed_flush()
+                now = time.perf_counter()
+            self._gap_steps += 1
+            self._gap_end = now
+            self._gap_cost = self._cost  # the flush above is in both: it cancels out of the step time
+            return
+        if self._gap_steps:
+            # Without the recorder's time (the probe after a sample, the armed step before one, flushes),
+            # which would otherwise shorten the gap it is divided into.
+            spent = self._gap_end - self._last_tick - self._gap_cost
+            self._step_time = max(spent, 0.0) / self._gap_steps
+        self._sampled_since_flush += 1
+        self._n_samples += 1
+        gap = self.sample_every
+        if self.adaptive and self._step_time and self._n_samples > 1:  # the first sample pays the setup
+            need = self._cost / (self.overhead_budget * self._step_time)
+            gap = min(max(gap, math.ceil(need)), max(MAX_SAMPLE_GAP, gap))
+        self._next_sample = counter + gap
+        self._cost = 0.0
+        self._sampled_count = None
         if now >= self._flush_at or self._sampled_since_flush >= self.flush_every:
-            t0 = time.perf_counter()
-            self._flush()
-            if not self._sample_clock():  # else the entry point that called us times the flush too
-                self._cost += time.perf_counter() - t0  # flushes count against the budget too
-            self._last_tick = time.perf_counter()
-        self._cost_seen = self._cost
+            self._timed_flush()
+        self._last_tick = time.perf_counter()
+        self._gap_steps = 0
+        self._gap_cost = 0.0
+
+    def _timed_flush(self) -> None:
+        t0 = time.perf_counter()
+        self._flush()
+        if not self._sample_clock():  # else the entry point that called us times the flush too
+            self._cost += time.perf_counter() - t0  # flushes count against the budget too
 
     def _sync_step_hooks(self) -> None:
         """The optimizer pre-hook and the loss-module hooks are on from the step before a sampled step until it
