@@ -89,7 +89,9 @@ def _drop_rewrites(raw: bytes) -> bytes:
         if end < 0:
             end = len(raw)
         i = bisect_left(bars, start) if bars else 0
-        kept = _shown(raw[start:end]) if i < len(bars) and bars[i] < end else _last_shown(raw, start, end)
+        kept = (
+            _shown_bars(raw[start:end]) if i < len(bars) and bars[i] < end else _last_shown(raw, start, end)
+        )
         if kept is None:
             out.append(raw[pos : start - 1])  # the line goes, with the newline before it
         else:
@@ -116,15 +118,16 @@ def _bar_starts(raw: bytes) -> list[int]:
 
 
 def _last_shown(raw: bytes, start: int, end: int) -> bytes | None:
-    """The last non-blank segment of the line ``raw[start:end]`` (one without a completed bar),
-    None when all are blank: what ``_shown`` gives such a line, without copying it."""
+    """The last non-blank segment of the line ``raw[start:end]`` (one without a completed bar), None
+    when all are blank; the line is not copied."""
     rfind = raw.rfind
     while end >= start:
-        cr = rfind(b"\r", start, end)
-        seg = raw[(cr if cr >= 0 else start - 1) + 1 : end]
-        if not _blank(seg):
-            return seg
-        end = cr if cr >= 0 else start - 1
+        b = rfind(b"\r", start, end) + 1 or start  # the segment's start
+        if b < end and 32 < raw[b] < 127:  # it starts with a printable character: not blank
+            return raw[b:end]
+        if b < end and not _blank(raw[b:end]):
+            return raw[b:end]
+        end = b - 1
     return None
 
 
@@ -137,23 +140,17 @@ def _blank(seg: bytes) -> bool:
     return not rest.decode("utf-8", "replace").strip()
 
 
-def _shown(line: bytes) -> bytes | None:
-    """The kept segments of one line holding rewrites, joined by newlines; None when all are blank."""
-    if b"100%|" in line:  # per-segment work only for lines that complete a bar
-        segs = [s for s in line.split(b"\r") if not _blank(s)]
-        if not segs:
-            return None
-        # tqdm's close() prints the final bar twice: keep a completed bar only before a new bar.
-        done = [a for a, b in zip(segs, segs[1:], strict=False) if b"100%|" in a and b"100%|" not in b]
-        return b"\n".join([*done, segs[-1]])
-    end = len(line)
-    while end >= 0:
-        cr = line.rfind(b"\r", 0, end)
-        seg = line[cr + 1 : end]
-        if not _blank(seg):
-            return seg
-        end = cr
-    return None
+def _shown_bars(line: bytes) -> bytes | None:
+    """The kept segments of a line holding rewrites and a completed bar (``100%|``): each completed
+    bar that a different bar overwrote, then the last non-blank segment, joined by newlines; None
+    when all are blank."""
+    # (a segment that starts with a printable character is not blank: most of a tqdm line's)
+    segs = [s for s in line.split(b"\r") if s and 32 < s[0] < 127 or not _blank(s)]
+    if not segs:
+        return None
+    # tqdm's close() prints the final bar twice: keep a completed bar only before a new bar.
+    done = [a for a, b in zip(segs, segs[1:], strict=False) if b"100%|" in a and b"100%|" not in b]
+    return b"\n".join([*done, segs[-1]])
 
 
 def _mmdet_step(m: re.Match[str]) -> str:
