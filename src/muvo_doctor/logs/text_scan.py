@@ -39,6 +39,11 @@ Pairs = list[tuple[str, ...]]  # KV_RE.findall's: the six groups of each pair
 
 
 def _floats(vs: tuple[str, ...] | list[str]) -> np.ndarray:
+    if len(vs) > 64:
+        distinct = set(vs)
+        if 2 * len(distinct) < len(vs):  # a log prints values with few digits: each parsed once
+            of = {v: to_float(v) for v in distinct}
+            return np.fromiter(map(of.__getitem__, vs), np.float64, len(vs))
     try:
         return np.fromiter(map(float, vs), np.float64, len(vs))
     except ValueError:  # "nanxxx" (a format's fill character): the slow path
@@ -225,7 +230,7 @@ class PairScanner:
             found = sh.rx.findall(NL_MARK + NL_MARK.join([lines[r] for r in rows.tolist()]))
             if len(found) != len(rows):  # (cannot happen: every line of the shape matches once)
                 return _whole(text)
-            got.shape(sh, starts[rows], list(zip(*found, strict=True)) if sh.captures > 1 else [found])
+            got.shape(sh, starts[rows], list(chain.from_iterable(found)) if sh.captures > 1 else found)
         return got.scan(text)
 
 
@@ -240,7 +245,7 @@ class _Columns:
         # value, decimals, exponent, denominator, its length, percentage
         self.cols = [np.empty(n, np.float64), *(np.empty(n, np.int64) for _ in range(4)), np.empty(n, bool)]
         self.at: list[list[np.ndarray]] = [[] for _ in range(_GROUPS)]  # captured: positions per group
-        self.strs: list[list[tuple[str, ...]]] = [[] for _ in range(_GROUPS)]  # and their strings
+        self.strs: list[list[list[str]]] = [[] for _ in range(_GROUPS)]  # and their strings
         self.seen = [False] * _GROUPS  # a group printed somewhere (an exponent, "%", a ratio)
 
     def head(self, h: Scan) -> None:
@@ -255,8 +260,9 @@ class _Columns:
         self.seen[_D] |= h.dens is not None
         self.seen[_P] |= h.pct is not None
 
-    def shape(self, sh: _Shape, starts: np.ndarray, caps: list[tuple[str, ...]]) -> None:
-        """The lines of one shape, whose first pairs are at ``starts``; ``caps``: its captures."""
+    def shape(self, sh: _Shape, starts: np.ndarray, caps: list[str]) -> None:
+        """The lines of one shape, whose first pairs are at ``starts``; ``caps``: their captures, line
+        by line."""
         at = starts[:, None] + np.arange(sh.pairs)  # (lines, pairs): each pair's position
         keys = self.keys
         self.key[at] = [0 if k is None else keys.setdefault(k, len(keys)) for k in sh.keys]  # (None: later)
@@ -264,7 +270,7 @@ class _Columns:
             col[at] = row
         for g, j, spec in sh.captured:
             self.at[g].append(at[:, j])
-            self.strs[g].append(caps[spec])
+            self.strs[g].append(caps[spec :: sh.captures])
         self.seen = [a or b for a, b in zip(self.seen, sh.printed, strict=True)]
 
     def scan(self, text: str) -> Scan:
