@@ -103,6 +103,13 @@ def _drop_rewrites(raw: bytes) -> bytes:
 _PIECE = 1 << 18  # bytes compared at once: larger temporaries cost more in page faults than they save
 
 
+def _count_cr(raw: bytes) -> int:
+    """``raw.count(b"\r")`` by numpy compares in pieces: bytes.count has no fast path for one byte
+    (~0.7 ns a byte), and a compare over a whole 2 MB batch pays for its temporary in page faults."""
+    b = np.frombuffer(raw, np.uint8)
+    return sum(int(np.count_nonzero(b[s : s + _PIECE] == ord("\r"))) for s in range(0, len(b), _PIECE))
+
+
 def _bar_starts(raw: bytes) -> list[int]:
     """Where each ``100%|`` (a completed tqdm bar) starts in ``raw``, in order. By numpy compares, in
     pieces: about twice as fast as a substring search per line (~0.8 ns a byte), on the batch's
@@ -170,8 +177,7 @@ def resolve_rewrites(raw: bytes, keep_rewrites: bool) -> tuple[str, bytes, int]:
     Rewrites: Windows line ends become newlines; otherwise every rewrite is a line
     (``keep_rewrites``) or only what a terminal shows is kept (``_drop_rewrites``).
     """
-    # (numpy counts ~15 times faster than bytes.count, which has no fast path for one byte)
-    rewrites = int(np.count_nonzero(np.frombuffer(raw, np.uint8) == ord("\r"))) if b"\r" in raw else 0
+    rewrites = _count_cr(raw) if b"\r" in raw else 0
     if rewrites:
         i = raw.find(b"\r")
         crlf = raw.count(b"\r\n") if raw[i + 1 : i + 2] == b"\n" else 0  # count only if likely
