@@ -98,6 +98,17 @@ def s2d_stem(
     return F.relu(pooled.permute(0, 3, 1, 2))
 
 
+def s2d_images(image: torch.Tensor) -> torch.Tensor:
+    """Images as the s2d stem runs fastest on them: a 4th, zero channel (16 space-to-depth channels, whose
+    weights for it are structural zeros), bf16, channels_last. Convert a training set once, not per step: on
+    the H200 the stem took 36.0 ms a step at batch 1024 this way and 53.1 ms with fp32 3-channel images
+    (bench/step_variants.py, bench/RESULTS.md)."""
+    if image.dim() != 4 or image.shape[1] != 3:
+        raise ValueError(f"s2d_images: expected (N, 3, H, W) images, got shape {tuple(image.shape)}")
+    padded = F.pad(image, (0, 0, 0, 0, 0, 1)).to(torch.bfloat16)
+    return padded.contiguous(memory_format=torch.channels_last)
+
+
 def _conv_relu_pool(conv: nn.Module, x: torch.Tensor, relu_after_pool: bool) -> torch.Tensor:
     y = conv(x)
     return F.relu(F.max_pool2d(y, 2)) if relu_after_pool else F.max_pool2d(F.relu(y), 2)

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from muvo_model.fastpath import FoldedOriginal, encode_image, s2d_stem, s2d_weight_index
+from muvo_model.fastpath import FoldedOriginal, encode_image, s2d_images, s2d_stem, s2d_weight_index
 from muvo_model.model import build_model, image_encoder
 
 
@@ -130,3 +130,19 @@ def test_s2d_stem_rejects_odd_images_with_a_message():
     conv = torch.nn.Conv2d(3, 32, 3, padding=1)
     with pytest.raises(ValueError, match="even, got 15x16"):
         s2d_stem(torch.rand(1, 3, 15, 16), conv.weight, conv.bias, s2d_weight_index(32, 3, 3))
+
+
+def test_s2d_images_feed_the_s2d_model_as_the_original_images_feed_the_module():
+    torch.manual_seed(3)
+    model = build_model("original").eval()
+    image, points = torch.rand(2, 3, 32, 32), torch.randn(2, 64, 4)
+    held = s2d_images(image)
+    assert held.shape == (2, 4, 32, 32) and held.dtype == torch.bfloat16
+    assert held.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(held[:, 3], torch.zeros_like(held[:, 3]))
+    with torch.no_grad():
+        want = model(image.to(torch.bfloat16).float(), points)["frame_logit"]  # the same bf16-rounded pixels
+        got = FoldedOriginal(model, s2d_stem=True)(held.float(), points)["frame_logit"]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"expected \(N, 3, H, W\)"):
+        s2d_images(held)
