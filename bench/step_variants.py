@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import make_ours, time_ours  # noqa: E402
+from throughput import diverged, make_ours, time_ours  # noqa: E402
 
 from muvo_model.data.synthetic import SyntheticConfig, generate  # noqa: E402
 from muvo_model.fastpath import s2d_images  # noqa: E402
@@ -77,13 +77,14 @@ def main() -> int:
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        _, one, close = make_ours(
+        model, one, close = make_ours(
             "original", device, args.batch, amp=True, compile_=cuda, doctor=True, fold=True, **options
         )
         sps, ms = time_ours(one, data, args.batch, args.steps, warmup, device)
+        shown = label + " DIVERGED" if diverged(model) else label  # a diverged run's speed is not a result
         gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-        rows.append((label, sps, ms, gib))
-        print(f"{label}: {sps:,.0f} samples/s, {ms:.2f} ms/step, {gib:.2f} GiB", flush=True)
+        rows.append((shown, sps, ms, gib))
+        print(f"{shown}: {sps:,.0f} samples/s, {ms:.2f} ms/step, {gib:.2f} GiB", flush=True)
         if args.profile and label == VARIANTS[-1][0]:
             batch = data.index(torch.arange(args.batch, device=device))
             activity = torch.profiler.ProfilerActivity.CUDA if cuda else torch.profiler.ProfilerActivity.CPU
